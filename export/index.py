@@ -1,0 +1,81 @@
+"""The catalogue index: every product embedded once, stored with its ids and metadata.
+
+An index folder holds
+- `embeddings.npy`: float32 [products, dim], unit rows, row i = line i of products.jsonl;
+- `products.jsonl`: the catalogue, one JSON object per product;
+- `manifest.json`: which encoder (path and SHA-256), which catalogue, when it was built.
+
+`retrieval_graph` turns the embeddings into the ONNX MatMul + TopK graph the server runs.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from fusionrank.catalogue import Catalogue
+from fusionrank.encoding import MAX_TITLE_TOKENS, OnnxEncoder, TextEncoder, TextTokenizer
+from fusionrank.export.onnx_encoder import ONNX_OPSET, ExportedEncoder
+
+EMBEDDINGS_FILE = "embeddings.npy"
+PRODUCTS_FILE = "products.jsonl"
+MANIFEST_FILE = "manifest.json"
+
+
+@dataclass(frozen=True)
+class IndexManifest:
+    encoder_source: str
+    encoder_sha256: str
+    catalogue_source: str
+    products: int
+    dimension: int
+    built_at: str
+
+
+def build_index(catalogue: Catalogue, encoder: ExportedEncoder, out_dir: str | Path,
+                progress: bool = True) -> IndexManifest:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    text_encoder = TextEncoder(TextTokenizer(encoder.tokenizer_path, MAX_TITLE_TOKENS),
+                               OnnxEncoder(encoder.onnx_path))
+    embeddings = text_encoder.encode(catalogue.titles, progress=progress)
+    np.save(out_dir / EMBEDDINGS_FILE, embeddings)
+    catalogue.write_jsonl(out_dir / PRODUCTS_FILE)
+    manifest = IndexManifest(
+        encoder_source=encoder.source, encoder_sha256=encoder.sha256,
+        catalogue_source=catalogue.source, products=len(catalogue),
+        dimension=int(embeddings.shape[1]),
+        built_at=datetime.now(UTC).isoformat(timespec="seconds"))
+    (out_dir / MANIFEST_FILE).write_text(json.dumps(asdict(manifest), indent=2) + "\n")
+    return manifest
+
+
+def load_embeddings(index_dir: str | Path) -> np.ndarray:
+    return np.load(Path(index_dir) / EMBEDDINGS_FILE)
+
+
+def retrieval_graph(embeddings: np.ndarray, path: str | Path) -> None:
+    """query [batch, dim] float32, k [1] int64 → similarity, rows [batch, k] (best first)."""
+    products, dim = embeddings.shape
+    index = numpy_helper.from_array(np.ascontiguousarray(embeddings.T, dtype=np.float32),
+                                    "catalogue_t")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["query", "catalogue_t"], ["scores"]),
+         helper.make_node("TopK", ["scores", "k"], ["similarity", "rows"], axis=1,
+                          largest=1, sorted=1)],
+        "retrieval",
+        [helper.make_tensor_value_info("query", TensorProto.FLOAT, ["batch", dim]),
+         helper.make_tensor_value_info("k", TensorProto.INT64, [1])],
+        [helper.make_tensor_value_info("similarity", TensorProto.FLOAT, ["batch", "k"]),
+         helper.make_tensor_value_info("rows", TensorProto.INT64, ["batch", "k"])],
+        [index])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", ONNX_OPSET)])
+    helper.set_model_props(model, {"products": str(products)})
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))

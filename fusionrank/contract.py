@@ -1,0 +1,79 @@
+"""The served models' gRPC contract: names, dtypes, shapes and limits.
+
+One source of truth for the model repository (which declares it to Triton), the server-side
+checks and the client SDK. docs/grpc_contract.md describes it for other languages' clients.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+SEARCH_MODEL = "search"
+
+MAX_QUERY_CHARS = 256
+MAX_K = 100
+MAX_BATCH = 64
+DEFAULT_K = 10
+
+
+@dataclass(frozen=True, slots=True)
+class TensorSpec:
+    """One input or output; `dims` exclude the batch dimension (-1 = variable)."""
+
+    name: str
+    dtype: str  # Triton dtype name as used on the wire: BYTES, INT32, INT64, FP32
+    dims: tuple[int, ...]
+    # Lets the dynamic batcher combine requests whose shapes differ (the model pads them).
+    ragged: bool = False
+
+
+# search: one row per query; every row of one request asks for the same K.
+SEARCH_INPUTS = (
+    TensorSpec("QUERY", "BYTES", (1,)),  # UTF-8 text, 1..MAX_QUERY_CHARS characters
+    TensorSpec("K", "INT32", (1,)),  # 1..MAX_K
+)
+SEARCH_OUTPUTS = (
+    TensorSpec("PRODUCT_IDS", "BYTES", (-1,)),  # best first
+    TensorSpec("SCORES", "FP32", (-1,)),  # the ranking score S, descending
+    TensorSpec("PRODUCTS", "BYTES", (-1,)),  # each product's metadata as a JSON object
+)
+
+
+class RequestError(ValueError):
+    """Bad input in one request. The server answers it with gRPC INVALID_ARGUMENT."""
+
+
+def check_query(query: bytes | str, row: int = 0) -> str:
+    """The query as text, or a RequestError saying what is wrong with it."""
+    if isinstance(query, bytes):
+        try:
+            query = query.decode("utf-8")
+        except UnicodeDecodeError as error:
+            raise RequestError(f"QUERY[{row}] is not valid UTF-8 "
+                               f"(byte 0x{query[error.start]:02x} at offset {error.start})"
+                               ) from None
+    text = query.strip()
+    if not text:
+        raise RequestError(f"QUERY[{row}] is empty or only whitespace")
+    if len(text) > MAX_QUERY_CHARS:
+        raise RequestError(f"QUERY[{row}] is {len(text)} characters long; "
+                           f"the limit is {MAX_QUERY_CHARS}")
+    return text
+
+
+def check_k(values: list[int]) -> int:
+    """The one K of a request (every row must ask for the same), within 1..MAX_K."""
+    if not values:
+        raise RequestError("K is missing")
+    distinct = sorted(set(values))
+    if len(distinct) > 1:
+        raise RequestError(f"K must be the same for every row of a request, got {distinct}")
+    k = distinct[0]
+    if not 1 <= k <= MAX_K:
+        raise RequestError(f"K = {k} is out of range: it must be between 1 and {MAX_K}")
+    return k
+
+
+def check_batch(size: int) -> None:
+    if not 1 <= size <= MAX_BATCH:
+        raise RequestError(f"a request carries {size} queries; it must carry 1 to {MAX_BATCH}")

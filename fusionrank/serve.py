@@ -1,0 +1,167 @@
+"""Run NVIDIA Triton Inference Server (the binary in the nvidia-pytriton wheel) on a model
+repository: chosen or free ports, readiness wait, log forwarding, clean shutdown."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+READY_TIMEOUT_S = 180.0
+STOP_TIMEOUT_S = 30.0
+
+
+@dataclass(frozen=True)
+class Ports:
+    grpc: int
+    http: int
+    metrics: int
+
+    @classmethod
+    def free(cls, host: str = "127.0.0.1") -> Ports:
+        return cls(*(free_port(host) for _ in range(3)))
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def triton_home() -> Path:
+    try:
+        import pytriton
+    except ImportError as error:
+        raise FileNotFoundError("nvidia-pytriton is not installed: run scripts/setup.sh") from error
+    home = Path(pytriton.__file__).parent / "tritonserver"
+    if not (home / "bin" / "tritonserver").is_file():
+        raise FileNotFoundError(f"no tritonserver binary under {home}")
+    return home
+
+
+def backend_directory(cache: Path) -> Path:
+    """A backends folder whose python backend has the stub for this Python version; the wheel
+    keeps the stubs apart, and Triton looks for the stub beside libtriton_python.so."""
+    home = triton_home()
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    stub = home / "python_backend_stubs" / version / "triton_python_backend_stub"
+    if not stub.is_file():
+        raise FileNotFoundError(f"the Triton wheel has no Python-backend stub for Python {version}")
+    python = cache / "python"
+    python.mkdir(parents=True, exist_ok=True)
+    for source in [*(home / "backends" / "python").iterdir(), stub]:
+        link = python / source.name
+        if source.is_file() and not (link.is_symlink() and link.resolve() == source.resolve()):
+            link.unlink(missing_ok=True)
+            link.symlink_to(source)
+    return cache
+
+
+def server_environment() -> dict[str, str]:
+    """Environment for the model processes: they import this interpreter's packages.
+
+    The stub itself links the system's libpython (Debian's python3.11): a pyenv-built
+    libpython garbles the BYTES tensors the stub hands to Python, so it is not put first.
+    """
+    env = dict(os.environ)
+    paths = [sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]]
+    env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(
+        [*paths, *filter(None, env.get("PYTHONPATH", "").split(os.pathsep))]))
+    return env
+
+
+class TritonServer:
+    """`with TritonServer(repo) as server:` starts tritonserver and waits until it is ready."""
+
+    def __init__(self, repository: str | Path, ports: Ports | None = None,
+                 host: str = "127.0.0.1", log: IO | None = None, verbose: bool = False):
+        self.repository = Path(repository).resolve()
+        if not any(self.repository.glob("*/config.pbtxt")):
+            raise FileNotFoundError(
+                f"{self.repository} is not a model repository: run `fusionrank build` first")
+        self.host = host
+        self.ports = ports or Ports.free(host)
+        self.log = log
+        self.verbose = verbose
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def grpc_url(self) -> str:
+        return f"{self.host}:{self.ports.grpc}"
+
+    def command(self) -> list[str]:
+        cache = self.repository.parent / ".triton_backends"
+        return [
+            str(triton_home() / "bin" / "tritonserver"),
+            f"--model-repository={self.repository}",
+            f"--backend-directory={backend_directory(cache)}",
+            f"--grpc-address={self.host}", f"--grpc-port={self.ports.grpc}",
+            f"--http-address={self.host}", f"--http-port={self.ports.http}",
+            f"--metrics-address={self.host}", f"--metrics-port={self.ports.metrics}",
+            "--allow-metrics=true", "--exit-on-error=true", "--strict-readiness=true",
+            f"--log-verbose={1 if self.verbose else 0}",
+        ]
+
+    def start(self, timeout_s: float = READY_TIMEOUT_S) -> TritonServer:
+        self.process = subprocess.Popen(self.command(), env=server_environment(),
+                                        stdout=self.log, stderr=subprocess.STDOUT if self.log else None,
+                                        start_new_session=True)
+        self.wait_ready(timeout_s)
+        return self
+
+    def wait_ready(self, timeout_s: float) -> None:
+        import tritonclient.grpc as grpcclient
+        from tritonclient.utils import InferenceServerException
+
+        client = grpcclient.InferenceServerClient(self.grpc_url)
+        deadline = time.monotonic() + timeout_s
+        try:
+            while time.monotonic() < deadline:
+                if self.process.poll() is not None:
+                    raise RuntimeError(f"tritonserver exited with code {self.process.returncode} "
+                                       "before it was ready; its log says why")
+                try:
+                    if client.is_server_ready():
+                        return
+                except InferenceServerException:
+                    pass
+                time.sleep(0.25)
+        finally:
+            client.close()
+        self.stop()
+        raise TimeoutError(f"tritonserver was not ready within {timeout_s:.0f} s")
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)  # Triton unloads its models and exits
+        try:
+            self.process.wait(STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+    def __enter__(self) -> TritonServer:
+        return self.start() if self.process is None else self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def serve_forever(self) -> int:
+        """Block until the server exits or we are told to stop (Ctrl-C, SIGTERM)."""
+        def forward(signum: int, _frame: object) -> None:
+            raise KeyboardInterrupt
+
+        signal.signal(signal.SIGTERM, forward)
+        try:
+            return self.process.wait()
+        except KeyboardInterrupt:
+            self.stop()
+            return 0

@@ -1,0 +1,82 @@
+"""Triton ensembles described as pipelines of named steps.
+
+    search = (Inputs(*SEARCH_INPUTS) >> tokenizer >> query_encoder >> retrieval >> ranker
+              ).ensemble("search", SEARCH_OUTPUTS)
+
+Tensors flow by name: a step reads each of its inputs from the ensemble's inputs or from an
+earlier step's output of that name, and the ensemble's outputs are the steps' outputs of
+theirs. A name produced twice, or needed before anything produced it, is an error here rather
+than a model that fails to load in the server.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from tritonclient.grpc import model_config_pb2 as mc
+
+from fusionrank.contract import MAX_BATCH, TensorSpec
+from fusionrank.model_repository.config import PythonModel, model_input, model_output, write_config
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    inputs: tuple[TensorSpec, ...]
+    steps: tuple[PythonModel, ...] = ()
+
+    def __rshift__(self, step: PythonModel) -> Pipeline:
+        return Pipeline(self.inputs, (*self.steps, step))
+
+    def ensemble(self, name: str, outputs: tuple[TensorSpec, ...],
+                 max_batch_size: int = MAX_BATCH) -> Ensemble:
+        return Ensemble(name, self, outputs, max_batch_size)
+
+
+def Inputs(*specs: TensorSpec) -> Pipeline:  # noqa: N802 - reads as a pipeline's head
+    return Pipeline(tuple(specs))
+
+
+@dataclass(frozen=True)
+class Ensemble:
+    name: str
+    pipeline: Pipeline
+    outputs: tuple[TensorSpec, ...]
+    max_batch_size: int = MAX_BATCH
+
+    def config(self) -> mc.ModelConfig:
+        available = {t.name for t in self.pipeline.inputs}
+        wanted = {t.name for t in self.outputs}
+        steps = []
+        for model in self.pipeline.steps:
+            missing = [t.name for t in model.inputs if t.name not in available]
+            if missing:
+                raise ValueError(f"{self.name}: step {model.name} needs {missing}, which no "
+                                 "ensemble input or earlier step provides")
+            produced = [t.name for t in model.outputs]
+            twice = sorted(set(produced) & available)
+            if twice:
+                raise ValueError(f"{self.name}: step {model.name} produces {twice} again")
+            available.update(produced)
+            steps.append(mc.ModelEnsembling.Step(
+                model_name=model.name, model_version=-1,
+                input_map={t.name: t.name for t in model.inputs},
+                # Intermediate tensors a later step does not read are left out of the map.
+                output_map={n: n for n in produced if n in wanted or self._read_later(model, n)}))
+        missing = sorted(wanted - available)
+        if missing:
+            raise ValueError(f"{self.name}: no step produces the outputs {missing}")
+        return mc.ModelConfig(
+            name=self.name, platform="ensemble", max_batch_size=self.max_batch_size,
+            input=[model_input(t) for t in self.pipeline.inputs],
+            output=[model_output(t) for t in self.outputs],
+            ensemble_scheduling=mc.ModelEnsembling(step=steps))
+
+    def _read_later(self, producer: PythonModel, tensor: str) -> bool:
+        later = self.pipeline.steps[self.pipeline.steps.index(producer) + 1:]
+        return any(tensor == t.name for step in later for t in step.inputs)
+
+    def export(self, repository: Path) -> Path:
+        for model in self.pipeline.steps:
+            model.export(repository)
+        return write_config(self.config(), repository)
