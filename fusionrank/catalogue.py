@@ -307,5 +307,4 @@ def _parquet_rows(path: Path, report: LoadReport, lenient: bool) -> Iterator[tup
     except Exception as error:  # pyarrow raises several unrelated types for a bad file
         raise CatalogueError(path, None, None, f"not a readable Parquet file ({error})") from None
     # Parquet has no lines: rows are numbered from 1, as a spreadsheet would show them.
-    for number, row in enumerate(table.to_pylist(), start=1):
-        yield number, row
+    yield from enumerate(table.to_pylist(), start=1)

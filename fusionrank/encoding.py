@@ -77,7 +77,7 @@ def onnx_session(model_path: str | Path, threads: int | None = None):
 
 
 class OnnxEncoder:
-    """Token batch → L2-normalised sentence embedding (pooling and normalisation are in the graph)."""
+    """Token batch → unit-length sentence embedding (pooling and normalisation are in the graph)."""
 
     def __init__(self, model_path: str | Path, threads: int | None = None):
         self._session = onnx_session(model_path, threads)

@@ -30,7 +30,8 @@ class FusionWeights:
     def __post_init__(self) -> None:
         unknown = sorted(set(self.weights) - set(SIGNAL_TENSORS))
         if unknown:
-            raise ValueError(f"unknown ranking signal(s) {unknown}; known: {sorted(SIGNAL_TENSORS)}")
+            raise ValueError(f"unknown ranking signal(s) {unknown}; "
+                             f"known: {sorted(SIGNAL_TENSORS)}")
         if not self.weights:
             raise ValueError("the ranking needs at least one weighted signal")
 

@@ -110,9 +110,9 @@ class TritonServer:
         ]
 
     def start(self, timeout_s: float = READY_TIMEOUT_S) -> TritonServer:
-        self.process = subprocess.Popen(self.command(), env=server_environment(),
-                                        stdout=self.log, stderr=subprocess.STDOUT if self.log else None,
-                                        start_new_session=True)
+        self.process = subprocess.Popen(
+            self.command(), env=server_environment(), stdout=self.log,
+            stderr=subprocess.STDOUT if self.log else None, start_new_session=True)
         self.wait_ready(timeout_s)
         return self
 
@@ -153,15 +153,3 @@ class TritonServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-    def serve_forever(self) -> int:
-        """Block until the server exits or we are told to stop (Ctrl-C, SIGTERM)."""
-        def forward(signum: int, _frame: object) -> None:
-            raise KeyboardInterrupt
-
-        signal.signal(signal.SIGTERM, forward)
-        try:
-            return self.process.wait()
-        except KeyboardInterrupt:
-            self.stop()
-            return 0

@@ -15,8 +15,6 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from fusionrank.catalogue import Catalogue
-from fusionrank.contract import MAX_K, SEARCH_INPUTS, SEARCH_MODEL, SEARCH_OUTPUTS, TensorSpec
 from fusionrank.export.index import (
     EMBEDDINGS_FILE,
     PRODUCTS_FILE,
@@ -28,6 +26,9 @@ from fusionrank.export.onnx_encoder import export_encoder
 from fusionrank.model_repository.config import PythonModel
 from fusionrank.model_repository.ensemble import Ensemble, Inputs
 from fusionrank.model_repository.models import query_encoder, ranker, retrieval, tokenizer
+
+from fusionrank.catalogue import Catalogue
+from fusionrank.contract import MAX_K, SEARCH_INPUTS, SEARCH_MODEL, SEARCH_OUTPUTS, TensorSpec
 from fusionrank.ranking import FusionWeights
 
 MANIFEST_FILE = "fusionrank.json"

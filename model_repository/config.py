@@ -79,7 +79,9 @@ class PythonModel:
                 max_queue_delay_microseconds=self.max_queue_delay_us),
             instance_group=[mc.ModelInstanceGroup(count=self.instances,
                                                   kind=mc.ModelInstanceGroup.KIND_CPU)],
-            parameters={k: mc.ModelParameter(string_value=v) for k, v in self.parameters.items()})
+            # `module` lets tools (the in-process pipeline) find the step behind the model.
+            parameters={k: mc.ModelParameter(string_value=v)
+                        for k, v in {"module": self.module, **self.parameters}.items()})
 
     def export(self, repository: Path) -> Path:
         folder = write_config(self.config(), repository)

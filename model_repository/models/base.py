@@ -87,4 +87,5 @@ def triton_model(factory: StepFactory) -> type:
                         for name, value in result.items()]))
             return responses
 
+    TritonPythonModel.step_factory = staticmethod(factory)
     return TritonPythonModel

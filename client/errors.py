@@ -1,0 +1,32 @@
+"""Errors of the client SDK: each says what went wrong and, where it can, what to do."""
+
+from __future__ import annotations
+
+
+class FusionRankError(Exception):
+    """Any failure of a fusionrank call."""
+
+
+class InvalidRequestError(FusionRankError, ValueError):
+    """The request breaks the contract (rejected locally, or INVALID_ARGUMENT from the server)."""
+
+
+class ServerUnavailableError(FusionRankError):
+    """No server answered at the address, or it is not ready."""
+
+
+class RequestTimeoutError(FusionRankError, TimeoutError):
+    """The server did not answer within the call's timeout."""
+
+
+def from_triton(error: Exception, url: str) -> FusionRankError:
+    """Translate tritonclient's InferenceServerException by its gRPC status."""
+    status = str(getattr(error, "status", lambda: "")() or "")
+    message = getattr(error, "message", lambda: str(error))() or str(error)
+    if "INVALID_ARGUMENT" in status:
+        return InvalidRequestError(message)
+    if "DEADLINE_EXCEEDED" in status:
+        return RequestTimeoutError(f"no answer from {url} in time: {message}")
+    if "UNAVAILABLE" in status:
+        return ServerUnavailableError(f"cannot reach a Triton server at {url}: {message}")
+    return FusionRankError(f"{status or 'error'} from {url}: {message}")

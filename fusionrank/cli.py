@@ -1,0 +1,164 @@
+"""`fusionrank`: one command line, one subcommand per job.
+
+    fusionrank build   --catalogue online_retail --out build
+    fusionrank serve   --repository build/model_repository
+    fusionrank search  "cordless drill" -k 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+from pathlib import Path
+
+from fusionrank.contract import DEFAULT_K, MAX_K
+
+DEFAULT_BUILD = Path("build")
+DEFAULT_URL = "127.0.0.1:8001"
+
+
+class CommandError(Exception):
+    """A user-facing failure: printed as one line, exit status 2."""
+
+
+def add_build(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "build", help="export the encoder, embed a catalogue and write the Triton model repository")
+    parser.add_argument("--catalogue", default="online_retail",
+                        help="a catalogue file (.csv/.parquet/.jsonl[.gz]) or a shared dataset: "
+                             "online_retail, homedepot (default: online_retail)")
+    parser.add_argument("--datasets",
+                        help="folder of the shared datasets (default ../shared/datasets)")
+    parser.add_argument("--lenient", action="store_true",
+                        help="skip bad catalogue rows (each counted, reported) instead of failing")
+    parser.add_argument("--model", help="local Hugging Face encoder folder "
+                                        "(default: the bundled all-MiniLM-L6-v2)")
+    parser.add_argument("--out", type=Path, default=DEFAULT_BUILD)
+    parser.add_argument("--encoder-instances", type=int, default=1)
+    parser.add_argument("--retrieval-instances", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=2,
+                        help="ONNX Runtime threads per model copy")
+    parser.set_defaults(run=run_build)
+
+
+def load_named_catalogue(name: str, datasets: str | None, lenient: bool):
+    from fusionrank import datasets as shared
+    from fusionrank.catalogue import load_catalogue
+
+    adapters = {"online_retail": shared.online_retail_catalogue,
+                "homedepot": shared.homedepot_catalogue}
+    if name in adapters:
+        if datasets:
+            shared.datasets_dir(datasets)  # fails early with a clear message
+            relative = {"online_retail": shared.ONLINE_RETAIL_FILE,
+                        "homedepot": shared.HOMEDEPOT_FILE}[name]
+            return adapters[name](Path(datasets) / relative)
+        return adapters[name]()
+    return load_catalogue(name, lenient=lenient)
+
+
+def run_build(args: argparse.Namespace) -> int:
+    from fusionrank.export.onnx_encoder import bundled_model_path
+    from fusionrank.model_repository.build import ServingOptions, build_search_repository
+
+    catalogue, report = load_named_catalogue(args.catalogue, args.datasets, args.lenient)
+    print(report.summary(), file=sys.stderr)
+    options = ServingOptions(encoder_instances=args.encoder_instances,
+                             retrieval_instances=args.retrieval_instances,
+                             onnx_threads=args.threads)
+    model = Path(args.model) if args.model else bundled_model_path()
+    repository = build_search_repository(catalogue, model, args.out, options)
+    print(f"model repository written to {repository}", file=sys.stderr)
+    return 0
+
+
+def add_serve(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser("serve", help="run Triton Inference Server on a model repository")
+    parser.add_argument("--repository", type=Path, default=DEFAULT_BUILD / "model_repository")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to listen on (0.0.0.0 for every interface)")
+    parser.add_argument("--grpc-port", type=int, default=8001)
+    parser.add_argument("--http-port", type=int, default=8000)
+    parser.add_argument("--metrics-port", type=int, default=8002)
+    parser.add_argument("--verbose", action="store_true", help="Triton's verbose log")
+    parser.set_defaults(run=run_serve)
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    from fusionrank.serve import Ports, TritonServer
+
+    def interrupt(_signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)  # SIGTERM stops as cleanly as Ctrl-C does
+    server = TritonServer(args.repository, Ports(args.grpc_port, args.http_port, args.metrics_port),
+                          host=args.host, verbose=args.verbose)
+    try:
+        server.start()
+        print(f"serving {args.repository} — gRPC {server.grpc_url}, HTTP {args.host}:"
+              f"{args.http_port}, metrics {args.host}:{args.metrics_port}; Ctrl-C stops",
+              file=sys.stderr, flush=True)
+        return server.process.wait()
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        server.stop()
+
+
+def add_search(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser("search", help="search the served catalogue")
+    parser.add_argument("query", nargs="+", help="one or more queries")
+    parser.add_argument("-k", type=int, default=DEFAULT_K, help=f"results per query (1..{MAX_K})")
+    parser.add_argument("--url", default=DEFAULT_URL, help="Triton gRPC address")
+    parser.add_argument("--timeout", type=float, default=10.0, help="seconds")
+    parser.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
+    parser.set_defaults(run=run_search)
+
+
+def run_search(args: argparse.Namespace) -> int:
+    from fusionrank.client import SearchClient
+
+    with SearchClient(args.url, timeout_s=args.timeout) as client:
+        results = client.search_batch(args.query, k=args.k)
+    for query, hits in zip(args.query, results, strict=True):
+        if args.json:
+            print(json.dumps({"query": query, "results": [h.to_dict() for h in hits]},
+                             ensure_ascii=False))
+            continue
+        print(f"\n{query}")
+        for rank, hit in enumerate(hits, start=1):
+            price = f"  £{hit.product.price:.2f}" if hit.product.price is not None else ""
+            print(f"{rank:>3}. {hit.score:6.3f}  {hit.product_id:<12} {hit.product.title}{price}")
+    return 0
+
+
+COMMANDS = [add_build, add_serve, add_search]
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="fusionrank", description=__doc__,
+                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in COMMANDS:
+        add(commands)
+    return top
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    from fusionrank.catalogue import CatalogueError
+    from fusionrank.client import FusionRankError
+
+    try:
+        return args.run(args)
+    except (CommandError, CatalogueError, FusionRankError, FileNotFoundError, ValueError) as error:
+        print(f"fusionrank {args.command}: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

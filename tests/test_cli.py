@@ -1,0 +1,75 @@
+"""The `fusionrank` command line: serve lifecycle, search output and clear errors."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+
+import pytest
+from fusionrank.client import SearchClient
+
+from fusionrank.serve import Ports
+
+FUSIONRANK = [sys.executable, "-m", "fusionrank.cli"]
+
+
+def fusionrank(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run([*FUSIONRANK, *args], capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.server
+def test_search_prints_ranked_products(triton_server):
+    done = fusionrank("search", "cordless drill", "wool scarf", "-k", "3",
+                      "--url", triton_server.grpc_url)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert "1." in lines[lines.index("cordless drill") + 1]
+    assert "A-DRILL" in lines[lines.index("cordless drill") + 1]
+    assert "A-SCARF" in lines[lines.index("wool scarf") + 1]
+    as_json = fusionrank("search", "teapot", "--json", "-k", "2", "--url", triton_server.grpc_url)
+    record = json.loads(as_json.stdout)
+    assert record["results"][0]["product_id"] == "A-TEAPOT"
+    assert record["results"][0]["product"]["price"] == 12.0
+
+
+@pytest.mark.server
+def test_search_errors_are_one_clear_line(triton_server):
+    done = fusionrank("search", "drill", "-k", "0", "--url", triton_server.grpc_url)
+    assert done.returncode == 2
+    assert done.stderr.strip() == ("fusionrank search: K = 0 is out of range: "
+                                   "it must be between 1 and 100")
+    nowhere = fusionrank("search", "drill", "--url", "127.0.0.1:1", "--timeout", "3")
+    assert nowhere.returncode == 2
+    assert "cannot reach a Triton server at 127.0.0.1:1" in nowhere.stderr
+
+
+def test_build_reports_a_bad_catalogue(tmp_path):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("product_id,title\np1,Drill\np1,Again\n")
+    done = fusionrank("build", "--catalogue", str(bad), "--out", str(tmp_path / "out"))
+    assert done.returncode == 2
+    assert f"{bad}:3: field 'product_id': duplicate id" in done.stderr
+
+
+@pytest.mark.server
+def test_serve_starts_answers_and_stops_on_sigterm(search_repository):
+    ports = Ports.free()
+    server = subprocess.Popen(
+        [*FUSIONRANK, "serve", "--repository", str(search_repository),
+         "--grpc-port", str(ports.grpc), "--http-port", str(ports.http),
+         "--metrics-port", str(ports.metrics)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        with SearchClient(f"127.0.0.1:{ports.grpc}") as client:
+            client.wait_ready(timeout_s=120)
+            assert client.search("kitchen sink", k=1)[0].product_id == "A-SINK"
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(timeout=60) == 0
+    finally:
+        if server.poll() is None:
+            server.kill()
+    log = server.stdout.read()
+    assert f"gRPC 127.0.0.1:{ports.grpc}" in log  # the ready line
+    assert "successfully unloaded" in log or "Exiting" in log  # Triton's own shutdown
