@@ -1,0 +1,229 @@
+"""Search serving benchmark: perf_analyzer against the served `search` ensemble, the same
+queries through the in-process pipeline as the reference, and the server's resident memory.
+
+    .venv/bin/python benchmarks/search_benchmark.py            # Home Depot catalogue, full run
+    .venv/bin/python benchmarks/search_benchmark.py --queries 200 --seconds 3   # a quick look
+
+Writes benchmarks/reports/search.md and search.json. Compare figures within one run: the
+machine is shared and noisy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+
+from fusionrank.datasets import homedepot_catalogue, read_homedepot
+from fusionrank.export.onnx_encoder import bundled_model_path
+from fusionrank.model_repository.build import ServingOptions, build_search_repository
+from fusionrank.pipeline import SearchPipeline
+from fusionrank.serve import TritonServer
+
+REPORTS = Path(__file__).parent / "reports"
+K = 10
+
+
+@dataclass
+class LoadResult:
+    mode: str  # "triton c=N" or "in-process ..."
+    throughput_qps: float
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+
+
+def benchmark_queries(count: int, seed: int = 0) -> list[str]:
+    """Distinct real Home Depot search terms, in a fixed random order."""
+    terms = read_homedepot().search_term.str.strip().drop_duplicates().tolist()
+    rng = np.random.default_rng(seed)
+    return [terms[i] for i in rng.permutation(len(terms))[:count]]
+
+
+def perf_analyzer_input(queries: list[str], path: Path) -> Path:
+    """perf_analyzer's --input-data JSON: one request per query, K fixed."""
+    data = [{"QUERY": {"content": [q], "shape": [1]}, "K": {"content": [K], "shape": [1]}}
+            for q in queries]
+    path.write_text(json.dumps({"data": data}))
+    return path
+
+
+def perf_analyzer(url: str, data: Path, concurrency: int, seconds: float) -> LoadResult:
+    binary = shutil.which("perf_analyzer", path=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+    if binary is None:
+        raise FileNotFoundError("perf_analyzer not found: run scripts/setup.sh")
+    with tempfile.TemporaryDirectory() as tmp:
+        report = Path(tmp) / "pa.csv"
+        command = [binary, "-m", "search", "-u", url, "-i", "grpc", "--input-data", str(data),
+                   "--concurrency-range", str(concurrency), "--measurement-mode", "time_windows",
+                   "--measurement-interval", str(int(seconds * 1000)), "--stability-percentage",
+                   "25", "--max-trials", "6", "-f", str(report)]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+        if done.returncode != 0:
+            raise RuntimeError(f"perf_analyzer failed:\n{done.stdout[-3000:]}\n{done.stderr}")
+        row = next(csv.DictReader(report.open()))
+    return LoadResult(f"triton c={concurrency}", float(row["Inferences/Second"]),
+                      int(row["p50 latency"]) / 1e3, int(row["p95 latency"]) / 1e3,
+                      int(row["p99 latency"]) / 1e3)
+
+
+def in_process(pipeline: SearchPipeline, queries: list[str], batch: int, seconds: float
+               ) -> LoadResult:
+    """Queries through the in-process pipeline, `batch` per call, for about `seconds`."""
+    latencies: list[float] = []
+    served = 0
+    start = time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        for i in range(0, len(queries), batch):
+            tick = time.perf_counter()
+            pipeline.run(queries[i:i + batch], k=K)
+            latencies.append(time.perf_counter() - tick)
+            served += len(queries[i:i + batch])
+            if time.perf_counter() - start >= seconds:
+                break
+    elapsed = time.perf_counter() - start
+    p50, p95, p99 = np.percentile(np.array(latencies) * 1e3, [50, 95, 99])
+    return LoadResult(f"in-process batch={batch}", served / elapsed, p50, p95, p99)
+
+
+def process_tree_rss_mib(root: int) -> float:
+    """Resident memory of a process and all its descendants (Triton's model stubs)."""
+    children: dict[int, list[int]] = {}
+    rss: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            status = (entry / "status").read_text()
+        except OSError:
+            continue
+        fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+        pid = int(entry.name)
+        children.setdefault(int(fields["PPid"]), []).append(pid)
+        rss[pid] = int(fields.get("VmRSS", "0 kB").split()[0])
+    total, todo = 0, [root]
+    while todo:
+        pid = todo.pop()
+        total += rss.get(pid, 0)
+        todo.extend(children.get(pid, []))
+    return total / 1024
+
+
+class PeakMemory(threading.Thread):
+    def __init__(self, pid: int):
+        super().__init__(daemon=True)
+        self.pid, self.peak_mib, self._stop_event = pid, 0.0, threading.Event()
+
+    def run(self) -> None:
+        while not self._stop_event.wait(0.5):
+            self.peak_mib = max(self.peak_mib, process_tree_rss_mib(self.pid))
+
+    def stop(self) -> float:
+        self._stop_event.set()
+        self.join()
+        return self.peak_mib
+
+
+def machine() -> str:
+    lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+    model = next((line.split(":", 1)[1].strip() for line in lscpu.splitlines()
+                  if line.startswith("Model name")), platform.processor())
+    memory_kib = int(next(line.split()[1] for line in Path("/proc/meminfo").read_text().splitlines()
+                          if line.startswith("MemTotal")))
+    return f"{model}, {os.cpu_count()} vCPU, {memory_kib / 2**20:.0f} GiB, {platform.platform()}"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--build", type=Path, default=Path("build/homedepot"))
+    parser.add_argument("--rebuild", action="store_true", help="rebuild the model repository")
+    parser.add_argument("--queries", type=int, default=2000)
+    parser.add_argument("--seconds", type=float, default=10.0, help="per measurement window")
+    args = parser.parse_args()
+
+    repository = args.build / "model_repository"
+    if args.rebuild or not (repository / "search" / "config.pbtxt").is_file():
+        catalogue, report = homedepot_catalogue()
+        print(report.summary(), file=sys.stderr)
+        build_search_repository(catalogue, bundled_model_path(), args.build, ServingOptions())
+    manifest = json.loads((repository / "fusionrank.json").read_text())
+    queries = benchmark_queries(args.queries)
+
+    pipeline = SearchPipeline(repository)
+    reference = [in_process(pipeline, queries, batch, args.seconds) for batch in (1, 8)]
+    del pipeline
+
+    results: list[LoadResult] = []
+    with tempfile.TemporaryDirectory() as tmp, (Path(tmp) / "triton.log").open("w") as log, \
+            TritonServer(repository, log=log) as server:
+        idle_mib = process_tree_rss_mib(server.process.pid)
+        data = perf_analyzer_input(queries, Path(tmp) / "queries.json")
+        memory = PeakMemory(server.process.pid)
+        memory.start()
+        for concurrency in (1, 4, 8):
+            results.append(perf_analyzer(server.grpc_url, data, concurrency, args.seconds))
+            print(results[-1], file=sys.stderr)
+        peak_mib = memory.stop()
+
+    best_reference = max(r.throughput_qps for r in reference)
+    summary = {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "command": "python " + " ".join(sys.argv),
+        "machine": machine(),
+        "catalogue_products": manifest["index"]["products"],
+        "queries": len(queries), "k": K,
+        "serving": manifest["serving"],
+        "results": [asdict(r) for r in [*results, *reference]],
+        "server_rss_idle_mib": round(idle_mib, 1),
+        "server_rss_peak_mib": round(peak_mib, 1),
+        "c8_over_best_in_process": round(results[-1].throughput_qps / best_reference, 3),
+    }
+    REPORTS.mkdir(parents=True, exist_ok=True)
+    (REPORTS / "search.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (REPORTS / "search.md").write_text(markdown(summary))
+    print(markdown(summary))
+    return 0
+
+
+def markdown(s: dict) -> str:
+    rows = "\n".join(f"| {r['mode']} | {r['throughput_qps']:.1f} | {r['p50_ms']:.2f} | "
+                     f"{r['p95_ms']:.2f} | {r['p99_ms']:.2f} |" for r in s["results"])
+    return f"""# Search serving benchmark
+
+- Command: `{s['command']}`
+- Machine: {s['machine']}
+- Date: {s['date']}
+- Catalogue: {s['catalogue_products']} Home Depot products; {s['queries']} distinct real search
+  terms, K = {s['k']}; perf_analyzer over gRPC against the `search` ensemble.
+- Serving options: `{json.dumps(s['serving'])}`
+
+| mode | queries / s | p50 ms | p95 ms | p99 ms |
+| --- | --- | --- | --- | --- |
+{rows}
+
+Throughput at concurrency 8 over the best in-process figure: **{s['c8_over_best_in_process']:.2f}**.
+
+Resident memory of tritonserver with all its model processes: {s['server_rss_idle_mib']:.0f} MiB
+when ready, {s['server_rss_peak_mib']:.0f} MiB at peak under load.
+
+In-process rows run the model repository's own steps (tokenise → ONNX Runtime encoder → ONNX
+Runtime top-K → rank) in one Python process with no server; latency there is per call
+(a call carries `batch` queries).
+"""
+
+
+if __name__ == "__main__":
+    sys.exit(main())
