@@ -26,10 +26,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
-
-from fusionrank.datasets import homedepot_catalogue, read_homedepot
 from fusionrank.export.onnx_encoder import bundled_model_path
 from fusionrank.model_repository.build import ServingOptions, build_search_repository
+
+from fusionrank.datasets import homedepot_catalogue, read_homedepot
 from fusionrank.pipeline import SearchPipeline
 from fusionrank.serve import TritonServer
 
@@ -62,7 +62,8 @@ def perf_analyzer_input(queries: list[str], path: Path) -> Path:
 
 
 def perf_analyzer(url: str, data: Path, concurrency: int, seconds: float) -> LoadResult:
-    binary = shutil.which("perf_analyzer", path=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+    venv_bin = Path(sys.executable).parent  # scripts/setup.sh installs it beside python
+    binary = shutil.which("perf_analyzer", path=f"{venv_bin}{os.pathsep}{os.environ['PATH']}")
     if binary is None:
         raise FileNotFoundError("perf_analyzer not found: run scripts/setup.sh")
     with tempfile.TemporaryDirectory() as tmp:
