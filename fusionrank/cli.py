@@ -38,6 +38,8 @@ def add_build(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", type=Path, default=DEFAULT_BUILD)
     parser.add_argument("--encoder-instances", type=int, default=1)
     parser.add_argument("--retrieval-instances", type=int, default=1)
+    parser.add_argument("--precision", choices=["fp32", "int8"], default="fp32",
+                        help="query encoder precision (int8: ONNX Runtime dynamic quantisation)")
     parser.add_argument("--threads", type=int, default=2,
                         help="ONNX Runtime threads per model copy")
     parser.set_defaults(run=run_build)
@@ -67,7 +69,7 @@ def run_build(args: argparse.Namespace) -> int:
     print(report.summary(), file=sys.stderr)
     options = ServingOptions(encoder_instances=args.encoder_instances,
                              retrieval_instances=args.retrieval_instances,
-                             onnx_threads=args.threads)
+                             onnx_threads=args.threads, precision=args.precision)
     model = Path(args.model) if args.model else bundled_model_path()
     repository = build_search_repository(catalogue, model, args.out, options)
     print(f"model repository written to {repository}", file=sys.stderr)

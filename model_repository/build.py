@@ -23,6 +23,7 @@ from fusionrank.export.index import (
     retrieval_graph,
 )
 from fusionrank.export.onnx_encoder import export_encoder
+from fusionrank.export.quantize import quantise_encoder
 from fusionrank.model_repository.config import PythonModel
 from fusionrank.model_repository.ensemble import Ensemble, Inputs
 from fusionrank.model_repository.models import query_encoder, ranker, retrieval, tokenizer
@@ -51,6 +52,16 @@ class ServingOptions:
     max_queue_delay_us: int = 200
     onnx_threads: int = 2
     candidates: int = MAX_K
+    # "int8" serves a dynamically quantised query encoder (the catalogue is embedded in FP32).
+    precision: str = "fp32"
+
+    def __post_init__(self) -> None:
+        if self.precision not in ("fp32", "int8"):
+            raise ValueError(f"precision must be fp32 or int8, not {self.precision!r}")
+
+
+def encoder_file(options: ServingOptions) -> str:
+    return "encoder.int8.onnx" if options.precision == "int8" else "encoder.onnx"
 
 
 def search_ensemble(version_dirs: dict[str, Path], options: ServingOptions) -> Ensemble:
@@ -63,7 +74,7 @@ def search_ensemble(version_dirs: dict[str, Path], options: ServingOptions) -> E
         instances=options.pre_post_instances, max_queue_delay_us=0)
     encode = PythonModel(
         "query_encoder", query_encoder.__name__, TOKENS, (EMBEDDING,),
-        artefacts={query_encoder.ENCODER_FILE: version_dirs["encoder"] / "encoder.onnx"},
+        artefacts={query_encoder.ENCODER_FILE: version_dirs["encoder"] / encoder_file(options)},
         parameters=threads, instances=options.encoder_instances,
         max_queue_delay_us=options.max_queue_delay_us)
     retrieve = PythonModel(
@@ -89,6 +100,11 @@ def build_search_repository(catalogue: Catalogue, model_dir: Path, out_dir: Path
     artefacts = {"encoder": out_dir / "artefacts" / "encoder",
                  "index": out_dir / "artefacts" / "index"}
     encoder = export_encoder(model_dir, artefacts["encoder"], catalogue.titles[:PARITY_TEXTS])
+    quantised = None
+    if options.precision == "int8":
+        quantised = quantise_encoder(encoder.onnx_path, encoder.tokenizer_path,
+                                     artefacts["encoder"] / encoder_file(options),
+                                     catalogue.titles[:PARITY_TEXTS])
     index = build_index(catalogue, encoder, artefacts["index"])
     retrieval_graph(load_embeddings(artefacts["index"]), artefacts["index"] / retrieval.INDEX_FILE)
     (weights or FusionWeights()).save(artefacts["index"] / ranker.WEIGHTS_FILE)
@@ -101,7 +117,9 @@ def build_search_repository(catalogue: Catalogue, model_dir: Path, out_dir: Path
     served = {
         "built_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "encoder": {"source": encoder.source, "onnx_sha256": encoder.sha256,
-                    "parity_min_cosine": encoder.min_cosine},
+                    "parity_min_cosine": encoder.min_cosine,
+                    "int8": asdict(quantised) | {"onnx_path": str(quantised.onnx_path)}
+                    if quantised else None},
         "index": asdict(index) | {"embeddings": str(artefacts["index"] / EMBEDDINGS_FILE)},
         "ranking": asdict(weights or FusionWeights()),
         "serving": asdict(options),

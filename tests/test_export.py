@@ -87,3 +87,14 @@ def test_not_a_model_folder_is_a_clear_error(tmp_path):
         check_model_folder(tmp_path)
     with pytest.raises(FileNotFoundError, match="not found"):
         check_model_folder(tmp_path / "absent")
+
+
+def test_int8_encoder_is_smaller_and_stays_close_to_fp32(exported, tmp_path):
+    from fusionrank.export.quantize import quantise_encoder
+
+    titles = real_titles() or [p.title for p in _fixture_products()]
+    int8 = quantise_encoder(exported.onnx_path, exported.tokenizer_path, tmp_path / "int8.onnx",
+                            titles)
+    assert int8.onnx_path.stat().st_size < exported.onnx_path.stat().st_size / 2
+    assert int8.min_cosine_to_fp32 >= 0.95
+    assert int8.mean_cosine_to_fp32 >= 0.98
