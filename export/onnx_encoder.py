@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,7 +96,12 @@ def export_encoder(model_dir: str | Path, out_dir: str | Path,
     module = load_pooled_encoder(model_dir)
     onnx_path = out_dir / MODEL_FILE
     example = (torch.ones(2, 8, dtype=torch.int64), torch.ones(2, 8, dtype=torch.int64))
-    with torch.no_grad():
+    # The tracer warns about Python branches on shapes inside transformers' attention; they do
+    # not depend on the batch here (a mask is always given), and the parity check below proves it.
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", message=".*aten::index.*")
+        warnings.simplefilter("ignore", DeprecationWarning)
         torch.onnx.export(
             module, example, str(onnx_path), dynamo=False, opset_version=ONNX_OPSET,
             input_names=["input_ids", "attention_mask"], output_names=["embedding"],
