@@ -64,17 +64,37 @@ def backend_directory(cache: Path) -> Path:
     return cache
 
 
-def server_environment() -> dict[str, str]:
-    """Environment for the model processes: they import this interpreter's packages.
+def own_libpython_dir() -> Path | None:
+    """The folder of this interpreter's shared libpython (pyenv's lib/), or None when the
+    interpreter is built without one (then the stub needs the system's libpython3.11)."""
+    folder, soname = sysconfig.get_config_var("LIBDIR"), sysconfig.get_config_var("INSTSONAME")
+    shared = sysconfig.get_config_var("Py_ENABLE_SHARED") and folder and soname
+    return Path(folder) if shared and (Path(folder) / soname).is_file() else None
 
-    The stub itself links the system's libpython (Debian's python3.11): a pyenv-built
-    libpython garbles the BYTES tensors the stub hands to Python, so it is not put first.
+
+def server_environment() -> dict[str, str]:
+    """Environment for the model processes: they run on this interpreter and its packages.
+
+    The stub embeds Python in isolated mode (it ignores PYTHONPATH and PYTHONHOME) and takes
+    its prefix from the `python3` it finds in PATH, so it gets this interpreter's libpython and
+    bin/ first: it then reads the venv's pyvenv.cfg and imports the venv's numpy<2, and needs no
+    system libpython3.11 (Debian 13 has none).
     """
     env = dict(os.environ)
     paths = [sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]]
-    env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(
-        [*paths, *filter(None, env.get("PYTHONPATH", "").split(os.pathsep))]))
+    env["PYTHONPATH"] = prepend(env.get("PYTHONPATH"), *paths)
+    libdir = own_libpython_dir()
+    # A numpy 2 (as in pyenv's own site-packages) garbles BYTES: the stub's pybind11 misreads it.
+    if libdir is not None:  # else the stub links the system's libpython3.11 and its prefix
+        env["LD_LIBRARY_PATH"] = prepend(env.get("LD_LIBRARY_PATH"), str(libdir))
+        env["PATH"] = prepend(env.get("PATH", os.defpath), str(Path(sys.executable).parent))
     return env
+
+
+def prepend(value: str | None, *entries: str) -> str:
+    """A search path with `entries` first, each path once."""
+    rest = filter(None, (value or "").split(os.pathsep))
+    return os.pathsep.join(dict.fromkeys([*entries, *rest]))
 
 
 class TritonServer:

@@ -22,7 +22,8 @@ MODEL_PY = '''\
 import os
 import site
 
-# Triton's Python stub reads PYTHONPATH but not the .pth files an editable install relies on.
+# The stub runs Python in isolated mode; serve.py hands it the packages' folders in PYTHONPATH,
+# and addsitedir also reads the .pth files an editable install relies on.
 for _entry in os.environ.get("PYTHONPATH", "").split(os.pathsep):
     if _entry:
         site.addsitedir(_entry)

@@ -24,12 +24,17 @@ find_python() {
     die "Python 3.11 is required (Triton's Python-backend stub here is built for 3.11)"
 }
 
-# Triton's Python-backend stub links the system's libpython3.11 (see fusionrank/serve.py).
+# Triton's Python-backend stub runs on the interpreter's own shared libpython where it has one
+# (pyenv builds with --enable-shared; see fusionrank/serve.py), else on the system's libpython3.11.
 ensure_libpython() {
+    local python=$1
+    "$python" -c 'import os, sys, sysconfig as s
+lib = os.path.join(s.get_config_var("LIBDIR") or "", s.get_config_var("INSTSONAME") or "")
+sys.exit(not (s.get_config_var("Py_ENABLE_SHARED") and os.path.isfile(lib)))' && return
     if ldconfig -p | grep -q 'libpython3\.11\.so\.1\.0'; then return; fi
     say "installing libpython3.11 for Triton's Python backend"
     apt-get update -qq && apt-get install -y -qq libpython3.11 >/dev/null ||
-        die "libpython3.11.so.1.0 is missing and apt could not install libpython3.11"
+        die "$python has no shared libpython and apt could not install libpython3.11"
 }
 
 # A stamp holding the hash of everything that decides the environment's content.
@@ -39,7 +44,8 @@ wanted_state() {
 }
 
 main() {
-    ensure_libpython
+    if [[ -x $venv/bin/python ]]; then ensure_libpython "$venv/bin/python"
+    else ensure_libpython "$(find_python)"; fi
     if [[ -f $stamp && $(cat "$stamp") == "$(wanted_state)" && -x $venv/bin/fusionrank ]]; then
         say "environment $venv is up to date"; return
     fi
