@@ -26,10 +26,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
-from fusionrank.export.onnx_encoder import bundled_model_path
-from fusionrank.model_repository.build import ServingOptions, build_search_repository
 
 from fusionrank.datasets import homedepot_catalogue, read_homedepot
+from fusionrank.export.onnx_encoder import bundled_model_path
+from fusionrank.model_repository.build import ServingOptions, build_search_repository
 from fusionrank.pipeline import SearchPipeline
 from fusionrank.serve import TritonServer
 

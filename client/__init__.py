@@ -1,21 +1,24 @@
 """fusionrank's Python client SDK: typed calls to the served models over gRPC (KServe v2)."""
 
-from fusionrank.client.aio import AsyncSearchClient
+from fusionrank.client.aio import AsyncFusionRankClient
 from fusionrank.client.errors import (
     FusionRankError,
     InvalidRequestError,
     RequestTimeoutError,
     ServerUnavailableError,
 )
+from fusionrank.client.recommend import Recommendations, RecommendedProduct
 from fusionrank.client.search import SearchHit
-from fusionrank.client.sync import SearchClient
+from fusionrank.client.sync import FusionRankClient
 
 __all__ = [
-    "AsyncSearchClient",
+    "AsyncFusionRankClient",
+    "FusionRankClient",
     "FusionRankError",
     "InvalidRequestError",
+    "Recommendations",
+    "RecommendedProduct",
     "RequestTimeoutError",
-    "SearchClient",
     "SearchHit",
     "ServerUnavailableError",
 ]

@@ -1,22 +1,39 @@
-"""asyncio client: `async with AsyncSearchClient(url) as c: await c.search("drill")`."""
+"""asyncio client: `async with AsyncFusionRankClient(url) as c: await c.search("drill")`."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
 import tritonclient.grpc.aio as grpcaio
-from fusionrank.client.errors import from_triton
-from fusionrank.client.search import SearchHit, parse_hits, search_inputs, search_outputs
 from tritonclient.utils import InferenceServerException
 
-from fusionrank.contract import DEFAULT_K, SEARCH_MODEL
+from fusionrank.client.errors import from_triton
+from fusionrank.client.recommend import (
+    Purchase,
+    Recommendations,
+    parse_recommendations,
+    recommend_inputs,
+)
+from fusionrank.client.search import SearchHit, parse_hits, search_inputs
+from fusionrank.contract import DEFAULT_K, SEARCH_MODEL, SEARCH_OUTPUTS
+from fusionrank.recommend_contract import RECOMMEND_MODEL, RECOMMEND_OUTPUTS
 
 
-class AsyncSearchClient:
+class AsyncFusionRankClient:
+    """The asyncio twin of FusionRankClient: same methods, awaitable."""
+
     def __init__(self, url: str = "127.0.0.1:8001", timeout_s: float = 10.0):
         self.url = url
         self.timeout_s = timeout_s
         self._client = grpcaio.InferenceServerClient(url)
+
+    async def _infer(self, model: str, inputs: list, outputs: Sequence):
+        requested = [grpcaio.InferRequestedOutput(spec.name) for spec in outputs]
+        try:
+            return await self._client.infer(model, inputs, outputs=requested,
+                                            client_timeout=self.timeout_s)
+        except InferenceServerException as error:
+            raise from_triton(error, self.url) from None
 
     async def search(self, query: str, k: int = DEFAULT_K) -> list[SearchHit]:
         return (await self.search_batch([query], k))[0]
@@ -24,18 +41,17 @@ class AsyncSearchClient:
     async def search_batch(self, queries: Sequence[str],
                            k: int = DEFAULT_K) -> list[list[SearchHit]]:
         inputs = search_inputs(queries, k, module=grpcaio)
-        try:
-            result = await self._client.infer(SEARCH_MODEL, inputs,
-                                              outputs=search_outputs(grpcaio),
-                                              client_timeout=self.timeout_s)
-        except InferenceServerException as error:
-            raise from_triton(error, self.url) from None
-        return parse_hits(result)
+        return parse_hits(await self._infer(SEARCH_MODEL, inputs, SEARCH_OUTPUTS))
+
+    async def recommend(self, history: Sequence[Purchase], k: int = DEFAULT_K,
+                        exclude_purchased: bool = False) -> Recommendations:
+        inputs = recommend_inputs(history, k, exclude_purchased, module=grpcaio)
+        return parse_recommendations(await self._infer(RECOMMEND_MODEL, inputs, RECOMMEND_OUTPUTS))
 
     async def close(self) -> None:
         await self._client.close()
 
-    async def __aenter__(self) -> AsyncSearchClient:
+    async def __aenter__(self) -> AsyncFusionRankClient:
         return self
 
     async def __aexit__(self, *exc: object) -> None:

@@ -8,9 +8,9 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import tritonclient.grpc as grpcclient
-from fusionrank.client.errors import InvalidRequestError
 
 from fusionrank.catalogue import Product
+from fusionrank.client.errors import InvalidRequestError
 from fusionrank.contract import (
     SEARCH_OUTPUTS,
     RequestError,

@@ -1,22 +1,40 @@
-"""Blocking client: `with SearchClient("127.0.0.1:8001") as c: c.search("cordless drill")`."""
+"""Blocking client: `with FusionRankClient("127.0.0.1:8001") as c: c.search("cordless drill")`."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 
 import tritonclient.grpc as grpcclient
-from fusionrank.client.errors import ServerUnavailableError, from_triton
-from fusionrank.client.search import SearchHit, parse_hits, search_inputs, search_outputs
 from tritonclient.utils import InferenceServerException
 
-from fusionrank.contract import DEFAULT_K, SEARCH_MODEL
+from fusionrank.client.errors import ServerUnavailableError, from_triton
+from fusionrank.client.recommend import (
+    Purchase,
+    Recommendations,
+    parse_recommendations,
+    recommend_inputs,
+)
+from fusionrank.client.search import SearchHit, parse_hits, search_inputs
+from fusionrank.contract import DEFAULT_K, SEARCH_MODEL, SEARCH_OUTPUTS
+from fusionrank.recommend_contract import RECOMMEND_MODEL, RECOMMEND_OUTPUTS
 
 
-class SearchClient:
+class FusionRankClient:
+    """Typed calls to the served ensembles over gRPC; errors are FusionRankError subclasses."""
+
     def __init__(self, url: str = "127.0.0.1:8001", timeout_s: float = 10.0):
         self.url = url
         self.timeout_s = timeout_s
         self._client = grpcclient.InferenceServerClient(url)
+
+    def _infer(self, model: str, inputs: list, outputs: Sequence):
+        requested = [grpcclient.InferRequestedOutput(spec.name) for spec in outputs]
+        try:
+            return self._client.infer(model, inputs, outputs=requested,
+                                      client_timeout=self.timeout_s)
+        except InferenceServerException as error:
+            raise from_triton(error, self.url) from None
 
     def search(self, query: str, k: int = DEFAULT_K) -> list[SearchHit]:
         """The k best products for one query, best first."""
@@ -24,32 +42,31 @@ class SearchClient:
 
     def search_batch(self, queries: Sequence[str], k: int = DEFAULT_K) -> list[list[SearchHit]]:
         """One request for several queries (up to the contract's MAX_BATCH)."""
-        inputs = search_inputs(queries, k)
-        try:
-            result = self._client.infer(SEARCH_MODEL, inputs, outputs=search_outputs(),
-                                        client_timeout=self.timeout_s)
-        except InferenceServerException as error:
-            raise from_triton(error, self.url) from None
-        return parse_hits(result)
+        return parse_hits(self._infer(SEARCH_MODEL, search_inputs(queries, k), SEARCH_OUTPUTS))
 
-    def wait_ready(self, timeout_s: float = 60.0) -> None:
-        import time
+    def recommend(self, history: Sequence[Purchase], k: int = DEFAULT_K,
+                  exclude_purchased: bool = False) -> Recommendations:
+        """The k products to recommend to a shopper with this purchase history, best first.
+        Unknown ids are ignored and counted; an empty history gets the popular products."""
+        inputs = recommend_inputs(history, k, exclude_purchased)
+        return parse_recommendations(self._infer(RECOMMEND_MODEL, inputs, RECOMMEND_OUTPUTS))
 
+    def wait_ready(self, model: str = SEARCH_MODEL, timeout_s: float = 60.0) -> None:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             try:
-                if self._client.is_model_ready(SEARCH_MODEL):
+                if self._client.is_model_ready(model):
                     return
             except InferenceServerException:
                 pass
             time.sleep(0.5)
-        raise ServerUnavailableError(f"model {SEARCH_MODEL!r} not ready at {self.url} "
+        raise ServerUnavailableError(f"model {model!r} not ready at {self.url} "
                                      f"after {timeout_s:.0f} s")
 
     def close(self) -> None:
         self._client.close()
 
-    def __enter__(self) -> SearchClient:
+    def __enter__(self) -> FusionRankClient:
         return self
 
     def __exit__(self, *exc: object) -> None:

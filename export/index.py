@@ -17,11 +17,11 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from fusionrank.export.onnx_encoder import ONNX_OPSET, ExportedEncoder
 from onnx import TensorProto, helper, numpy_helper
 
 from fusionrank.catalogue import Catalogue
 from fusionrank.encoding import MAX_TITLE_TOKENS, OnnxEncoder, TextEncoder, TextTokenizer
+from fusionrank.export.onnx_encoder import ONNX_OPSET, ExportedEncoder
 
 EMBEDDINGS_FILE = "embeddings.npy"
 PRODUCTS_FILE = "products.jsonl"

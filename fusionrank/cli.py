@@ -3,6 +3,8 @@
     fusionrank build   --catalogue online_retail --out build
     fusionrank serve   --repository build/model_repository
     fusionrank search  "cordless drill" -k 10
+    fusionrank recommend --history 85123A,71053 -k 10
+    fusionrank train-recommender
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import sys
 from pathlib import Path
 
 from fusionrank.contract import DEFAULT_K, MAX_K
+from fusionrank.training.recommend_cli import add_recommend, add_train_recommender
 
 DEFAULT_BUILD = Path("build")
 DEFAULT_URL = "127.0.0.1:8001"
@@ -36,6 +39,11 @@ def add_build(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--model", help="local Hugging Face encoder folder "
                                         "(default: the bundled all-MiniLM-L6-v2)")
     parser.add_argument("--out", type=Path, default=DEFAULT_BUILD)
+    parser.add_argument("--recommender", type=Path, default=Path("runs/recommender"),
+                        help="trained recommender (train-recommender --out); trained first "
+                             "when absent")
+    parser.add_argument("--no-recommend", action="store_true",
+                        help="serve search only, without the recommend ensemble")
     parser.add_argument("--encoder-instances", type=int, default=1)
     parser.add_argument("--retrieval-instances", type=int, default=1)
     parser.add_argument("--precision", choices=["fp32", "int8"], default="fp32",
@@ -72,8 +80,23 @@ def run_build(args: argparse.Namespace) -> int:
                              onnx_threads=args.threads, precision=args.precision)
     model = Path(args.model) if args.model else bundled_model_path()
     repository = build_search_repository(catalogue, model, args.out, options)
+    if not args.no_recommend:
+        add_recommender(repository, args.recommender)
     print(f"model repository written to {repository}", file=sys.stderr)
     return 0
+
+
+def add_recommender(repository: Path, trained: Path) -> None:
+    from fusionrank.model_repository.build import add_ensemble
+    from fusionrank.model_repository.recommend import recommend_ensemble
+    from fusionrank.training.recommend_eval import run as train_recommender
+
+    serving = trained / "serving-latest"  # statistics up to the end of the purchase log
+    if not serving.is_dir():
+        print(f"no trained recommender in {trained}: training one now (a few minutes; "
+              "`fusionrank train-recommender` does this on its own)", file=sys.stderr)
+        train_recommender(trained, serve_latest=True)
+    add_ensemble(repository, recommend_ensemble(serving), {"artefacts": str(serving.resolve())})
 
 
 def add_serve(commands: argparse._SubParsersAction) -> None:
@@ -120,9 +143,9 @@ def add_search(commands: argparse._SubParsersAction) -> None:
 
 
 def run_search(args: argparse.Namespace) -> int:
-    from fusionrank.client import SearchClient
+    from fusionrank.client import FusionRankClient
 
-    with SearchClient(args.url, timeout_s=args.timeout) as client:
+    with FusionRankClient(args.url, timeout_s=args.timeout) as client:
         results = client.search_batch(args.query, k=args.k)
     for query, hits in zip(args.query, results, strict=True):
         if args.json:
@@ -136,7 +159,7 @@ def run_search(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = [add_build, add_serve, add_search]
+COMMANDS = [add_build, add_serve, add_search, add_train_recommender, add_recommend]
 
 
 def parser() -> argparse.ArgumentParser:

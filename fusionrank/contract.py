@@ -25,6 +25,8 @@ class TensorSpec:
     dims: tuple[int, ...]
     # Lets the dynamic batcher combine requests whose shapes differ (the model pads them).
     ragged: bool = False
+    # An input a request may leave out (Triton's `optional: true`).
+    optional: bool = False
 
 
 # search: one row per query; every row of one request asks for the same K.

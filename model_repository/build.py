@@ -15,6 +15,8 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from fusionrank.catalogue import Catalogue
+from fusionrank.contract import MAX_K, SEARCH_INPUTS, SEARCH_MODEL, SEARCH_OUTPUTS, TensorSpec
 from fusionrank.export.index import (
     EMBEDDINGS_FILE,
     PRODUCTS_FILE,
@@ -27,9 +29,6 @@ from fusionrank.export.quantize import quantise_encoder
 from fusionrank.model_repository.config import PythonModel
 from fusionrank.model_repository.ensemble import Ensemble, Inputs
 from fusionrank.model_repository.models import query_encoder, ranker, retrieval, tokenizer
-
-from fusionrank.catalogue import Catalogue
-from fusionrank.contract import MAX_K, SEARCH_INPUTS, SEARCH_MODEL, SEARCH_OUTPUTS, TensorSpec
 from fusionrank.ranking import FusionWeights
 
 MANIFEST_FILE = "fusionrank.json"
@@ -126,3 +125,13 @@ def build_search_repository(catalogue: Catalogue, model_dir: Path, out_dir: Path
     }
     (repository / MANIFEST_FILE).write_text(json.dumps(served, indent=2) + "\n")
     return repository
+
+
+def add_ensemble(repository: Path, ensemble: Ensemble, provenance: dict) -> None:
+    """Export another ensemble (recommend, sentiment) into a built repository and record what
+    it serves in the repository's manifest."""
+    ensemble.export(repository)
+    manifest_path = repository / MANIFEST_FILE
+    served = json.loads(manifest_path.read_text())
+    served.setdefault("ensembles", {})[ensemble.name] = provenance
+    manifest_path.write_text(json.dumps(served, indent=2) + "\n")

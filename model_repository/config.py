@@ -34,7 +34,7 @@ from {module} import TritonPythonModel  # noqa: E402,F401
 
 def model_input(spec: TensorSpec) -> mc.ModelInput:
     return mc.ModelInput(name=spec.name, data_type=DTYPES[spec.dtype], dims=list(spec.dims),
-                         allow_ragged_batch=spec.ragged)
+                         allow_ragged_batch=spec.ragged, optional=spec.optional)
 
 
 def model_output(spec: TensorSpec) -> mc.ModelOutput:

@@ -14,10 +14,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from fusionrank.model_repository.config import PythonModel, model_input, model_output, write_config
 from tritonclient.grpc import model_config_pb2 as mc
 
 from fusionrank.contract import MAX_BATCH, TensorSpec
+from fusionrank.model_repository.config import PythonModel, model_input, model_output, write_config
 
 
 @dataclass(frozen=True)

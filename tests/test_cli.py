@@ -8,8 +8,8 @@ import subprocess
 import sys
 
 import pytest
-from fusionrank.client import SearchClient
 
+from fusionrank.client import FusionRankClient
 from fusionrank.serve import Ports
 
 FUSIONRANK = [sys.executable, "-m", "fusionrank.cli"]
@@ -62,7 +62,7 @@ def test_serve_starts_answers_and_stops_on_sigterm(search_repository):
          "--metrics-port", str(ports.metrics)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        with SearchClient(f"127.0.0.1:{ports.grpc}") as client:
+        with FusionRankClient(f"127.0.0.1:{ports.grpc}") as client:
             client.wait_ready(timeout_s=120)
             assert client.search("kitchen sink", k=1)[0].product_id == "A-SINK"
         server.send_signal(signal.SIGTERM)

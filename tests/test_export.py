@@ -7,11 +7,11 @@ import json
 import numpy as np
 import onnx
 import pytest
-from fusionrank.export.index import build_index, load_embeddings, retrieval_graph
-from fusionrank.export.onnx_encoder import check_model_folder, export_encoder, file_sha256
 
 from fusionrank.catalogue import Catalogue, Product
 from fusionrank.encoding import onnx_session
+from fusionrank.export.index import build_index, load_embeddings, retrieval_graph
+from fusionrank.export.onnx_encoder import check_model_folder, export_encoder, file_sha256
 
 
 @pytest.fixture(scope="module")

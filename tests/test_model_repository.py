@@ -6,15 +6,15 @@ import json
 
 import numpy as np
 import pytest
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as mc
+
+from fusionrank.contract import SEARCH_INPUTS, SEARCH_OUTPUTS, RequestError, TensorSpec
 from fusionrank.model_repository.build import ServingOptions, search_ensemble
 from fusionrank.model_repository.config import PythonModel
 from fusionrank.model_repository.ensemble import Inputs
 from fusionrank.model_repository.models.ranker import Rank
 from fusionrank.model_repository.models.tokenizer import Tokenize
-from google.protobuf import text_format
-from tritonclient.grpc import model_config_pb2 as mc
-
-from fusionrank.contract import SEARCH_INPUTS, SEARCH_OUTPUTS, RequestError, TensorSpec
 from fusionrank.pipeline import SearchPipeline
 from fusionrank.ranking import FusionWeights, rank
 

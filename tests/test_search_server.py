@@ -7,15 +7,15 @@ import asyncio
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
-from fusionrank.client import (
-    AsyncSearchClient,
-    InvalidRequestError,
-    RequestTimeoutError,
-    SearchClient,
-    ServerUnavailableError,
-)
 from tritonclient.utils import InferenceServerException
 
+from fusionrank.client import (
+    AsyncFusionRankClient,
+    FusionRankClient,
+    InvalidRequestError,
+    RequestTimeoutError,
+    ServerUnavailableError,
+)
 from fusionrank.contract import MAX_BATCH, MAX_K, MAX_QUERY_CHARS
 from fusionrank.pipeline import SearchPipeline
 from fusionrank.serve import free_port
@@ -26,7 +26,7 @@ pytestmark = pytest.mark.server
 
 @pytest.fixture(scope="module")
 def client(triton_server):
-    with SearchClient(triton_server.grpc_url) as client:
+    with FusionRankClient(triton_server.grpc_url) as client:
         yield client
 
 
@@ -104,7 +104,7 @@ def test_concurrent_requests_are_batched_without_mixing_results(triton_server, c
     queries = list(ANCHORS)
 
     async def many():
-        async with AsyncSearchClient(triton_server.grpc_url) as aclient:
+        async with AsyncFusionRankClient(triton_server.grpc_url) as aclient:
             return await asyncio.gather(*(aclient.search(q, k=3) for q in queries * 4))
 
     results = asyncio.run(many())
@@ -122,9 +122,9 @@ def test_client_rejects_bad_input_before_sending(client):
 
 
 def test_client_timeout_and_unreachable_server_are_named(triton_server):
-    with SearchClient(triton_server.grpc_url, timeout_s=1e-6) as hurried, \
+    with FusionRankClient(triton_server.grpc_url, timeout_s=1e-6) as hurried, \
             pytest.raises(RequestTimeoutError):
         hurried.search("cordless drill")
-    with SearchClient(f"127.0.0.1:{free_port()}", timeout_s=2) as nowhere, \
+    with FusionRankClient(f"127.0.0.1:{free_port()}", timeout_s=2) as nowhere, \
             pytest.raises(ServerUnavailableError, match="cannot reach"):
         nowhere.search("cordless drill")

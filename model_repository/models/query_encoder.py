@@ -6,10 +6,10 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
-from fusionrank.model_repository.models.base import Tensors, split_rows, triton_model
 
 from fusionrank.contract import RequestError
 from fusionrank.encoding import OnnxEncoder, pad
+from fusionrank.model_repository.models.base import Tensors, split_rows, triton_model
 
 ENCODER_FILE = "encoder.onnx"
 

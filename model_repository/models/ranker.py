@@ -11,9 +11,9 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
-from fusionrank.model_repository.models.base import Tensors, only_valid, triton_model
 
 from fusionrank.contract import RequestError, check_k
+from fusionrank.model_repository.models.base import Tensors, only_valid, triton_model
 from fusionrank.ranking import FusionWeights, rank
 
 PRODUCTS_FILE = "products.jsonl"

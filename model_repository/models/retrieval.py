@@ -11,10 +11,10 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
-from fusionrank.model_repository.models.base import Tensors, only_valid, split_rows, triton_model
 
 from fusionrank.contract import MAX_K, RequestError, check_k
 from fusionrank.encoding import onnx_session
+from fusionrank.model_repository.models.base import Tensors, only_valid, split_rows, triton_model
 
 INDEX_FILE = "retrieval.onnx"
 

@@ -5,10 +5,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
-from fusionrank.model_repository.models.base import Tensors, triton_model
-
 from fusionrank.contract import RequestError, check_batch, check_query
 from fusionrank.encoding import MAX_QUERY_TOKENS, TextTokenizer, pad
+from fusionrank.model_repository.models.base import Tensors, triton_model
 
 TOKENIZER_FILE = "tokenizer.json"
 
