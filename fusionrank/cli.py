@@ -159,7 +159,39 @@ def run_search(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = [add_build, add_serve, add_search, add_train_recommender, add_recommend]
+def add_export_tensorrt(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "export-tensorrt", help="build a TensorRT FP16/INT8 engine of the query encoder "
+                                "(on the GPU machine that will serve it)")
+    parser.add_argument("--onnx", type=Path,
+                        default=DEFAULT_BUILD / "artefacts" / "encoder" / "encoder.onnx")
+    parser.add_argument("--precision", choices=["fp16", "int8"], default="fp16")
+    parser.add_argument("--calibration-queries", type=int, default=2048,
+                        help="real Home Depot search terms used to calibrate INT8")
+    parser.add_argument("--out", type=Path, help="engine file (default: beside the ONNX file)")
+    parser.set_defaults(run=run_export_tensorrt)
+
+
+def run_export_tensorrt(args: argparse.Namespace) -> int:
+    from fusionrank.encoding import MAX_QUERY_TOKENS, TextTokenizer
+    from fusionrank.export.tensorrt import ShapeProfile, build_engine, calibration_batches
+
+    profile = ShapeProfile()
+    batches = []
+    if args.precision == "int8":
+        from fusionrank.datasets import read_homedepot
+
+        queries = read_homedepot().search_term.drop_duplicates().head(args.calibration_queries)
+        tokenizer = TextTokenizer(args.onnx.parent / "tokenizer.json", MAX_QUERY_TOKENS)
+        batches = calibration_batches(queries.tolist(), tokenizer, profile)
+    out = args.out or args.onnx.with_suffix(f".{args.precision}.plan")
+    engine = build_engine(args.onnx, out, args.precision, profile, batches)
+    print(f"TensorRT engine written to {engine}", file=sys.stderr)
+    return 0
+
+
+COMMANDS = [add_build, add_serve, add_search, add_train_recommender, add_recommend,
+            add_export_tensorrt]
 
 
 def parser() -> argparse.ArgumentParser:
@@ -178,7 +210,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return args.run(args)
-    except (CommandError, CatalogueError, FusionRankError, FileNotFoundError, ValueError) as error:
+    except (CommandError, CatalogueError, FusionRankError, FileNotFoundError, ValueError,
+            RuntimeError) as error:
         print(f"fusionrank {args.command}: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
