@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 from fusionrank.contract import DEFAULT_K, MAX_K
+from fusionrank.training.cli import add_evaluate, add_train
 from fusionrank.training.recommend_cli import add_recommend, add_train_recommender
 
 DEFAULT_BUILD = Path("build")
@@ -36,7 +37,12 @@ def add_build(commands: argparse._SubParsersAction) -> None:
                         help="folder of the shared datasets (default ../shared/datasets)")
     parser.add_argument("--lenient", action="store_true",
                         help="skip bad catalogue rows (each counted, reported) instead of failing")
-    parser.add_argument("--model", help="local Hugging Face encoder folder "
+    parser.add_argument("--run", type=Path,
+                        help="a finished `fusionrank train` run to serve (default: the newest "
+                             "under runs/; with none, a short default run is trained first)")
+    parser.add_argument("--pretrained", action="store_true",
+                        help="serve the pretrained encoder alone (no trained run)")
+    parser.add_argument("--model", help="with --pretrained: a local Hugging Face encoder folder "
                                         "(default: the bundled all-MiniLM-L6-v2)")
     parser.add_argument("--out", type=Path, default=DEFAULT_BUILD)
     parser.add_argument("--recommender", type=Path, default=Path("runs/recommender"),
@@ -79,11 +85,37 @@ def run_build(args: argparse.Namespace) -> int:
                              retrieval_instances=args.retrieval_instances,
                              onnx_threads=args.threads, precision=args.precision)
     model = Path(args.model) if args.model else bundled_model_path()
-    repository = build_search_repository(catalogue, model, args.out, options)
+    run = None if args.pretrained else (args.run or newest_run() or train_default_run())
+    if run is not None:
+        print(f"serving the trained run {run}", file=sys.stderr)
+    repository = build_search_repository(catalogue, model, args.out, options, run_dir=run)
     if not args.no_recommend:
         add_recommender(repository, args.recommender)
     print(f"model repository written to {repository}", file=sys.stderr)
     return 0
+
+
+RUNS = Path("runs")
+DEFAULT_RUN = RUNS / "relevance"
+SHORT_RUN_STEPS = 60
+
+
+def newest_run() -> Path | None:
+    """The most recently finished `fusionrank train` run under runs/."""
+    finished = sorted(RUNS.glob("*/run.json"), key=lambda p: p.stat().st_mtime)
+    return finished[-1].parent if finished else None
+
+
+def train_default_run() -> Path:
+    from fusionrank.training.cli import main as training_main
+
+    print(f"no trained run under {RUNS}/: training a short default run ({SHORT_RUN_STEPS} "
+          f"fine-tuning steps, about 10 minutes on 2 cores) into {DEFAULT_RUN} first; "
+          "`fusionrank train` makes the full one", file=sys.stderr)
+    if training_main(["train", "--out", str(DEFAULT_RUN), "--max-steps",
+                      str(SHORT_RUN_STEPS)]) != 0:
+        raise CommandError("the default training run failed")
+    return DEFAULT_RUN
 
 
 def add_recommender(repository: Path, trained: Path) -> None:
@@ -190,8 +222,8 @@ def run_export_tensorrt(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = [add_build, add_serve, add_search, add_train_recommender, add_recommend,
-            add_export_tensorrt]
+COMMANDS = [add_build, add_serve, add_search, add_recommend, add_train, add_evaluate,
+            add_train_recommender, add_export_tensorrt]
 
 
 def parser() -> argparse.ArgumentParser:

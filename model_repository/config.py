@@ -70,6 +70,11 @@ class PythonModel:
     instances: int = 1
     max_batch_size: int = MAX_BATCH
     max_queue_delay_us: int = 200
+    # How an ensemble names this model's tensors, where it differs (model name → ensemble name).
+    tensor_names: dict[str, str] = field(default_factory=dict)
+
+    def ensemble_name(self, tensor: str) -> str:
+        return self.tensor_names.get(tensor, tensor)
 
     def config(self) -> mc.ModelConfig:
         return mc.ModelConfig(

@@ -5,8 +5,9 @@
 
 Tensors flow by name: a step reads each of its inputs from the ensemble's inputs or from an
 earlier step's output of that name, and the ensemble's outputs are the steps' outputs of
-theirs. A name produced twice, or needed before anything produced it, is an error here rather
-than a model that fails to load in the server.
+theirs; a step's `tensor_names` renames its tensors within the ensemble. A name produced
+twice, or needed before anything produced it, is an error here rather than a model that fails
+to load in the server.
 """
 
 from __future__ import annotations
@@ -47,22 +48,26 @@ class Ensemble:
     def config(self) -> mc.ModelConfig:
         available = {t.name for t in self.pipeline.inputs}
         wanted = {t.name for t in self.outputs}
+        read = [{model.ensemble_name(t.name) for t in model.inputs}
+                for model in self.pipeline.steps]
         steps = []
-        for model in self.pipeline.steps:
-            missing = [t.name for t in model.inputs if t.name not in available]
+        for position, model in enumerate(self.pipeline.steps):
+            missing = sorted(read[position] - available)
             if missing:
                 raise ValueError(f"{self.name}: step {model.name} needs {missing}, which no "
                                  "ensemble input or earlier step provides")
-            produced = [t.name for t in model.outputs]
-            twice = sorted(set(produced) & available)
+            produced = {t.name: model.ensemble_name(t.name) for t in model.outputs}
+            twice = sorted(set(produced.values()) & available)
             if twice:
                 raise ValueError(f"{self.name}: step {model.name} produces {twice} again")
-            available.update(produced)
+            available.update(produced.values())
+            read_later = set().union(*read[position + 1:])
             steps.append(mc.ModelEnsembling.Step(
                 model_name=model.name, model_version=-1,
-                input_map={t.name: t.name for t in model.inputs},
-                # Intermediate tensors a later step does not read are left out of the map.
-                output_map={n: n for n in produced if n in wanted or self._read_later(model, n)}))
+                input_map={t.name: model.ensemble_name(t.name) for t in model.inputs},
+                # Intermediate tensors no later step reads are left out of the map.
+                output_map={own: name for own, name in produced.items()
+                            if name in wanted or name in read_later}))
         missing = sorted(wanted - available)
         if missing:
             raise ValueError(f"{self.name}: no step produces the outputs {missing}")
@@ -71,10 +76,6 @@ class Ensemble:
             input=[model_input(t) for t in self.pipeline.inputs],
             output=[model_output(t) for t in self.outputs],
             ensemble_scheduling=mc.ModelEnsembling(step=steps))
-
-    def _read_later(self, producer: PythonModel, tensor: str) -> bool:
-        later = self.pipeline.steps[self.pipeline.steps.index(producer) + 1:]
-        return any(tensor == t.name for step in later for t in step.inputs)
 
     def export(self, repository: Path) -> Path:
         for model in self.pipeline.steps:

@@ -42,6 +42,7 @@ def test_repository_holds_the_search_pipeline(search_repository):
 
 
 def test_instance_counts_and_threads_are_configurable(tmp_path):
+    FusionWeights().save(tmp_path / "ranking.json")
     artefacts = {"encoder": tmp_path, "index": tmp_path}
     ensemble = search_ensemble(artefacts, ServingOptions(encoder_instances=3, onnx_threads=1))
     encoder = next(s for s in ensemble.pipeline.steps if s.name == "query_encoder")

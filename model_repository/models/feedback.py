@@ -1,0 +1,64 @@
+"""feedback: the feedback head's predicted relevance grade for every candidate.
+
+In:  QUERY [1] BYTES, EMBEDDING [d] FP32, CANDIDATES [P] INT64, SIMILARITY [P] FP32,
+     LEXICAL [P] FP32
+Out: FEEDBACK [P] FP32   predicted grade, 1 (irrelevant) .. 3 (highly relevant)
+
+Features come from fusionrank.training.features (numpy only), the code the offline evaluator
+uses; the head is the ONNX export of fusionrank.training.feedback, one ONNX Runtime call for
+all the candidates of all the requests of a batch.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+
+from fusionrank.contract import RequestError
+from fusionrank.encoding import onnx_session
+from fusionrank.model_repository.models.base import Tensors, split_rows, triton_model
+from fusionrank.model_repository.models.lexical import EMBEDDINGS_FILE, query_text
+from fusionrank.training.features import ProductPriors, TitleTerms, pair_features
+
+HEAD_FILE = "feedback_head.onnx"
+PRIORS_FILE = "priors.npy"
+PRODUCTS_FILE = "products.jsonl"
+HEAD_INPUTS = ("query", "product", "features")
+
+
+class PredictFeedback:
+    def __init__(self, folder: Path, parameters: Mapping[str, str]):
+        threads = int(parameters.get("threads", "0"))
+        self.session = onnx_session(folder / HEAD_FILE, threads=threads or None)
+        self.embeddings = np.load(folder / EMBEDDINGS_FILE, mmap_mode="r")
+        self.priors = ProductPriors.load(folder / PRIORS_FILE)
+        lines = (folder / PRODUCTS_FILE).read_text(encoding="utf-8").splitlines()
+        self.terms = TitleTerms([json.loads(line)["title"] for line in lines])
+        sizes = {len(self.embeddings), len(self.priors.mean), len(self.terms.terms)}
+        if len(sizes) != 1:
+            raise ValueError(f"feedback artefacts disagree on the catalogue size: {sorted(sizes)}")
+
+    def __call__(self, requests: list[Tensors]) -> list[Tensors | RequestError]:
+        queries, products, features, shapes = [], [], [], []
+        for request in requests:
+            shapes.append(request["CANDIDATES"].shape)
+            for text, vector, rows, similarity, lexical in zip(
+                    request["QUERY"].reshape(-1), request["EMBEDDING"], request["CANDIDATES"],
+                    request["SIMILARITY"], request["LEXICAL"], strict=True):
+                rows = np.asarray(rows, dtype=np.int64)
+                features.append(pair_features(query_text(text), rows, similarity, lexical,
+                                              self.terms, self.priors.mean[rows],
+                                              self.priors.count[rows]))
+                queries.append(np.repeat(vector[None].astype(np.float32), len(rows), axis=0))
+                products.append(np.asarray(self.embeddings[rows], dtype=np.float32))
+        inputs = [np.concatenate(a) for a in (queries, products, features)]
+        (grades,) = self.session.run(None, dict(zip(HEAD_INPUTS, inputs, strict=True)))
+        parts = split_rows(grades.astype(np.float32), [int(np.prod(s)) for s in shapes])
+        return [{"FEEDBACK": part.reshape(shape)} for part, shape in zip(parts, shapes,
+                                                                           strict=True)]
+
+
+TritonPythonModel = triton_model(PredictFeedback)

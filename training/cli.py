@@ -1,0 +1,123 @@
+"""`fusionrank train` and `fusionrank evaluate` (registered by fusionrank/cli.py).
+
+    fusionrank train --out runs/relevance            # fine-tune + feedback head + fusion fit
+    fusionrank evaluate --run runs/relevance --out benchmarks/reports
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+DEFAULT_RUN = Path("runs/relevance")
+
+
+def add_train(commands: argparse._SubParsersAction) -> None:
+    from fusionrank.training.finetune import FinetuneConfig
+
+    defaults = FinetuneConfig()
+    parser = commands.add_parser(
+        "train", help="fine-tune the encoder, train the feedback head and fit the fusion weights "
+                      "on relevance judgements")
+    parser.add_argument("--data", type=Path,
+                        help="relevance CSV (product_uid, product_title, search_term, relevance); "
+                             "default: ../shared/datasets/homedepot/relevance.csv.gz")
+    parser.add_argument("--out", type=Path, default=DEFAULT_RUN,
+                        help=f"run folder (default {DEFAULT_RUN}); an unfinished run there resumes")
+    parser.add_argument("--init-model", type=Path,
+                        help="local Hugging Face encoder folder "
+                             "(default: the bundled all-MiniLM-L6-v2)")
+    parser.add_argument("--cache", type=Path, default=Path("runs/cache"),
+                        help="where catalogue embeddings are cached (default runs/cache)")
+    parser.add_argument("--split-seed", type=int, default=13)
+    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--epochs", type=int, default=defaults.epochs)
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    parser.add_argument("--learning-rate", type=float, default=defaults.learning_rate)
+    parser.add_argument("--pairs-per-epoch", type=int, default=defaults.pairs_per_epoch,
+                        help="cap on training pairs per epoch (default: one per training query)")
+    parser.add_argument("--max-steps", type=int, help="stop fine-tuning after this many steps")
+    parser.add_argument("--max-query-tokens", type=int, default=defaults.max_query_tokens)
+    parser.add_argument("--max-title-tokens", type=int, default=defaults.max_title_tokens)
+    parser.add_argument("--dev-queries", type=int, default=150,
+                        help="dev queries of the per-epoch evaluation (default 150)")
+    parser.add_argument("--frozen-layers", type=int, default=defaults.frozen_layers,
+                        help="lowest transformer layers kept frozen, with the embeddings "
+                             f"(default {defaults.frozen_layers}; 0 trains everything)")
+    parser.add_argument("--threads", type=int, help="CPU threads (default: all)")
+    parser.add_argument("--no-resume", action="store_true",
+                        help="start over even if the run folder holds a resumable state")
+    parser.set_defaults(run=run_train)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from fusionrank.training.data import SplitConfig
+    from fusionrank.training.finetune import FinetuneConfig
+    from fusionrank.training.pipeline import TrainConfig, run_training
+
+    for name in ("epochs", "batch_size", "dev_queries", "max_query_tokens", "max_title_tokens"):
+        if getattr(args, name) < 1 or (name == "batch_size" and args.batch_size < 2):
+            raise ValueError(f"--{name.replace('_', '-')} must be a positive number"
+                             + (" of at least 2" if name == "batch_size" else ""))
+    if args.max_steps is not None and args.max_steps < 1:
+        raise ValueError("--max-steps must be at least 1")
+    finetune = FinetuneConfig(
+        epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
+        pairs_per_epoch=args.pairs_per_epoch, max_query_tokens=args.max_query_tokens,
+        max_title_tokens=args.max_title_tokens, frozen_layers=args.frozen_layers,
+        seed=args.seed, max_steps=args.max_steps,
+        threads=args.threads)
+    config = TrainConfig(out=args.out, data=args.data, init_model=args.init_model,
+                         cache=args.cache, split=SplitConfig(seed=args.split_seed),
+                         finetune=finetune, dev_queries=args.dev_queries,
+                         resume=not args.no_resume, threads=args.threads)
+    manifest = run_training(config)
+    print(json.dumps({"run": str(args.out), "checkpoint": manifest["checkpoint"],
+                      "weights": manifest["stages"]["fusion"]["weights"],
+                      "seconds": manifest["seconds"]}, indent=2))
+    return 0
+
+
+def add_evaluate(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "evaluate", help="BM25, pretrained, fine-tuned, hybrid and fused ranking on the full "
+                         "catalogue; writes JSON, a markdown table and a plot")
+    parser.add_argument("--run", dest="run_dir", type=Path, default=DEFAULT_RUN,
+                        help=f"a `fusionrank train` run folder (default {DEFAULT_RUN})")
+    parser.add_argument("--out", type=Path, help="report folder (default: RUN/evaluation)")
+    parser.add_argument("--data", type=Path, help="relevance CSV (default: the run's own)")
+    parser.add_argument("--cache", type=Path, default=Path("runs/cache"))
+    parser.add_argument("--threads", type=int, help="CPU threads (default: all)")
+    parser.set_defaults(run=run_evaluate)
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    from fusionrank.training.evaluate import EvaluateConfig, markdown_table, run_evaluation
+
+    out = args.out or args.run_dir / "evaluation"
+    report = run_evaluation(EvaluateConfig(run=args.run_dir, out=out,
+                                           data=args.data, cache=args.cache,
+                                           threads=args.threads))
+    print(markdown_table(report), file=sys.stdout)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m fusionrank.training.cli train|evaluate ...`: the same commands, for use
+    before (or without) the `fusionrank` entry point."""
+    top = argparse.ArgumentParser(prog="python -m fusionrank.training.cli")
+    commands = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add_train(commands)
+    add_evaluate(commands)
+    args = top.parse_args(argv)
+    try:
+        return args.run(args)
+    except (FileNotFoundError, ValueError) as error:
+        print(f"fusionrank {args.command}: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

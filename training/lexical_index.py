@@ -1,0 +1,127 @@
+"""BM25 over product titles (the `bm25s` library), saved as ONE `.npz` file.
+
+One file because the Triton model repository places artefacts as single files. This module
+imports only numpy and bm25s: the server's `lexical` model process loads it, and must not pay
+for torch.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+import bm25s
+import numpy as np
+
+TOKEN_PATTERN = re.compile(r"[a-z0-9]+")
+# The Home Depot titles are full of units and sizes ("1/2 in.", "60 ft"): single characters and
+# digits carry meaning there, so only a handful of English function words are dropped.
+STOPWORDS = frozenset([
+    "a", "an", "and", "the", "of", "for", "to", "in", "on", "with", "by", "or", "at", "from",
+    "is", "are", "as", "be", "it", "this", "that"])
+K1, B, METHOD = 1.2, 0.75, "lucene"
+
+
+def light_stem(word: str) -> str:
+    """'drills' → 'drill', 'boxes' → 'box'; crude, but the same on both sides of the match."""
+    if len(word) > 4 and word.endswith("ies"):
+        return word[:-3] + "y"
+    if len(word) > 4 and word.endswith(("xes", "ches", "shes", "sses")):
+        return word[:-2]
+    if len(word) > 3 and word.endswith("s") and not word.endswith(("ss", "us", "is")):
+        return word[:-1]
+    return word
+
+
+def lexical_tokens(text: str) -> list[str]:
+    """Lower-cased alphanumeric runs, light-stemmed, without stopwords."""
+    return [light_stem(t) for t in TOKEN_PATTERN.findall(text.lower()) if t not in STOPWORDS]
+
+
+class LexicalIndex:
+    """BM25 scores of a query against every product title (row i = catalogue row i)."""
+
+    def __init__(self, retriever: bm25s.BM25):
+        self._retriever = retriever
+        self.size = int(retriever.scores["num_docs"])
+
+    @classmethod
+    def build(cls, titles: Sequence[str]) -> LexicalIndex:
+        if not titles:
+            raise ValueError("cannot build a BM25 index over an empty catalogue")
+        # An empty token list would break bm25s's vocabulary; such a title gets a dummy token.
+        corpus = [lexical_tokens(t) or ["<empty>"] for t in titles]
+        retriever = bm25s.BM25(k1=K1, b=B, method=METHOD, backend="numpy")
+        retriever.index(corpus, show_progress=False)
+        return cls(retriever)
+
+    def save(self, path: str | Path) -> None:
+        scores = self._retriever.scores
+        vocab = sorted(self._retriever.vocab_dict.items(), key=lambda item: item[1])
+        if [i for _, i in vocab] != list(range(len(vocab))):
+            raise RuntimeError("bm25s vocabulary ids are not contiguous; cannot save")
+        params = {"k1": K1, "b": B, "method": METHOD, "num_docs": self.size}
+        with Path(path).open("wb") as handle:  # np.savez would append .npz to a str path
+            np.savez(handle, data=scores["data"], indices=scores["indices"],
+                     indptr=scores["indptr"], vocab=np.array([t for t, _ in vocab]),
+                     params=np.array(json.dumps(params)))
+
+    @classmethod
+    def load(cls, path: str | Path) -> LexicalIndex:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"BM25 index {path} not found")
+        with np.load(path, allow_pickle=False) as saved:
+            params = json.loads(str(saved["params"]))
+            retriever = bm25s.BM25(k1=params["k1"], b=params["b"], method=params["method"],
+                                   backend="numpy")
+            retriever.scores = {"data": saved["data"], "indices": saved["indices"],
+                                "indptr": saved["indptr"], "num_docs": params["num_docs"]}
+            retriever.vocab_dict = {str(t): i for i, t in enumerate(saved["vocab"])}
+        retriever.unique_token_ids_set = set(retriever.vocab_dict.values())
+        retriever.nonoccurrence_array = None  # only bm25l / bm25+ need it
+        return cls(retriever)
+
+    def scores(self, query: str) -> np.ndarray:
+        """float32 [products]: the query's BM25 score for every title (0 where nothing matches)."""
+        ids = self._retriever.get_tokens_ids(lexical_tokens(query))
+        if not ids:
+            return np.zeros(self.size, dtype=np.float32)
+        return np.asarray(self._retriever.get_scores(ids), dtype=np.float32)
+
+    def top(self, query: str, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The k best rows (best first, ties by row) and their scores."""
+        return top_k(self.scores(query), k)
+
+
+def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of the k highest scores, best first, ties broken by the lower row (deterministic)."""
+    k = min(k, len(scores))
+    part = np.argpartition(-scores, k - 1)[:k] if k < len(scores) else np.arange(len(scores))
+    # argpartition picks arbitrarily among tied scores at the boundary; widen to all ties there.
+    edge = scores[part].min()
+    part = np.union1d(part, np.flatnonzero(scores == edge))
+    order = np.lexsort((part, -scores[part]))[:k]
+    rows = part[order]
+    return rows.astype(np.int64), scores[rows]
+
+
+def normalised(scores: np.ndarray) -> np.ndarray:
+    """BM25 / the query's best BM25 over the whole catalogue, in [0, 1]; the LEXICAL signal.
+    Per-query scaling makes the weight comparable across short and long queries."""
+    best = float(scores.max(initial=0.0))
+    return (scores / best).astype(np.float32) if best > 0 else np.zeros_like(scores)
+
+
+def merge_candidates(dense_rows: np.ndarray, scores: np.ndarray, extra: int) -> np.ndarray:
+    """The hybrid pool of one query: its dense candidates, then the `extra` best BM25 rows not
+    already among them. Always len(dense_rows) + extra rows (the catalogue permitting), so
+    pools of one batch stack into one tensor."""
+    extra = min(extra, len(scores) - len(dense_rows))
+    if extra <= 0:
+        return dense_rows.astype(np.int64)
+    best, _ = top_k(scores, len(dense_rows) + extra)
+    added = best[~np.isin(best, dense_rows)][:extra]
+    return np.concatenate([dense_rows.astype(np.int64), added])
