@@ -1,10 +1,11 @@
 """Search serving benchmark: perf_analyzer against the served `search` ensemble, the same
 queries through the in-process pipeline as the reference, and the server's resident memory.
 
-    .venv/bin/python benchmarks/search_benchmark.py            # Home Depot catalogue, full run
-    .venv/bin/python benchmarks/search_benchmark.py --queries 200 --seconds 3   # a quick look
+    .venv/bin/python benchmarks/search_benchmark.py                  # pretrained encoder, dense
+    .venv/bin/python benchmarks/search_benchmark.py --run runs/relevance  # a trained, fused run
+    .venv/bin/python benchmarks/search_benchmark.py --queries 200 --seconds 3  # quick look
 
-Writes benchmarks/reports/search.md and search.json. Compare figures within one run: the
+Writes benchmarks/reports/search.md and search.json (search_fused.* with --run). Compare figures within one run: the
 machine is shared and noisy.
 """
 
@@ -30,7 +31,7 @@ import numpy as np
 from fusionrank.datasets import homedepot_catalogue, read_homedepot
 from fusionrank.export.onnx_encoder import bundled_model_path
 from fusionrank.model_repository.build import ServingOptions, build_search_repository
-from fusionrank.pipeline import SearchPipeline
+from fusionrank.pipeline import SearchPipeline, read_config
 from fusionrank.serve import TritonServer
 
 REPORTS = Path(__file__).parent / "reports"
@@ -149,17 +150,23 @@ def machine() -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--build", type=Path, default=Path("build/homedepot"))
+    parser.add_argument("--run", type=Path,
+                        help="serve this trained run (fused pipeline) instead of the pretrained "
+                             "encoder alone")
+    parser.add_argument("--build", type=Path,
+                        help="build folder (default build/homedepot, build/homedepot_fused)")
     parser.add_argument("--rebuild", action="store_true", help="rebuild the model repository")
     parser.add_argument("--queries", type=int, default=2000)
     parser.add_argument("--seconds", type=float, default=10.0, help="per measurement window")
     args = parser.parse_args()
 
-    repository = args.build / "model_repository"
+    build = args.build or Path("build/homedepot_fused" if args.run else "build/homedepot")
+    repository = build / "model_repository"
     if args.rebuild or not (repository / "search" / "config.pbtxt").is_file():
         catalogue, report = homedepot_catalogue()
         print(report.summary(), file=sys.stderr)
-        build_search_repository(catalogue, bundled_model_path(), args.build, ServingOptions())
+        build_search_repository(catalogue, bundled_model_path(), build, ServingOptions(),
+                                run_dir=args.run)
     manifest = json.loads((repository / "fusionrank.json").read_text())
     queries = benchmark_queries(args.queries)
 
@@ -192,11 +199,20 @@ def main() -> int:
         "server_rss_peak_mib": round(peak_mib, 1),
         "c8_over_best_in_process": round(results[-1].throughput_qps / best_reference, 3),
     }
+    summary["pipeline"] = " → ".join(s.model_name for s in
+                                     read_config(repository, "search").ensemble_scheduling.step)
+    summary["training_run"] = manifest.get("training_run")
+    name = "search_fused" if manifest.get("training_run") else "search"
     REPORTS.mkdir(parents=True, exist_ok=True)
-    (REPORTS / "search.json").write_text(json.dumps(summary, indent=2) + "\n")
-    (REPORTS / "search.md").write_text(markdown(summary))
+    (REPORTS / f"{name}.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (REPORTS / f"{name}.md").write_text(markdown(summary))
     print(markdown(summary))
     return 0
+
+
+def served_model(s: dict) -> str:
+    run = s["training_run"]
+    return f"trained run {run['run']}" if run else "pretrained all-MiniLM-L6-v2"
 
 
 def markdown(s: dict) -> str:
@@ -209,6 +225,7 @@ def markdown(s: dict) -> str:
 - Date: {s['date']}
 - Catalogue: {s['catalogue_products']} Home Depot products; {s['queries']} distinct real search
   terms, K = {s['k']}; perf_analyzer over gRPC against the `search` ensemble.
+- Pipeline: {s['pipeline']} ({served_model(s)})
 - Serving options: `{json.dumps(s['serving'])}`
 
 | mode | queries / s | p50 ms | p95 ms | p99 ms |
