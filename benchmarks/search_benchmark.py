@@ -5,8 +5,8 @@ queries through the in-process pipeline as the reference, and the server's resid
     .venv/bin/python benchmarks/search_benchmark.py --run runs/relevance  # a trained, fused run
     .venv/bin/python benchmarks/search_benchmark.py --queries 200 --seconds 3  # quick look
 
-Writes benchmarks/reports/search.md and search.json (search_fused.* with --run). Compare figures within one run: the
-machine is shared and noisy.
+Writes benchmarks/reports/search.md and search.json (search_fused.* with --run). Compare
+figures within one run: the machine is shared and noisy.
 """
 
 from __future__ import annotations
