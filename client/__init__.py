@@ -9,6 +9,7 @@ from fusionrank.client.errors import (
 )
 from fusionrank.client.recommend import Recommendations, RecommendedProduct
 from fusionrank.client.search import SearchHit
+from fusionrank.client.sentiment import SentimentResult
 from fusionrank.client.sync import FusionRankClient
 
 __all__ = [
@@ -20,5 +21,6 @@ __all__ = [
     "RecommendedProduct",
     "RequestTimeoutError",
     "SearchHit",
+    "SentimentResult",
     "ServerUnavailableError",
 ]

@@ -15,8 +15,10 @@ from fusionrank.client.recommend import (
     recommend_inputs,
 )
 from fusionrank.client.search import SearchHit, parse_hits, search_inputs
+from fusionrank.client.sentiment import SentimentResult, parse_results, sentiment_inputs
 from fusionrank.contract import DEFAULT_K, SEARCH_MODEL, SEARCH_OUTPUTS
 from fusionrank.recommend_contract import RECOMMEND_MODEL, RECOMMEND_OUTPUTS
+from fusionrank.sentiment_contract import PROBABILITIES, SENTIMENT_MODEL
 
 
 class AsyncFusionRankClient:
@@ -47,6 +49,12 @@ class AsyncFusionRankClient:
                         exclude_purchased: bool = False) -> Recommendations:
         inputs = recommend_inputs(history, k, exclude_purchased, module=grpcaio)
         return parse_recommendations(await self._infer(RECOMMEND_MODEL, inputs, RECOMMEND_OUTPUTS))
+
+    async def sentiment(self, texts: Sequence[str]) -> list[SentimentResult]:
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        result = await self._infer(SENTIMENT_MODEL, sentiment_inputs(texts, module=grpcaio),
+                                   (PROBABILITIES,))
+        return parse_results(texts, result.as_numpy(PROBABILITIES.name))
 
     async def close(self) -> None:
         await self._client.close()

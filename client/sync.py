@@ -16,8 +16,10 @@ from fusionrank.client.recommend import (
     recommend_inputs,
 )
 from fusionrank.client.search import SearchHit, parse_hits, search_inputs
+from fusionrank.client.sentiment import SentimentResult, parse_results, sentiment_inputs
 from fusionrank.contract import DEFAULT_K, SEARCH_MODEL, SEARCH_OUTPUTS
 from fusionrank.recommend_contract import RECOMMEND_MODEL, RECOMMEND_OUTPUTS
+from fusionrank.sentiment_contract import PROBABILITIES, SENTIMENT_MODEL
 
 
 class FusionRankClient:
@@ -50,6 +52,12 @@ class FusionRankClient:
         Unknown ids are ignored and counted; an empty history gets the popular products."""
         inputs = recommend_inputs(history, k, exclude_purchased)
         return parse_recommendations(self._infer(RECOMMEND_MODEL, inputs, RECOMMEND_OUTPUTS))
+
+    def sentiment(self, texts: Sequence[str]) -> list[SentimentResult]:
+        """Each review's class (negative, neutral, positive) and probabilities, in order."""
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        result = self._infer(SENTIMENT_MODEL, sentiment_inputs(texts), (PROBABILITIES,))
+        return parse_results(texts, result.as_numpy(PROBABILITIES.name))
 
     def wait_ready(self, model: str = SEARCH_MODEL, timeout_s: float = 60.0) -> None:
         deadline = time.monotonic() + timeout_s

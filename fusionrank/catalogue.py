@@ -45,6 +45,10 @@ class Product:
     category: str = ""
     brand: str = ""
     price: float | None = None
+    # Review sentiment, a catalogue feature `fusionrank build --reviews` adds: the shrunken mean
+    # of P(positive) - P(negative) over the product's reviews (None: no reviews).
+    review_count: int = 0
+    review_sentiment: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

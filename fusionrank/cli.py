@@ -4,7 +4,8 @@
     fusionrank serve   --repository build/model_repository
     fusionrank search  "cordless drill" -k 10
     fusionrank recommend --history 85123A,71053 -k 10
-    fusionrank train-recommender
+    fusionrank sentiment "Love this dress"
+    fusionrank train | evaluate | train-recommender | train-sentiment | export-tensorrt
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 from fusionrank.contract import DEFAULT_K, MAX_K
 from fusionrank.training.cli import add_evaluate, add_train
 from fusionrank.training.recommend_cli import add_recommend, add_train_recommender
+from fusionrank.training.sentiment_cli import add_sentiment, add_train_sentiment
 
 DEFAULT_BUILD = Path("build")
 DEFAULT_URL = "127.0.0.1:8001"
@@ -48,6 +50,12 @@ def add_build(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--recommender", type=Path, default=Path("runs/recommender"),
                         help="trained recommender (train-recommender --out); trained first "
                              "when absent")
+    parser.add_argument("--sentiment", type=Path, default=Path("runs/sentiment"),
+                        help="trained review sentiment model (train-sentiment --out); served "
+                             "as the sentiment ensemble when present")
+    parser.add_argument("--reviews", type=Path,
+                        help="reviews file (the shared dataset's columns): adds each product's "
+                             "review sentiment to the catalogue, with the sentiment model")
     parser.add_argument("--no-recommend", action="store_true",
                         help="serve search only, without the recommend ensemble")
     parser.add_argument("--encoder-instances", type=int, default=1)
@@ -81,6 +89,9 @@ def run_build(args: argparse.Namespace) -> int:
 
     catalogue, report = load_named_catalogue(args.catalogue, args.datasets, args.lenient)
     print(report.summary(), file=sys.stderr)
+    if args.reviews:
+        catalogue = with_review_sentiment(catalogue, args.sentiment, args.reviews,
+                                          args.out / "artefacts" / "reviews")
     options = ServingOptions(encoder_instances=args.encoder_instances,
                              retrieval_instances=args.retrieval_instances,
                              onnx_threads=args.threads, precision=args.precision)
@@ -91,6 +102,7 @@ def run_build(args: argparse.Namespace) -> int:
     repository = build_search_repository(catalogue, model, args.out, options, run_dir=run)
     if not args.no_recommend:
         add_recommender(repository, args.recommender)
+    add_sentiment_model(repository, args.sentiment)
     print(f"model repository written to {repository}", file=sys.stderr)
     return 0
 
@@ -116,6 +128,43 @@ def train_default_run() -> Path:
                       str(SHORT_RUN_STEPS)]) != 0:
         raise CommandError("the default training run failed")
     return DEFAULT_RUN
+
+
+def add_sentiment_model(repository: Path, trained: Path) -> None:
+    from fusionrank.model_repository.build import add_ensemble
+    from fusionrank.model_repository.sentiment import sentiment_ensemble
+
+    exported = trained / "onnx"
+    if not exported.is_dir():
+        print(f"no trained sentiment model in {trained}: the sentiment ensemble is left out "
+              "(`fusionrank train-sentiment` trains one)", file=sys.stderr)
+        return
+    add_ensemble(repository, sentiment_ensemble(exported), {"artefacts": str(exported.resolve())})
+
+
+def with_review_sentiment(catalogue, trained: Path, reviews: Path, out: Path):
+    """The catalogue with each product's review sentiment (by product id) as a feature."""
+    from dataclasses import replace
+
+    from fusionrank.catalogue import Catalogue
+    from fusionrank.training.product_sentiment import (
+        build_product_sentiment,
+        load_product_sentiment,
+    )
+
+    if not (trained / "onnx").is_dir():
+        raise CommandError(f"--reviews needs a trained sentiment model in {trained}: "
+                           "run `fusionrank train-sentiment` first")
+    report = build_product_sentiment(trained / "onnx", out, reviews)
+    feature = load_product_sentiment(report.path)
+    products = [replace(p, review_count=feature.review_count(p.product_id),
+                        review_sentiment=feature.score(p.product_id)
+                        if feature.review_count(p.product_id) else None)
+                for p in catalogue]
+    matched = sum(1 for p in products if p.review_count)
+    print(f"review sentiment: {matched} of {len(products)} products have reviews in {reviews}",
+          file=sys.stderr)
+    return Catalogue(products, source=catalogue.source)
 
 
 def add_recommender(repository: Path, trained: Path) -> None:
@@ -222,8 +271,8 @@ def run_export_tensorrt(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = [add_build, add_serve, add_search, add_recommend, add_train, add_evaluate,
-            add_train_recommender, add_export_tensorrt]
+COMMANDS = [add_build, add_serve, add_search, add_recommend, add_sentiment, add_train,
+            add_evaluate, add_train_recommender, add_train_sentiment, add_export_tensorrt]
 
 
 def parser() -> argparse.ArgumentParser:

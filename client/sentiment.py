@@ -1,0 +1,60 @@
+"""Review sentiment through the served `sentiment` ensemble.
+
+    with FusionRankClient(url) as client:
+        for result in client.sentiment(["Love this dress", "Runs small, returned it"]):
+            print(result.label, result.probabilities)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import tritonclient.grpc as grpcclient
+
+from fusionrank.client.errors import InvalidRequestError
+from fusionrank.contract import RequestError
+from fusionrank.sentiment_contract import (
+    SENTIMENT_CLASSES,
+    TEXT,
+    check_review,
+    check_review_batch,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class SentimentResult:
+    text: str
+    label: str  # the most probable class: negative, neutral or positive
+    probabilities: dict[str, float]  # class → probability, in SENTIMENT_CLASSES order
+
+    @property
+    def score(self) -> float:
+        """P(positive) − P(negative), in [-1, 1]: the per-review score products aggregate."""
+        return self.probabilities["positive"] - self.probabilities["negative"]
+
+    def to_dict(self) -> dict:
+        return asdict(self) | {"score": round(self.score, 6)}
+
+
+def sentiment_inputs(texts: Sequence[str], module=grpcclient) -> list:
+    """The request's TEXT tensor; texts the server would reject are rejected here first, with
+    the same message."""
+    try:
+        check_review_batch(len(texts))
+        for row, text in enumerate(texts):
+            check_review(text, row)
+    except RequestError as error:
+        raise InvalidRequestError(str(error)) from None
+    data = np.array([[text.encode("utf-8")] for text in texts], dtype=object)
+    tensor = module.InferInput(TEXT.name, list(data.shape), TEXT.dtype)
+    tensor.set_data_from_numpy(data)
+    return [tensor]
+
+
+def parse_results(texts: Sequence[str], probabilities: np.ndarray) -> list[SentimentResult]:
+    return [SentimentResult(text, SENTIMENT_CLASSES[int(np.argmax(row))],
+                            {name: float(p) for name, p in zip(SENTIMENT_CLASSES, row,
+                                                               strict=True)})
+            for text, row in zip(texts, probabilities, strict=True)]
