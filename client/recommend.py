@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import datetime
 
 import numpy as np
@@ -18,6 +18,7 @@ import tritonclient.grpc as grpcclient
 
 from fusionrank.catalogue import Product
 from fusionrank.client.errors import InvalidRequestError
+from fusionrank.client.search import SearchHit
 from fusionrank.contract import RequestError, check_k
 from fusionrank.recommend_contract import check_history
 
@@ -25,14 +26,8 @@ from fusionrank.recommend_contract import check_history
 Purchase = str | tuple[str, int | float | datetime]
 
 
-@dataclass(frozen=True, slots=True)
-class RecommendedProduct:
-    product_id: str
-    score: float
-    product: Product
-
-    def to_dict(self) -> dict:
-        return {"product_id": self.product_id, "score": self.score, "product": asdict(self.product)}
+# A recommended product is the same record as a search hit: id, score and metadata.
+RecommendedProduct = SearchHit
 
 
 @dataclass(frozen=True, slots=True)

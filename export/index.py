@@ -10,6 +10,7 @@ An index folder holds
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -36,24 +37,47 @@ class IndexManifest:
     products: int
     dimension: int
     built_at: str
+    titles_sha256: str = ""  # of the embedded titles, in order
+    embeddings_reused: bool = False  # same encoder, same titles: the last build's embeddings
+
+
+def titles_digest(titles: list[str]) -> str:
+    return hashlib.sha256("\n".join(titles).encode("utf-8")).hexdigest()
 
 
 def build_index(catalogue: Catalogue, encoder: ExportedEncoder, out_dir: str | Path,
                 progress: bool = True) -> IndexManifest:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    text_encoder = TextEncoder(TextTokenizer(encoder.tokenizer_path, MAX_TITLE_TOKENS),
-                               OnnxEncoder(encoder.onnx_path))
-    embeddings = text_encoder.encode(catalogue.titles, progress=progress)
-    np.save(out_dir / EMBEDDINGS_FILE, embeddings)
+    digest = titles_digest(catalogue.titles)
+    reuse = unchanged(out_dir, encoder.sha256, digest)
+    if reuse:
+        embeddings = load_embeddings(out_dir)
+    else:
+        text_encoder = TextEncoder(TextTokenizer(encoder.tokenizer_path, MAX_TITLE_TOKENS),
+                                   OnnxEncoder(encoder.onnx_path))
+        embeddings = text_encoder.encode(catalogue.titles, progress=progress)
+        np.save(out_dir / EMBEDDINGS_FILE, embeddings)
     catalogue.write_jsonl(out_dir / PRODUCTS_FILE)
     manifest = IndexManifest(
         encoder_source=encoder.source, encoder_sha256=encoder.sha256,
         catalogue_source=catalogue.source, products=len(catalogue),
         dimension=int(embeddings.shape[1]),
-        built_at=datetime.now(UTC).isoformat(timespec="seconds"))
+        built_at=datetime.now(UTC).isoformat(timespec="seconds"), titles_sha256=digest,
+        embeddings_reused=reuse)
     (out_dir / MANIFEST_FILE).write_text(json.dumps(asdict(manifest), indent=2) + "\n")
     return manifest
+
+
+def unchanged(out_dir: Path, encoder_sha256: str, titles_sha256: str) -> bool:
+    """Whether the index in `out_dir` embeds these titles with this very encoder file."""
+    try:
+        previous = json.loads((out_dir / MANIFEST_FILE).read_text())
+    except (OSError, ValueError):
+        return False
+    return (previous.get("encoder_sha256") == encoder_sha256
+            and previous.get("titles_sha256") == titles_sha256
+            and (out_dir / EMBEDDINGS_FILE).is_file())
 
 
 def load_embeddings(index_dir: str | Path) -> np.ndarray:

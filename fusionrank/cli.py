@@ -59,6 +59,8 @@ def add_build(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--no-recommend", action="store_true",
                         help="serve search only, without the recommend ensemble")
     parser.add_argument("--encoder-instances", type=int, default=1)
+    parser.add_argument("--max-queue-delay-us", type=int, default=200,
+                        help="how long the dynamic batcher waits to fill a batch")
     parser.add_argument("--retrieval-instances", type=int, default=1)
     parser.add_argument("--precision", choices=["fp32", "int8"], default="fp32",
                         help="query encoder precision (int8: ONNX Runtime dynamic quantisation)")
@@ -94,7 +96,8 @@ def run_build(args: argparse.Namespace) -> int:
                                           args.out / "artefacts" / "reviews")
     options = ServingOptions(encoder_instances=args.encoder_instances,
                              retrieval_instances=args.retrieval_instances,
-                             onnx_threads=args.threads, precision=args.precision)
+                             onnx_threads=args.threads, precision=args.precision,
+                             max_queue_delay_us=args.max_queue_delay_us)
     model = Path(args.model) if args.model else bundled_model_path()
     run = None if args.pretrained else (args.run or newest_run() or train_default_run())
     if run is not None:

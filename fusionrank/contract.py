@@ -45,22 +45,27 @@ class RequestError(ValueError):
     """Bad input in one request. The server answers it with gRPC INVALID_ARGUMENT."""
 
 
-def check_query(query: bytes | str, row: int = 0) -> str:
-    """The query as text, or a RequestError saying what is wrong with it."""
-    if isinstance(query, bytes):
+def check_text(value: bytes | str, tensor: str, row: int, max_chars: int) -> str:
+    """One row of a text input, trimmed, or a RequestError naming the tensor, the row and
+    what is wrong with it (not UTF-8, empty, too long)."""
+    if isinstance(value, bytes):
         try:
-            query = query.decode("utf-8")
+            value = value.decode("utf-8")
         except UnicodeDecodeError as error:
-            raise RequestError(f"QUERY[{row}] is not valid UTF-8 "
-                               f"(byte 0x{query[error.start]:02x} at offset {error.start})"
+            raise RequestError(f"{tensor}[{row}] is not valid UTF-8 "
+                               f"(byte 0x{value[error.start]:02x} at offset {error.start})"
                                ) from None
-    text = query.strip()
+    text = value.strip()
     if not text:
-        raise RequestError(f"QUERY[{row}] is empty or only whitespace")
-    if len(text) > MAX_QUERY_CHARS:
-        raise RequestError(f"QUERY[{row}] is {len(text)} characters long; "
-                           f"the limit is {MAX_QUERY_CHARS}")
+        raise RequestError(f"{tensor}[{row}] is empty or only whitespace")
+    if len(text) > max_chars:
+        raise RequestError(f"{tensor}[{row}] is {len(text)} characters long; "
+                           f"the limit is {max_chars}")
     return text
+
+
+def check_query(query: bytes | str, row: int = 0) -> str:
+    return check_text(query, "QUERY", row, MAX_QUERY_CHARS)
 
 
 def check_k(values: list[int]) -> int:

@@ -10,7 +10,7 @@ read on its own. Imports nothing beyond the standard library and fusionrank.cont
 
 from __future__ import annotations
 
-from fusionrank.contract import RequestError, TensorSpec
+from fusionrank.contract import RequestError, TensorSpec, check_text
 
 SENTIMENT_MODEL = "sentiment"
 
@@ -44,16 +44,4 @@ def check_review_batch(size: int) -> None:
 
 def check_review(text: bytes | str, row: int = 0) -> str:
     """The review as text, or a RequestError naming the row and what is wrong with it."""
-    if isinstance(text, bytes):
-        try:
-            text = text.decode("utf-8")
-        except UnicodeDecodeError as error:
-            raise RequestError(f"TEXT[{row}] is not valid UTF-8 (byte 0x{text[error.start]:02x}"
-                               f" at offset {error.start})") from None
-    stripped = text.strip()
-    if not stripped:
-        raise RequestError(f"TEXT[{row}] is empty or only whitespace")
-    if len(stripped) > MAX_REVIEW_CHARS:
-        raise RequestError(f"TEXT[{row}] is {len(stripped)} characters long; the limit is "
-                           f"{MAX_REVIEW_CHARS}")
-    return stripped
+    return check_text(text, "TEXT", row, MAX_REVIEW_CHARS)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from fusionrank.catalogue import Catalogue
-from tests.fixtures import ANCHORS, filler_products
+from tests.fixtures import ANCHORS, filler_products, running_server
 
 SHARED_DATASETS = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
 
@@ -35,18 +35,9 @@ def search_repository(tiny_catalogue, model_dir, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def triton_server(search_repository, tmp_path_factory):
-    from fusionrank.serve import TritonServer
-
     log_path = tmp_path_factory.mktemp("triton") / "tritonserver.log"
-    with log_path.open("w") as log:
-        server = TritonServer(search_repository, log=log)
-        try:
-            server.start()
-        except Exception:
-            print(log_path.read_text()[-5000:])
-            raise
+    with running_server(search_repository, log_path) as server:
         yield server
-        server.stop()
 
 
 @pytest.fixture

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 from fusionrank.catalogue import Product
 
@@ -33,3 +36,22 @@ def filler_products() -> list[Product]:
                     category="gift-ware", price=round(1.5 + (i % 17) * 0.75, 2))
             for i, (colour, material, item)
             in enumerate(itertools.product(COLOURS, MATERIALS, ITEMS))]
+
+
+@contextmanager
+def running_server(repository: Path, log_path: Path) -> Iterator:
+    """A real tritonserver on free loopback ports, its log kept in `log_path` (and its tail
+    printed when it fails to start)."""
+    from fusionrank.serve import TritonServer
+
+    with log_path.open("w") as log:
+        server = TritonServer(repository, log=log)
+        try:
+            server.start()
+        except Exception:
+            print(log_path.read_text()[-5000:])
+            raise
+        try:
+            yield server
+        finally:
+            server.stop()

@@ -98,3 +98,12 @@ def test_int8_encoder_is_smaller_and_stays_close_to_fp32(exported, tmp_path):
     assert int8.onnx_path.stat().st_size < exported.onnx_path.stat().st_size / 2
     assert int8.min_cosine_to_fp32 >= 0.95
     assert int8.mean_cosine_to_fp32 >= 0.98
+
+
+def test_rebuilding_the_same_index_reuses_its_embeddings(exported, tmp_path):
+    catalogue = Catalogue([Product("a", "Cordless drill"), Product("b", "Kitchen sink")])
+    first = build_index(catalogue, exported, tmp_path, progress=False)
+    again = build_index(catalogue, exported, tmp_path, progress=False)
+    assert not first.embeddings_reused and again.embeddings_reused
+    changed = Catalogue([Product("a", "Cordless drill"), Product("b", "Garden hose")])
+    assert not build_index(changed, exported, tmp_path, progress=False).embeddings_reused

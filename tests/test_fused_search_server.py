@@ -11,7 +11,7 @@ import pytest
 
 from fusionrank.client import FusionRankClient
 from fusionrank.pipeline import SearchPipeline, read_config
-from fusionrank.serve import TritonServer
+from tests.fixtures import running_server
 from tests.training_fixtures import sample_judgements
 
 pytestmark = pytest.mark.server
@@ -48,15 +48,8 @@ def fused_build(trained, tmp_path_factory):
 @pytest.fixture(scope="module")
 def fused_server(fused_build, tmp_path_factory):
     log_path = tmp_path_factory.mktemp("triton") / "tritonserver.log"
-    with log_path.open("w") as log:
-        server = TritonServer(fused_build / "model_repository", log=log)
-        try:
-            server.start()
-        except Exception:
-            print(log_path.read_text()[-5000:])
-            raise
+    with running_server(fused_build / "model_repository", log_path) as server:
         yield server
-        server.stop()
 
 
 def offline_ranker(build):

@@ -10,6 +10,7 @@ import pytest
 from fusionrank.client import FusionRankClient, InvalidRequestError
 from fusionrank.recommend_contract import MAX_HISTORY
 from tests import recommend_fixtures as shop
+from tests.fixtures import running_server
 
 pytestmark = pytest.mark.server
 
@@ -24,21 +25,11 @@ def served(tmp_path_factory):
 @pytest.fixture(scope="module")
 def server(served, tmp_path_factory):
     from fusionrank.model_repository.recommend import recommend_ensemble
-    from fusionrank.serve import TritonServer
-
     repository = tmp_path_factory.mktemp("build") / "model_repository"
     repository.mkdir()
     recommend_ensemble(served).export(repository)
-    log_path = repository.parent / "tritonserver.log"
-    with log_path.open("w") as log:
-        triton = TritonServer(repository, log=log)
-        try:
-            triton.start()
-        except Exception:
-            print(log_path.read_text()[-5000:])
-            raise
+    with running_server(repository, repository.parent / "tritonserver.log") as triton:
         yield triton
-        triton.stop()
 
 
 def test_served_recommendations_equal_the_offline_evaluator(server, served):

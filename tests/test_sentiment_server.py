@@ -17,6 +17,7 @@ from fusionrank.model_repository.sentiment import (
     sentiment_ensemble,
 )
 from fusionrank.sentiment_contract import MAX_REVIEW_BATCH, MAX_REVIEW_CHARS
+from tests.fixtures import running_server
 from tests.sentiment_fixtures import reviews_file, tiny_model_dir  # noqa: F401 - fixtures
 from tests.test_sentiment_serving import TEXTS, exported  # noqa: F401 - fixture
 
@@ -25,21 +26,11 @@ pytestmark = pytest.mark.server
 
 @pytest.fixture(scope="module")
 def server(exported, tmp_path_factory):  # noqa: F811
-    from fusionrank.serve import TritonServer
-
     out, _ = exported
     repository = tmp_path_factory.mktemp("sentiment_build") / "model_repository"
     sentiment_ensemble(out / "onnx", SentimentServing(onnx_threads=1)).export(repository)
-    log_path = repository.parent / "tritonserver.log"
-    with log_path.open("w") as log:
-        triton = TritonServer(repository, log=log)
-        try:
-            triton.start()
-        except Exception:
-            print(log_path.read_text()[-5000:])
-            raise
+    with running_server(repository, repository.parent / "tritonserver.log") as triton:
         yield triton
-        triton.stop()
 
 
 def raw_sentiment(url: str, rows: list[bytes]):
