@@ -39,7 +39,7 @@ def add_build(commands: argparse._SubParsersAction) -> None:
                         help="folder of the shared datasets (default ../shared/datasets)")
     parser.add_argument("--lenient", action="store_true",
                         help="skip bad catalogue rows (each counted, reported) instead of failing")
-    parser.add_argument("--run", type=Path,
+    parser.add_argument("--run", dest="run_dir", type=Path,  # `run` is the command's function
                         help="a finished `fusionrank train` run to serve (default: the newest "
                              "under runs/; with none, a short default run is trained first)")
     parser.add_argument("--pretrained", action="store_true",
@@ -99,7 +99,7 @@ def run_build(args: argparse.Namespace) -> int:
                              onnx_threads=args.threads, precision=args.precision,
                              max_queue_delay_us=args.max_queue_delay_us)
     model = Path(args.model) if args.model else bundled_model_path()
-    run = None if args.pretrained else (args.run or newest_run() or train_default_run())
+    run = None if args.pretrained else (args.run_dir or newest_run() or train_default_run())
     if run is not None:
         print(f"serving the trained run {run}", file=sys.stderr)
     repository = build_search_repository(catalogue, model, args.out, options, run_dir=run)

@@ -82,3 +82,10 @@ def test_serve_starts_answers_and_stops_on_sigterm(search_repository):
             server.kill()
     reader.join(timeout=10)
     assert any("successfully unloaded" in line for line in lines)  # Triton's own shutdown
+
+
+def test_build_options_parse_without_clashing_with_the_command(tmp_path):
+    from fusionrank.cli import parser, run_build
+
+    args = parser().parse_args(["build", "--run", str(tmp_path), "--pretrained"])
+    assert args.run is run_build and args.run_dir == tmp_path
