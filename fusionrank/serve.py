@@ -97,6 +97,16 @@ def prepend(value: str | None, *entries: str) -> str:
     return os.pathsep.join(dict.fromkeys([*entries, *rest]))
 
 
+def stop_with_parent() -> None:
+    """In the child before exec: SIGTERM it when its parent dies, so a killed test run or
+    CLI never leaves a server (and its ports and model processes) behind. Linux ties this to
+    the starting thread: start servers from a thread that outlives them."""
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
 class TritonServer:
     """`with TritonServer(repo) as server:` starts tritonserver and waits until it is ready."""
 
@@ -132,7 +142,8 @@ class TritonServer:
     def start(self, timeout_s: float = READY_TIMEOUT_S) -> TritonServer:
         self.process = subprocess.Popen(
             self.command(), env=server_environment(), stdout=self.log,
-            stderr=subprocess.STDOUT if self.log else None, start_new_session=True)
+            stderr=subprocess.STDOUT if self.log else None, start_new_session=True,
+            preexec_fn=stop_with_parent)
         self.wait_ready(timeout_s)
         return self
 
