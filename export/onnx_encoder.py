@@ -94,25 +94,31 @@ def export_encoder(model_dir: str | Path, out_dir: str | Path,
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     module = load_pooled_encoder(model_dir)
-    onnx_path = out_dir / MODEL_FILE
+    onnx_path = export_token_graph(module, out_dir / MODEL_FILE, "embedding")
+    tokenizer_path = out_dir / TOKENIZER_FILE
+    shutil.copyfile(model_dir / TOKENIZER_FILE, tokenizer_path)
+    min_cosine = parity_check(module, onnx_path, tokenizer_path, check_texts)
+    return ExportedEncoder(out_dir, onnx_path, tokenizer_path, file_sha256(onnx_path),
+                           str(model_dir), min_cosine)
+
+
+def export_token_graph(module: nn.Module, onnx_path: Path, output: str) -> Path:
+    """Trace a (input_ids, attention_mask) → `output` module to ONNX with dynamic batch and
+    sequence axes; the callers check the result against PyTorch."""
     example = (torch.ones(2, 8, dtype=torch.int64), torch.ones(2, 8, dtype=torch.int64))
     # The tracer warns about Python branches on shapes inside transformers' attention; they do
-    # not depend on the batch here (a mask is always given), and the parity check below proves it.
+    # not depend on the batch here (a mask is always given), and the parity checks prove it.
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         warnings.filterwarnings("ignore", message=".*aten::index.*")
         warnings.simplefilter("ignore", DeprecationWarning)
         torch.onnx.export(
             module, example, str(onnx_path), dynamo=False, opset_version=ONNX_OPSET,
-            input_names=["input_ids", "attention_mask"], output_names=["embedding"],
+            input_names=["input_ids", "attention_mask"], output_names=[output],
             dynamic_axes={"input_ids": {0: "batch", 1: "tokens"},
                           "attention_mask": {0: "batch", 1: "tokens"},
-                          "embedding": {0: "batch"}})
-    tokenizer_path = out_dir / TOKENIZER_FILE
-    shutil.copyfile(model_dir / TOKENIZER_FILE, tokenizer_path)
-    min_cosine = parity_check(module, onnx_path, tokenizer_path, check_texts)
-    return ExportedEncoder(out_dir, onnx_path, tokenizer_path, file_sha256(onnx_path),
-                           str(model_dir), min_cosine)
+                          output: {0: "batch"}})
+    return onnx_path
 
 
 def parity_check(module: MeanPooledEncoder, onnx_path: Path, tokenizer_path: Path,

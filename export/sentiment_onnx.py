@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from fusionrank.encoding import TextTokenizer, onnx_session
-from fusionrank.export.onnx_encoder import ONNX_OPSET, TOKENIZER_FILE, file_sha256
+from fusionrank.export.onnx_encoder import TOKENIZER_FILE, export_token_graph, file_sha256
 from fusionrank.training.sentiment import ENCODER_DIR, SentimentClassifier, load_classifier
 
 MODEL_FILE = "sentiment.onnx"
@@ -72,15 +72,7 @@ def export_sentiment(checkpoint: str | Path, out_dir: str | Path,
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     module = ProbabilityModel(classifier).eval()
-    onnx_path = out_dir / MODEL_FILE
-    example = (torch.ones(2, 8, dtype=torch.int64), torch.ones(2, 8, dtype=torch.int64))
-    with torch.no_grad():
-        torch.onnx.export(
-            module, example, str(onnx_path), dynamo=False, opset_version=ONNX_OPSET,
-            input_names=["input_ids", "attention_mask"], output_names=["probabilities"],
-            dynamic_axes={"input_ids": {0: "batch", 1: "tokens"},
-                          "attention_mask": {0: "batch", 1: "tokens"},
-                          "probabilities": {0: "batch"}})
+    onnx_path = export_token_graph(module, out_dir / MODEL_FILE, "probabilities")
     tokenizer_path = out_dir / TOKENIZER_FILE
     shutil.copyfile(Path(checkpoint) / ENCODER_DIR / TOKENIZER_FILE, tokenizer_path)
     worst = parity_check(module, onnx_path, TextTokenizer(tokenizer_path, manifest.max_tokens),
