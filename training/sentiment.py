@@ -34,7 +34,7 @@ import math
 import random
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -269,32 +269,31 @@ def tensors(ids: Sequence[np.ndarray], rows: Sequence[int]) -> tuple[torch.Tenso
     return torch.from_numpy(batch.input_ids), torch.from_numpy(batch.attention_mask)
 
 
-@torch.no_grad()
 def predict_logits(model: SentimentClassifier, ids: Sequence[np.ndarray],
                    batch_size: int = 64) -> np.ndarray:
     """Logits for each token sequence, computed in length-sorted chunks."""
-    was_training = model.training
-    model.eval()
-    order = np.argsort([len(s) for s in ids], kind="stable")
-    out = np.empty((len(ids), len(SENTIMENT_CLASSES)), dtype=np.float32)
-    for start in range(0, len(order), batch_size):
-        rows = order[start : start + batch_size]
-        out[rows] = model(*tensors(ids, rows)).numpy()
-    model.train(was_training)
-    return out
+    return _predict_in_chunks(model, ids, lambda rows: model(*tensors(ids, rows)), batch_size)
 
 
-@torch.no_grad()
 def predict_logits_from_states(model: SentimentClassifier, states: Sequence[torch.Tensor],
                                from_layer: int, batch_size: int = 64) -> np.ndarray:
     """`predict_logits` on cached bottom states (runs only the top layers)."""
+    return _predict_in_chunks(
+        model, states, lambda rows: model.top(*pad_states(states, rows), from_layer), batch_size)
+
+
+@torch.no_grad()
+def _predict_in_chunks(model: SentimentClassifier, sequences: Sequence,
+                       logits_of: Callable[[np.ndarray], torch.Tensor],
+                       batch_size: int) -> np.ndarray:
+    """`logits_of(rows)` over length-sorted chunks of rows (little padding), in eval mode."""
     was_training = model.training
     model.eval()
-    order = np.argsort([len(s) for s in states], kind="stable")
-    out = np.empty((len(states), len(SENTIMENT_CLASSES)), dtype=np.float32)
+    order = np.argsort([len(s) for s in sequences], kind="stable")
+    out = np.empty((len(sequences), len(SENTIMENT_CLASSES)), dtype=np.float32)
     for start in range(0, len(order), batch_size):
         rows = order[start : start + batch_size]
-        out[rows] = model.top(*pad_states(states, rows), from_layer).numpy()
+        out[rows] = logits_of(rows).numpy()
     model.train(was_training)
     return out
 
