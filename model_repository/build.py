@@ -123,6 +123,7 @@ def search_ensemble(artefacts: dict[str, Path], options: ServingOptions) -> Ense
         "feedback", feedback.__name__, (QUERY, EMBEDDING, *CANDIDATES, LEXICAL), (FEEDBACK,),
         artefacts={feedback.HEAD_FILE: artefacts["ranking"] / feedback.HEAD_FILE,
                    feedback.PRIORS_FILE: artefacts["ranking"] / feedback.PRIORS_FILE,
+                   feedback.MEMORY_FILE: artefacts["ranking"] / feedback.MEMORY_FILE,
                    feedback.PRODUCTS_FILE: artefacts["index"] / PRODUCTS_FILE, **index_files},
         parameters=threads, instances=options.pre_post_instances,
         max_queue_delay_us=options.max_queue_delay_us)

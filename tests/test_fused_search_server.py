@@ -60,7 +60,8 @@ def offline_ranker(build):
     return OfflineRanker(ServedFiles(
         encoder_dir=artefacts / "encoder", embeddings=artefacts / "index" / "embeddings.npy",
         products=artefacts / "index" / "products.jsonl", lexical=ranking / "lexical.npz",
-        priors=ranking / "priors.npy", feedback_head=ranking / "feedback_head.onnx",
+        priors=ranking / "priors.npy", memory=ranking / "memory.npz",
+        feedback_head=ranking / "feedback_head.onnx",
         weights=ranking / "ranking.json"), dense=100, extra=100, threads=1)
 
 

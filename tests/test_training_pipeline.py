@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 
 from fusionrank.training.cli import main
 from tests.training_fixtures import sample_judgements
@@ -20,7 +21,7 @@ def test_train_then_evaluate_on_a_tiny_slice(tmp_path, capsys):
                  "--threads", "1"]) == 0
     manifest = json.loads((run / "run.json").read_text())
     assert manifest["data_sha256"] and manifest["config"]["split"]["seed"] == 13
-    for name in ("lexical.npz", "feedback_head.onnx", "priors.npy", "ranking.json",
+    for name in ("lexical.npz", "feedback_head.onnx", "priors.npy", "memory.npz", "ranking.json",
                  "encoder/best/checkpoint.json", "encoder/training_curve.png"):
         assert (run / name).is_file(), name
     weights = json.loads((run / "ranking.json").read_text())
@@ -54,7 +55,20 @@ def test_train_then_evaluate_on_a_tiny_slice(tmp_path, capsys):
         encoder_dir=cache / "embeddings" / key / "onnx",
         embeddings=cache / "embeddings" / key / "catalogue.npy",
         products=tmp_path / "products.jsonl", lexical=paths["lexical"], priors=paths["priors"],
-        feedback_head=paths["feedback_head"], weights=paths["weights"]), dense=20, extra=20)
+        memory=paths["memory"], feedback_head=paths["feedback_head"],
+        weights=paths["weights"]), dense=20, extra=20)
     rows, scores = ranker.search(["cordless drill", "Cordless  Drill"], k=10)
     assert rows.shape == (2, 10) and (np.diff(scores, axis=1) <= 1e-6).all()
     np.testing.assert_array_equal(rows[0], rows[1])  # case and spacing do not matter
+
+
+@pytest.mark.parametrize(("option", "message"), [
+    (["--epochs", "0"], "--epochs must be a positive number"),
+    (["--batch-size", "1"], "--batch-size must be a positive number of at least 2"),
+    (["--positive-threshold", "1.0"], "--positive-threshold must be above 1"),
+    (["--max-steps", "0"], "--max-steps must be at least 1"),
+])
+def test_train_refuses_bad_options_before_any_work(tmp_path, capsys, option, message):
+    assert main(["train", "--out", str(tmp_path / "run"), *option]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()

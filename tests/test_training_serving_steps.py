@@ -16,7 +16,7 @@ from fusionrank.model_repository.models.feedback import PredictFeedback
 from fusionrank.model_repository.models.lexical import AddLexicalCandidates
 from fusionrank.ranking import FusionWeights, rank
 from fusionrank.training.data import Judgements, SplitConfig
-from fusionrank.training.features import FEATURES, ProductPriors, TitleTerms
+from fusionrank.training.features import FEATURES, JudgementMemory, ProductPriors, TitleTerms
 from fusionrank.training.feedback import FeedbackHead
 from fusionrank.training.fusion import build_pools
 from fusionrank.training.lexical_index import LexicalIndex, top_k
@@ -44,13 +44,19 @@ def artefacts(tmp_path_factory):
     priors = ProductPriors.fit(len(titles), rng.integers(0, 60, size=200),
                                rng.uniform(1, 3, size=200))
     priors.save(folder / "priors.npy")
+    training_queries = rng.normal(size=(10, DIM)).astype(np.float32)
+    training_queries /= np.linalg.norm(training_queries, axis=1, keepdims=True)
+    memory = JudgementMemory.fit([f"query {i}" for i in range(10)], training_queries,
+                                 [rng.integers(0, len(titles), size=5) for _ in range(10)],
+                                 [rng.uniform(1, 3, size=5) for _ in range(10)], embeddings)
+    memory.save(folder / "memory.npz")
     torch.manual_seed(0)
     head = FeedbackHead(DIM)
     check = (embeddings[:8], embeddings[8:16], rng.normal(size=(8, len(FEATURES))))
     assert export_feedback_head(head, folder / "feedback_head.onnx", check) < 1e-4
     vectors = rng.normal(size=(len(QUERIES), DIM)).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    return folder, titles, embeddings, lexical, priors, vectors
+    return folder, titles, embeddings, lexical, (priors, memory), vectors
 
 
 def requests_for(embeddings, vectors):
@@ -66,11 +72,11 @@ def requests_for(embeddings, vectors):
 
 
 def test_served_pool_signals_and_feedback_equal_the_offline_ones(artefacts):
-    folder, titles, embeddings, lexical, priors, vectors = artefacts
+    folder, titles, embeddings, lexical, (priors, memory), vectors = artefacts
     offline = build_pools(QUERIES, vectors, embeddings, lexical, DENSE, EXTRA)
     judgements = Judgements(frame=None, catalogue=None, source="", sha256="",
                             split_config=SplitConfig())
-    resources = Resources(judgements, lexical, TitleTerms(titles), priors, embeddings,
+    resources = Resources(judgements, lexical, TitleTerms(titles), priors, memory, embeddings,
                           dict(zip(QUERIES, vectors, strict=True)))
     offline.feedback = pool_feedback(resources, offline,
                                      OnnxFeedbackHead(folder / "feedback_head.onnx"))

@@ -3,6 +3,7 @@
 `fusionrank build` calls `search_artefacts(run_dir, catalogue, out_dir)`; it writes
     lexical.npz         BM25 over the served catalogue's titles       (lexical model)
     priors.npy          product priors, row i = served product i       (feedback model)
+    memory.npz          training judgements, products as served rows  (feedback model)
     feedback_head.onnx  the run's feedback head                        (feedback model)
     ranking.json        the run's fusion weights                        (ranker model)
 Rows are matched by product id, so any catalogue works: products the run never saw get the
@@ -18,12 +19,12 @@ from pathlib import Path
 import numpy as np
 
 from fusionrank.catalogue import Catalogue
-from fusionrank.training.features import ProductPriors
+from fusionrank.training.features import JudgementMemory, ProductPriors
 from fusionrank.training.lexical_index import LexicalIndex
 
 RUN_MANIFEST = "run.json"
-FILES = {"lexical": "lexical.npz", "priors": "priors.npy", "feedback_head": "feedback_head.onnx",
-         "weights": "ranking.json"}
+FILES = {"lexical": "lexical.npz", "priors": "priors.npy", "memory": "memory.npz",
+         "feedback_head": "feedback_head.onnx", "weights": "ranking.json"}
 
 
 def run_catalogue_ids(run_dir: Path) -> list[str]:
@@ -34,9 +35,9 @@ def run_catalogue_ids(run_dir: Path) -> list[str]:
     return catalogue.ids
 
 
-def aligned_priors(run_dir: Path, catalogue_ids: list[str]) -> ProductPriors:
+def aligned_priors(run_dir: Path, run_ids: list[str], catalogue_ids: list[str]
+                   ) -> ProductPriors:
     trained = ProductPriors.load(run_dir / FILES["priors"])
-    run_ids = run_catalogue_ids(run_dir)
     if len(run_ids) != len(trained.mean):
         raise ValueError(f"{run_dir}: priors and the run's catalogue disagree in size")
     row_of = {pid: i for i, pid in enumerate(run_ids)}
@@ -52,6 +53,15 @@ def aligned_priors(run_dir: Path, catalogue_ids: list[str]) -> ProductPriors:
     return ProductPriors(mean, count)
 
 
+def aligned_memory(run_dir: Path, run_ids: list[str], catalogue_ids: list[str]
+                   ) -> JudgementMemory:
+    """The run's memory with its products' rows in the served catalogue (-1: not served; the
+    stored vectors still describe them)."""
+    served_row = {pid: i for i, pid in enumerate(catalogue_ids)}
+    row_map = np.array([served_row.get(pid, -1) for pid in run_ids], dtype=np.int64)
+    return JudgementMemory.load(run_dir / FILES["memory"]).aligned(row_map)
+
+
 def search_artefacts(run_dir: str | Path, catalogue: Catalogue, out_dir: str | Path
                      ) -> dict[str, Path]:
     run_dir, out_dir = Path(run_dir), Path(out_dir)
@@ -61,7 +71,9 @@ def search_artefacts(run_dir: str | Path, catalogue: Catalogue, out_dir: str | P
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {name: out_dir / file for name, file in FILES.items()}
     LexicalIndex.build(catalogue.titles).save(paths["lexical"])
-    aligned_priors(run_dir, catalogue.ids).save(paths["priors"])
+    run_ids = run_catalogue_ids(run_dir)
+    aligned_priors(run_dir, run_ids, catalogue.ids).save(paths["priors"])
+    aligned_memory(run_dir, run_ids, catalogue.ids).save(paths["memory"])
     for name in ("feedback_head", "weights"):
         shutil.copyfile(run_dir / FILES[name], paths[name])
     return paths

@@ -37,8 +37,12 @@ def add_train(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
     parser.add_argument("--learning-rate", type=float, default=defaults.learning_rate)
     parser.add_argument("--pairs-per-epoch", type=int, default=defaults.pairs_per_epoch,
-                        help="cap on training pairs per epoch (default: one per training query)")
+                        help="cap on training pairs per epoch (default, or 0: one per "
+                             "training query)")
     parser.add_argument("--max-steps", type=int, help="stop fine-tuning after this many steps")
+    parser.add_argument("--positive-threshold", type=float, default=defaults.positive_threshold,
+                        help="lowest grade used as a positive pair (default "
+                             f"{defaults.positive_threshold}; each pair is weighted by its grade)")
     parser.add_argument("--max-query-tokens", type=int, default=defaults.max_query_tokens)
     parser.add_argument("--max-title-tokens", type=int, default=defaults.max_title_tokens)
     parser.add_argument("--dev-queries", type=int, default=150,
@@ -63,11 +67,13 @@ def run_train(args: argparse.Namespace) -> int:
                              + (" of at least 2" if name == "batch_size" else ""))
     if args.max_steps is not None and args.max_steps < 1:
         raise ValueError("--max-steps must be at least 1")
+    if not 1.0 < args.positive_threshold <= 3.0:
+        raise ValueError("--positive-threshold must be above 1 (irrelevant) and at most 3")
     finetune = FinetuneConfig(
         epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
         pairs_per_epoch=args.pairs_per_epoch, max_query_tokens=args.max_query_tokens,
         max_title_tokens=args.max_title_tokens, frozen_layers=args.frozen_layers,
-        seed=args.seed, max_steps=args.max_steps,
+        positive_threshold=args.positive_threshold, seed=args.seed, max_steps=args.max_steps,
         threads=args.threads)
     config = TrainConfig(out=args.out, data=args.data, init_model=args.init_model,
                          cache=args.cache, split=SplitConfig(seed=args.split_seed),

@@ -28,13 +28,14 @@ from fusionrank.export.feedback_head import MODEL_FILE as HEAD_FILE
 from fusionrank.ranking import FusionWeights
 from fusionrank.training.data import SplitConfig, load_judgements
 from fusionrank.training.embeddings import catalogue_embeddings
-from fusionrank.training.features import ProductPriors, TitleTerms
+from fusionrank.training.features import JudgementMemory, ProductPriors, TitleTerms
 from fusionrank.training.feedback import choose_threshold, classify, rmse
 from fusionrank.training.fusion import DEPTH, CandidatePool, build_pools, fit_weights, ranked
 from fusionrank.training.lexical_index import LexicalIndex, top_k
 from fusionrank.training.metrics import METRICS, evaluate_ranking
 from fusionrank.training.pipeline import (
     LEXICAL_FILE,
+    MEMORY_FILE,
     PRIORS_FILE,
     RUN_MANIFEST,
     WEIGHTS_FILE,
@@ -98,7 +99,8 @@ def run_evaluation(config: EvaluateConfig) -> dict:
     queries = {s: judgements.ranked_queries(s) for s in SPLITS}
     all_queries = sorted(judgements.frame["query"].unique())
     resources = Resources(judgements, lexical, TitleTerms(titles),
-                          ProductPriors.load(run / PRIORS_FILE), tuned,
+                          ProductPriors.load(run / PRIORS_FILE),
+                          JudgementMemory.load(run / MEMORY_FILE), tuned,
                           dict(zip(all_queries, embedder.encode_queries(all_queries),
                                    strict=True)))
     head = OnnxFeedbackHead(run / HEAD_FILE, config.threads)

@@ -16,25 +16,43 @@ Per (query, product) pair:
  11 title_terms  number of title terms / 20
  12 char_cosine  cosine of the query's and the title's character-trigram TF-IDF vectors, which
                 still matches misspelt or run-together words ("toliet", "2x4x8")
+ 13..18         what similar training queries said about similar products (JudgementMemory)
+
+Features learnt from the training judgements (the product prior, the memory) are computed
+out of fold for training pairs: a training query's own fold is hidden, as a new query's
+judgements are. (Leaving out only the pair itself leaks its grade: the rest of its product's
+mean then falls as its own grade rises, and a model learns that backwards.)
 """
 
 from __future__ import annotations
 
 import zlib
+from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
 
 from fusionrank.training.lexical_index import lexical_tokens
+from fusionrank.training.spelling import QuerySpeller
 
+MEMORY_FEATURES = ("neighbour_grade", "neighbour_match", "nearest_grade", "judged_before",
+                   "judged_grade", "nearest_query")
 FEATURES = ("similarity", "lexical", "overlap", "title_cover", "query_terms", "prior",
             "prior_count", "last_term", "first_term", "bigrams", "numbers", "title_terms",
-            "char_cosine")
+            "char_cosine", *MEMORY_FEATURES)
 CHAR_BUCKETS = 1 << 20  # trigrams are hashed (crc32, stable across processes) into buckets
 PRIOR_SMOOTHING = 3.0  # pseudo-judgements at the global mean: one rating says little
+FOLDS = 5  # out-of-fold features for training pairs
+NEIGHBOUR_QUERIES = 30  # training queries consulted per query
+SHARPNESS = 20.0  # softmax inverse temperature over cos(query) + cos(product)
+
+
+def query_fold(query: str) -> int:
+    """A training query's fold: a stable hash of its normalised text."""
+    return zlib.crc32(query.encode("utf-8")) % FOLDS
 
 
 @dataclass
@@ -52,13 +70,11 @@ class ProductPriors:
         mean = (total + PRIOR_SMOOTHING * global_mean) / (count + PRIOR_SMOOTHING)
         return cls(mean.astype(np.float32), count.astype(np.float32))
 
-    def leave_one_out(self, rows: np.ndarray, grades: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Priors for training pairs without their own judgement (else the head learns to
-        copy the label through the prior)."""
-        count = self.count[rows].astype(np.float64)
-        smoothed_total = self.mean[rows] * (count + PRIOR_SMOOTHING)
-        mean = (smoothed_total - grades) / np.maximum(count - 1 + PRIOR_SMOOTHING, 1e-9)
-        return mean.astype(np.float32), (count - 1).astype(np.float32)
+    @classmethod
+    def out_of_fold(cls, products: int, rows: np.ndarray, grades: np.ndarray,
+                    folds: np.ndarray) -> list[ProductPriors]:
+        """Priors for training pairs: entry k is fitted without fold k's queries."""
+        return [cls.fit(products, rows[folds != k], grades[folds != k]) for k in range(FOLDS)]
 
     def save(self, path: str | Path) -> None:
         np.save(Path(path), np.stack([self.mean, self.count], axis=1).astype(np.float32))
@@ -67,6 +83,98 @@ class ProductPriors:
     def load(cls, path: str | Path) -> ProductPriors:
         table = np.load(Path(path))
         return cls(table[:, 0].copy(), table[:, 1].copy())
+
+
+@dataclass
+class JudgementMemory:
+    """The training judgements, kept to describe pairs no one judged: what the training
+    queries most like this one said about the products most like this one.
+
+    For a query vector q and a candidate product p, every judgement (q', p', grade) of the
+    `NEIGHBOUR_QUERIES` training queries nearest to q is weighted by
+    softmax(SHARPNESS · (cos(q, q') + cos(p, p'))). Features (MEMORY_FEATURES):
+      neighbour_grade  the weighted mean grade, minus 2
+      neighbour_match  the best cos(q, q') + cos(p, p'), minus 2
+      nearest_grade    the grade of that best judgement, minus 2
+      judged_before    1 if p itself was judged for one of those queries
+      judged_grade     its grades there, weighted by query similarity, / 3 (0 if none)
+      nearest_query    cos(q, nearest training query)
+    Product vectors are stored as float16 (half the size; the server and the trainer read the
+    same rounded values).
+    """
+
+    query_vectors: np.ndarray  # float16 [queries, d]
+    folds: np.ndarray  # int8 [queries]
+    offsets: np.ndarray  # int64 [queries + 1]: query i's judgements are offsets[i]:offsets[i + 1]
+    product_vectors: np.ndarray  # float16 [judgements, d]
+    product_rows: np.ndarray  # int64 [judgements]: catalogue row of the product, -1 if absent
+    grades: np.ndarray  # float32 [judgements]
+
+    def __post_init__(self) -> None:
+        # Every request compares its query with all training queries: convert them once.
+        self._query_matrix = self.query_vectors.astype(np.float32)
+
+    @classmethod
+    def fit(cls, queries: list[str], query_vectors: np.ndarray, judged: list[np.ndarray],
+            grades: list[np.ndarray], catalogue: np.ndarray) -> JudgementMemory:
+        """`judged[i]` / `grades[i]`: catalogue rows and grades of training query i."""
+        if not queries:
+            raise ValueError("the judgement memory needs at least one training query")
+        rows = np.concatenate(judged).astype(np.int64)
+        return cls(np.asarray(query_vectors, dtype=np.float16),
+                   np.array([query_fold(q) for q in queries], dtype=np.int8),
+                   np.concatenate([[0], np.cumsum([len(r) for r in judged])]).astype(np.int64),
+                   catalogue[rows].astype(np.float16), rows,
+                   np.concatenate(grades).astype(np.float32))
+
+    def features(self, query_vector: np.ndarray, product_vectors: np.ndarray,
+                 rows: np.ndarray, hidden_fold: int | None = None) -> np.ndarray:
+        """float32 [len(rows), len(MEMORY_FEATURES)]; `hidden_fold`: a training query's fold,
+        whose judgements (its own among them) are not consulted."""
+        similarity = self._query_matrix @ np.asarray(query_vector, dtype=np.float32)
+        if hidden_fold is not None:
+            similarity[self.folds == hidden_fold] = -np.inf
+        k = min(NEIGHBOUR_QUERIES, int(np.isfinite(similarity).sum()))
+        if k == 0:
+            return np.zeros((len(rows), len(MEMORY_FEATURES)), dtype=np.float32)
+        nearest = np.argsort(-similarity, kind="stable")[:k]
+        spans = [np.arange(self.offsets[i], self.offsets[i + 1]) for i in nearest]
+        judgement = np.concatenate(spans)
+        query_similarity = np.repeat(similarity[nearest], [len(s) for s in spans])
+        grades = self.grades[judgement]
+        joint = (np.asarray(product_vectors, dtype=np.float32)
+                 @ self.product_vectors[judgement].astype(np.float32).T) + query_similarity
+        weight = np.exp(SHARPNESS * (joint - joint.max(axis=1, keepdims=True)))
+        same = rows[:, None] == self.product_rows[judgement][None, :]
+        same_weight = same * np.exp(SHARPNESS * (query_similarity - 1.0))[None, :]
+        judged_grade = (same_weight @ grades) / np.maximum(same_weight.sum(axis=1), 1e-30)
+        return np.stack([
+            (weight @ grades) / weight.sum(axis=1) - 2.0,
+            joint.max(axis=1) - 2.0,
+            grades[joint.argmax(axis=1)] - 2.0,
+            same.any(axis=1),
+            np.where(same.any(axis=1), judged_grade / 3.0, 0.0),
+            np.full(len(rows), similarity[nearest[0]]),
+        ], axis=1).astype(np.float32)
+
+    def aligned(self, row_map: np.ndarray) -> JudgementMemory:
+        """The same memory over another catalogue: `row_map[r]` is the new row of old row r
+        (-1 where the product is not there)."""
+        rows = np.where(self.product_rows >= 0, row_map[self.product_rows], -1)
+        return JudgementMemory(self.query_vectors, self.folds, self.offsets,
+                               self.product_vectors, rows.astype(np.int64), self.grades)
+
+    def save(self, path: str | Path) -> None:
+        with Path(path).open("wb") as handle:  # np.savez would append .npz to a str path
+            np.savez(handle, **{f.name: getattr(self, f.name) for f in fields(self)})
+
+    @classmethod
+    def load(cls, path: str | Path) -> JudgementMemory:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"judgement memory {path} not found")
+        with np.load(path, allow_pickle=False) as saved:
+            return cls(**{f.name: saved[f.name] for f in fields(cls)})
 
 
 def char_trigrams(text: str) -> list[int]:
@@ -96,6 +204,8 @@ class TitleTerms:
     def __init__(self, titles: Sequence[str]):
         tokens = [lexical_tokens(t) for t in titles]
         self.terms = [frozenset(t) for t in tokens]
+        # The same vocabulary and title frequencies as the BM25 index, so the same corrections.
+        self.speller = QuerySpeller(Counter(term for terms in self.terms for term in terms))
         self.bigrams = [frozenset(pairwise(t)) for t in tokens]
         grams = [char_trigrams(t) for t in titles]
         df = np.bincount(np.fromiter((g for gs in grams for g in set(gs)), dtype=np.int64),
@@ -108,8 +218,12 @@ class TitleTerms:
         return np.array([sum(w * q.get(g, 0.0) for g, w in self.char_vectors[r].items())
                          for r in rows], dtype=np.float32)
 
+    def query_terms(self, query: str) -> list[str]:
+        """The query's terms, spelling-corrected against the titles."""
+        return self.speller.correct(lexical_tokens(query))
+
     def overlap(self, query: str, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        query_terms = set(lexical_tokens(query))
+        query_terms = set(self.query_terms(query))
         n = max(len(query_terms), 1)
         found = np.array([len(query_terms & self.terms[r]) for r in rows], dtype=np.float32)
         sizes = np.array([max(len(self.terms[r]), 1) for r in rows], dtype=np.float32)
@@ -117,10 +231,11 @@ class TitleTerms:
 
 
 def pair_features(query: str, rows: np.ndarray, similarity: np.ndarray, lexical: np.ndarray,
-                  titles: TitleTerms, prior_mean: np.ndarray,
-                  prior_count: np.ndarray) -> np.ndarray:
-    """float32 [len(rows), len(FEATURES)] for one query's products."""
-    tokens = lexical_tokens(query)
+                  titles: TitleTerms, prior_mean: np.ndarray, prior_count: np.ndarray,
+                  memory: np.ndarray) -> np.ndarray:
+    """float32 [len(rows), len(FEATURES)] for one query's products; `memory` is
+    JudgementMemory.features for them."""
+    tokens = titles.query_terms(query)
     overlap, cover = titles.overlap(query, rows)
     n = len(rows)
     query_terms = np.full(n, len(tokens) / 10.0, dtype=np.float32)
@@ -133,9 +248,10 @@ def pair_features(query: str, rows: np.ndarray, similarity: np.ndarray, lexical:
     numeric = (np.array([len(numbers & titles.terms[r]) for r in rows], dtype=np.float32)
                / len(numbers)) if numbers else np.ones(n, dtype=np.float32)
     title_terms = np.array([len(titles.terms[r]) for r in rows], dtype=np.float32) / 20.0
-    return np.stack([similarity, lexical, overlap, cover, query_terms, prior_mean - 2.0,
+    lexical_part = np.stack([similarity, lexical, overlap, cover, query_terms, prior_mean - 2.0,
                      np.log1p(prior_count) / 3.0, last, first, bigrams, numeric, title_terms,
                      titles.char_cosine(query, rows)], axis=1).astype(np.float32)
+    return np.concatenate([lexical_part, memory], axis=1).astype(np.float32)
 
 
 def _has(titles: TitleTerms, rows: np.ndarray, terms: list[str]) -> np.ndarray:

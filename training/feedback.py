@@ -120,7 +120,8 @@ def train_feedback_head(train: PairSet, dev: PairSet, config: FeedbackConfig,
     seed = config.seed if seed is None else seed
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
-    head = FeedbackHead(train.query.shape[1], config.hidden, config.dropout)
+    head = FeedbackHead(train.query.shape[1], config.hidden, config.dropout,
+                        train.features.shape[1])
     optimizer = torch.optim.AdamW(head.parameters(), lr=config.learning_rate,
                                   weight_decay=config.weight_decay)
     q, p, f, y = _tensors(train)

@@ -1,8 +1,9 @@
 """BM25 over product titles (the `bm25s` library), saved as ONE `.npz` file.
 
-One file because the Triton model repository places artefacts as single files. This module
-imports only numpy and bm25s: the server's `lexical` model process loads it, and must not pay
-for torch.
+One file because the Triton model repository places artefacts as single files. Query terms no
+title contains are spelling-corrected against the titles' vocabulary first
+(training/spelling.py). This module imports only numpy, bm25s and symspellpy: the server's
+`lexical` model process loads it, and must not pay for torch.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from pathlib import Path
 import bm25s
 import numpy as np
 
+from fusionrank.training.spelling import QuerySpeller
+
 TOKEN_PATTERN = re.compile(r"[a-z0-9]+")
 # The Home Depot titles are full of units and sizes ("1/2 in.", "60 ft"): single characters and
 # digits carry meaning there, so only a handful of English function words are dropped.
@@ -22,6 +25,7 @@ STOPWORDS = frozenset([
     "a", "an", "and", "the", "of", "for", "to", "in", "on", "with", "by", "or", "at", "from",
     "is", "are", "as", "be", "it", "this", "that"])
 K1, B, METHOD = 1.2, 0.75, "lucene"
+EMPTY_TITLE = "<empty>"  # the one token of a title without terms (bm25s needs one)
 
 
 def light_stem(word: str) -> str:
@@ -46,13 +50,18 @@ class LexicalIndex:
     def __init__(self, retriever: bm25s.BM25):
         self._retriever = retriever
         self.size = int(retriever.scores["num_docs"])
+        frequency = np.diff(retriever.scores["indptr"])  # titles holding each term
+        # (bm25s's vocabulary also holds "" for padding, with no column of its own.)
+        self.speller = QuerySpeller({term: int(frequency[i])
+                                     for term, i in retriever.vocab_dict.items()
+                                     if i < len(frequency) and term not in ("", EMPTY_TITLE)})
 
     @classmethod
     def build(cls, titles: Sequence[str]) -> LexicalIndex:
         if not titles:
             raise ValueError("cannot build a BM25 index over an empty catalogue")
         # An empty token list would break bm25s's vocabulary; such a title gets a dummy token.
-        corpus = [lexical_tokens(t) or ["<empty>"] for t in titles]
+        corpus = [lexical_tokens(t) or [EMPTY_TITLE] for t in titles]
         retriever = bm25s.BM25(k1=K1, b=B, method=METHOD, backend="numpy")
         retriever.index(corpus, show_progress=False)
         return cls(retriever)
@@ -84,9 +93,13 @@ class LexicalIndex:
         retriever.nonoccurrence_array = None  # only bm25l / bm25+ need it
         return cls(retriever)
 
+    def query_terms(self, query: str) -> list[str]:
+        """The query's terms, spelling-corrected against the titles."""
+        return self.speller.correct(lexical_tokens(query))
+
     def scores(self, query: str) -> np.ndarray:
         """float32 [products]: the query's BM25 score for every title (0 where nothing matches)."""
-        ids = self._retriever.get_tokens_ids(lexical_tokens(query))
+        ids = self._retriever.get_tokens_ids(self.query_terms(query))
         if not ids:
             return np.zeros(self.size, dtype=np.float32)
         return np.asarray(self._retriever.get_scores(ids), dtype=np.float32)

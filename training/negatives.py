@@ -24,7 +24,9 @@ from fusionrank.training.lexical_index import LexicalIndex, top_k
 class MiningConfig:
     depth: int = 30  # how far down each retriever's list to look
     per_source: int = 8  # negatives kept per query from each retriever
-    negative_threshold: float = 1.7  # judged grades at or below this are negatives
+    # Only products every rater called irrelevant are confirmed negatives: a 1.33 or 1.67 is
+    # still relevant to Recall@100 (gain = grade − 1), and pushing it away cost recall.
+    negative_threshold: float = 1.0
     max_title_jaccard: float = 0.8  # a candidate this close to a positive title is skipped
     max_positive_cosine: float = 0.95  # ... or this close to a positive's embedding
 

@@ -16,7 +16,7 @@ import numpy as np
 
 from fusionrank.ranking import FusionWeights
 from fusionrank.training.embeddings import Embedder
-from fusionrank.training.features import ProductPriors, TitleTerms
+from fusionrank.training.features import JudgementMemory, ProductPriors, TitleTerms
 from fusionrank.training.fusion import build_pools, ranked
 from fusionrank.training.lexical_index import LexicalIndex
 from fusionrank.training.signals import OnnxFeedbackHead, Resources, pool_feedback
@@ -29,6 +29,7 @@ class ServedFiles:
     products: Path  # products.jsonl
     lexical: Path  # lexical.npz
     priors: Path  # priors.npy
+    memory: Path  # memory.npz
     feedback_head: Path  # feedback_head.onnx
     weights: Path  # ranking.json
 
@@ -43,6 +44,7 @@ class OfflineRanker:
         self.lexical = LexicalIndex.load(files.lexical)
         self.terms = TitleTerms(titles)
         self.priors = ProductPriors.load(files.priors)
+        self.memory = JudgementMemory.load(files.memory)
         self.head = OnnxFeedbackHead(files.feedback_head, threads)
         self.weights = FusionWeights.load(files.weights)
         self.dense, self.extra = dense, extra
@@ -52,7 +54,8 @@ class OfflineRanker:
         vectors = self.embedder.encode_queries(queries)
         pool = build_pools(queries, vectors, self.catalogue, self.lexical, self.dense,
                            self.extra)
-        resources = Resources(None, self.lexical, self.terms, self.priors, self.catalogue,
+        resources = Resources(None, self.lexical, self.terms, self.priors, self.memory,
+                              self.catalogue,
                               dict(zip(queries, vectors, strict=True)))
         pool.feedback = pool_feedback(resources, pool, self.head)
         return ranked(pool, self.weights, depth=k)

@@ -4,7 +4,8 @@ Run folder (runs/<name>/):
     encoder/best/           the fine-tuned encoder: Hugging Face folder + checkpoint.json
     encoder/last/           resumable training state;  encoder/training_curve.png, history.json
     lexical.npz             the BM25 index over the catalogue (served by the `lexical` model)
-    feedback_head.onnx      the feedback head (served by the `feedback` model); priors.npy
+    feedback_head.onnx      the feedback head (served by the `feedback` model), with its
+                            priors.npy and memory.npz (training judgements, fine-tuned vectors)
     ranking.json            FusionWeights of the full ranker (served by the `ranker` model)
     run.json                data file + hash, split, hyper-parameters, results of every stage
 The ONNX exports of the starting and the fine-tuned encoder (each parity-checked against
@@ -30,7 +31,12 @@ from fusionrank.export.onnx_encoder import bundled_model_path, check_model_folde
 from fusionrank.training.data import Judgements, SplitConfig, load_judgements, positives
 from fusionrank.training.embeddings import Embedder, catalogue_embeddings
 from fusionrank.training.evaluators import DevRetrievalEvaluator
-from fusionrank.training.features import ProductPriors, TitleTerms
+from fusionrank.training.features import (
+    JudgementMemory,
+    ProductPriors,
+    TitleTerms,
+    query_fold,
+)
 from fusionrank.training.feedback import (
     FeedbackConfig,
     choose_threshold,
@@ -47,6 +53,7 @@ from fusionrank.training.signals import OnnxFeedbackHead, Resources, judged_pair
 RUN_MANIFEST = "run.json"
 LEXICAL_FILE = "lexical.npz"
 PRIORS_FILE = "priors.npy"
+MEMORY_FILE = "memory.npz"
 WEIGHTS_FILE = "ranking.json"
 
 
@@ -83,7 +90,8 @@ def training_pairs(judgements: Judgements, negatives: dict[str, list[int]],
     judged = judgements.qrels("train")
     pairs = []
     for query, rows in positives(judgements, "train", threshold).items():
-        relevant = frozenset(r for r, g in judged[query].items() if g >= 2.0)
+        # Anything judged above 1 counts as relevant in Recall@100: never a negative.
+        relevant = frozenset(r for r, g in judged[query].items() if g > 1.0)
         for row, grade in sorted(rows.items()):
             pairs.append(Pair(query, row, grade, negatives.get(query, []), relevant))
     return pairs
@@ -91,6 +99,26 @@ def training_pairs(judgements: Judgements, negatives: dict[str, list[int]],
 
 def query_vectors(embedder: Embedder, queries: list[str]) -> dict[str, np.ndarray]:
     return dict(zip(queries, embedder.encode_queries(queries), strict=True))
+
+
+def training_knowledge(judgements: Judgements, catalogue: np.ndarray,
+                       vectors: dict[str, np.ndarray]) -> tuple[ProductPriors, JudgementMemory]:
+    """What the feedback head's features learn from the training judgements: each product's
+    prior and the memory of every training query's judgements."""
+    train = judgements.of("train")
+    priors = ProductPriors.fit(len(catalogue), train.row.to_numpy(), train.grade.to_numpy())
+    groups = list(train.groupby("query", sort=True))
+    memory = JudgementMemory.fit([q for q, _ in groups], np.stack([vectors[q] for q, _ in groups]),
+                                 [g.row.to_numpy(np.int64) for _, g in groups],
+                                 [g.grade.to_numpy(np.float32) for _, g in groups], catalogue)
+    return priors, memory
+
+
+def out_of_fold_priors(judgements: Judgements) -> list[ProductPriors]:
+    train = judgements.of("train")
+    folds = np.array([query_fold(q) for q in train["query"]])
+    return ProductPriors.out_of_fold(len(judgements.catalogue.titles), train.row.to_numpy(),
+                                     train.grade.to_numpy(), folds)
 
 
 def run_training(config: TrainConfig) -> dict:
@@ -143,11 +171,12 @@ def run_training(config: TrainConfig) -> dict:
     catalogue, embedder = catalogue_embeddings(best, titles, config.cache / "embeddings",
                                                config.threads)
     all_queries = sorted(judgements.frame["query"].unique())
-    resources = Resources(judgements, lexical, terms,
-                          ProductPriors.fit(len(titles), judgements.of("train").row.to_numpy(),
-                                            judgements.of("train").grade.to_numpy()),
-                          catalogue, query_vectors(embedder, all_queries))
+    vectors = query_vectors(embedder, all_queries)
+    priors, memory = training_knowledge(judgements, catalogue, vectors)
+    resources = Resources(judgements, lexical, terms, priors, memory, catalogue, vectors,
+                          fold_priors=out_of_fold_priors(judgements))
     resources.priors.save(out / PRIORS_FILE)
+    resources.memory.save(out / MEMORY_FILE)
     stages["embedding"] = {"seconds": round(time.perf_counter() - t0, 1)}
 
     # 4. Feedback head, on every judged training pair. (Training it only on the queries the
@@ -185,7 +214,8 @@ def run_training(config: TrainConfig) -> dict:
                 "config": json.loads(json.dumps(asdict(config), default=str)),
                 "init_model": str(init), "checkpoint": str(best),
                 "artefacts": {"lexical": LEXICAL_FILE, "feedback_head": HEAD_FILE,
-                              "priors": PRIORS_FILE, "weights": WEIGHTS_FILE},
+                              "priors": PRIORS_FILE, "memory": MEMORY_FILE,
+                              "weights": WEIGHTS_FILE},
                 "stages": stages, "seconds": round(time.perf_counter() - started, 1)}
     (out / RUN_MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     log(f"done in {manifest['seconds']:.0f} s: {out}")

@@ -10,7 +10,13 @@ import numpy as np
 from fusionrank.encoding import onnx_session
 from fusionrank.export.feedback_head import INPUTS
 from fusionrank.training.data import Judgements
-from fusionrank.training.features import ProductPriors, TitleTerms, pair_features
+from fusionrank.training.features import (
+    JudgementMemory,
+    ProductPriors,
+    TitleTerms,
+    pair_features,
+    query_fold,
+)
 from fusionrank.training.feedback import PairSet
 from fusionrank.training.fusion import CandidatePool
 from fusionrank.training.lexical_index import LexicalIndex, normalised
@@ -24,13 +30,26 @@ class Resources:
     lexical: LexicalIndex
     terms: TitleTerms
     priors: ProductPriors
+    memory: JudgementMemory
     catalogue: np.ndarray  # fine-tuned title embeddings [products, d]
     query_vectors: dict[str, np.ndarray]  # normalised query → fine-tuned embedding
+    fold_priors: list[ProductPriors] | None = None  # out-of-fold priors of training pairs
+
+    def pair_features(self, query: str, rows: np.ndarray, similarity: np.ndarray,
+                      lexical: np.ndarray, training: bool = False) -> np.ndarray:
+        """The head's features for one query's products; `training`: the query is a training
+        query, so what is learnt from the training judgements comes out of fold."""
+        fold = query_fold(query) if training else None
+        priors = self.fold_priors[fold] if training else self.priors
+        memory = self.memory.features(self.query_vectors[query], self.catalogue[rows], rows,
+                                      hidden_fold=fold)
+        return pair_features(query, rows, similarity, lexical, self.terms, priors.mean[rows],
+                             priors.count[rows], memory)
 
 
 def judged_pairs(res: Resources, split: str, queries: list[str] | None = None) -> PairSet:
-    """Every judged pair of the split (or of its `queries`); training pairs get
-    leave-one-out product priors."""
+    """Every judged pair of the split (or of its `queries`); training pairs get out-of-fold
+    priors and memory features."""
     frame = res.judgements.of(split)
     if queries is not None:
         frame = frame[frame["query"].isin(set(queries))]
@@ -41,11 +60,8 @@ def judged_pairs(res: Resources, split: str, queries: list[str] | None = None) -
         vector = res.query_vectors[query]
         similarity = res.catalogue[rows] @ vector
         lexical = normalised(res.lexical.scores(query))[rows]
-        if split == "train":
-            mean, count = res.priors.leave_one_out(rows, grade)
-        else:
-            mean, count = res.priors.mean[rows], res.priors.count[rows]
-        features.append(pair_features(query, rows, similarity, lexical, res.terms, mean, count))
+        features.append(res.pair_features(query, rows, similarity, lexical,
+                                          training=split == "train"))
         queries.append(np.repeat(vector[None], len(rows), axis=0))
         products.append(res.catalogue[rows])
         grades.append(grade)
@@ -70,8 +86,7 @@ def pool_feedback(res: Resources, pool: CandidatePool, head: OnnxFeedbackHead) -
     out = np.empty(pool.rows.shape, dtype=np.float32)
     for i, query in enumerate(pool.queries):
         rows = pool.rows[i]
-        features = pair_features(query, rows, pool.similarity[i], pool.lexical[i], res.terms,
-                                 res.priors.mean[rows], res.priors.count[rows])
+        features = res.pair_features(query, rows, pool.similarity[i], pool.lexical[i])
         vector = np.repeat(res.query_vectors[query][None], len(rows), axis=0)
         out[i] = head(vector, res.catalogue[rows], features)
     return out

@@ -5,8 +5,9 @@ Out: CANDIDATES [N + M] INT64   the dense candidates, then the M best BM25 produ
      SIMILARITY [N + M] FP32    cosine of the query and each candidate
      LEXICAL    [N + M] FP32    BM25 / the query's best BM25 over the catalogue
 
+The query's terms that no title contains are spelling-corrected first (LexicalIndex.query_terms).
 The pool is built by `merge_candidates`, the very function the offline evaluator uses. This
-model imports numpy and bm25s only (never torch).
+model imports numpy, bm25s and symspellpy only (never torch).
 """
 
 from __future__ import annotations

@@ -1,0 +1,44 @@
+"""Query spelling correction against the catalogue vocabulary, and its use by BM25 and the
+feedback features (the same corrections on both sides of the server)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from fusionrank.training.features import TitleTerms
+from fusionrank.training.lexical_index import LexicalIndex
+from fusionrank.training.spelling import QuerySpeller
+
+TITLES = ["Aluminum Step Ladder 16 ft.", "Garden Hose 100 feet", "Wall Shelf 12 in. White",
+          "Metal Pipe 1 inch", "Aluminum Shelf Bracket", "Cordless Drill 18V"]
+
+
+def test_typos_and_run_together_sizes_become_catalogue_terms():
+    speller = QuerySpeller({"aluminum": 2, "ladder": 1, "shelf": 2, "100": 1, "feet": 1,
+                            "drill": 1, "hose": 5, "nose": 1})
+    assert speller.correct(["aluminuim", "ladder"]) == ["aluminum", "ladder"]
+    assert speller.correct(["100feet"]) == ["100", "feet"]
+    assert speller.correct(["shefl"]) == ["shelf"]  # a transposition is one edit
+    # Of equally close terms the one more titles hold wins.
+    assert speller.correct(["gose"]) == ["hose"]
+    # Known terms, numbers, short terms and hopeless ones stay as they are.
+    assert speller.correct(["drill", "2024", "xyz", "qqqqqqq"]) == ["drill", "2024", "xyz",
+                                                                    "qqqqqqq"]
+
+
+def test_bm25_finds_the_product_a_misspelt_query_means(tmp_path):
+    index = LexicalIndex.build(TITLES)
+    index.save(tmp_path / "lexical.npz")
+    loaded = LexicalIndex.load(tmp_path / "lexical.npz")
+    for lexical in (index, loaded):
+        scores = lexical.scores("aluminuim ladder")
+        assert int(np.argmax(scores)) == 0 and scores[0] > 0
+        assert lexical.query_terms("100feet hose") == ["100", "feet", "hose"]
+
+
+def test_features_and_bm25_correct_queries_the_same_way():
+    index, terms = LexicalIndex.build(TITLES), TitleTerms(TITLES)
+    for query in ("aluminuim shefl", "1inch metal pipes", "cordles dril 18v", "garden"):
+        assert index.query_terms(query) == terms.query_terms(query), query
+    overlap, _ = terms.overlap("aluminuim ladder", np.array([0]))
+    assert overlap[0] == 1.0
