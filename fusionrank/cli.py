@@ -125,7 +125,7 @@ def train_default_run() -> Path:
     from fusionrank.training.cli import main as training_main
 
     print(f"no trained run under {RUNS}/: training a short default run ({SHORT_RUN_STEPS} "
-          f"fine-tuning steps, about 10 minutes on 2 cores) into {DEFAULT_RUN} first; "
+          f"fine-tuning steps, about 5 minutes on 2 cores) into {DEFAULT_RUN} first; "
           "`fusionrank train` makes the full one", file=sys.stderr)
     if training_main(["train", "--out", str(DEFAULT_RUN), "--max-steps",
                       str(SHORT_RUN_STEPS)]) != 0:
