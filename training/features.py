@@ -173,7 +173,8 @@ class JudgementMemory:
     def load(cls, path: str | Path) -> JudgementMemory:
         path = Path(path)
         if not path.is_file():
-            raise FileNotFoundError(f"judgement memory {path} not found")
+            raise FileNotFoundError(f"judgement memory {path} not found (a run trained before "
+                                    "the memory existed needs `fusionrank train` again)")
         with np.load(path, allow_pickle=False) as saved:
             return cls(**{f.name: saved[f.name] for f in fields(cls)})
 
