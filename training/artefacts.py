@@ -27,38 +27,34 @@ FILES = {"lexical": "lexical.npz", "priors": "priors.npy", "memory": "memory.npz
          "feedback_head": "feedback_head.onnx", "weights": "ranking.json"}
 
 
-def run_catalogue_ids(run_dir: Path) -> list[str]:
+def served_rows(run_dir: Path, catalogue_ids: list[str]) -> np.ndarray:
+    """int64 [the run's products]: each one's row in the served catalogue, -1 if not served
+    (ids are unique in both catalogues, so the map is one to one)."""
     from fusionrank.datasets import homedepot_catalogue
 
     manifest = json.loads((run_dir / RUN_MANIFEST).read_text())
-    catalogue, _ = homedepot_catalogue(manifest["data_file"])
-    return catalogue.ids
+    run_catalogue, _ = homedepot_catalogue(manifest["data_file"])
+    served_row = {pid: i for i, pid in enumerate(catalogue_ids)}
+    return np.array([served_row.get(pid, -1) for pid in run_catalogue.ids], dtype=np.int64)
 
 
-def aligned_priors(run_dir: Path, run_ids: list[str], catalogue_ids: list[str]
-                   ) -> ProductPriors:
+def aligned_priors(run_dir: Path, row_map: np.ndarray, served: int) -> ProductPriors:
     trained = ProductPriors.load(run_dir / FILES["priors"])
-    if len(run_ids) != len(trained.mean):
+    if len(row_map) != len(trained.mean):
         raise ValueError(f"{run_dir}: priors and the run's catalogue disagree in size")
-    row_of = {pid: i for i, pid in enumerate(run_ids)}
     # Unjudged products carry the smoothed global mean already; reuse it.
     neutral = float(np.median(trained.mean[trained.count == 0])) if (trained.count == 0).any() \
         else float(trained.mean.mean())
-    mean = np.full(len(catalogue_ids), neutral, dtype=np.float32)
-    count = np.zeros(len(catalogue_ids), dtype=np.float32)
-    for i, pid in enumerate(catalogue_ids):
-        j = row_of.get(pid)
-        if j is not None:
-            mean[i], count[i] = trained.mean[j], trained.count[j]
+    mean = np.full(served, neutral, dtype=np.float32)
+    count = np.zeros(served, dtype=np.float32)
+    kept = row_map >= 0
+    mean[row_map[kept]], count[row_map[kept]] = trained.mean[kept], trained.count[kept]
     return ProductPriors(mean, count)
 
 
-def aligned_memory(run_dir: Path, run_ids: list[str], catalogue_ids: list[str]
-                   ) -> JudgementMemory:
+def aligned_memory(run_dir: Path, row_map: np.ndarray) -> JudgementMemory:
     """The run's memory with its products' rows in the served catalogue (-1: not served; the
     stored vectors still describe them)."""
-    served_row = {pid: i for i, pid in enumerate(catalogue_ids)}
-    row_map = np.array([served_row.get(pid, -1) for pid in run_ids], dtype=np.int64)
     return JudgementMemory.load(run_dir / FILES["memory"]).aligned(row_map)
 
 
@@ -71,9 +67,9 @@ def search_artefacts(run_dir: str | Path, catalogue: Catalogue, out_dir: str | P
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {name: out_dir / file for name, file in FILES.items()}
     LexicalIndex.build(catalogue.titles).save(paths["lexical"])
-    run_ids = run_catalogue_ids(run_dir)
-    aligned_priors(run_dir, run_ids, catalogue.ids).save(paths["priors"])
-    aligned_memory(run_dir, run_ids, catalogue.ids).save(paths["memory"])
+    row_map = served_rows(run_dir, catalogue.ids)
+    aligned_priors(run_dir, row_map, len(catalogue.ids)).save(paths["priors"])
+    aligned_memory(run_dir, row_map).save(paths["memory"])
     for name in ("feedback_head", "weights"):
         shutil.copyfile(run_dir / FILES[name], paths[name])
     return paths

@@ -263,7 +263,7 @@ def pair_features(query: str, rows: np.ndarray, similarity: np.ndarray, lexical:
     title_terms = np.array([len(titles.terms[r]) for r in rows], dtype=np.float32) / 20.0
     lexical_part = np.stack([similarity, lexical, overlap, cover, query_terms, prior_mean - 2.0,
                      np.log1p(prior_count) / 3.0, last, first, bigrams, numeric, title_terms,
-                     titles.char_cosine(query, rows)], axis=1).astype(np.float32)
+                     titles.char_cosine(query, rows)], axis=1)
     return np.concatenate([lexical_part, memory], axis=1).astype(np.float32)
 
 
