@@ -45,6 +45,7 @@ TOKENS = (TensorSpec("INPUT_IDS", "INT64", (-1,), ragged=True),
           TensorSpec("ATTENTION_MASK", "INT64", (-1,), ragged=True))
 EMBEDDING = TensorSpec("EMBEDDING", "FP32", (-1,))
 CANDIDATES = (TensorSpec("CANDIDATES", "INT64", (-1,)), TensorSpec("SIMILARITY", "FP32", (-1,)))
+CANDIDATE_ROWS = CANDIDATES[0]
 DENSE = (TensorSpec("DENSE_CANDIDATES", "INT64", (-1,)),
          TensorSpec("DENSE_SIMILARITY", "FP32", (-1,)))
 SIGNALS = {name: TensorSpec(tensor, "FP32", (-1,)) for name, tensor in SIGNAL_TENSORS.items()}
@@ -120,7 +121,7 @@ def search_ensemble(artefacts: dict[str, Path], options: ServingOptions) -> Ense
         parameters={"lexical_candidates": str(options.lexical_candidates)},
         instances=options.pre_post_instances, max_queue_delay_us=0)
     predict_feedback = PythonModel(
-        "feedback", feedback.__name__, (QUERY, EMBEDDING, *CANDIDATES, LEXICAL), (FEEDBACK,),
+        "feedback", feedback.__name__, (QUERY, EMBEDDING, CANDIDATE_ROWS, LEXICAL), (FEEDBACK,),
         artefacts={feedback.HEAD_FILE: artefacts["ranking"] / feedback.HEAD_FILE,
                    feedback.PRIORS_FILE: artefacts["ranking"] / feedback.PRIORS_FILE,
                    feedback.MEMORY_FILE: artefacts["ranking"] / feedback.MEMORY_FILE,

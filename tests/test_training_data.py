@@ -15,10 +15,14 @@ from fusionrank.training.data import (
     split_of,
 )
 from fusionrank.training.features import (
+    FEATURES,
     FOLDS,
+    HEAD_FEATURES,
     MEMORY_FEATURES,
+    TERM_VECTOR_FEATURES,
     JudgementMemory,
     ProductPriors,
+    TermVectors,
     TitleTerms,
     query_fold,
 )
@@ -194,3 +198,37 @@ def test_judgement_memory_reads_the_nearest_queries_grades(tmp_path):
 def test_judgement_memory_load_names_a_missing_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="memory"):
         JudgementMemory.load(tmp_path / "memory.npz")
+
+
+def test_title_heads_and_term_vectors_describe_close_words():
+    titles = ["Makita Cordless Drill Kit with Battery", "DeWalt Drill Driver (Tool Only)",
+              "Garden Hose in Green", "Faucet Tap in Chrome", "Kitchen Faucet, Brushed", "()"]
+    terms = TitleTerms(titles)
+    assert terms.heads[0] == ["makita", "cordless", "drill", "kit"]
+    assert terms.heads[1] == ["dewalt", "drill", "driver"]
+    assert terms.heads[2] == ["garden", "hose"]
+    head = dict(zip(HEAD_FEATURES, terms.head_features("makita kit", np.array([0, 1])).T,
+                    strict=True))
+    assert head["brand_match"].tolist() == [1.0, 0.0]
+    assert head["kind_match"].tolist() == [1.0, 0.0]  # "kit" ends the first title's head
+    assert head["all_found"].tolist() == [1.0, 0.0]
+    np.testing.assert_allclose(head["missing_terms"], [0.0, 2 / 5])
+
+    rng = np.random.default_rng(1)
+    catalogue = _unit(rng.normal(size=(len(titles), 16)))
+    vectors = TermVectors.fit(terms, catalogue)
+    # A term's vector is the mean of the embeddings of the titles that hold it.
+    faucet = catalogue[3] + catalogue[4]
+    np.testing.assert_allclose(vectors.vectors[vectors.index["faucet"]],
+                               faucet / np.linalg.norm(faucet), atol=1e-6)
+    # "tap" (title 3 only) is close to "faucet" (titles 3 and 4): it matches title 4, which
+    # does not hold it, better than the garden hose; an unknown word matches nothing.
+    tap = dict(zip(TERM_VECTOR_FEATURES,
+                   vectors.features(["tap"], np.array([4, 2])).T, strict=True))
+    assert tap["term_match"][0] > tap["term_match"][1]
+    unknown = vectors.features(["zzzz"], np.array([0, 4]))
+    assert unknown.shape == (2, len(TERM_VECTOR_FEATURES)) and unknown.dtype == np.float32
+    assert (unknown[:, TERM_VECTOR_FEATURES.index("term_match")] == 0).all()
+    assert (unknown[:, TERM_VECTOR_FEATURES.index("weak_terms")] == 1).all()
+    assert not vectors.features(["faucet"], np.array([5])).any()  # a title without terms
+    assert len(set(FEATURES)) == len(FEATURES)

@@ -9,6 +9,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from sklearn.ensemble import HistGradientBoostingRegressor
 
 from fusionrank.catalogue import Catalogue, Product
 from fusionrank.export.feedback_head import export_feedback_head
@@ -17,7 +18,7 @@ from fusionrank.model_repository.models.lexical import AddLexicalCandidates
 from fusionrank.ranking import FusionWeights, rank
 from fusionrank.training.data import Judgements, SplitConfig
 from fusionrank.training.features import FEATURES, JudgementMemory, ProductPriors, TitleTerms
-from fusionrank.training.feedback import FeedbackHead
+from fusionrank.training.feedback import AveragedHeads, FeedbackHead, FeedbackModel
 from fusionrank.training.fusion import build_pools
 from fusionrank.training.lexical_index import LexicalIndex, top_k
 from fusionrank.training.signals import OnnxFeedbackHead, Resources, pool_feedback
@@ -51,7 +52,9 @@ def artefacts(tmp_path_factory):
                                  [rng.uniform(1, 3, size=5) for _ in range(10)], embeddings)
     memory.save(folder / "memory.npz")
     torch.manual_seed(0)
-    head = FeedbackHead(DIM)
+    trees = HistGradientBoostingRegressor(max_iter=5, max_leaf_nodes=4, min_samples_leaf=2)
+    trees.fit(rng.normal(size=(40, len(FEATURES))), rng.uniform(1, 3, size=40))
+    head = FeedbackModel(AveragedHeads([FeedbackHead(DIM)]), trees, tree_share=0.4)
     check = (embeddings[:8], embeddings[8:16], rng.normal(size=(8, len(FEATURES))))
     assert export_feedback_head(head, folder / "feedback_head.onnx", check) < 1e-4
     vectors = rng.normal(size=(len(QUERIES), DIM)).astype(np.float32)

@@ -11,7 +11,8 @@ Systems (each row adds one component, so the table is also the ablation):
     fused                the served ranker: hybrid pool, S = α·s + β·f + γ·lexical (ranking.json)
 Metrics (ranx): NDCG@10, Recall@100, MRR@10 with gain = relevance − 1, unjudged = 0, over the
 queries that have at least one product judged above 1. The feedback head: RMSE on every judged
-pair, and precision / recall / F1 / accuracy of "relevant" (grade ≥ 2.5) at the dev threshold.
+pair (of the served blend, and of its networks and its trees alone), and precision / recall /
+F1 / accuracy of "relevant" (grade ≥ 2.5) at the dev threshold.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from fusionrank.training.pipeline import (
 from fusionrank.training.signals import OnnxFeedbackHead, Resources, judged_pairs, pool_feedback
 
 SPLITS = ("dev", "test")
+HEAD_PARTS = ("network", "trees")  # the feedback head's parts, each measured alone too
 
 
 @dataclass
@@ -159,15 +161,18 @@ def run_evaluation(config: EvaluateConfig) -> dict:
 def feedback_report(resources: Resources, run: Path) -> dict:
     head = OnnxFeedbackHead(run / HEAD_FILE)
     train_mean = float(resources.judgements.of("train").grade.mean())
-    predictions = {}
+    predictions, parts = {}, {}
     for s in SPLITS:
         pairs = judged_pairs(resources, s)
         predictions[s] = (head(pairs.query, pairs.product, pairs.features), pairs.grade)
+        parts[s] = {part: rmse(head(pairs.query, pairs.product, pairs.features, part),
+                               pairs.grade) for part in HEAD_PARTS}
     threshold = choose_threshold(*predictions["dev"])
     out: dict = {"threshold_from_dev": threshold, "relevant_grade": 2.5}
     for s, (predicted, grade) in predictions.items():
         out[s] = {"pairs": len(grade), "rmse": rmse(predicted, grade),
                   "rmse_mean_predictor": rmse(np.full_like(grade, train_mean), grade),
+                  "rmse_parts": parts[s],
                   **{k: v for k, v in asdict(classify(predicted, grade, threshold)).items()
                      if k != "threshold"}}
     return out
@@ -189,14 +194,15 @@ def markdown_table(report: dict) -> str:
     fb = report["feedback"]
     lines += [f"**feedback head** (relevant = grade ≥ {fb['relevant_grade']}, threshold "
               f"{fb['threshold_from_dev']:.3f} chosen on dev)", "",
-              "| split | pairs | RMSE | RMSE (mean predictor) | precision | recall | F1 "
-              "| accuracy |",
-              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+              "| split | pairs | RMSE | RMSE networks alone | RMSE trees alone "
+              "| RMSE (mean predictor) | precision | recall | F1 | accuracy |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for s in SPLITS:
         m = fb[s]
-        lines.append(f"| {s} | {m['pairs']} | {m['rmse']:.4f} | {m['rmse_mean_predictor']:.4f} | "
-                     f"{m['precision']:.4f} | {m['recall']:.4f} | {m['f1']:.4f} | "
-                     f"{m['accuracy']:.4f} |")
+        lines.append(f"| {s} | {m['pairs']} | {m['rmse']:.4f} | "
+                     + " | ".join(f"{m['rmse_parts'][part]:.4f}" for part in HEAD_PARTS)
+                     + f" | {m['rmse_mean_predictor']:.4f} | {m['precision']:.4f} | "
+                     f"{m['recall']:.4f} | {m['f1']:.4f} | {m['accuracy']:.4f} |")
     return "\n".join(lines) + "\n"
 
 

@@ -16,7 +16,14 @@ Per (query, product) pair:
  11 title_terms  number of title terms / 20
  12 char_cosine  cosine of the query's and the title's character-trigram TF-IDF vectors, which
                 still matches misspelt or run-together words ("toliet", "2x4x8")
- 13..18         what similar training queries said about similar products (JudgementMemory)
+ 13..19         exact terms against the title's first term (usually the brand) and its head
+                phrase, the words before its first " in ", " with ", " for ", " by ", " - ", "("
+                or "," ("Cordless Drill Kit" of "Cordless Drill Kit with Battery"), whose last
+                term is usually the kind of product (TitleTerms)
+ 20..28         how closely each query term matches the title's nearest term, by term vectors
+                (TermVectors: a close word, such as "faucet" for "tap", counts where an exact
+                match does not)
+ 29..34         what similar training queries said about similar products (JudgementMemory)
 
 Features learnt from the training judgements (the product prior, the memory) are computed
 out of fold for training pairs: a training query's own fold is hidden, as a new query's
@@ -26,29 +33,40 @@ mean then falls as its own grade rises, and a model learns that backwards.)
 
 from __future__ import annotations
 
+import functools
+import re
 import zlib
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
 from scipy import sparse
+from threadpoolctl import ThreadpoolController
 
 from fusionrank.training.lexical_index import lexical_tokens, top_k
 from fusionrank.training.spelling import QuerySpeller
 
+HEAD_FEATURES = ("brand_match", "kind_match", "kind_pair", "all_found", "missing_terms",
+                 "head_overlap", "head_terms")
+TERM_VECTOR_FEATURES = ("weakest_term", "term_match", "kind_similarity", "last_term_match",
+                        "first_term_match", "weak_terms", "idf_term_match", "head_cover",
+                        "second_weakest")
 MEMORY_FEATURES = ("neighbour_grade", "neighbour_match", "nearest_grade", "judged_before",
                    "judged_grade", "nearest_query")
 FEATURES = ("similarity", "lexical", "overlap", "title_cover", "query_terms", "prior",
             "prior_count", "last_term", "first_term", "bigrams", "numbers", "title_terms",
-            "char_cosine", *MEMORY_FEATURES)
+            "char_cosine", *HEAD_FEATURES, *TERM_VECTOR_FEATURES, *MEMORY_FEATURES)
 CHAR_BUCKETS = 1 << 20  # trigrams are hashed (crc32, stable across processes) into buckets
 PRIOR_SMOOTHING = 3.0  # pseudo-judgements at the global mean: one rating says little
 FOLDS = 5  # out-of-fold features for training pairs
 NEIGHBOUR_QUERIES = 30  # training queries consulted per query
 SHARPNESS = 20.0  # softmax inverse temperature over cos(query) + cos(product)
+HEAD_END = re.compile(r"\s(?:in|with|for|by|-)\s|\(|,", re.IGNORECASE)
+WEAK_MATCH = 0.6  # a query term whose nearest title term is further than this is "weak"
 
 
 def query_fold(query: str) -> int:
@@ -215,6 +233,8 @@ class TitleTerms:
     def __init__(self, titles: Sequence[str]):
         tokens = [lexical_tokens(t) for t in titles]
         self.terms = [frozenset(t) for t in tokens]
+        self.first = [t[0] if t else None for t in tokens]  # usually the brand
+        self.heads = [lexical_tokens(HEAD_END.split(t, 1)[0]) for t in titles]
         # The same vocabulary and title frequencies as the BM25 index, so the same corrections.
         self.speller = QuerySpeller(Counter(term for terms in self.terms for term in terms))
         self.bigrams = [frozenset(pairwise(t)) for t in tokens]
@@ -242,13 +262,128 @@ class TitleTerms:
         sizes = np.array([max(len(self.terms[r]), 1) for r in rows], dtype=np.float32)
         return found / n, found / sizes
 
+    def head_features(self, query: str, rows: np.ndarray) -> np.ndarray:
+        """float32 [len(rows), len(HEAD_FEATURES)]: the query's terms against each title's
+        first term and head phrase."""
+        query_terms = set(self.query_terms(query))
+        n = max(len(query_terms), 1)
+        out = np.zeros((len(rows), len(HEAD_FEATURES)), dtype=np.float32)
+        for i, row in enumerate(rows):
+            head, kind_pair = self.heads[row], self.heads[row][-2:]
+            out[i] = (self.first[row] in query_terms,
+                      bool(head) and head[-1] in query_terms,
+                      sum(t in query_terms for t in kind_pair) / max(len(kind_pair), 1),
+                      bool(query_terms) and query_terms <= self.terms[row],
+                      len(query_terms - self.terms[row]) / 5.0,
+                      len(query_terms.intersection(head)) / n,
+                      len(head) / 10.0)
+        return out
 
-def pair_features(query: str, rows: np.ndarray, similarity: np.ndarray, lexical: np.ndarray,
-                  titles: TitleTerms, prior_mean: np.ndarray, prior_count: np.ndarray,
-                  memory: np.ndarray) -> np.ndarray:
-    """float32 [len(rows), len(FEATURES)] for one query's products; `memory` is
-    JudgementMemory.features for them."""
-    tokens = titles.query_terms(query)
+
+@dataclass
+class TermVectors:
+    """A unit vector for every term of the catalogue's titles: the mean embedding of the
+    titles that hold it. Made from the catalogue embeddings alone, so the server's `feedback`
+    model builds the very same vectors from the files it already has (under a second for 50k
+    titles), and no word needs encoding at query time. A query term no title holds has none,
+    and matches nothing."""
+
+    index: dict[str, int]  # term → row of `vectors`
+    vectors: np.ndarray  # float32 [terms, d]
+    idf: np.ndarray  # float32 [terms]
+    title_terms: list[np.ndarray]  # per catalogue row: its terms' rows in `vectors`
+    head_terms: list[np.ndarray]  # per catalogue row: its head phrase's, in order
+
+    @classmethod
+    def fit(cls, titles: TitleTerms, catalogue: np.ndarray) -> TermVectors:
+        vocabulary = sorted({term for terms in titles.terms for term in terms})
+        index = {term: i for i, term in enumerate(vocabulary)}
+        title_terms = [np.array(sorted(index[t] for t in terms), dtype=np.int64)
+                       for terms in titles.terms]
+        head_terms = [np.array([index[t] for t in head if t in index], dtype=np.int64)
+                      for head in titles.heads]
+        holders = sparse.csr_matrix(
+            (np.ones(sum(len(t) for t in title_terms), dtype=np.float32),
+             (np.concatenate(title_terms), np.repeat(np.arange(len(title_terms)),
+                                                     [len(t) for t in title_terms]))),
+            shape=(len(vocabulary), len(title_terms)))
+        vectors = np.asarray(holders @ np.asarray(catalogue, dtype=np.float32))
+        vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+        titles_holding = np.asarray(holders.sum(axis=1)).ravel()
+        idf = np.log((1.0 + len(title_terms)) / (1.0 + titles_holding)).astype(np.float32)
+        return cls(index, vectors.astype(np.float32), idf, title_terms, head_terms)
+
+    def features(self, query_terms: list[str], rows: np.ndarray) -> np.ndarray:
+        """float32 [len(rows), len(TERM_VECTOR_FEATURES)] for the query's (corrected) terms.
+        All candidates at once: one product with all their titles' terms, reduced per title."""
+        out = np.zeros((len(rows), len(TERM_VECTOR_FEATURES)), dtype=np.float32)
+        terms = list(dict.fromkeys(query_terms))
+        if not terms or len(rows) == 0:
+            return out
+        known = np.array([self.index.get(t, -1) for t in terms])
+        query = np.where(known[:, None] >= 0, self.vectors[known], 0.0).astype(np.float32)
+        unseen = np.log1p(len(self.title_terms))  # the idf of a term no title holds
+        weight = np.where(known >= 0, self.idf[known], unseen).astype(np.float32)
+
+        held = np.array([len(self.title_terms[r]) for r in rows])
+        cosine = query @ self.vectors[np.concatenate([self.title_terms[r] for r in rows])].T
+        best = _segment_reduce(np.maximum, cosine, held)  # [query terms, rows]: nearest term
+        ordered = np.sort(best, axis=0)
+        heads = [self.head_terms[r] for r in rows]
+        head_size = np.array([len(h) for h in heads])
+        # Each head term's nearest query term, averaged over the head.
+        head_best = (query @ self.vectors[np.concatenate(heads)].T).max(axis=0, keepdims=True)
+        head_cover = _segment_reduce(np.add, head_best, head_size)[0] / np.maximum(head_size, 1)
+        kind = np.array([h[-1] if len(h) else 0 for h in heads])
+        kind_similarity = np.where(head_size > 0, (query @ self.vectors[kind].T).max(axis=0), 0)
+        out[:] = np.stack([ordered[0], best.mean(axis=0), kind_similarity, best[-1], best[0],
+                           (best < WEAK_MATCH).mean(axis=0),
+                           weight @ best / max(float(weight.sum()), 1e-6), head_cover,
+                           ordered[min(1, len(terms) - 1)]], axis=1)
+        out[held == 0] = 0.0  # a title without terms matches nothing
+        return out
+
+
+def _segment_reduce(ufunc: np.ufunc, values: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+    """`ufunc` over consecutive column segments of `values` [m, sum(sizes)]: [m, len(sizes)],
+    0 for an empty segment."""
+    starts = np.concatenate([[0], np.cumsum(sizes)])
+    # A zero column after the last segment: reduceat needs every start inside the array.
+    padded = np.concatenate([values, np.zeros((len(values), 1), values.dtype)], axis=1)
+    reduced = ufunc.reduceat(padded, starts, axis=1)[:, :-1]
+    reduced[:, sizes == 0] = 0.0
+    return reduced
+
+
+@functools.cache
+def _blas() -> ThreadpoolController:
+    return ThreadpoolController()
+
+
+@contextmanager
+def one_blas_thread() -> Iterator[None]:
+    """numpy's matrix products on one BLAS thread. OpenBLAS rounds differently with more
+    threads, and the head's trees split on these features: the server and the evaluator must
+    compute them bit for bit alike, whatever the thread settings of either process."""
+    with _blas().limit(limits=1, user_api="blas"):
+        yield
+
+
+def pair_features(query: str, query_vector: np.ndarray, product_vectors: np.ndarray,
+                  rows: np.ndarray, lexical: np.ndarray, titles: TitleTerms,
+                  term_vectors: TermVectors, priors: ProductPriors, memory: JudgementMemory,
+                  hidden_fold: int | None = None) -> np.ndarray:
+    """float32 [len(rows), len(FEATURES)] for one query's products (catalogue `rows`, their
+    `product_vectors` and normalised BM25 scores `lexical`); `hidden_fold`: a training query's
+    fold, hidden from the memory."""
+    with one_blas_thread():
+        query_vector = np.asarray(query_vector, dtype=np.float32)
+        product_vectors = np.asarray(product_vectors, dtype=np.float32)
+        # Computed here rather than taken from retrieval: the same arithmetic on both sides.
+        similarity = product_vectors @ query_vector
+        remembered = memory.features(query_vector, product_vectors, rows, hidden_fold)
+        tokens = titles.query_terms(query)
+        term_matches = term_vectors.features(tokens, rows)
     overlap, cover = titles.overlap(query, rows)
     n = len(rows)
     query_terms = np.full(n, len(tokens) / 10.0, dtype=np.float32)
@@ -261,10 +396,12 @@ def pair_features(query: str, rows: np.ndarray, similarity: np.ndarray, lexical:
     numeric = (np.array([len(numbers & titles.terms[r]) for r in rows], dtype=np.float32)
                / len(numbers)) if numbers else np.ones(n, dtype=np.float32)
     title_terms = np.array([len(titles.terms[r]) for r in rows], dtype=np.float32) / 20.0
-    lexical_part = np.stack([similarity, lexical, overlap, cover, query_terms, prior_mean - 2.0,
-                     np.log1p(prior_count) / 3.0, last, first, bigrams, numeric, title_terms,
-                     titles.char_cosine(query, rows)], axis=1)
-    return np.concatenate([lexical_part, memory], axis=1).astype(np.float32)
+    lexical_part = np.stack([similarity, lexical, overlap, cover, query_terms,
+                             priors.mean[rows] - 2.0, np.log1p(priors.count[rows]) / 3.0, last,
+                             first, bigrams, numeric, title_terms,
+                             titles.char_cosine(query, rows)], axis=1)
+    return np.concatenate([lexical_part, titles.head_features(query, rows), term_matches,
+                           remembered], axis=1).astype(np.float32)
 
 
 def _has(titles: TitleTerms, rows: np.ndarray, terms: list[str]) -> np.ndarray:

@@ -1,12 +1,19 @@
 """The feedback head: predicts the relevance grade (1..3) a shopper would give a product for a
 query, from the two embeddings and the cheap interaction features of training/features.py.
 
-    [q, p, q ⊙ p, |q − p|] → Linear → ReLU ─┐
-                               features ────┴→ Linear → ReLU → Linear → 1 + 2·sigmoid → grade
+Two learners of one target, blended:
 
-Trained by mean squared error on the training split's judgements, with early stopping on dev
-RMSE; the best epoch's weights are kept; a few heads from different seeds are averaged.
-Exported to ONNX by fusionrank.export.feedback_head.
+    network  [q, p, q ⊙ p, |q − p|] → Linear → ReLU ─┐
+                                        features ────┴→ Linear → ReLU → Linear → 1 + 2·sigmoid
+             (a few seeds averaged)
+    trees    gradient-boosted regression trees over the features
+    grade    (1 − w)·network + w·trees,  w fitted on dev
+
+Both are trained by squared error on the training split's judgements and stopped where dev
+RMSE is lowest. Why two: on dev each alone reaches about the same RMSE, but their errors differ
+(the trees cut the features into regions, the network reads the embeddings), so their mean is
+better than either (the ablation in benchmarks/reports/relevance.md). Exported to ONNX, as one
+graph, by fusionrank.export.feedback_head.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from sklearn.ensemble import HistGradientBoostingRegressor
 from torch import nn
 
 from fusionrank.training.features import FEATURES
@@ -35,6 +43,11 @@ class FeedbackConfig:
     patience: int = 4
     seed: int = 13
     ensemble: int = 3  # heads averaged (seeds seed, seed + 1, ...)
+    tree_rounds: int = 800  # boosting rounds at most; the count with the best dev RMSE is kept
+    tree_learning_rate: float = 0.05
+    tree_leaves: int = 31
+    tree_min_leaf: int = 40
+    blend_step: float = 0.05  # grid of the trees' share w, fitted on dev
 
 
 @dataclass
@@ -75,6 +88,78 @@ class AveragedHeads(nn.Module):
     def forward(self, query: torch.Tensor, product: torch.Tensor,
                 features: torch.Tensor) -> torch.Tensor:
         return torch.stack([h(query, product, features) for h in self.heads]).mean(dim=0)
+
+
+@dataclass
+class FeedbackModel:
+    """The feedback head as served: the networks and the trees, blended."""
+
+    network: AveragedHeads
+    trees: HistGradientBoostingRegressor
+    tree_share: float  # w in (1 − w)·network + w·trees
+
+    def predict_parts(self, pairs: PairSet) -> dict[str, np.ndarray]:
+        """{"grade": the blend, "network": ..., "trees": ...}, float32 [len(pairs)] each."""
+        network = predict(self.network, pairs)
+        trees = self.trees.predict(pairs.features).astype(np.float32)
+        return {"grade": blend(network, trees, self.tree_share), "network": network,
+                "trees": trees}
+
+    def predict(self, pairs: PairSet) -> np.ndarray:
+        return self.predict_parts(pairs)["grade"]
+
+
+def blend(network: np.ndarray, trees: np.ndarray, tree_share: float) -> np.ndarray:
+    return ((1.0 - tree_share) * network + tree_share * trees).astype(np.float32)
+
+
+def train_feedback_model(train: PairSet, dev: PairSet, config: FeedbackConfig
+                         ) -> tuple[FeedbackModel, dict]:
+    """Networks and trees trained on `train`, each stopped on `dev`; the blend fitted on dev.
+    Also returns what training saw: histories, rounds and each part's dev RMSE."""
+    network, histories = train_feedback_heads(train, dev, config)
+    trees, rounds = train_boosted_trees(train, dev, config)
+    network_dev, trees_dev = predict(network, dev), trees.predict(dev.features)
+    shares = np.round(np.arange(0.0, 1.0 + 1e-9, config.blend_step), 4)
+    errors = [rmse(blend(network_dev, trees_dev, w), dev.grade) for w in shares]
+    share = float(shares[int(np.argmin(errors))])
+    report = {"network_histories": histories, "tree_rounds": rounds, "tree_share": share,
+              "dev_rmse": {"grade": min(errors), "network": rmse(network_dev, dev.grade),
+                           "trees": rmse(trees_dev, dev.grade)}}
+    return FeedbackModel(network, trees, share), report
+
+
+def train_boosted_trees(train: PairSet, dev: PairSet, config: FeedbackConfig
+                        ) -> tuple[HistGradientBoostingRegressor, int]:
+    """Trees over the features, refitted with the number of rounds that had the lowest dev
+    RMSE (the fit is deterministic, so the refit grows the same first trees)."""
+    def trees(rounds: int) -> HistGradientBoostingRegressor:
+        return HistGradientBoostingRegressor(
+            max_iter=rounds, learning_rate=config.tree_learning_rate,
+            max_leaf_nodes=config.tree_leaves, min_samples_leaf=config.tree_min_leaf,
+            early_stopping=False, random_state=config.seed)
+
+    grown = trees(config.tree_rounds).fit(train.features, train.grade)
+    errors = [rmse(p, dev.grade) for p in grown.staged_predict(dev.features)]
+    best = int(np.argmin(errors)) + 1
+    print(f"feedback trees: best dev RMSE {errors[best - 1]:.4f} after {best} rounds",
+          file=sys.stderr)
+    return float32_thresholds(trees(best).fit(train.features, train.grade)), best
+
+
+def float32_thresholds(trees: HistGradientBoostingRegressor) -> HistGradientBoostingRegressor:
+    """Each split threshold t (float64) replaced by the largest float32 ≤ t. For float32
+    features (all of ours) every split goes the same way, so predictions do not change; but
+    the ONNX export, whose thresholds are float32, then splits exactly alike (rounded to the
+    nearest float32 instead, t could land above a value scikit-learn sends right)."""
+    for stage in trees._predictors:  # scikit-learn keeps the fitted trees here, one per round
+        for predictor in stage:
+            threshold = predictor.nodes["num_threshold"]
+            rounded = threshold.astype(np.float32)
+            above = rounded.astype(np.float64) > threshold
+            rounded[above] = np.nextafter(rounded[above], np.float32(-np.inf))
+            predictor.nodes["num_threshold"] = rounded
+    return trees
 
 
 def _tensors(pairs: PairSet) -> tuple[torch.Tensor, ...]:

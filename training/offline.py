@@ -16,7 +16,12 @@ import numpy as np
 
 from fusionrank.ranking import FusionWeights
 from fusionrank.training.embeddings import Embedder
-from fusionrank.training.features import JudgementMemory, ProductPriors, TitleTerms
+from fusionrank.training.features import (
+    JudgementMemory,
+    ProductPriors,
+    TermVectors,
+    TitleTerms,
+)
 from fusionrank.training.fusion import build_pools, ranked
 from fusionrank.training.lexical_index import LexicalIndex
 from fusionrank.training.signals import OnnxFeedbackHead, Resources, pool_feedback
@@ -43,6 +48,7 @@ class OfflineRanker:
         self.catalogue = np.load(files.embeddings)
         self.lexical = LexicalIndex.load(files.lexical)
         self.terms = TitleTerms(titles)
+        self.term_vectors = TermVectors.fit(self.terms, self.catalogue)
         self.priors = ProductPriors.load(files.priors)
         self.memory = JudgementMemory.load(files.memory)
         self.head = OnnxFeedbackHead(files.feedback_head, threads)
@@ -56,6 +62,7 @@ class OfflineRanker:
                            self.extra)
         resources = Resources(None, self.lexical, self.terms, self.priors, self.memory,
                               self.catalogue,
-                              dict(zip(queries, vectors, strict=True)))
+                              dict(zip(queries, vectors, strict=True)),
+                              term_vectors=self.term_vectors)
         pool.feedback = pool_feedback(resources, pool, self.head)
         return ranked(pool, self.weights, depth=k)

@@ -37,13 +37,7 @@ from fusionrank.training.features import (
     TitleTerms,
     query_fold,
 )
-from fusionrank.training.feedback import (
-    FeedbackConfig,
-    choose_threshold,
-    predict,
-    rmse,
-    train_feedback_heads,
-)
+from fusionrank.training.feedback import FeedbackConfig, choose_threshold, train_feedback_model
 from fusionrank.training.finetune import FinetuneConfig, Finetuner, Pair, Provenance
 from fusionrank.training.fusion import build_pools, fit_weights
 from fusionrank.training.lexical_index import LexicalIndex
@@ -185,17 +179,18 @@ def run_training(config: TrainConfig) -> dict:
     t0 = time.perf_counter()
     train_pairs = judged_pairs(resources, "train")
     dev_pairs = judged_pairs(resources, "dev")
-    head, history = train_feedback_heads(train_pairs, dev_pairs, config.feedback)
-    dev_predicted = predict(head, dev_pairs)
+    head, fitted = train_feedback_model(train_pairs, dev_pairs, config.feedback)
     parity = export_feedback_head(head, out / HEAD_FILE, (dev_pairs.query[:512],
                                                           dev_pairs.product[:512],
                                                           dev_pairs.features[:512]))
-    stages["feedback"] = {"seconds": round(time.perf_counter() - t0, 1), "history": history,
+    stages["feedback"] = {"seconds": round(time.perf_counter() - t0, 1), **fitted,
                           "train_pairs": len(train_pairs.grade),
-                          "dev_rmse": rmse(dev_predicted, dev_pairs.grade),
-                          "threshold": choose_threshold(dev_predicted, dev_pairs.grade),
+                          "threshold": choose_threshold(head.predict(dev_pairs),
+                                                        dev_pairs.grade),
                           "onnx_max_abs_diff": parity}
-    log(f"feedback head: dev RMSE {stages['feedback']['dev_rmse']:.4f}")
+    log("feedback head: dev RMSE " + ", ".join(f"{part} {value:.4f}" for part, value
+                                               in fitted["dev_rmse"].items())
+        + f" (trees' share {fitted['tree_share']:.2f})")
 
     # 5. Fusion weights on dev pools.
     t0 = time.perf_counter()

@@ -13,6 +13,7 @@ from fusionrank.training.data import Judgements
 from fusionrank.training.features import (
     JudgementMemory,
     ProductPriors,
+    TermVectors,
     TitleTerms,
     pair_features,
     query_fold,
@@ -34,17 +35,21 @@ class Resources:
     catalogue: np.ndarray  # fine-tuned title embeddings [products, d]
     query_vectors: dict[str, np.ndarray]  # normalised query → fine-tuned embedding
     fold_priors: list[ProductPriors] | None = None  # out-of-fold priors of training pairs
+    term_vectors: TermVectors | None = None  # made from `terms` and `catalogue` when not given
 
-    def pair_features(self, query: str, rows: np.ndarray, similarity: np.ndarray,
-                      lexical: np.ndarray, training: bool = False) -> np.ndarray:
+    def __post_init__(self) -> None:
+        if self.term_vectors is None:
+            self.term_vectors = TermVectors.fit(self.terms, self.catalogue)
+
+    def pair_features(self, query: str, rows: np.ndarray, lexical: np.ndarray,
+                      training: bool = False) -> np.ndarray:
         """The head's features for one query's products; `training`: the query is a training
         query, so what is learnt from the training judgements comes out of fold."""
         fold = query_fold(query) if training else None
-        priors = self.fold_priors[fold] if training else self.priors
-        memory = self.memory.features(self.query_vectors[query], self.catalogue[rows], rows,
-                                      hidden_fold=fold)
-        return pair_features(query, rows, similarity, lexical, self.terms, priors.mean[rows],
-                             priors.count[rows], memory)
+        return pair_features(query, self.query_vectors[query], self.catalogue[rows], rows,
+                             lexical, self.terms, self.term_vectors,
+                             self.fold_priors[fold] if training else self.priors, self.memory,
+                             hidden_fold=fold)
 
 
 def judged_pairs(res: Resources, split: str, queries: list[str] | None = None) -> PairSet:
@@ -58,10 +63,8 @@ def judged_pairs(res: Resources, split: str, queries: list[str] | None = None) -
         rows = group.row.to_numpy(np.int64)
         grade = group.grade.to_numpy(np.float32)
         vector = res.query_vectors[query]
-        similarity = res.catalogue[rows] @ vector
         lexical = normalised(res.lexical.scores(query))[rows]
-        features.append(res.pair_features(query, rows, similarity, lexical,
-                                          training=split == "train"))
+        features.append(res.pair_features(query, rows, lexical, training=split == "train"))
         queries.append(np.repeat(vector[None], len(rows), axis=0))
         products.append(res.catalogue[rows])
         grades.append(grade)
@@ -75,10 +78,11 @@ class OnnxFeedbackHead:
     def __init__(self, path, threads: int | None = None):
         self.session = onnx_session(path, threads)
 
-    def __call__(self, query: np.ndarray, product: np.ndarray,
-                 features: np.ndarray) -> np.ndarray:
+    def __call__(self, query: np.ndarray, product: np.ndarray, features: np.ndarray,
+                 output: str = "grade") -> np.ndarray:
+        """The served blend, or one of its parts ("network", "trees")."""
         arrays = [np.ascontiguousarray(a, dtype=np.float32) for a in (query, product, features)]
-        return self.session.run(None, dict(zip(INPUTS, arrays, strict=True)))[0]
+        return self.session.run([output], dict(zip(INPUTS, arrays, strict=True)))[0]
 
 
 def pool_feedback(res: Resources, pool: CandidatePool, head: OnnxFeedbackHead) -> np.ndarray:
@@ -86,7 +90,7 @@ def pool_feedback(res: Resources, pool: CandidatePool, head: OnnxFeedbackHead) -
     out = np.empty(pool.rows.shape, dtype=np.float32)
     for i, query in enumerate(pool.queries):
         rows = pool.rows[i]
-        features = res.pair_features(query, rows, pool.similarity[i], pool.lexical[i])
+        features = res.pair_features(query, rows, pool.lexical[i])
         vector = np.repeat(res.query_vectors[query][None], len(rows), axis=0)
         out[i] = head(vector, res.catalogue[rows], features)
     return out
