@@ -24,7 +24,8 @@ from fusionrank.training.feedback import FeedbackModel, PairSet
 
 MODEL_FILE = "feedback_head.onnx"
 INPUTS = ("query", "product", "features")
-OUTPUTS = ("grade", "network", "trees")
+PARTS = ("network", "trees")  # each part alone, beside the blend
+OUTPUTS = ("grade", *PARTS)
 ML_OPSET = 3  # ai.onnx.ml, for the trees
 
 

@@ -40,5 +40,5 @@ def test_features_and_bm25_correct_queries_the_same_way():
     index, terms = LexicalIndex.build(TITLES), TitleTerms(TITLES)
     for query in ("aluminuim shefl", "1inch metal pipes", "cordles dril 18v", "garden"):
         assert index.query_terms(query) == terms.query_terms(query), query
-    overlap, _ = terms.overlap("aluminuim ladder", np.array([0]))
+    overlap, _ = terms.overlap(set(terms.query_terms("aluminuim ladder")), np.array([0]))
     assert overlap[0] == 1.0

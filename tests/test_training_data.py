@@ -207,7 +207,7 @@ def test_title_heads_and_term_vectors_describe_close_words():
     assert terms.heads[0] == ["makita", "cordless", "drill", "kit"]
     assert terms.heads[1] == ["dewalt", "drill", "driver"]
     assert terms.heads[2] == ["garden", "hose"]
-    head = dict(zip(HEAD_FEATURES, terms.head_features("makita kit", np.array([0, 1])).T,
+    head = dict(zip(HEAD_FEATURES, terms.head_features({"makita", "kit"}, np.array([0, 1])).T,
                     strict=True))
     assert head["brand_match"].tolist() == [1.0, 0.0]
     assert head["kind_match"].tolist() == [1.0, 0.0]  # "kit" ends the first title's head

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from fusionrank.export.feedback_head import MODEL_FILE as HEAD_FILE
+from fusionrank.export.feedback_head import PARTS as HEAD_PARTS
 from fusionrank.ranking import FusionWeights
 from fusionrank.training.data import SplitConfig, load_judgements
 from fusionrank.training.embeddings import catalogue_embeddings
@@ -45,7 +46,6 @@ from fusionrank.training.pipeline import (
 from fusionrank.training.signals import OnnxFeedbackHead, Resources, judged_pairs, pool_feedback
 
 SPLITS = ("dev", "test")
-HEAD_PARTS = ("network", "trees")  # the feedback head's parts, each measured alone too
 
 
 @dataclass

@@ -255,17 +255,17 @@ class TitleTerms:
         """The query's terms, spelling-corrected against the titles."""
         return self.speller.correct(lexical_tokens(query))
 
-    def overlap(self, query: str, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        query_terms = set(self.query_terms(query))
+    def overlap(self, query_terms: set[str], rows: np.ndarray
+                ) -> tuple[np.ndarray, np.ndarray]:
+        """Share of the (corrected) query terms in each title, and of the title's in the query."""
         n = max(len(query_terms), 1)
         found = np.array([len(query_terms & self.terms[r]) for r in rows], dtype=np.float32)
         sizes = np.array([max(len(self.terms[r]), 1) for r in rows], dtype=np.float32)
         return found / n, found / sizes
 
-    def head_features(self, query: str, rows: np.ndarray) -> np.ndarray:
-        """float32 [len(rows), len(HEAD_FEATURES)]: the query's terms against each title's
-        first term and head phrase."""
-        query_terms = set(self.query_terms(query))
+    def head_features(self, query_terms: set[str], rows: np.ndarray) -> np.ndarray:
+        """float32 [len(rows), len(HEAD_FEATURES)]: the (corrected) query terms against each
+        title's first term and head phrase."""
         n = max(len(query_terms), 1)
         out = np.zeros((len(rows), len(HEAD_FEATURES)), dtype=np.float32)
         for i, row in enumerate(rows):
@@ -382,11 +382,12 @@ def pair_features(query: str, query_vector: np.ndarray, product_vectors: np.ndar
         # Computed here rather than taken from retrieval: the same arithmetic on both sides.
         similarity = product_vectors @ query_vector
         remembered = memory.features(query_vector, product_vectors, rows, hidden_fold)
-        tokens = titles.query_terms(query)
+        tokens = titles.query_terms(query)  # corrected once, for every term feature below
         term_matches = term_vectors.features(tokens, rows)
-    overlap, cover = titles.overlap(query, rows)
+    query_terms = set(tokens)
+    overlap, cover = titles.overlap(query_terms, rows)
     n = len(rows)
-    query_terms = np.full(n, len(tokens) / 10.0, dtype=np.float32)
+    query_length = np.full(n, len(tokens) / 10.0, dtype=np.float32)
     last = _has(titles, rows, tokens[-1:])
     first = _has(titles, rows, tokens[:1])
     pairs = set(pairwise(tokens))
@@ -396,11 +397,11 @@ def pair_features(query: str, query_vector: np.ndarray, product_vectors: np.ndar
     numeric = (np.array([len(numbers & titles.terms[r]) for r in rows], dtype=np.float32)
                / len(numbers)) if numbers else np.ones(n, dtype=np.float32)
     title_terms = np.array([len(titles.terms[r]) for r in rows], dtype=np.float32) / 20.0
-    lexical_part = np.stack([similarity, lexical, overlap, cover, query_terms,
+    lexical_part = np.stack([similarity, lexical, overlap, cover, query_length,
                              priors.mean[rows] - 2.0, np.log1p(priors.count[rows]) / 3.0, last,
                              first, bigrams, numeric, title_terms,
                              titles.char_cosine(query, rows)], axis=1)
-    return np.concatenate([lexical_part, titles.head_features(query, rows), term_matches,
+    return np.concatenate([lexical_part, titles.head_features(query_terms, rows), term_matches,
                            remembered], axis=1).astype(np.float32)
 
 
