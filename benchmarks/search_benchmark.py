@@ -28,11 +28,13 @@ from pathlib import Path
 
 import numpy as np
 
-from fusionrank.datasets import homedepot_catalogue, read_homedepot
-from fusionrank.export.onnx_encoder import bundled_model_path
-from fusionrank.model_repository.build import ServingOptions, build_search_repository
-from fusionrank.pipeline import SearchPipeline, read_config
-from fusionrank.serve import TritonServer
+from fusionrank.app.build import build_search_repository
+from fusionrank.app.serve import TritonServer
+from fusionrank.core.datasets import homedepot_catalogue, read_homedepot
+from fusionrank.core.model_folders import bundled_model_path
+from fusionrank.core.search.contract import SEARCH_MODEL, search_request
+from fusionrank.model_repository.runner import InProcessEnsemble, read_config
+from fusionrank.model_repository.search.ensemble import ServingOptions
 
 REPORTS = Path(__file__).parent / "reports"
 K = 10
@@ -82,7 +84,7 @@ def perf_analyzer(url: str, data: Path, concurrency: int, seconds: float) -> Loa
                       int(row["p99 latency"]) / 1e3)
 
 
-def in_process(pipeline: SearchPipeline, queries: list[str], batch: int, seconds: float
+def in_process(pipeline: InProcessEnsemble, queries: list[str], batch: int, seconds: float
                ) -> LoadResult:
     """Queries through the in-process pipeline, `batch` per call, for about `seconds`."""
     latencies: list[float] = []
@@ -91,7 +93,7 @@ def in_process(pipeline: SearchPipeline, queries: list[str], batch: int, seconds
     while time.perf_counter() - start < seconds:
         for i in range(0, len(queries), batch):
             tick = time.perf_counter()
-            pipeline.run(queries[i:i + batch], k=K)
+            pipeline(search_request(queries[i:i + batch], K))
             latencies.append(time.perf_counter() - tick)
             served += len(queries[i:i + batch])
             if time.perf_counter() - start >= seconds:
@@ -172,7 +174,7 @@ def main() -> int:
     manifest = json.loads((repository / "fusionrank.json").read_text())
     queries = benchmark_queries(args.queries)
 
-    pipeline = SearchPipeline(repository)
+    pipeline = InProcessEnsemble(repository, SEARCH_MODEL)
     reference = [in_process(pipeline, queries, batch, args.seconds) for batch in (1, 8)]
     del pipeline
 

@@ -16,9 +16,10 @@ from fusionrank.client.recommend import (
 )
 from fusionrank.client.search import SearchHit, parse_hits, search_inputs
 from fusionrank.client.sentiment import SentimentResult, parse_results, sentiment_inputs
-from fusionrank.contract import DEFAULT_K, SEARCH_MODEL, SEARCH_OUTPUTS
-from fusionrank.recommend_contract import RECOMMEND_MODEL, RECOMMEND_OUTPUTS
-from fusionrank.sentiment_contract import PROBABILITIES, SENTIMENT_MODEL
+from fusionrank.core.contract import DEFAULT_K
+from fusionrank.core.recommend.contract import RECOMMEND_MODEL, RECOMMEND_OUTPUTS
+from fusionrank.core.search.contract import SEARCH_MODEL, SEARCH_OUTPUTS
+from fusionrank.core.sentiment.contract import PROBABILITIES, SENTIMENT_MODEL
 
 
 class AsyncFusionRankClient:

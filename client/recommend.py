@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -16,18 +15,17 @@ from datetime import datetime
 import numpy as np
 import tritonclient.grpc as grpcclient
 
-from fusionrank.catalogue import Product
 from fusionrank.client.errors import InvalidRequestError
-from fusionrank.client.search import SearchHit
-from fusionrank.contract import RequestError, check_k
-from fusionrank.recommend_contract import check_history
+from fusionrank.client.ranked import RankedProduct, ranked_rows
+from fusionrank.core.contract import RequestError, check_k
+from fusionrank.core.recommend.contract import check_history
 
 # A history entry: a product id (bought at an unknown time) or (product id, when).
 Purchase = str | tuple[str, int | float | datetime]
 
 
 # A recommended product is the same record as a search hit: id, score and metadata.
-RecommendedProduct = SearchHit
+RecommendedProduct = RankedProduct
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,7 +77,5 @@ def recommend_inputs(history: Sequence[Purchase], k: int, exclude_purchased: boo
 
 
 def parse_recommendations(result) -> Recommendations:
-    ids, scores, products = (result.as_numpy(n) for n in ("PRODUCT_IDS", "SCORES", "PRODUCTS"))
-    items = [RecommendedProduct(pid.decode("utf-8"), float(score), Product(**json.loads(meta)))
-             for pid, score, meta in zip(ids[0], scores[0], products[0], strict=True) if pid]
+    (items,) = ranked_rows(*(result.as_numpy(n) for n in ("PRODUCT_IDS", "SCORES", "PRODUCTS")))
     return Recommendations(items, int(result.as_numpy("UNKNOWN_IDS").reshape(-1)[0]))

@@ -2,32 +2,17 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
 
 import numpy as np
 import tritonclient.grpc as grpcclient
 
-from fusionrank.catalogue import Product
 from fusionrank.client.errors import InvalidRequestError
-from fusionrank.contract import (
-    SEARCH_OUTPUTS,
-    RequestError,
-    check_batch,
-    check_k,
-    check_query,
-)
+from fusionrank.client.ranked import RankedProduct, ranked_rows
+from fusionrank.core.contract import RequestError, check_batch, check_k
+from fusionrank.core.search.contract import SEARCH_OUTPUTS, check_query
 
-
-@dataclass(frozen=True, slots=True)
-class SearchHit:
-    product_id: str
-    score: float
-    product: Product
-
-    def to_dict(self) -> dict:
-        return {"product_id": self.product_id, "score": self.score, "product": asdict(self.product)}
+SearchHit = RankedProduct
 
 
 def search_inputs(queries: Sequence[str], k: int, module=grpcclient) -> list:
@@ -53,9 +38,4 @@ def search_outputs(module=grpcclient) -> list:
 
 
 def parse_hits(result) -> list[list[SearchHit]]:
-    ids = result.as_numpy("PRODUCT_IDS")
-    scores = result.as_numpy("SCORES")
-    products = result.as_numpy("PRODUCTS")
-    return [[SearchHit(pid.decode("utf-8"), float(score), Product(**json.loads(meta)))
-             for pid, score, meta in zip(row_ids, row_scores, row_products, strict=True)]
-            for row_ids, row_scores, row_products in zip(ids, scores, products, strict=True)]
+    return ranked_rows(*(result.as_numpy(name) for name in ("PRODUCT_IDS", "SCORES", "PRODUCTS")))

@@ -14,8 +14,8 @@ import numpy as np
 import tritonclient.grpc as grpcclient
 
 from fusionrank.client.errors import InvalidRequestError
-from fusionrank.contract import RequestError
-from fusionrank.sentiment_contract import (
+from fusionrank.core.contract import RequestError
+from fusionrank.core.sentiment.contract import (
     SENTIMENT_CLASSES,
     TEXT,
     check_review,

@@ -17,13 +17,17 @@ from fusionrank.client.recommend import (
 )
 from fusionrank.client.search import SearchHit, parse_hits, search_inputs
 from fusionrank.client.sentiment import SentimentResult, parse_results, sentiment_inputs
-from fusionrank.contract import DEFAULT_K, SEARCH_MODEL, SEARCH_OUTPUTS
-from fusionrank.recommend_contract import RECOMMEND_MODEL, RECOMMEND_OUTPUTS
-from fusionrank.sentiment_contract import PROBABILITIES, SENTIMENT_MODEL
+from fusionrank.core.contract import DEFAULT_K
+from fusionrank.core.recommend.contract import RECOMMEND_MODEL, RECOMMEND_OUTPUTS
+from fusionrank.core.search.contract import SEARCH_MODEL, SEARCH_OUTPUTS
+from fusionrank.core.sentiment.contract import PROBABILITIES, SENTIMENT_MODEL
 
 
 class FusionRankClient:
     """Typed calls to the served ensembles over gRPC; errors are FusionRankError subclasses."""
+
+    # Where request tensors are built: tritonclient's gRPC module (an in-process twin swaps it).
+    transport = grpcclient
 
     def __init__(self, url: str = "127.0.0.1:8001", timeout_s: float = 10.0):
         self.url = url
@@ -44,19 +48,21 @@ class FusionRankClient:
 
     def search_batch(self, queries: Sequence[str], k: int = DEFAULT_K) -> list[list[SearchHit]]:
         """One request for several queries (up to the contract's MAX_BATCH)."""
-        return parse_hits(self._infer(SEARCH_MODEL, search_inputs(queries, k), SEARCH_OUTPUTS))
+        return parse_hits(self._infer(SEARCH_MODEL, search_inputs(queries, k, self.transport),
+                                       SEARCH_OUTPUTS))
 
     def recommend(self, history: Sequence[Purchase], k: int = DEFAULT_K,
                   exclude_purchased: bool = False) -> Recommendations:
         """The k products to recommend to a shopper with this purchase history, best first.
         Unknown ids are ignored and counted; an empty history gets the popular products."""
-        inputs = recommend_inputs(history, k, exclude_purchased)
+        inputs = recommend_inputs(history, k, exclude_purchased, self.transport)
         return parse_recommendations(self._infer(RECOMMEND_MODEL, inputs, RECOMMEND_OUTPUTS))
 
     def sentiment(self, texts: Sequence[str]) -> list[SentimentResult]:
         """Each review's class (negative, neutral, positive) and probabilities, in order."""
         texts = [texts] if isinstance(texts, str) else list(texts)
-        result = self._infer(SENTIMENT_MODEL, sentiment_inputs(texts), (PROBABILITIES,))
+        result = self._infer(SENTIMENT_MODEL, sentiment_inputs(texts, self.transport),
+                             (PROBABILITIES,))
         return parse_results(texts, result.as_numpy(PROBABILITIES.name))
 
     def wait_ready(self, model: str = SEARCH_MODEL, timeout_s: float = 60.0) -> None:

@@ -5,7 +5,7 @@ An index folder holds
 - `products.jsonl`: the catalogue, one JSON object per product;
 - `manifest.json`: which encoder (path and SHA-256), which catalogue, when it was built.
 
-`retrieval_graph` turns the embeddings into the ONNX MatMul + TopK graph the server runs.
+Search serves it through `export.search.retrieval`'s ONNX graph; recommend reads it directly.
 """
 
 from __future__ import annotations
@@ -17,16 +17,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
-import onnx
-from onnx import TensorProto, helper, numpy_helper
 
-from fusionrank.catalogue import Catalogue
-from fusionrank.encoding import MAX_TITLE_TOKENS, OnnxEncoder, TextEncoder, TextTokenizer
-from fusionrank.export.onnx_encoder import ONNX_OPSET, ExportedEncoder
-
-EMBEDDINGS_FILE = "embeddings.npy"
-PRODUCTS_FILE = "products.jsonl"
-MANIFEST_FILE = "manifest.json"
+from fusionrank.core import artefacts
+from fusionrank.core.catalogue import Catalogue
+from fusionrank.core.encoding import MAX_TITLE_TOKENS, OnnxEncoder, TextEncoder, TextTokenizer
+from fusionrank.export.encoder import ExportedEncoder
 
 
 @dataclass(frozen=True)
@@ -57,49 +52,28 @@ def build_index(catalogue: Catalogue, encoder: ExportedEncoder, out_dir: str | P
         text_encoder = TextEncoder(TextTokenizer(encoder.tokenizer_path, MAX_TITLE_TOKENS),
                                    OnnxEncoder(encoder.onnx_path))
         embeddings = text_encoder.encode(catalogue.titles, progress=progress)
-        np.save(out_dir / EMBEDDINGS_FILE, embeddings)
-    catalogue.write_jsonl(out_dir / PRODUCTS_FILE)
+        np.save(out_dir / artefacts.EMBEDDINGS, embeddings)
+    catalogue.write_jsonl(out_dir / artefacts.PRODUCTS)
     manifest = IndexManifest(
         encoder_source=encoder.source, encoder_sha256=encoder.sha256,
         catalogue_source=catalogue.source, products=len(catalogue),
         dimension=int(embeddings.shape[1]),
         built_at=datetime.now(UTC).isoformat(timespec="seconds"), titles_sha256=digest,
         embeddings_reused=reuse)
-    (out_dir / MANIFEST_FILE).write_text(json.dumps(asdict(manifest), indent=2) + "\n")
+    (out_dir / artefacts.INDEX_MANIFEST).write_text(json.dumps(asdict(manifest), indent=2) + "\n")
     return manifest
 
 
 def unchanged(out_dir: Path, encoder_sha256: str, titles_sha256: str) -> bool:
     """Whether the index in `out_dir` embeds these titles with this very encoder file."""
     try:
-        previous = json.loads((out_dir / MANIFEST_FILE).read_text())
+        previous = json.loads((out_dir / artefacts.INDEX_MANIFEST).read_text())
     except (OSError, ValueError):
         return False
     return (previous.get("encoder_sha256") == encoder_sha256
             and previous.get("titles_sha256") == titles_sha256
-            and (out_dir / EMBEDDINGS_FILE).is_file())
+            and (out_dir / artefacts.EMBEDDINGS).is_file())
 
 
 def load_embeddings(index_dir: str | Path) -> np.ndarray:
-    return np.load(Path(index_dir) / EMBEDDINGS_FILE)
-
-
-def retrieval_graph(embeddings: np.ndarray, path: str | Path) -> None:
-    """query [batch, dim] float32, k [1] int64 → similarity, rows [batch, k] (best first)."""
-    products, dim = embeddings.shape
-    index = numpy_helper.from_array(np.ascontiguousarray(embeddings.T, dtype=np.float32),
-                                    "catalogue_t")
-    graph = helper.make_graph(
-        [helper.make_node("MatMul", ["query", "catalogue_t"], ["scores"]),
-         helper.make_node("TopK", ["scores", "k"], ["similarity", "rows"], axis=1,
-                          largest=1, sorted=1)],
-        "retrieval",
-        [helper.make_tensor_value_info("query", TensorProto.FLOAT, ["batch", dim]),
-         helper.make_tensor_value_info("k", TensorProto.INT64, [1])],
-        [helper.make_tensor_value_info("similarity", TensorProto.FLOAT, ["batch", "k"]),
-         helper.make_tensor_value_info("rows", TensorProto.INT64, ["batch", "k"])],
-        [index])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", ONNX_OPSET)])
-    helper.set_model_props(model, {"products": str(products)})
-    onnx.checker.check_model(model)
-    onnx.save(model, str(path))
+    return np.load(Path(index_dir) / artefacts.EMBEDDINGS)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fusionrank.encoding import MAX_TITLE_TOKENS, OnnxEncoder, TextTokenizer
+from fusionrank.core.encoding import MAX_TITLE_TOKENS, OnnxEncoder, TextTokenizer
 
 
 @dataclass(frozen=True)

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from fusionrank.contract import MAX_BATCH
-from fusionrank.encoding import MAX_QUERY_TOKENS, TextTokenizer, TokenBatch
+from fusionrank.core.contract import MAX_BATCH
+from fusionrank.core.encoding import MAX_QUERY_TOKENS, TextTokenizer, TokenBatch
 
 PRECISIONS = ("fp16", "int8")
 ENCODER_INPUTS = ("input_ids", "attention_mask")

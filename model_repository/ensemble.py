@@ -17,7 +17,7 @@ from pathlib import Path
 
 from tritonclient.grpc import model_config_pb2 as mc
 
-from fusionrank.contract import MAX_BATCH, TensorSpec
+from fusionrank.core.contract import MAX_BATCH, TensorSpec
 from fusionrank.model_repository.config import PythonModel, model_input, model_output, write_config
 
 

@@ -25,7 +25,7 @@ find_python() {
 }
 
 # Triton's Python-backend stub runs on the interpreter's own shared libpython where it has one
-# (pyenv builds with --enable-shared; see fusionrank/serve.py), else on the system's libpython3.11.
+# (pyenv builds with --enable-shared; see fusionrank/app/serve.py), else on the system's libpython3.11.
 ensure_libpython() {
     local python=$1
     "$python" -c 'import os, sys, sysconfig as s
@@ -57,7 +57,7 @@ main() {
     say "installing fusionrank and its dependencies"
     "${pip[@]}" install -c "$repo/constraints.txt" -e "$repo[dev]" 2>&1 |
         grep -v "^WARNING: Location" >&2 || true
-    "$venv/bin/python" -c 'import fusionrank.cli, tritonclient.grpc, onnxruntime, pytriton' ||
+    "$venv/bin/python" -c 'import fusionrank.app.cli, tritonclient.grpc, onnxruntime, pytriton' ||
         die "the installed environment does not import; see pip's messages above"
     "$repo/scripts/install_perf_analyzer.sh" "$venv"
     wanted_state > "$stamp"

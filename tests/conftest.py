@@ -1,16 +1,43 @@
-"""Shared fixtures: a small catalogue, its model repository, and a real Triton server on free
-loopback ports (started once per test session)."""
+"""Shared fixtures, each built once per test session and used across modules.
+
+    tiny_catalogue     products queries name unambiguously + a few hundred fillers
+    search_repository  the pretrained encoder over tiny_catalogue: a search-only repository
+    search_run         a tiny `fusionrank train` run on 60 real Home Depot queries (two
+                       fine-tuning steps); None where the shared datasets are absent
+    recommender        the tiny synthetic shop's analytic recommender (tests/support/shop.py)
+    sentiment_export   a tiny BERT review classifier, trained for a few steps and exported
+    served_repository  ONE model repository with all three ensembles: search (the tiny run,
+                       fused, over tiny_catalogue), recommend and sentiment
+    triton_server      a real tritonserver on free loopback ports, serving served_repository
+
+`-m "not slow"` is the fast subset: it leaves out what trains a model or starts a server.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from fusionrank.catalogue import Catalogue
-from tests.fixtures import ANCHORS, filler_products, running_server
+from fusionrank.core.catalogue import Catalogue
+from tests.support.catalogue import ANCHORS, filler_products, running_server
 
 SHARED_DATASETS = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
+
+
+# Session fixtures that train a model, export the encoder or start a server: a test using any
+# of them is slow (so is one marked `server`); the modules mark their own such fixtures.
+SLOW_FIXTURES = {"search_repository", "search_run", "trained_run", "sentiment_export",
+                 "tiny_model_dir", "served_repository", "triton_server",
+                 "exported"}  # (test_export.py's encoder export)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.get_closest_marker("server") or SLOW_FIXTURES & set(item.fixturenames):
+            item.add_marker(pytest.mark.slow)
+
 
 @pytest.fixture(scope="session")
 def tiny_catalogue() -> Catalogue:
@@ -19,24 +46,108 @@ def tiny_catalogue() -> Catalogue:
 
 @pytest.fixture(scope="session")
 def model_dir() -> Path:
-    from fusionrank.export.onnx_encoder import bundled_model_path
+    from fusionrank.core.model_folders import bundled_model_path
 
     return bundled_model_path()
 
 
 @pytest.fixture(scope="session")
 def search_repository(tiny_catalogue, model_dir, tmp_path_factory) -> Path:
-    from fusionrank.model_repository.build import ServingOptions, build_search_repository
+    from fusionrank.app.build import build_search_repository
+    from fusionrank.model_repository.search.ensemble import ServingOptions
 
-    out = tmp_path_factory.mktemp("build")
+    out = tmp_path_factory.mktemp("pretrained_build")
     return build_search_repository(tiny_catalogue, model_dir, out,
                                    ServingOptions(onnx_threads=1, max_queue_delay_us=100))
 
 
+@dataclass(frozen=True)
+class SearchRun:
+    run: Path  # the `fusionrank train` run folder
+    data: Path  # its judgements file (every judgement of 60 real queries)
+    cache: Path  # its embedding cache
+    queries: list[str]
+
+
 @pytest.fixture(scope="session")
-def triton_server(search_repository, tmp_path_factory):
+def search_run(tmp_path_factory) -> SearchRun | None:
+    from fusionrank.app.search import train_main
+    from tests.support.relevance import HOMEDEPOT, sample_judgements
+
+    if not HOMEDEPOT.is_file():
+        return None
+    import pandas as pd
+
+    folder = tmp_path_factory.mktemp("search_run")
+    data = sample_judgements(folder / "tiny.csv", queries=60)
+    run, cache = folder / "run", folder / "cache"
+    assert train_main(["--data", str(data), "--out", str(run), "--cache", str(cache),
+                       "--max-steps", "2", "--batch-size", "8", "--dev-queries", "8",
+                       "--threads", "1"]) == 0
+    return SearchRun(run, data, cache, sorted({q.strip() for q in pd.read_csv(data).search_term}))
+
+
+@pytest.fixture
+def trained_run(search_run) -> SearchRun:
+    if search_run is None:
+        pytest.skip(f"shared datasets not found at {SHARED_DATASETS}")
+    return search_run
+
+
+@pytest.fixture(scope="session")
+def recommender(tmp_path_factory) -> Path:
+    from tests.support import shop
+
+    return shop.analytic_artefacts(tmp_path_factory.mktemp("recommender"))
+
+
+@pytest.fixture(scope="session")
+def reviews_file(tmp_path_factory) -> Path:
+    from tests.support.reviews import write_reviews
+
+    return write_reviews(tmp_path_factory.mktemp("reviews") / "reviews.csv")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    from tests.support.reviews import tiny_bert
+
+    return tiny_bert(tmp_path_factory.mktemp("tiny_bert"))
+
+
+@pytest.fixture(scope="session")
+def sentiment_export(reviews_file, tiny_model_dir, tmp_path_factory):
+    """(training output folder, SentimentRecord): the classifier is in `<out>/onnx`."""
+    from tests.support.reviews import train_and_export
+
+    return train_and_export(reviews_file, tiny_model_dir, tmp_path_factory.mktemp("sentiment"))
+
+
+@pytest.fixture(scope="session")
+def served_repository(tiny_catalogue, model_dir, search_run, recommender, sentiment_export,
+                      tmp_path_factory) -> Path:
+    from fusionrank.app.build import add_ensemble, build_search_repository
+    from fusionrank.core import artefacts
+    from fusionrank.model_repository.recommend.ensemble import recommend_ensemble
+    from fusionrank.model_repository.search.ensemble import ServingOptions
+    from fusionrank.model_repository.sentiment.ensemble import SentimentServing, sentiment_ensemble
+
+    out = tmp_path_factory.mktemp("served_build")
+    run = search_run.run if search_run is not None else None
+    repository = build_search_repository(tiny_catalogue, model_dir, out,
+                                         ServingOptions(onnx_threads=1, max_queue_delay_us=100),
+                                         run_dir=run)
+    add_ensemble(repository, recommend_ensemble(recommender), {"artefacts": str(recommender)})
+    exported = sentiment_export[0] / artefacts.SENTIMENT_EXPORT
+    add_ensemble(repository, sentiment_ensemble(exported, SentimentServing(onnx_threads=1)),
+                 {"artefacts": str(exported)})
+    return repository
+
+
+@pytest.fixture(scope="session")
+def triton_server(served_repository, tmp_path_factory):
     log_path = tmp_path_factory.mktemp("triton") / "tritonserver.log"
-    with running_server(search_repository, log_path) as server:
+    with running_server(served_repository, log_path) as server:
         yield server
 
 

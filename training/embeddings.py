@@ -1,5 +1,5 @@
 """Catalogue and query embeddings through the served path: the encoder exported to ONNX and
-run by ONNX Runtime (fusionrank.encoding), which is also the fastest path on CPU.
+run by ONNX Runtime (fusionrank.core.encoding), which is also the fastest path on CPU.
 
 Catalogue embeddings take minutes, so they are cached by (model weights, titles) hash.
 """
@@ -13,24 +13,24 @@ from pathlib import Path
 
 import numpy as np
 
-from fusionrank.encoding import (
+from fusionrank.core import artefacts
+from fusionrank.core.encoding import (
     MAX_QUERY_TOKENS,
     MAX_TITLE_TOKENS,
     OnnxEncoder,
     TextEncoder,
     TextTokenizer,
 )
-from fusionrank.export.onnx_encoder import MODEL_FILE, TOKENIZER_FILE, check_model_folder
+from fusionrank.core.model_folders import check_model_folder
+from fusionrank.training.encoder import export_model_folder
 
 PARITY_TEXTS = 64
 
 
 def exported_encoder(model_dir: Path, out_dir: Path, check_texts: Sequence[str]) -> Path:
     """`out_dir` holding encoder.onnx + tokenizer.json for `model_dir` (exported once)."""
-    from fusionrank.export.onnx_encoder import export_encoder
-
-    if not ((out_dir / MODEL_FILE).is_file() and (out_dir / TOKENIZER_FILE).is_file()):
-        export_encoder(model_dir, out_dir, list(check_texts)[:PARITY_TEXTS])
+    if not ((out_dir / artefacts.ENCODER).is_file() and (out_dir / artefacts.TOKENIZER).is_file()):
+        export_model_folder(model_dir, out_dir, list(check_texts)[:PARITY_TEXTS])
     return out_dir
 
 
@@ -53,10 +53,10 @@ class Embedder:
     """Queries and titles → unit embeddings with one exported encoder."""
 
     def __init__(self, onnx_dir: Path, threads: int | None = None):
-        encoder = OnnxEncoder(onnx_dir / MODEL_FILE, threads=threads)
-        self.titles = TextEncoder(TextTokenizer(onnx_dir / TOKENIZER_FILE, MAX_TITLE_TOKENS),
+        encoder = OnnxEncoder(onnx_dir / artefacts.ENCODER, threads=threads)
+        self.titles = TextEncoder(TextTokenizer(onnx_dir / artefacts.TOKENIZER, MAX_TITLE_TOKENS),
                                   encoder, batch_size=64)
-        self.queries = TextEncoder(TextTokenizer(onnx_dir / TOKENIZER_FILE, MAX_QUERY_TOKENS),
+        self.queries = TextEncoder(TextTokenizer(onnx_dir / artefacts.TOKENIZER, MAX_QUERY_TOKENS),
                                    encoder, batch_size=128)
 
     def encode_queries(self, texts: Sequence[str]) -> np.ndarray:

@@ -1,0 +1,34 @@
+"""The retrieval step's index as an ONNX graph: MatMul against the catalogue embeddings (held as
+an initialiser), then TopK. ONNX Runtime runs it on CPU; the same graph runs on Triton's
+onnxruntime or TensorRT backends on a GPU."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from fusionrank.export.graphs import ONNX_OPSET
+
+
+def retrieval_graph(embeddings: np.ndarray, path: str | Path) -> None:
+    """query [batch, dim] float32, k [1] int64 → similarity, rows [batch, k] (best first)."""
+    products, dim = embeddings.shape
+    index = numpy_helper.from_array(np.ascontiguousarray(embeddings.T, dtype=np.float32),
+                                    "catalogue_t")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["query", "catalogue_t"], ["scores"]),
+         helper.make_node("TopK", ["scores", "k"], ["similarity", "rows"], axis=1,
+                          largest=1, sorted=1)],
+        "retrieval",
+        [helper.make_tensor_value_info("query", TensorProto.FLOAT, ["batch", dim]),
+         helper.make_tensor_value_info("k", TensorProto.INT64, [1])],
+        [helper.make_tensor_value_info("similarity", TensorProto.FLOAT, ["batch", "k"]),
+         helper.make_tensor_value_info("rows", TensorProto.INT64, ["batch", "k"])],
+        [index])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", ONNX_OPSET)])
+    helper.set_model_props(model, {"products": str(products)})
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))

@@ -1,0 +1,171 @@
+"""`fusionrank build`: export, index and write a Triton model repository serving every feature.
+
+    build/
+      artefacts/encoder/   encoder.onnx (+ encoder.int8.onnx), tokenizer.json
+      artefacts/index/     embeddings.npy, products.jsonl, manifest.json, retrieval.onnx
+      artefacts/ranking/   a trained run's search files, aligned with the catalogue
+      model_repository/    search (+ recommend, sentiment) ensembles and their steps,
+                           fusionrank.json (what is served, from what, built when)
+
+The app layer: the only one that imports every other (training and export make the artefacts,
+model_repository declares the models that serve them).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from dataclasses import asdict, replace
+from datetime import UTC, datetime
+from pathlib import Path
+
+from fusionrank.core import artefacts as names
+from fusionrank.core.catalogue import Catalogue
+from fusionrank.core.fusion import FusionWeights
+from fusionrank.export.index import build_index, load_embeddings
+from fusionrank.export.quantize import quantise_encoder
+from fusionrank.export.search.retrieval import retrieval_graph
+from fusionrank.model_repository.ensemble import Ensemble
+from fusionrank.model_repository.recommend.ensemble import recommend_ensemble
+from fusionrank.model_repository.search.ensemble import (
+    SearchArtefacts,
+    ServingOptions,
+    search_ensemble,
+)
+from fusionrank.model_repository.sentiment.ensemble import sentiment_ensemble
+from fusionrank.training.encoder import export_model_folder
+
+PARITY_TEXTS = 256
+RUNS = Path("runs")
+DEFAULT_RUN = RUNS / "relevance"
+SHORT_RUN_STEPS = 60
+
+
+class BuildError(Exception):
+    """A build that cannot go on, for a reason the user can fix (printed as one line)."""
+
+
+def build_search_repository(catalogue: Catalogue, model_dir: Path, out_dir: Path,
+                            options: ServingOptions | None = None,
+                            run_dir: Path | None = None) -> Path:
+    """Export the encoder, embed the catalogue and write the model repository; returns it.
+    With `run_dir` (a finished `fusionrank train` run) its fine-tuned encoder, BM25 candidates,
+    feedback head and fusion weights are served; `model_dir` is then ignored."""
+    from fusionrank.training.search.serving import search_artefacts
+
+    options = options or ServingOptions()
+    out_dir = Path(out_dir)
+    files = SearchArtefacts(out_dir / "artefacts" / "encoder", out_dir / "artefacts" / "index",
+                            out_dir / "artefacts" / "ranking" if run_dir is not None else None)
+    if run_dir is not None:
+        model_dir = Path(run_dir) / "encoder" / "best"
+    encoder = export_model_folder(model_dir, files.encoder, catalogue.titles[:PARITY_TEXTS])
+    quantised = None
+    if options.precision == "int8":
+        quantised = quantise_encoder(encoder.onnx_path, encoder.tokenizer_path,
+                                     files.encoder / names.ENCODER_INT8,
+                                     catalogue.titles[:PARITY_TEXTS])
+    index = build_index(catalogue, encoder, files.index)
+    retrieval_graph(load_embeddings(files.index), files.index / names.RETRIEVAL)
+    FusionWeights().save(files.index / names.FUSION_WEIGHTS)
+    if files.run is not None:
+        search_artefacts(run_dir, catalogue, files.run)
+
+    repository = out_dir / "model_repository"
+    if repository.exists():
+        shutil.rmtree(repository)  # a stale model left from another build would be served
+    repository.mkdir(parents=True)
+    search_ensemble(files, options).export(repository)
+    served = {
+        "built_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "encoder": {"source": encoder.source, "onnx_sha256": encoder.sha256,
+                    "parity_min_cosine": encoder.min_cosine,
+                    "int8": asdict(quantised) | {"onnx_path": str(quantised.onnx_path)}
+                    if quantised else None},
+        "training_run": run_provenance(Path(run_dir)) if run_dir is not None else None,
+        "index": asdict(index) | {"embeddings": str(files.index / names.EMBEDDINGS)},
+        "ranking": asdict(FusionWeights.load(files.weights)),
+        "serving": asdict(options),
+    }
+    (repository / names.REPOSITORY_MANIFEST).write_text(json.dumps(served, indent=2) + "\n")
+    return repository
+
+
+def run_provenance(run_dir: Path) -> dict:
+    """Which checkpoint, trained on which data, the repository serves."""
+    run = json.loads((run_dir / names.RUN_MANIFEST).read_text())
+    checkpoint = run_dir / "encoder" / "best" / "checkpoint.json"
+    return {"run": str(run_dir.resolve()), "data_file": run.get("data_file"),
+            "data_sha256": run.get("data_sha256"),
+            "checkpoint": json.loads(checkpoint.read_text()) if checkpoint.is_file() else None}
+
+
+def add_ensemble(repository: Path, ensemble: Ensemble, provenance: dict) -> None:
+    """Export another ensemble (recommend, sentiment) into a built repository and record what
+    it serves in the repository's manifest."""
+    ensemble.export(repository)
+    manifest_path = repository / names.REPOSITORY_MANIFEST
+    served = json.loads(manifest_path.read_text())
+    served.setdefault("ensembles", {})[ensemble.name] = provenance
+    manifest_path.write_text(json.dumps(served, indent=2) + "\n")
+
+
+def newest_run() -> Path | None:
+    """The most recently finished `fusionrank train` run under runs/."""
+    finished = sorted(RUNS.glob(f"*/{names.RUN_MANIFEST}"), key=lambda p: p.stat().st_mtime)
+    return finished[-1].parent if finished else None
+
+
+def train_default_run() -> Path:
+    from fusionrank.app.search import train_main
+
+    print(f"no trained run under {RUNS}/: training a short default run ({SHORT_RUN_STEPS} "
+          f"fine-tuning steps, about 5 minutes on 2 cores) into {DEFAULT_RUN} first; "
+          "`fusionrank train` makes the full one", file=sys.stderr)
+    if train_main(["--out", str(DEFAULT_RUN), "--max-steps", str(SHORT_RUN_STEPS)]) != 0:
+        raise BuildError("the default training run failed")
+    return DEFAULT_RUN
+
+
+def add_sentiment_model(repository: Path, trained: Path) -> None:
+    exported = trained / names.SENTIMENT_EXPORT
+    if not exported.is_dir():
+        print(f"no trained sentiment model in {trained}: the sentiment ensemble is left out "
+              "(`fusionrank train-sentiment` trains one)", file=sys.stderr)
+        return
+    add_ensemble(repository, sentiment_ensemble(exported), {"artefacts": str(exported.resolve())})
+
+
+def with_review_sentiment(catalogue: Catalogue, trained: Path, reviews: Path,
+                          out: Path) -> Catalogue:
+    """The catalogue with each product's review sentiment (by product id) as a feature."""
+    from fusionrank.training.sentiment.products import (
+        build_product_sentiment,
+        load_product_sentiment,
+    )
+
+    if not (trained / names.SENTIMENT_EXPORT).is_dir():
+        raise BuildError(f"--reviews needs a trained sentiment model in {trained}: "
+                         "run `fusionrank train-sentiment` first")
+    report = build_product_sentiment(trained / names.SENTIMENT_EXPORT, out, reviews)
+    feature = load_product_sentiment(report.path)
+    products = [replace(p, review_count=feature.review_count(p.product_id),
+                        review_sentiment=feature.score(p.product_id)
+                        if feature.review_count(p.product_id) else None)
+                for p in catalogue]
+    matched = sum(1 for p in products if p.review_count)
+    print(f"review sentiment: {matched} of {len(products)} products have reviews in {reviews}",
+          file=sys.stderr)
+    return Catalogue(products, source=catalogue.source)
+
+
+def add_recommender(repository: Path, trained: Path) -> None:
+    from fusionrank.training.recommend.evaluate import run as train_recommender
+
+    serving = trained / names.RECOMMEND_SERVING_LATEST
+    if not serving.is_dir():
+        print(f"no trained recommender in {trained}: training one now (a few minutes; "
+              "`fusionrank train-recommender` does this on its own)", file=sys.stderr)
+        train_recommender(trained, serve_latest=True)
+    add_ensemble(repository, recommend_ensemble(serving), {"artefacts": str(serving.resolve())})

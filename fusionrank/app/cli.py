@@ -1,0 +1,211 @@
+"""`fusionrank`: one command line, one subcommand per job.
+
+    fusionrank build   --catalogue online_retail --out build
+    fusionrank serve   --repository build/model_repository
+    fusionrank search  "cordless drill" -k 10              (search: train, evaluate, search)
+    fusionrank recommend --history 85123A,71053 -k 10      (recommend: train-recommender, recommend)
+    fusionrank sentiment "Love this dress"                 (sentiment: train-sentiment, sentiment)
+    fusionrank export-tensorrt
+
+Each feature's commands live in its own module (fusionrank/app/<feature>.py); the ones that
+serve every feature (build, serve, export-tensorrt) live here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import signal
+import sys
+from pathlib import Path
+
+from fusionrank.app import recommend, search, sentiment
+
+DEFAULT_BUILD = Path("build")
+
+
+class CommandError(Exception):
+    """A user-facing failure: printed as one line, exit status 2."""
+
+
+def add_build(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "build", help="export the encoder, embed a catalogue and write the Triton model repository")
+    parser.add_argument("--catalogue", default="online_retail",
+                        help="a catalogue file (.csv/.parquet/.jsonl[.gz]) or a shared dataset: "
+                             "online_retail, homedepot (default: online_retail)")
+    parser.add_argument("--datasets",
+                        help="folder of the shared datasets (default ../shared/datasets)")
+    parser.add_argument("--lenient", action="store_true",
+                        help="skip bad catalogue rows (each counted, reported) instead of failing")
+    parser.add_argument("--run", dest="run_dir", type=Path,  # `run` is the command's function
+                        help="a finished `fusionrank train` run to serve (default: the newest "
+                             "under runs/; with none, a short default run is trained first)")
+    parser.add_argument("--pretrained", action="store_true",
+                        help="serve the pretrained encoder alone (no trained run)")
+    parser.add_argument("--model", help="with --pretrained: a local Hugging Face encoder folder "
+                                        "(default: the bundled all-MiniLM-L6-v2)")
+    parser.add_argument("--out", type=Path, default=DEFAULT_BUILD)
+    parser.add_argument("--recommender", type=Path, default=Path("runs/recommender"),
+                        help="trained recommender (train-recommender --out); trained first "
+                             "when absent")
+    parser.add_argument("--sentiment", type=Path, default=Path("runs/sentiment"),
+                        help="trained review sentiment model (train-sentiment --out); served "
+                             "as the sentiment ensemble when present")
+    parser.add_argument("--reviews", type=Path,
+                        help="reviews file (the shared dataset's columns): adds each product's "
+                             "review sentiment to the catalogue, with the sentiment model")
+    parser.add_argument("--no-recommend", action="store_true",
+                        help="serve search only, without the recommend ensemble")
+    parser.add_argument("--encoder-instances", type=int, default=1)
+    parser.add_argument("--max-queue-delay-us", type=int, default=200,
+                        help="how long the dynamic batcher waits to fill a batch")
+    parser.add_argument("--retrieval-instances", type=int, default=1)
+    parser.add_argument("--precision", choices=["fp32", "int8"], default="fp32",
+                        help="query encoder precision (int8: ONNX Runtime dynamic quantisation)")
+    parser.add_argument("--threads", type=int, default=2,
+                        help="ONNX Runtime threads per model copy")
+    parser.set_defaults(run=run_build)
+
+
+def load_named_catalogue(name: str, datasets: str | None, lenient: bool):
+    from fusionrank.core import datasets as shared
+    from fusionrank.core.catalogue import load_catalogue
+
+    adapters = {"online_retail": shared.online_retail_catalogue,
+                "homedepot": shared.homedepot_catalogue}
+    if name in adapters:
+        if datasets:
+            shared.datasets_dir(datasets)  # fails early with a clear message
+            relative = {"online_retail": shared.ONLINE_RETAIL_FILE,
+                        "homedepot": shared.HOMEDEPOT_FILE}[name]
+            return adapters[name](Path(datasets) / relative)
+        return adapters[name]()
+    return load_catalogue(name, lenient=lenient)
+
+
+def run_build(args: argparse.Namespace) -> int:
+    from fusionrank.app import build
+    from fusionrank.core.model_folders import bundled_model_path
+    from fusionrank.model_repository.search.ensemble import ServingOptions
+
+    catalogue, report = load_named_catalogue(args.catalogue, args.datasets, args.lenient)
+    print(report.summary(), file=sys.stderr)
+    if args.reviews:
+        catalogue = build.with_review_sentiment(catalogue, args.sentiment, args.reviews,
+                                                args.out / "artefacts" / "reviews")
+    options = ServingOptions(encoder_instances=args.encoder_instances,
+                             retrieval_instances=args.retrieval_instances,
+                             onnx_threads=args.threads, precision=args.precision,
+                             max_queue_delay_us=args.max_queue_delay_us)
+    model = Path(args.model) if args.model else bundled_model_path()
+    run = None if args.pretrained else (args.run_dir or build.newest_run()
+                                        or build.train_default_run())
+    if run is not None:
+        print(f"serving the trained run {run}", file=sys.stderr)
+    repository = build.build_search_repository(catalogue, model, args.out, options, run_dir=run)
+    if not args.no_recommend:
+        build.add_recommender(repository, args.recommender)
+    build.add_sentiment_model(repository, args.sentiment)
+    print(f"model repository written to {repository}", file=sys.stderr)
+    return 0
+
+
+def add_serve(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser("serve", help="run Triton Inference Server on a model repository")
+    parser.add_argument("--repository", type=Path, default=DEFAULT_BUILD / "model_repository")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to listen on (0.0.0.0 for every interface)")
+    parser.add_argument("--grpc-port", type=int, default=8001)
+    parser.add_argument("--http-port", type=int, default=8000)
+    parser.add_argument("--metrics-port", type=int, default=8002)
+    parser.add_argument("--verbose", action="store_true", help="Triton's verbose log")
+    parser.set_defaults(run=run_serve)
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    from fusionrank.app.serve import Ports, TritonServer
+
+    def interrupt(_signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)  # SIGTERM stops as cleanly as Ctrl-C does
+    server = TritonServer(args.repository, Ports(args.grpc_port, args.http_port, args.metrics_port),
+                          host=args.host, verbose=args.verbose)
+    try:
+        server.start()
+        print(f"serving {args.repository} — gRPC {server.grpc_url}, HTTP {args.host}:"
+              f"{args.http_port}, metrics {args.host}:{args.metrics_port}; Ctrl-C stops",
+              file=sys.stderr, flush=True)
+        return server.process.wait()
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        server.stop()
+
+
+def add_export_tensorrt(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "export-tensorrt", help="build a TensorRT FP16/INT8 engine of the query encoder "
+                                "(on the GPU machine that will serve it)")
+    parser.add_argument("--onnx", type=Path,
+                        default=DEFAULT_BUILD / "artefacts" / "encoder" / "encoder.onnx")
+    parser.add_argument("--precision", choices=["fp16", "int8"], default="fp16")
+    parser.add_argument("--calibration-queries", type=int, default=2048,
+                        help="real Home Depot search terms used to calibrate INT8")
+    parser.add_argument("--out", type=Path, help="engine file (default: beside the ONNX file)")
+    parser.set_defaults(run=run_export_tensorrt)
+
+
+def run_export_tensorrt(args: argparse.Namespace) -> int:
+    from fusionrank.core import artefacts
+    from fusionrank.core.encoding import MAX_QUERY_TOKENS, TextTokenizer
+    from fusionrank.export.tensorrt import ShapeProfile, build_engine, calibration_batches
+
+    profile = ShapeProfile()
+    batches = []
+    if args.precision == "int8":
+        from fusionrank.core.datasets import read_homedepot
+
+        queries = read_homedepot().search_term.drop_duplicates().head(args.calibration_queries)
+        tokenizer = TextTokenizer(args.onnx.parent / artefacts.TOKENIZER, MAX_QUERY_TOKENS)
+        batches = calibration_batches(queries.tolist(), tokenizer, profile)
+    out = args.out or args.onnx.with_suffix(f".{args.precision}.plan")
+    engine = build_engine(args.onnx, out, args.precision, profile, batches)
+    print(f"TensorRT engine written to {engine}", file=sys.stderr)
+    return 0
+
+
+COMMANDS = [add_build, add_serve, *search.COMMANDS, *recommend.COMMANDS, *sentiment.COMMANDS,
+            add_export_tensorrt]
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="fusionrank", description=__doc__,
+                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in COMMANDS:
+        add(commands)
+    return top
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = parser().parse_args(argv)
+    args.command_line = shlex.join(["fusionrank", *argv])  # as typed, for the reports
+    from fusionrank.app.build import BuildError
+    from fusionrank.client import FusionRankError
+    from fusionrank.core.catalogue import CatalogueError
+
+    try:
+        return args.run(args)
+    except (CommandError, BuildError, CatalogueError, FusionRankError, FileNotFoundError,
+            ValueError, RuntimeError) as error:
+        print(f"fusionrank {args.command}: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,58 @@
+"""Every artefact's file name, defined once.
+
+Training writes these files, export writes the ONNX graphs among them, `fusionrank build` places
+them in the model repository's version folders, and the serving runtime reads them there, all
+under the same names. A Python-backend model's version folder holds the files its step reads.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+# The sentence encoder (search queries, catalogue titles, shoppers' purchases).
+ENCODER = "encoder.onnx"  # token ids → unit embedding (pooling and L2 norm inside the graph)
+ENCODER_INT8 = "encoder.int8.onnx"  # its dynamically quantised twin (`build --precision int8`)
+TOKENIZER = "tokenizer.json"  # the encoder's WordPiece tokenizer
+
+# A catalogue index: row i of every array is line i of PRODUCTS.
+EMBEDDINGS = "embeddings.npy"  # float32 [products, d], unit rows
+PRODUCTS = "products.jsonl"  # one JSON object per product
+INDEX_MANIFEST = "manifest.json"  # which encoder and which titles the embeddings came from
+
+FUSION_WEIGHTS = "ranking.json"  # FusionWeights: S = Σ wᵢ·signalᵢ (search and recommend)
+REPOSITORY_MANIFEST = "fusionrank.json"  # what a built model repository serves, from what
+
+# Search: a `fusionrank train` run folder, and the search models' version folders.
+RUN_MANIFEST = "run.json"  # data, split, configuration and results of a training run
+RETRIEVAL = "retrieval.onnx"  # catalogue MatMul + TopK
+LEXICAL = "lexical.npz"  # BM25 over the titles (LexicalIndex)
+PRIORS = "priors.npy"  # per product: smoothed mean grade and judgement count (ProductPriors)
+MEMORY = "memory.npz"  # the training judgements (JudgementMemory)
+FEEDBACK_HEAD = "feedback_head.onnx"  # networks + boosted trees → predicted grade
+SEARCH_RUN_FILES = (LEXICAL, PRIORS, MEMORY, FEEDBACK_HEAD, FUSION_WEIGHTS)
+
+# Recommend: what `fusionrank train-recommender` writes to serve (<out>/serving*).
+PRODUCT_STATS = "product_stats.npz"  # buyers per product and window (ProductStats)
+COPURCHASE = "copurchase.npy"  # float16 item-item co-purchase cosine
+RECOMMEND_HEAD = "recommend_head.onnx"  # behavioural features + embeddings → logit
+RECOMMENDER_CONFIG = "recommender.json"  # RecommenderConfig
+RECOMMEND_FILES = (EMBEDDINGS, PRODUCTS, PRODUCT_STATS, COPURCHASE, RECOMMEND_HEAD,
+                   FUSION_WEIGHTS, RECOMMENDER_CONFIG)
+RECOMMEND_SERVING = "serving"  # statistics as of the test cut: the evaluated artefact
+RECOMMEND_SERVING_LATEST = "serving-latest"  # as of the end of the data: what `build` serves
+
+# Sentiment: what `fusionrank train-sentiment` exports (<out>/onnx).
+SENTIMENT_MODEL = "sentiment.onnx"  # token ids → class probabilities (softmax inside)
+SENTIMENT_RECORD = "sentiment.json"  # classes, max_tokens, checksum and parity of the export
+SENTIMENT_FILES = (SENTIMENT_MODEL, TOKENIZER, SENTIMENT_RECORD)
+SENTIMENT_EXPORT = "onnx"  # the folder of SENTIMENT_FILES under train-sentiment's --out
+
+
+def file_sha256(path: str | Path) -> str:
+    """The SHA-256 of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -1,0 +1,120 @@
+"""BM25 over product titles (the `bm25s` library), saved as ONE `.npz` file, and the query
+speller built from the titles' vocabulary.
+
+One file because the Triton model repository places artefacts as single files. `query_terms`
+corrects a query once; BM25 (`scores`) and the feedback features both take those terms. This
+module imports only numpy, bm25s and symspellpy (never torch).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import bm25s
+import numpy as np
+
+from fusionrank.core.search.spelling import QuerySpeller
+from fusionrank.core.search.text import lexical_tokens
+
+K1, B, METHOD = 1.2, 0.75, "lucene"
+EMPTY_TITLE = "<empty>"  # the one token of a title without terms (bm25s needs one)
+
+
+class LexicalIndex:
+    """BM25 scores of a query against every product title (row i = catalogue row i)."""
+
+    def __init__(self, retriever: bm25s.BM25):
+        self._retriever = retriever
+        self.size = int(retriever.scores["num_docs"])
+        frequency = np.diff(retriever.scores["indptr"])  # titles holding each term
+        # (bm25s's vocabulary also holds "" for padding, with no column of its own.)
+        self.speller = QuerySpeller({term: int(frequency[i])
+                                     for term, i in retriever.vocab_dict.items()
+                                     if i < len(frequency) and term not in ("", EMPTY_TITLE)})
+
+    @classmethod
+    def build(cls, titles: Sequence[str]) -> LexicalIndex:
+        if not titles:
+            raise ValueError("cannot build a BM25 index over an empty catalogue")
+        # An empty token list would break bm25s's vocabulary; such a title gets a dummy token.
+        corpus = [lexical_tokens(t) or [EMPTY_TITLE] for t in titles]
+        retriever = bm25s.BM25(k1=K1, b=B, method=METHOD, backend="numpy")
+        retriever.index(corpus, show_progress=False)
+        return cls(retriever)
+
+    def save(self, path: str | Path) -> None:
+        scores = self._retriever.scores
+        vocab = sorted(self._retriever.vocab_dict.items(), key=lambda item: item[1])
+        if [i for _, i in vocab] != list(range(len(vocab))):
+            raise RuntimeError("bm25s vocabulary ids are not contiguous; cannot save")
+        params = {"k1": K1, "b": B, "method": METHOD, "num_docs": self.size}
+        with Path(path).open("wb") as handle:  # np.savez would append .npz to a str path
+            np.savez(handle, data=scores["data"], indices=scores["indices"],
+                     indptr=scores["indptr"], vocab=np.array([t for t, _ in vocab]),
+                     params=np.array(json.dumps(params)))
+
+    @classmethod
+    def load(cls, path: str | Path) -> LexicalIndex:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"BM25 index {path} not found")
+        with np.load(path, allow_pickle=False) as saved:
+            params = json.loads(str(saved["params"]))
+            retriever = bm25s.BM25(k1=params["k1"], b=params["b"], method=params["method"],
+                                   backend="numpy")
+            retriever.scores = {"data": saved["data"], "indices": saved["indices"],
+                                "indptr": saved["indptr"], "num_docs": params["num_docs"]}
+            retriever.vocab_dict = {str(t): i for i, t in enumerate(saved["vocab"])}
+        retriever.unique_token_ids_set = set(retriever.vocab_dict.values())
+        retriever.nonoccurrence_array = None  # only bm25l / bm25+ need it
+        return cls(retriever)
+
+    def query_terms(self, query: str) -> list[str]:
+        """The query's terms, spelling-corrected against the titles: the one correction of a
+        query, which BM25 and the feedback features both take."""
+        return self.speller.correct(lexical_tokens(query))
+
+    def scores(self, terms: list[str]) -> np.ndarray:
+        """float32 [products]: BM25 of the (corrected) query terms against every title (0 where
+        nothing matches)."""
+        ids = self._retriever.get_tokens_ids(terms)
+        if not ids:
+            return np.zeros(self.size, dtype=np.float32)
+        return np.asarray(self._retriever.get_scores(ids), dtype=np.float32)
+
+    def top(self, terms: list[str], k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The k best rows (best first, ties by row) and their scores."""
+        return top_k(self.scores(terms), k)
+
+
+def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of the k highest scores, best first, ties broken by the lower row (deterministic)."""
+    k = min(k, len(scores))
+    part = np.argpartition(-scores, k - 1)[:k] if k < len(scores) else np.arange(len(scores))
+    # argpartition picks arbitrarily among tied scores at the boundary; widen to all ties there.
+    edge = scores[part].min()
+    part = np.union1d(part, np.flatnonzero(scores == edge))
+    order = np.lexsort((part, -scores[part]))[:k]
+    rows = part[order]
+    return rows.astype(np.int64), scores[rows]
+
+
+def normalised(scores: np.ndarray) -> np.ndarray:
+    """BM25 / the query's best BM25 over the whole catalogue, in [0, 1]; the LEXICAL signal.
+    Per-query scaling makes the weight comparable across short and long queries."""
+    best = float(scores.max(initial=0.0))
+    return (scores / best).astype(np.float32) if best > 0 else np.zeros_like(scores)
+
+
+def merge_candidates(dense_rows: np.ndarray, scores: np.ndarray, extra: int) -> np.ndarray:
+    """The hybrid pool of one query: its dense candidates, then the `extra` best BM25 rows not
+    already among them. Always len(dense_rows) + extra rows (the catalogue permitting), so
+    pools of one batch stack into one tensor."""
+    extra = min(extra, len(scores) - len(dense_rows))
+    if extra <= 0:
+        return dense_rows.astype(np.int64)
+    best, _ = top_k(scores, len(dense_rows) + extra)
+    added = best[~np.isin(best, dense_rows)][:extra]
+    return np.concatenate([dense_rows.astype(np.int64), added])

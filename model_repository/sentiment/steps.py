@@ -1,0 +1,33 @@
+"""The sentiment ensemble's steps: thin adapters from Triton's tensors to the text runtime.
+
+    review_tokenizer      TEXT → INPUT_IDS, ATTENTION_MASK. Rejects, with a RequestError naming
+                          the row: empty or whitespace-only text, text that is not UTF-8, text
+                          over MAX_REVIEW_CHARS characters, requests over MAX_REVIEW_BATCH rows.
+                          Text beyond the token window is truncated (as the classifier trained).
+    sentiment_classifier  token ids → PROBABILITIES (negative, neutral, positive), one ONNX
+                          Runtime call per dynamic batch (the softmax is inside the graph).
+
+`fusionrank.core.sentiment.runtime.SentimentRuntime` runs the same tokenizer and graph offline.
+"""
+
+from __future__ import annotations
+
+from fusionrank.core import artefacts
+from fusionrank.core.sentiment.contract import (
+    MAX_REVIEW_TOKENS,
+    check_review,
+    check_review_batch,
+)
+from fusionrank.model_repository.text_steps import TokenGraph, TokenizeText
+
+
+class TokenizeReviews(TokenizeText):
+    TENSOR = "TEXT"
+    MAX_TOKENS = MAX_REVIEW_TOKENS
+    check_batch = staticmethod(check_review_batch)
+    check_row = staticmethod(check_review)
+
+
+class ClassifyReviews(TokenGraph):
+    MODEL_FILE = artefacts.SENTIMENT_MODEL
+    OUTPUT = "PROBABILITIES"

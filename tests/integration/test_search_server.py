@@ -1,0 +1,132 @@
+"""The served `search` ensemble through the shared real Triton server and real gRPC: the
+documented contract, bad input, batching, and the client's errors."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
+
+from fusionrank.app.serve import free_port
+from fusionrank.client import (
+    AsyncFusionRankClient,
+    FusionRankClient,
+    InvalidRequestError,
+    RequestTimeoutError,
+    ServerUnavailableError,
+)
+from fusionrank.core.contract import MAX_BATCH, MAX_K
+from fusionrank.core.search.contract import MAX_QUERY_CHARS, search_request
+from fusionrank.model_repository.runner import InProcessEnsemble
+from tests.support.catalogue import ANCHORS
+
+pytestmark = pytest.mark.server
+
+
+@pytest.fixture(scope="module")
+def client(triton_server):
+    with FusionRankClient(triton_server.grpc_url) as client:
+        yield client
+
+
+def raw_search(url: str, queries: list, k: int | list[int]):
+    """A call with plain tritonclient, as docs/grpc_contract.md describes it."""
+    client = grpcclient.InferenceServerClient(url)
+    query = grpcclient.InferInput("QUERY", [len(queries), 1], "BYTES")
+    query.set_data_from_numpy(np.array(queries, dtype=object).reshape(-1, 1))
+    ks = np.broadcast_to(np.asarray(k, dtype=np.int32).reshape(-1, 1), (len(queries), 1)).copy()
+    top_k = grpcclient.InferInput("K", list(ks.shape), "INT32")
+    top_k.set_data_from_numpy(ks)
+    try:
+        return client.infer("search", [query, top_k])
+    finally:
+        client.close()
+
+
+@pytest.mark.parametrize(("query", "expected"), [(q, p.product_id) for q, p in ANCHORS.items()])
+def test_unambiguous_queries_find_their_product_first(client, query, expected):
+    hits = client.search(query, k=5)
+    assert len(hits) == 5
+    assert hits[0].product_id == expected
+    assert hits[0].product.title == ANCHORS[query].title
+    assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+
+
+def test_plain_tritonclient_follows_the_documented_contract(triton_server):
+    result = raw_search(triton_server.grpc_url, [b"cordless drill", b"wool scarf"], 3)
+    ids = result.as_numpy("PRODUCT_IDS")
+    scores = result.as_numpy("SCORES")
+    products = result.as_numpy("PRODUCTS")
+    assert ids.shape == scores.shape == products.shape == (2, 3)
+    assert scores.dtype == np.float32
+    assert ids[0, 0] == b"A-DRILL" and ids[1, 0] == b"A-SCARF"
+    assert b'"title": "Red wool winter scarf"' in products[1, 0]
+
+
+BAD_REQUESTS = {
+    "empty query": ([b""], 5, "empty"),
+    "whitespace only": ([b"   \t "], 5, "empty"),
+    "invalid UTF-8": ([b"drill \xff\xfe"], 5, "not valid UTF-8"),
+    "over the length limit": ([b"drill " * 1000], 5, f"the limit is {MAX_QUERY_CHARS}"),
+    "k = 0": ([b"drill"], 0, "K = 0 is out of range"),
+    "negative k": ([b"drill"], -3, "K = -3 is out of range"),
+    "k above the maximum": ([b"drill"], MAX_K + 1, f"K = {MAX_K + 1} is out of range"),
+    "k differing by row": ([b"drill", b"sink"], [3, 4], "same for every row"),
+    "batch over the limit": ([b"drill"] * (MAX_BATCH + 1), 5, f"must be <= {MAX_BATCH}"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_REQUESTS, ids=list(BAD_REQUESTS))
+def test_bad_input_is_invalid_argument_and_the_server_keeps_serving(triton_server, case):
+    queries, k, message = BAD_REQUESTS[case]
+    with pytest.raises(InferenceServerException) as caught:
+        raw_search(triton_server.grpc_url, queries, k)
+    assert caught.value.status() == "StatusCode.INVALID_ARGUMENT"
+    assert message in caught.value.message()
+    good = raw_search(triton_server.grpc_url, [b"garden hose"], 1)
+    assert good.as_numpy("PRODUCT_IDS")[0, 0] == b"A-HOSE"
+
+
+def test_served_results_equal_the_in_process_runner(client, served_repository):
+    queries = [*ANCHORS, "blue glass vase", "gift for a tea lover", "paper notebook",
+               "something to keep plants watered", "warm clothes for winter"]
+    expected = InProcessEnsemble(served_repository, "search")(search_request(queries, 20))
+    served = client.search_batch(queries, k=20)
+    one_by_one = [client.search(q, k=20) for q in queries]
+    for i, (batch_hits, single_hits) in enumerate(zip(served, one_by_one, strict=True)):
+        for hits in (batch_hits, single_hits):
+            assert [h.product_id.encode() for h in hits] == expected["PRODUCT_IDS"][i].tolist()
+            np.testing.assert_allclose([h.score for h in hits], expected["SCORES"][i], atol=1e-4)
+
+
+def test_concurrent_requests_are_batched_without_mixing_results(triton_server, client):
+    queries = list(ANCHORS)
+
+    async def many():
+        async with AsyncFusionRankClient(triton_server.grpc_url) as aclient:
+            return await asyncio.gather(*(aclient.search(q, k=3) for q in queries * 4))
+
+    results = asyncio.run(many())
+    for query, hits in zip(queries * 4, results, strict=True):
+        assert hits[0].product_id == ANCHORS[query].product_id
+
+
+def test_client_rejects_bad_input_before_sending(client):
+    with pytest.raises(InvalidRequestError, match="empty"):
+        client.search("  ")
+    with pytest.raises(InvalidRequestError, match="K = 0"):
+        client.search("drill", k=0)
+    with pytest.raises(InvalidRequestError, match="list of strings"):
+        client.search_batch("drill")
+
+
+def test_client_timeout_and_unreachable_server_are_named(triton_server):
+    with FusionRankClient(triton_server.grpc_url, timeout_s=1e-6) as hurried, \
+            pytest.raises(RequestTimeoutError):
+        hurried.search("cordless drill")
+    with FusionRankClient(f"127.0.0.1:{free_port()}", timeout_s=2) as nowhere, \
+            pytest.raises(ServerUnavailableError, match="cannot reach"):
+        nowhere.search("cordless drill")

@@ -1,0 +1,144 @@
+"""The search runtime (fusionrank.core.search.runtime) and the server's `scoring` step over it:
+candidate pools, signals and feedback on a small synthetic catalogue with a real exported head."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from sklearn.ensemble import HistGradientBoostingRegressor
+
+from fusionrank.core import artefacts as names
+from fusionrank.core.catalogue import Catalogue, Product
+from fusionrank.core.fusion import FusionWeights
+from fusionrank.core.search.features import FEATURES, JudgementMemory, ProductPriors
+from fusionrank.core.search.lexical import LexicalIndex, top_k
+from fusionrank.core.search.runtime import SearchRuntime, dense_candidates
+from fusionrank.export.search.feedback_head import export_feedback_head
+from fusionrank.model_repository.search.steps import ScoreCandidates
+from fusionrank.training.search.feedback import AveragedHeads, FeedbackModel, FeedbackNetwork
+
+DIM, DENSE, EXTRA = 16, 8, 12
+WORDS = ["drill", "saw", "hammer", "cordless", "blue", "red", "steel", "pipe", "valve", "hose",
+         "garden", "18v", "kit", "bit", "set"]
+QUERIES = ["cordless drill", "red garden hose", "steel pipe valve"]
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    """A version folder of the `scoring` step: catalogue index and a run's search files."""
+    rng = np.random.default_rng(0)
+    titles = [" ".join(rng.choice(WORDS, size=4, replace=False)) + f" model {i}"
+              for i in range(120)]
+    folder = tmp_path_factory.mktemp("scoring")
+    Catalogue([Product(str(i), t) for i, t in enumerate(titles)]).write_jsonl(
+        folder / names.PRODUCTS)
+    embeddings = rng.normal(size=(len(titles), DIM)).astype(np.float32)
+    embeddings /= np.linalg.norm(embeddings, axis=1, keepdims=True)
+    np.save(folder / names.EMBEDDINGS, embeddings)
+    LexicalIndex.build(titles).save(folder / names.LEXICAL)
+    ProductPriors.fit(len(titles), rng.integers(0, 60, size=200),
+                      rng.uniform(1, 3, size=200)).save(folder / names.PRIORS)
+    training_queries = rng.normal(size=(10, DIM)).astype(np.float32)
+    training_queries /= np.linalg.norm(training_queries, axis=1, keepdims=True)
+    JudgementMemory.fit([f"query {i}" for i in range(10)], training_queries,
+                        [rng.integers(0, len(titles), size=5) for _ in range(10)],
+                        [rng.uniform(1, 3, size=5) for _ in range(10)], embeddings
+                        ).save(folder / names.MEMORY)
+    torch.manual_seed(0)
+    trees = HistGradientBoostingRegressor(max_iter=5, max_leaf_nodes=4, min_samples_leaf=2)
+    trees.fit(rng.normal(size=(40, len(FEATURES))), rng.uniform(1, 3, size=40))
+    head = FeedbackModel(AveragedHeads([FeedbackNetwork(DIM)]), trees, tree_share=0.4)
+    check = (embeddings[:8], embeddings[8:16], rng.normal(size=(8, len(FEATURES))))
+    assert export_feedback_head(head, folder / names.FEEDBACK_HEAD, check) < 1e-4
+    FusionWeights({"similarity": 0.5, "feedback": 0.3, "lexical": 0.2}).save(
+        folder / names.FUSION_WEIGHTS)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def runtime(folder) -> SearchRuntime:
+    return SearchRuntime.load(folder, threads=1, extra=EXTRA)
+
+
+@pytest.fixture(scope="module")
+def vectors() -> np.ndarray:
+    vectors = np.random.default_rng(1).normal(size=(len(QUERIES), DIM)).astype(np.float32)
+    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+def test_pool_is_the_dense_candidates_then_the_best_new_bm25_products(runtime, vectors):
+    embeddings = runtime.sources.embeddings
+    rows, similarity = dense_candidates(embeddings, vectors, DENSE)
+    pool = runtime.candidates(QUERIES, vectors, rows, similarity)
+    assert pool.rows.shape == (3, DENSE + EXTRA) and pool.rows.dtype == np.int64
+    for i, vector in enumerate(vectors):
+        cosine = embeddings @ vector
+        np.testing.assert_array_equal(pool.rows[i, :DENSE], np.argsort(-cosine)[:DENSE])
+        np.testing.assert_allclose(pool.similarity[i], cosine[pool.rows[i]], atol=1e-6)
+        bm25 = runtime.lexical.scores(pool.terms[i])
+        added = pool.rows[i, DENSE:]
+        assert not set(added) & set(pool.rows[i, :DENSE])
+        assert (np.diff(bm25[added]) <= 0).all()  # best BM25 first
+        outside = np.setdiff1d(np.arange(len(bm25)), pool.rows[i])
+        assert bm25[outside].max() <= bm25[added].min()  # no better product left out
+        np.testing.assert_allclose(pool.lexical[i], bm25[pool.rows[i]] / bm25.max(), atol=1e-6)
+    assert all({"cordless", "drill"} & runtime.sources.titles.terms[r]
+               for r in pool.rows[0, DENSE:DENSE + 3])
+
+
+def test_a_query_is_corrected_once_and_bm25_and_features_see_the_same_terms(runtime, vectors):
+    rows, similarity = dense_candidates(runtime.sources.embeddings, vectors[:1], DENSE)
+    right = runtime.candidates(["cordless drill"], vectors[:1], rows, similarity)
+    wrong = runtime.candidates(["cordlss driil"], vectors[:1], rows, similarity)
+    assert wrong.terms == right.terms == [["cordless", "drill"]]
+    np.testing.assert_array_equal(wrong.rows, right.rows)
+    np.testing.assert_array_equal(wrong.lexical, right.lexical)
+    features = [runtime.sources.head_inputs(p.queries, p.terms, vectors[:1], p.rows, p.lexical)[2]
+                for p in (right, wrong)]
+    overlap = FEATURES.index("overlap")
+    np.testing.assert_array_equal(features[0][:, overlap], features[1][:, overlap])
+
+
+def test_scoring_step_batches_requests_without_changing_any_signal(folder, runtime, vectors):
+    rows, similarity = dense_candidates(runtime.sources.embeddings, vectors, DENSE)
+    text = np.array([q.encode() for q in QUERIES], dtype=object).reshape(-1, 1)
+    requests = [{"QUERY": text[part], "EMBEDDING": vectors[part], "DENSE_CANDIDATES": rows[part],
+                 "DENSE_SIMILARITY": similarity[part]} for part in (slice(0, 2), slice(2, 3))]
+    served = ScoreCandidates(folder, {"threads": "1", "lexical_candidates": str(EXTRA)})(requests)
+    assert [r["CANDIDATES"].shape for r in served] == [(2, DENSE + EXTRA), (1, DENSE + EXTRA)]
+    for i, query in enumerate(QUERIES):  # each query alone, through the runtime
+        pool = runtime.candidates([query], vectors[i:i + 1], rows[i:i + 1], similarity[i:i + 1])
+        feedback = runtime.feedback(pool, vectors[i:i + 1])
+        request, row = (0, i) if i < 2 else (1, 0)
+        got = served[request]
+        np.testing.assert_array_equal(got["CANDIDATES"][row], pool.rows[0])
+        np.testing.assert_allclose(got["SIMILARITY"][row], pool.similarity[0], atol=1e-6)
+        np.testing.assert_allclose(got["LEXICAL"][row], pool.lexical[0], atol=1e-6)
+        np.testing.assert_allclose(got["FEEDBACK"][row], feedback[0], atol=1e-5)
+        assert ((got["FEEDBACK"][row] >= 1) & (got["FEEDBACK"][row] <= 3)).all()
+
+
+def test_search_ranks_the_pool_by_the_fitted_weights(runtime, vectors):
+    rows, scores = runtime.search(QUERIES, vectors, k=10, dense=DENSE)
+    pool = runtime.candidates(QUERIES, vectors,
+                              *dense_candidates(runtime.sources.embeddings, vectors, DENSE))
+    feedback = runtime.feedback(pool, vectors)
+    fused = 0.5 * pool.similarity + 0.3 * feedback + 0.2 * pool.lexical
+    for i in range(len(QUERIES)):
+        order = np.argsort(-fused[i], kind="stable")[:10]
+        np.testing.assert_array_equal(rows[i], pool.rows[i][order])
+        np.testing.assert_allclose(scores[i], fused[i][order], atol=1e-5)
+
+
+def test_disagreeing_files_are_refused(folder, tmp_path):
+    for name in (*names.SEARCH_RUN_FILES, names.EMBEDDINGS, names.PRODUCTS):
+        (tmp_path / name).write_bytes((folder / name).read_bytes())
+    np.save(tmp_path / names.EMBEDDINGS, np.zeros((5, DIM), np.float32))
+    with pytest.raises(ValueError, match="disagree on the catalogue size"):
+        SearchRuntime.load(tmp_path)
+
+
+def test_top_k_breaks_ties_by_row():
+    rows, scores = top_k(np.array([0.5, 0.9, 0.5, 0.9, 0.1]), 3)
+    assert rows.tolist() == [1, 3, 0] and scores.tolist() == [0.9, 0.9, 0.5]

@@ -1,0 +1,239 @@
+"""`fusionrank evaluate`: every system on the same split and the same full catalogue.
+
+Systems (each row adds one component, so the table is also the ablation):
+    bm25                 BM25 over every title
+    pretrained           the bundled encoder, cosine top-100 over every title
+    finetuned            the fine-tuned encoder, the same way
+    hybrid               dense + BM25 candidates, S = α·s + γ·lexical (α, γ fitted on dev)
+    fused − lexical      the hybrid pool, S = α·s + β·f (no lexical term; fitted on dev)
+    feedback only        the hybrid pool ordered by the feedback head alone
+    fused (dense pool)   the served weights, without the BM25 candidates
+    fused                the served ranker: hybrid pool, S = α·s + β·f + γ·lexical (ranking.json)
+Metrics (ranx): NDCG@10, Recall@100, MRR@10 with gain = relevance − 1, unjudged = 0, over the
+queries that have at least one product judged above 1. The feedback head: RMSE on every judged
+pair (of the served blend, and of its networks and its trees alone), and precision / recall /
+F1 / accuracy of "relevant" (grade ≥ 2.5) at the dev threshold.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from fusionrank.core import artefacts
+from fusionrank.core.fusion import FusionWeights
+from fusionrank.core.search.features import JudgementMemory, ProductPriors
+from fusionrank.core.search.lexical import LexicalIndex, top_k
+from fusionrank.core.search.runtime import (
+    DEPTH,
+    CandidatePool,
+    FeatureSources,
+    OnnxFeedbackHead,
+    SearchRuntime,
+    dense_candidates,
+    ranked,
+)
+from fusionrank.export.search.feedback_head import PARTS as HEAD_PARTS
+from fusionrank.training.embeddings import catalogue_embeddings
+from fusionrank.training.metrics import METRICS, evaluate_ranking
+from fusionrank.training.search.data import SplitConfig, load_judgements
+from fusionrank.training.search.feedback import choose_threshold, classify, rmse
+from fusionrank.training.search.fusion import fit_weights
+from fusionrank.training.search.pairs import PairResources, judged_pairs
+from fusionrank.training.search.pipeline import PoolConfig
+
+SPLITS = ("dev", "test")
+
+
+@dataclass
+class EvaluateConfig:
+    run: Path
+    out: Path
+    data: Path | None = None  # default: the run's own data file
+    cache: Path = Path("runs/cache")
+    threads: int | None = None
+
+
+def log(message: str) -> None:
+    print(f"[evaluate] {message}", file=sys.stderr, flush=True)
+
+
+def load_run(run: Path) -> dict:
+    path = Path(run) / artefacts.RUN_MANIFEST
+    if not path.is_file():
+        raise FileNotFoundError(f"{run} is not a training run (no {artefacts.RUN_MANIFEST}): "
+                                "run `fusionrank train` first")
+    return json.loads(path.read_text())
+
+
+def dense_top(queries: np.ndarray, catalogue: np.ndarray, depth: int = DEPTH):
+    rows, scores = [], []
+    for start in range(0, len(queries), 256):
+        block = queries[start:start + 256] @ catalogue.T
+        for row in block:
+            r, s = top_k(row, depth)
+            rows.append(r)
+            scores.append(s)
+    return np.stack(rows), np.stack(scores)
+
+
+def run_evaluation(config: EvaluateConfig) -> dict:
+    started = time.perf_counter()
+    run = Path(config.run)
+    manifest = load_run(run)
+    split = SplitConfig(**manifest["config"]["split"])
+    pools = PoolConfig(**manifest["config"]["pools"])
+    judgements = load_judgements(config.data or manifest["data_file"], split)
+    if judgements.sha256 != manifest["data_sha256"]:
+        log("warning: the data file differs from the one the run was trained on")
+    titles = judgements.catalogue.titles
+    lexical = LexicalIndex.load(run / artefacts.LEXICAL)
+    if lexical.size != len(titles):
+        raise ValueError(f"{run / artefacts.LEXICAL} indexes {lexical.size} products, the data "
+                         f"{len(titles)}: evaluate with the run's own data file")
+    base, base_embedder = catalogue_embeddings(Path(manifest["init_model"]), titles,
+                                               config.cache / "embeddings", config.threads)
+    tuned, embedder = catalogue_embeddings(Path(manifest["checkpoint"]), titles,
+                                           config.cache / "embeddings", config.threads)
+    queries = {s: judgements.ranked_queries(s) for s in SPLITS}
+    all_queries = sorted(judgements.frame["query"].unique())
+    sources = FeatureSources.build(titles, tuned, ProductPriors.load(run / artefacts.PRIORS),
+                                   JudgementMemory.load(run / artefacts.MEMORY))
+    resources = PairResources(judgements, lexical, sources,
+                              dict(zip(all_queries, embedder.encode_queries(all_queries),
+                                       strict=True)))
+    # The served path after the encoder, over the run's own catalogue.
+    runtime = SearchRuntime(lexical, sources,
+                            OnnxFeedbackHead(run / artefacts.FEEDBACK_HEAD, config.threads),
+                            FusionWeights.load(run / artefacts.FUSION_WEIGHTS), pools.lexical)
+    served = runtime.weights
+
+    pool_of: dict[str, CandidatePool] = {}
+    for s in SPLITS:
+        vectors = np.stack([resources.query_vectors[q] for q in queries[s]])
+        pool_of[s] = runtime.candidates(queries[s], vectors,
+                                        *dense_candidates(tuned, vectors, pools.dense))
+        pool_of[s].feedback = runtime.feedback(pool_of[s], vectors)
+    dev_judged = judgements.qrels("dev")
+    hybrid = fit_weights(pool_of["dev"], dev_judged, ("similarity", "lexical"),
+                         pools.grid_step, "hybrid").weights
+    no_lexical = fit_weights(pool_of["dev"], dev_judged, ("similarity", "feedback"),
+                             pools.grid_step, "fused without the lexical term").weights
+    feedback_only = FusionWeights({"feedback": 1.0}, "feedback head alone")
+
+    results: dict[str, dict] = {}
+    for s in SPLITS:
+        judged = judgements.qrels(s)
+        qs = queries[s]
+        systems: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        bm25 = [lexical.top(terms, DEPTH) for terms in pool_of[s].terms]
+        systems["bm25"] = (np.stack([r for r, _ in bm25]), np.stack([x for _, x in bm25]))
+        systems["pretrained"] = dense_top(base_embedder.encode_queries(qs), base)
+        systems["finetuned"] = dense_top(np.stack([resources.query_vectors[q] for q in qs]),
+                                         tuned)
+        pool = pool_of[s]
+        systems["hybrid"] = ranked(pool, hybrid)
+        systems["fused − lexical"] = ranked(pool, no_lexical)
+        systems["feedback only"] = ranked(pool, feedback_only)
+        systems["fused (dense pool)"] = ranked(pool.first(pools.dense), served)
+        systems["fused"] = ranked(pool, served)
+        results[s] = {name: evaluate_ranking(judged, qs, rows, scores)
+                      for name, (rows, scores) in systems.items()}
+        results[s]["queries"] = len(qs)
+        log(f"{s}: " + ", ".join(f"{n} {m['ndcg@10']:.3f}" for n, m in results[s].items()
+                                 if isinstance(m, dict)))
+
+    feedback = feedback_report(resources, run)
+    report = {"run": str(run), "data_file": judgements.source, "data_sha256": judgements.sha256,
+              "split": asdict(split), "catalogue_products": len(titles),
+              "queries": {s: len(queries[s]) for s in SPLITS},
+              "checkpoint": manifest["checkpoint"], "init_model": manifest["init_model"],
+              "weights": {"fused": asdict(served), "hybrid": asdict(hybrid),
+                          "fused − lexical": asdict(no_lexical)},
+              "retrieval": results, "feedback": feedback,
+              "seconds": round(time.perf_counter() - started, 1)}
+    write_report(report, Path(config.out))
+    return report
+
+
+def feedback_report(resources: PairResources, run: Path) -> dict:
+    head = OnnxFeedbackHead(run / artefacts.FEEDBACK_HEAD)
+    train_mean = float(resources.judgements.of("train").grade.mean())
+    predictions, parts = {}, {}
+    for s in SPLITS:
+        pairs = judged_pairs(resources, s)
+        predictions[s] = (head(pairs.query, pairs.product, pairs.features), pairs.grade)
+        parts[s] = {part: rmse(head(pairs.query, pairs.product, pairs.features, part),
+                               pairs.grade) for part in HEAD_PARTS}
+    threshold = choose_threshold(*predictions["dev"])
+    out: dict = {"threshold_from_dev": threshold, "relevant_grade": 2.5}
+    for s, (predicted, grade) in predictions.items():
+        out[s] = {"pairs": len(grade), "rmse": rmse(predicted, grade),
+                  "rmse_mean_predictor": rmse(np.full_like(grade, train_mean), grade),
+                  "rmse_parts": parts[s],
+                  **{k: v for k, v in asdict(classify(predicted, grade, threshold)).items()
+                     if k != "threshold"}}
+    return out
+
+
+def markdown_table(report: dict) -> str:
+    lines = []
+    for s in SPLITS:
+        results = report["retrieval"][s]
+        products = report["catalogue_products"]
+        lines += [f"**{s}** ({results['queries']} queries, {products} products)",
+                  "", "| system | " + " | ".join(METRICS) + " |",
+                  "| --- |" + " --- |" * len(METRICS)]
+        for name, metrics in results.items():
+            if isinstance(metrics, dict):
+                lines.append(f"| {name} | " + " | ".join(f"{metrics[m]:.4f}" for m in METRICS)
+                             + " |")
+        lines.append("")
+    fb = report["feedback"]
+    lines += [f"**feedback head** (relevant = grade ≥ {fb['relevant_grade']}, threshold "
+              f"{fb['threshold_from_dev']:.3f} chosen on dev)", "",
+              "| split | pairs | RMSE | RMSE networks alone | RMSE trees alone "
+              "| RMSE (mean predictor) | precision | recall | F1 | accuracy |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for s in SPLITS:
+        m = fb[s]
+        lines.append(f"| {s} | {m['pairs']} | {m['rmse']:.4f} | "
+                     + " | ".join(f"{m['rmse_parts'][part]:.4f}" for part in HEAD_PARTS)
+                     + f" | {m['rmse_mean_predictor']:.4f} | {m['precision']:.4f} | "
+                     f"{m['recall']:.4f} | {m['f1']:.4f} | {m['accuracy']:.4f} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(report: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(SPLITS), figsize=(12, 4.2), sharey=True)
+    for ax, s in zip(axes, SPLITS, strict=True):
+        results = {n: m for n, m in report["retrieval"][s].items() if isinstance(m, dict)}
+        names = list(results)
+        x = np.arange(len(names))
+        for i, metric in enumerate(METRICS):
+            ax.bar(x + (i - 1) * 0.27, [results[n][metric] for n in names], 0.27, label=metric)
+        ax.set_xticks(x, names, rotation=35, ha="right", fontsize=8)
+        ax.set_title(f"{s} ({report['queries'][s]} queries, full catalogue)")
+        ax.grid(axis="y", alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_report(report: dict, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "evaluation.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+    (out / "evaluation.md").write_text(markdown_table(report))
+    plot(report, out / "evaluation.png")
+    log(f"report written to {out}")
