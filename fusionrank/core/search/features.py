@@ -225,110 +225,225 @@ def _sparse_rows(vectors: list[dict[int, float]]) -> sparse.csr_matrix:
     return sparse.csr_matrix((data, indices, indptr), shape=(len(vectors), CHAR_BUCKETS))
 
 
+@dataclass(frozen=True)
+class Ragged:
+    """Rows of ids (and optional weights) of varying length, stored flat: row r is
+    ids[indptr[r]:indptr[r + 1]]. `gather` takes many rows at once, without a Python loop."""
+
+    indptr: np.ndarray  # int64 [rows + 1]
+    ids: np.ndarray  # int64 [entries]
+    weights: np.ndarray | None = None  # float64 [entries]
+
+    @classmethod
+    def of(cls, rows: Sequence[Sequence[int]]) -> Ragged:
+        indptr = np.concatenate([[0], np.cumsum([len(r) for r in rows])]).astype(np.int64)
+        return cls(indptr, np.fromiter((i for r in rows for i in r), dtype=np.int64,
+                                       count=int(indptr[-1])))
+
+    def gather(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The entries of `rows`, row after row: (their positions in the flat arrays, the
+        index in `rows` each entry belongs to)."""
+        starts, lengths = self.indptr[rows], np.diff(self.indptr)[rows]
+        owner = np.repeat(np.arange(len(rows)), lengths)
+        first = np.concatenate([[0], np.cumsum(lengths)[:-1]]) if len(rows) else starts
+        return starts[owner] + np.arange(len(owner)) - first[owner], owner
+
+
+class QueryIds:
+    """Which ids each query of a batch holds, to look up many (query, id) pairs at once."""
+
+    def __init__(self, per_query: Sequence[Sequence[int]]):
+        flat = [i for ids in per_query for i in ids]
+        self.unique = np.unique(np.array(flat, dtype=np.int64))
+        # One column per id any query holds, and a last one that no query holds.
+        self.table = np.zeros((len(per_query), len(self.unique) + 1), dtype=bool)
+        for query, ids in enumerate(per_query):
+            self.table[query, np.searchsorted(self.unique, np.array(ids, dtype=np.int64))] = True
+
+    def holds(self, query: np.ndarray, ids: np.ndarray) -> np.ndarray:
+        """bool [len(ids)]: whether query[j] holds ids[j]."""
+        position = np.searchsorted(self.unique, ids)
+        inside = position < len(self.unique)
+        known = np.zeros(len(ids), dtype=bool)
+        known[inside] = self.unique[position[inside]] == ids[inside]
+        return self.table[query, np.where(known, position, len(self.unique))]
+
+
 class TitleTerms:
-    """Each catalogue title's term set, adjacent-term pairs and character-trigram vector,
-    computed once (a couple of seconds for 50k titles)."""
+    """Each catalogue title's terms, head phrase, adjacent-term pairs and character-trigram
+    vector, as id arrays, computed once (a few seconds for 50k titles). `term_features` then
+    compares a batch of queries with all their candidates in array operations."""
 
     def __init__(self, titles: Sequence[str]):
         tokens = [lexical_tokens(t) for t in titles]
         self.terms = [frozenset(t) for t in tokens]
-        self.first = [t[0] if t else None for t in tokens]  # usually the brand
         self.heads = [lexical_tokens(HEAD_END.split(t, 1)[0]) for t in titles]
-        self.bigrams = [frozenset(pairwise(t)) for t in tokens]
+        vocabulary = sorted({t for terms in tokens for t in terms}
+                            | {t for head in self.heads for t in head})
+        self.index = {term: i for i, term in enumerate(vocabulary)}
+        index = self.index
+        self.title_ids = Ragged.of([sorted(index[t] for t in terms) for terms in self.terms])
+        self.head_ids = Ragged.of([sorted({index[t] for t in head}) for head in self.heads])
+        self.title_sizes = np.array([len(t) for t in self.terms], dtype=np.float32)
+        self.head_sizes = np.array([len(h) for h in self.heads], dtype=np.float64)
+        self.first_id = np.array([index[t[0]] if t else -1 for t in tokens])  # usually the brand
+        self.kind_id = np.array([index[h[-1]] if h else -1 for h in self.heads])
+        self.kind_before_id = np.array([index[h[-2]] if len(h) > 1 else -1 for h in self.heads])
+        self.bigram_index: dict[tuple[str, str], int] = {}
+        self.bigram_ids = Ragged.of([sorted({self.bigram_index.setdefault(pair, len(
+            self.bigram_index)) for pair in pairwise(t)}) for t in tokens])
         grams = [char_trigrams(t) for t in titles]
         df = np.bincount(np.fromiter((g for gs in grams for g in set(gs)), dtype=np.int64),
                          minlength=CHAR_BUCKETS)
         self.idf = np.log((1 + len(titles)) / (1 + df)).astype(np.float32) + 1.0
-        # One sparse row per title: a query's cosines with 200 candidates are then one sparse
-        # product (a Python loop over their trigrams took 4 ms a query in the server).
-        self.char_vectors = _sparse_rows([_tfidf(gs, self.idf) for gs in grams])
+        vectors = _sparse_rows([_tfidf(gs, self.idf) for gs in grams])
+        self.char_vectors = Ragged(vectors.indptr.astype(np.int64),
+                                   vectors.indices.astype(np.int64), vectors.data)
 
-    def char_cosine(self, query: str, rows: np.ndarray) -> np.ndarray:
-        query_vector = _sparse_rows([_tfidf(char_trigrams(query), self.idf)])
-        cosines = self.char_vectors[np.asarray(rows)] @ query_vector.T
-        return cosines.toarray().ravel().astype(np.float32)
+    def char_cosine(self, queries: Sequence[str], rows: np.ndarray,
+                    owner: np.ndarray) -> np.ndarray:
+        """float32 [len(rows)]: cosine of each candidate's title and its query (`owner`) in
+        character-trigram TF-IDF space, which still matches misspelt or run-together words."""
+        query_vectors = [_tfidf(char_trigrams(q), self.idf) for q in queries]
+        # Every (query, bucket) of the batch as one sorted key, with its weight.
+        keys = np.array([q * CHAR_BUCKETS + g for q, v in enumerate(query_vectors) for g in v],
+                        dtype=np.int64)
+        weights = np.array([w for v in query_vectors for w in v.values()], dtype=np.float64)
+        order = np.argsort(keys)
+        keys, weights = keys[order], np.concatenate([weights[order], [0.0]])
+        entries, candidate = self.char_vectors.gather(rows)
+        wanted = owner[candidate] * CHAR_BUCKETS + self.char_vectors.ids[entries]
+        position = np.minimum(np.searchsorted(keys, wanted), len(keys) - 1) if len(keys) \
+            else np.zeros(len(wanted), dtype=np.int64)
+        found = (keys[position] == wanted) if len(keys) else np.zeros(len(wanted), bool)
+        products = self.char_vectors.weights[entries] * weights[np.where(found, position,
+                                                                           len(keys))]
+        return np.bincount(candidate, weights=products, minlength=len(rows)).astype(np.float32)
 
-    def overlap(self, query_terms: set[str], rows: np.ndarray
-                ) -> tuple[np.ndarray, np.ndarray]:
-        """Share of the (corrected) query terms in each title, and of the title's in the query."""
-        n = max(len(query_terms), 1)
-        found = np.array([len(query_terms & self.terms[r]) for r in rows], dtype=np.float32)
-        sizes = np.array([max(len(self.terms[r]), 1) for r in rows], dtype=np.float32)
-        return found / n, found / sizes
+    def term_features(self, tokens: Sequence[list[str]], rows: np.ndarray,
+                      owner: np.ndarray) -> dict[str, np.ndarray]:
+        """The term-match features of every candidate (catalogue `rows`, each of query
+        `owner[j]`, whose corrected terms are `tokens[owner[j]]`), by name: overlap,
+        title_cover, query_terms, last_term, first_term, bigrams, numbers, title_terms and the
+        HEAD_FEATURES (the query terms against the title's first term and head phrase)."""
+        index, n = self.index, len(rows)
+        distinct = [set(t) for t in tokens]
+        query_size = np.array([len(d) for d in distinct], dtype=np.int64)[owner]
+        terms = QueryIds([[index[t] for t in d if t in index] for d in distinct])
+        numbers = [{t for t in d if any(c.isdigit() for c in t)} for d in distinct]
+        numeric = QueryIds([[index[t] for t in d if t in index] for d in numbers])
+        pairs = [set(pairwise(t)) for t in tokens]
+        bigrams = QueryIds([[self.bigram_index[p] for p in d if p in self.bigram_index]
+                            for d in pairs])
 
-    def head_features(self, query_terms: set[str], rows: np.ndarray) -> np.ndarray:
-        """float32 [len(rows), len(HEAD_FEATURES)]: the (corrected) query terms against each
-        title's first term and head phrase."""
-        n = max(len(query_terms), 1)
-        out = np.zeros((len(rows), len(HEAD_FEATURES)), dtype=np.float32)
-        for i, row in enumerate(rows):
-            head, kind_pair = self.heads[row], self.heads[row][-2:]
-            out[i] = (self.first[row] in query_terms,
-                      bool(head) and head[-1] in query_terms,
-                      sum(t in query_terms for t in kind_pair) / max(len(kind_pair), 1),
-                      bool(query_terms) and query_terms <= self.terms[row],
-                      len(query_terms - self.terms[row]) / 5.0,
-                      len(query_terms.intersection(head)) / n,
-                      len(head) / 10.0)
-        return out
+        def count(ragged: Ragged, queries: QueryIds) -> np.ndarray:
+            entries, candidate = ragged.gather(rows)
+            held = queries.holds(owner[candidate], ragged.ids[entries])
+            return np.bincount(candidate, weights=held, minlength=n)
+
+        def single(term_of_query: list[int]) -> np.ndarray:
+            """Whether each candidate's title holds one term of its query (-1: none)."""
+            entries, candidate = self.title_ids.gather(rows)
+            wanted = np.array(term_of_query, dtype=np.int64)[owner[candidate]]
+            held = self.title_ids.ids[entries] == wanted
+            return np.bincount(candidate, weights=held, minlength=n).astype(np.float32)
+
+        found = count(self.title_ids, terms).astype(np.float32)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            pair_count = np.array([len(p) for p in pairs], dtype=np.float32)[owner]
+            number_count = np.array([len(d) for d in numbers], dtype=np.float32)[owner]
+            bigram_share = np.where(pair_count > 0, count(self.bigram_ids, bigrams).astype(
+                np.float32) / pair_count, 0.0).astype(np.float32)
+            number_share = np.where(number_count > 0, count(self.title_ids, numeric).astype(
+                np.float32) / number_count, 1.0).astype(np.float32)
+        kind = terms.holds(owner, self.kind_id[rows])
+        kind_before = terms.holds(owner, self.kind_before_id[rows])
+        pair_size = np.maximum(np.minimum(self.head_sizes[rows], 2), 1)
+        found_all = found.astype(np.int64)
+        return {
+            "overlap": found / np.maximum(query_size, 1).astype(np.float32),
+            "title_cover": found / np.maximum(self.title_sizes[rows], 1),
+            "query_terms": np.array([len(t) / 10.0 for t in tokens], np.float32)[owner],
+            "last_term": single([index.get(t[-1], -1) if t else -1 for t in tokens]),
+            "first_term": single([index.get(t[0], -1) if t else -1 for t in tokens]),
+            "bigrams": bigram_share,
+            "numbers": number_share,
+            "title_terms": self.title_sizes[rows] / 20.0,
+            "brand_match": terms.holds(owner, self.first_id[rows]).astype(np.float32),
+            "kind_match": kind.astype(np.float32),
+            "kind_pair": ((kind.astype(np.float64) + kind_before) / pair_size).astype(np.float32),
+            "all_found": ((query_size > 0) & (found_all == query_size)).astype(np.float32),
+            "missing_terms": ((query_size - found_all) / 5.0).astype(np.float32),
+            "head_overlap": (count(self.head_ids, terms) / np.maximum(query_size, 1)
+                             ).astype(np.float32),
+            "head_terms": (self.head_sizes[rows] / 10.0).astype(np.float32),
+        }
 
 
 @dataclass
 class TermVectors:
     """A unit vector for every term of the catalogue's titles: the mean embedding of the
-    titles that hold it. Made from the catalogue embeddings alone, so the server's `feedback`
-    model builds the very same vectors from the files it already has (under a second for 50k
+    titles that hold it. Made from the catalogue embeddings alone, so the server's `scoring`
+    step builds the very same vectors from the files it already has (under a second for 50k
     titles), and no word needs encoding at query time. A query term no title holds has none,
     and matches nothing."""
 
     index: dict[str, int]  # term → row of `vectors`
     vectors: np.ndarray  # float32 [terms, d]
     idf: np.ndarray  # float32 [terms]
-    title_terms: list[np.ndarray]  # per catalogue row: its terms' rows in `vectors`
-    head_terms: list[np.ndarray]  # per catalogue row: its head phrase's, in order
+    title_terms: Ragged  # per catalogue row: its terms' rows in `vectors`, ascending
+    head_terms: Ragged  # per catalogue row: its head phrase's, in order
 
     @classmethod
     def fit(cls, titles: TitleTerms, catalogue: np.ndarray) -> TermVectors:
         vocabulary = sorted({term for terms in titles.terms for term in terms})
         index = {term: i for i, term in enumerate(vocabulary)}
-        title_terms = [np.array(sorted(index[t] for t in terms), dtype=np.int64)
-                       for terms in titles.terms]
-        head_terms = [np.array([index[t] for t in head if t in index], dtype=np.int64)
-                      for head in titles.heads]
+        title_terms = Ragged.of([sorted(index[t] for t in terms) for terms in titles.terms])
+        head_terms = Ragged.of([[index[t] for t in head if t in index] for head in titles.heads])
         holders = sparse.csr_matrix(
-            (np.ones(sum(len(t) for t in title_terms), dtype=np.float32),
-             (np.concatenate(title_terms), np.repeat(np.arange(len(title_terms)),
-                                                     [len(t) for t in title_terms]))),
-            shape=(len(vocabulary), len(title_terms)))
+            (np.ones(len(title_terms.ids), dtype=np.float32),
+             (title_terms.ids, np.repeat(np.arange(len(titles.terms)),
+                                         np.diff(title_terms.indptr)))),
+            shape=(len(vocabulary), len(titles.terms)))
         vectors = np.asarray(holders @ np.asarray(catalogue, dtype=np.float32))
         vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
         titles_holding = np.asarray(holders.sum(axis=1)).ravel()
-        idf = np.log((1.0 + len(title_terms)) / (1.0 + titles_holding)).astype(np.float32)
+        idf = np.log((1.0 + len(titles.terms)) / (1.0 + titles_holding)).astype(np.float32)
         return cls(index, vectors.astype(np.float32), idf, title_terms, head_terms)
 
     def features(self, query_terms: list[str], rows: np.ndarray) -> np.ndarray:
         """float32 [len(rows), len(TERM_VECTOR_FEATURES)] for the query's (corrected) terms.
-        All candidates at once: one product with all their titles' terms, reduced per title."""
+        All candidates at once: one product of the query's term vectors with every distinct
+        term of their titles, then reduced per title."""
         out = np.zeros((len(rows), len(TERM_VECTOR_FEATURES)), dtype=np.float32)
         terms = list(dict.fromkeys(query_terms))
         if not terms or len(rows) == 0:
             return out
         known = np.array([self.index.get(t, -1) for t in terms])
         query = np.where(known[:, None] >= 0, self.vectors[known], 0.0).astype(np.float32)
-        unseen = np.log1p(len(self.title_terms))  # the idf of a term no title holds
+        unseen = np.log1p(len(self.title_terms.indptr) - 1)  # the idf of a term no title holds
         weight = np.where(known >= 0, self.idf[known], unseen).astype(np.float32)
 
-        held = np.array([len(self.title_terms[r]) for r in rows])
-        cosine = query @ self.vectors[np.concatenate([self.title_terms[r] for r in rows])].T
-        best = _segment_reduce(np.maximum, cosine, held)  # [query terms, rows]: nearest term
+        title_entries, _ = self.title_terms.gather(rows)
+        head_entries, _ = self.head_terms.gather(rows)
+        held = np.diff(self.title_terms.indptr)[rows]
+        head_size = np.diff(self.head_terms.indptr)[rows]
+        kind = np.where(head_size > 0, self.head_terms.ids[np.maximum(
+            self.head_terms.indptr[rows + 1] - 1, 0)], 0)
+        # Every distinct term the candidates hold, compared with the query's once.
+        wanted = np.concatenate([self.title_terms.ids[title_entries],
+                                 self.head_terms.ids[head_entries], kind])
+        distinct, position = np.unique(wanted, return_inverse=True)
+        cosine = (query @ self.vectors[distinct].T)[:, position]
+        title_part = cosine[:, :len(title_entries)]
+        head_part = cosine[:, len(title_entries):len(title_entries) + len(head_entries)]
+        kind_part = cosine[:, len(title_entries) + len(head_entries):]
+        best = _segment_reduce(np.maximum, title_part, held)  # [query terms, rows]
         ordered = np.sort(best, axis=0)
-        heads = [self.head_terms[r] for r in rows]
-        head_size = np.array([len(h) for h in heads])
         # Each head term's nearest query term, averaged over the head.
-        head_best = (query @ self.vectors[np.concatenate(heads)].T).max(axis=0, keepdims=True)
+        head_best = head_part.max(axis=0, keepdims=True)
         head_cover = _segment_reduce(np.add, head_best, head_size)[0] / np.maximum(head_size, 1)
-        kind = np.array([h[-1] if len(h) else 0 for h in heads])
-        kind_similarity = np.where(head_size > 0, (query @ self.vectors[kind].T).max(axis=0), 0)
+        kind_similarity = np.where(head_size > 0, kind_part.max(axis=0), 0)
         out[:] = np.stack([ordered[0], best.mean(axis=0), kind_similarity, best[-1], best[0],
                            (best < WEAK_MATCH).mean(axis=0),
                            weight @ best / max(float(weight.sum()), 1e-6), head_cover,
@@ -362,43 +477,44 @@ def one_blas_thread() -> Iterator[None]:
         yield
 
 
-def pair_features(query: str, tokens: list[str], query_vector: np.ndarray,
-                  product_vectors: np.ndarray, rows: np.ndarray, lexical: np.ndarray,
-                  titles: TitleTerms, term_vectors: TermVectors, priors: ProductPriors,
-                  memory: JudgementMemory, hidden_fold: int | None = None) -> np.ndarray:
-    """float32 [len(rows), len(FEATURES)] for one query's products (catalogue `rows`, their
-    `product_vectors` and normalised BM25 scores `lexical`). `tokens` are the query's terms as
-    the lexical index corrected them (`LexicalIndex.query_terms`); `hidden_fold`: a training
-    query's fold, hidden from the memory."""
+def batch_features(queries: Sequence[str], tokens: Sequence[list[str]],
+                   query_vectors: np.ndarray, sizes: Sequence[int], rows: np.ndarray,
+                   product_vectors: np.ndarray, lexical: np.ndarray, titles: TitleTerms,
+                   term_vectors: TermVectors, priors: Sequence[ProductPriors],
+                   memory: JudgementMemory,
+                   hidden_folds: Sequence[int | None] | None = None) -> np.ndarray:
+    """float32 [len(rows), len(FEATURES)] for the candidates of a batch of queries: query i's
+    are the next `sizes[i]` entries of `rows` (catalogue rows), `product_vectors` and
+    `lexical` (normalised BM25). `tokens[i]` are its terms as the lexical index corrected them
+    (`LexicalIndex.query_terms`), `priors[i]` the priors it sees and `hidden_folds[i]` the
+    memory fold it must not see (a training query's own; None for any other query).
+
+    The term features are array operations over the whole batch; what runs through BLAS (the
+    cosines, the memory, the term vectors) runs query by query on one thread, so a query's
+    features do not depend on the batch it arrives in, bit for bit (the head's trees split on
+    them, and the server and the evaluator batch differently)."""
+    n, bounds = len(rows), np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+    owner = np.repeat(np.arange(len(queries)), sizes)
+    similarity = np.empty(n, dtype=np.float32)
+    prior, prior_count = np.empty(n, dtype=np.float32), np.empty(n, dtype=np.float32)
+    term_matches = np.empty((n, len(TERM_VECTOR_FEATURES)), dtype=np.float32)
+    remembered = np.empty((n, len(MEMORY_FEATURES)), dtype=np.float32)
     with one_blas_thread():
-        query_vector = np.asarray(query_vector, dtype=np.float32)
-        product_vectors = np.asarray(product_vectors, dtype=np.float32)
-        # Computed here rather than taken from retrieval: the same arithmetic on both sides.
-        similarity = product_vectors @ query_vector
-        remembered = memory.features(query_vector, product_vectors, rows, hidden_fold)
-        term_matches = term_vectors.features(tokens, rows)
-    query_terms = set(tokens)
-    overlap, cover = titles.overlap(query_terms, rows)
-    n = len(rows)
-    query_length = np.full(n, len(tokens) / 10.0, dtype=np.float32)
-    last = _has(titles, rows, tokens[-1:])
-    first = _has(titles, rows, tokens[:1])
-    pairs = set(pairwise(tokens))
-    bigrams = (np.array([len(pairs & titles.bigrams[r]) for r in rows], dtype=np.float32)
-               / len(pairs)) if pairs else np.zeros(n, dtype=np.float32)
-    numbers = {t for t in tokens if any(c.isdigit() for c in t)}
-    numeric = (np.array([len(numbers & titles.terms[r]) for r in rows], dtype=np.float32)
-               / len(numbers)) if numbers else np.ones(n, dtype=np.float32)
-    title_terms = np.array([len(titles.terms[r]) for r in rows], dtype=np.float32) / 20.0
-    lexical_part = np.stack([similarity, lexical, overlap, cover, query_length,
-                             priors.mean[rows] - 2.0, np.log1p(priors.count[rows]) / 3.0, last,
-                             first, bigrams, numeric, title_terms,
-                             titles.char_cosine(query, rows)], axis=1)
-    return np.concatenate([lexical_part, titles.head_features(query_terms, rows), term_matches,
-                           remembered], axis=1).astype(np.float32)
-
-
-def _has(titles: TitleTerms, rows: np.ndarray, terms: list[str]) -> np.ndarray:
-    if not terms:
-        return np.zeros(len(rows), dtype=np.float32)
-    return np.array([terms[0] in titles.terms[r] for r in rows], dtype=np.float32)
+        for i, query_vector in enumerate(query_vectors):
+            part = slice(bounds[i], bounds[i + 1])
+            vector = np.asarray(query_vector, dtype=np.float32)
+            products = np.asarray(product_vectors[part], dtype=np.float32)
+            # Computed here rather than taken from retrieval: the same arithmetic everywhere.
+            similarity[part] = products @ vector
+            remembered[part] = memory.features(vector, products, rows[part],
+                                               hidden_folds[i] if hidden_folds else None)
+            term_matches[part] = term_vectors.features(tokens[i], rows[part])
+            prior[part] = priors[i].mean[rows[part]] - 2.0
+            prior_count[part] = np.log1p(priors[i].count[rows[part]]) / 3.0
+    columns = titles.term_features(tokens, rows, owner) | {
+        "similarity": similarity, "lexical": np.asarray(lexical, dtype=np.float32),
+        "prior": prior, "prior_count": prior_count,
+        "char_cosine": titles.char_cosine(queries, rows, owner)}
+    head = FEATURES.index(HEAD_FEATURES[-1]) + 1
+    return np.concatenate([np.stack([columns[name] for name in FEATURES[:head]], axis=1),
+                           term_matches, remembered], axis=1).astype(np.float32)

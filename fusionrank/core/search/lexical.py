@@ -92,11 +92,16 @@ class LexicalIndex:
 def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Rows of the k highest scores, best first, ties broken by the lower row (deterministic)."""
     k = min(k, len(scores))
+    if k <= 0:
+        return np.zeros(0, dtype=np.int64), scores[:0]
     part = np.argpartition(-scores, k - 1)[:k] if k < len(scores) else np.arange(len(scores))
-    # argpartition picks arbitrarily among tied scores at the boundary; widen to all ties there.
+    # argpartition picks arbitrarily among tied scores at the boundary: keep every row above
+    # the boundary score, then the lowest rows that tie with it.
     edge = scores[part].min()
-    part = np.union1d(part, np.flatnonzero(scores == edge))
-    order = np.lexsort((part, -scores[part]))[:k]
+    above = part[scores[part] > edge]
+    tied = np.flatnonzero(scores == edge)[:k - len(above)]
+    part = np.concatenate([above, tied])
+    order = np.lexsort((part, -scores[part]))
     rows = part[order]
     return rows.astype(np.int64), scores[rows]
 

@@ -29,7 +29,7 @@ from fusionrank.core.search.features import (
     ProductPriors,
     TermVectors,
     TitleTerms,
-    pair_features,
+    batch_features,
 )
 from fusionrank.core.search.lexical import LexicalIndex, merge_candidates, normalised, top_k
 
@@ -148,19 +148,16 @@ class FeatureSources:
         query after query. `rows[i]`, `lexical[i]`: query i's products and their normalised BM25.
         For training queries, `priors` and `hidden_folds` give each query its out-of-fold
         priors and the memory fold it must not see."""
-        query_part, product_part, feature_part = [], [], []
-        for i, query in enumerate(queries):
-            products = np.asarray(rows[i], dtype=np.int64)
-            vector = np.asarray(vectors[i], dtype=np.float32)
-            embedded = np.asarray(self.embeddings[products], dtype=np.float32)
-            feature_part.append(pair_features(
-                query, terms[i], vector, embedded, products, lexical[i], self.titles,
-                self.term_vectors, priors[i] if priors is not None else self.priors, self.memory,
-                hidden_fold=hidden_folds[i] if hidden_folds is not None else None))
-            query_part.append(np.repeat(vector[None], len(products), axis=0))
-            product_part.append(embedded)
-        return (np.concatenate(query_part), np.concatenate(product_part),
-                np.concatenate(feature_part))
+        sizes = [len(r) for r in rows]
+        flat = np.concatenate([np.asarray(r, dtype=np.int64) for r in rows])
+        vectors = np.asarray(vectors, dtype=np.float32)
+        products = np.asarray(self.embeddings[flat], dtype=np.float32)
+        features = batch_features(
+            queries, terms, vectors, sizes, flat, products, np.concatenate(lexical),
+            self.titles, self.term_vectors,
+            priors if priors is not None else [self.priors] * len(queries), self.memory,
+            hidden_folds)
+        return np.repeat(vectors, sizes, axis=0), products, features
 
 
 class SearchRuntime:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -9,7 +11,6 @@ import pytest
 from fusionrank.core.search.features import (
     FEATURES,
     FOLDS,
-    HEAD_FEATURES,
     MEMORY_FEATURES,
     TERM_VECTOR_FEATURES,
     JudgementMemory,
@@ -19,6 +20,7 @@ from fusionrank.core.search.features import (
     query_fold,
 )
 from fusionrank.core.search.lexical import LexicalIndex, merge_candidates, top_k
+from fusionrank.core.search.text import lexical_tokens
 from fusionrank.training.search.data import (
     SPLITS,
     SplitConfig,
@@ -209,8 +211,7 @@ def test_title_heads_and_term_vectors_describe_close_words():
     assert terms.heads[0] == ["makita", "cordless", "drill", "kit"]
     assert terms.heads[1] == ["dewalt", "drill", "driver"]
     assert terms.heads[2] == ["garden", "hose"]
-    head = dict(zip(HEAD_FEATURES, terms.head_features({"makita", "kit"}, np.array([0, 1])).T,
-                    strict=True))
+    head = terms.term_features([["makita", "kit"]], np.array([0, 1]), np.array([0, 0]))
     assert head["brand_match"].tolist() == [1.0, 0.0]
     assert head["kind_match"].tolist() == [1.0, 0.0]  # "kit" ends the first title's head
     assert head["all_found"].tolist() == [1.0, 0.0]
@@ -234,3 +235,42 @@ def test_title_heads_and_term_vectors_describe_close_words():
     assert (unknown[:, TERM_VECTOR_FEATURES.index("weak_terms")] == 1).all()
     assert not vectors.features(["faucet"], np.array([5])).any()  # a title without terms
     assert len(set(FEATURES)) == len(FEATURES)
+
+
+def test_term_features_of_a_batch_are_the_set_comparisons_they_describe():
+    """The array code against the plain set arithmetic each feature is defined by, for every
+    (query, title) pair of a small catalogue."""
+    titles = ["Makita 18V Cordless Drill Kit with Battery", "Drill Bit Set (20-Piece)",
+              "Garden Hose 50 ft. in Green", "Cordless Drill", "()", "Kit Kit, Drill"]
+    queries = [["makita", "drill", "kit"], ["18v", "cordless", "drill", "zzz"], ["drill"], [],
+               ["garden", "hose", "50", "ft"], ["kit", "kit"]]
+    terms = TitleTerms(titles)
+    rows = np.tile(np.arange(len(titles)), len(queries))
+    owner = np.repeat(np.arange(len(queries)), len(titles))
+    got = terms.term_features(queries, rows, owner)
+    for j, (row, query) in enumerate(zip(rows, owner, strict=True)):
+        tokens, title = queries[query], terms.terms[row]
+        words, head = set(tokens), terms.heads[row]
+        first = lexical_tokens(titles[row])[:1]
+        pairs = set(pairwise(tokens))
+        title_pairs = set(pairwise(lexical_tokens(titles[row])))
+        numbers = {t for t in words if any(c.isdigit() for c in t)}
+        want = {
+            "overlap": len(words & title) / max(len(words), 1),
+            "title_cover": len(words & title) / max(len(title), 1),
+            "query_terms": len(tokens) / 10,
+            "last_term": float(bool(tokens) and tokens[-1] in title),
+            "first_term": float(bool(tokens) and tokens[0] in title),
+            "bigrams": len(pairs & title_pairs) / len(pairs) if pairs else 0.0,
+            "numbers": len(numbers & title) / len(numbers) if numbers else 1.0,
+            "title_terms": len(title) / 20,
+            "brand_match": float(bool(first) and first[0] in words),
+            "kind_match": float(bool(head) and head[-1] in words),
+            "kind_pair": sum(t in words for t in head[-2:]) / max(len(head[-2:]), 1),
+            "all_found": float(bool(words) and words <= title),
+            "missing_terms": len(words - title) / 5,
+            "head_overlap": len(words & set(head)) / max(len(words), 1),
+            "head_terms": len(head) / 10,
+        }
+        for name, value in want.items():
+            assert got[name][j] == np.float32(value), (name, titles[row], tokens)

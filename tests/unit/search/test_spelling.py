@@ -42,5 +42,6 @@ def test_the_speller_knows_exactly_the_terms_the_feature_titles_hold():
     assert index.speller.vocabulary == frozenset().union(*terms.terms)
     assert index.query_terms("1inch metal pipes") == ["1", "inch", "metal", "pipe"]
     assert lexical_tokens("1inch metal pipes") == ["1inch", "metal", "pipe"]
-    overlap, _ = terms.overlap(set(index.query_terms("aluminuim ladder")), np.array([0]))
-    assert overlap[0] == 1.0
+    matched = terms.term_features([index.query_terms("aluminuim ladder")], np.array([0]),
+                                  np.array([0]))
+    assert matched["overlap"][0] == 1.0
