@@ -14,7 +14,7 @@ from fusionrank.core.contract import MAX_BATCH, TensorSpec
 
 DTYPES = {"BYTES": mc.TYPE_STRING, "INT32": mc.TYPE_INT32, "INT64": mc.TYPE_INT64,
           "FP32": mc.TYPE_FP32}
-VERSION = "1"
+FIRST_VERSION = 1
 STEP_PARAMETER = "step"
 
 MODEL_PY = '''\
@@ -36,6 +36,17 @@ TritonPythonModel = triton_model({step})
 '''
 
 
+def served_version(repository: str | Path, model: str) -> Path:
+    """The version folder Triton serves for a model: the highest numbered (its default policy,
+    `latest: 1`)."""
+    folder = Path(repository) / model
+    versions = sorted((int(p.name) for p in folder.iterdir() if p.is_dir() and p.name.isdigit()),
+                      reverse=True) if folder.is_dir() else []
+    if not versions:
+        raise FileNotFoundError(f"{folder} has no version folder")
+    return folder / str(versions[0])
+
+
 def step_path(step: type) -> str:
     """"module:Class", as the `step` parameter of a model's config records it."""
     return f"{step.__module__}:{step.__qualname__}"
@@ -50,9 +61,10 @@ def model_output(spec: TensorSpec) -> mc.ModelOutput:
     return mc.ModelOutput(name=spec.name, data_type=DTYPES[spec.dtype], dims=list(spec.dims))
 
 
-def write_config(config: mc.ModelConfig, repository: Path) -> Path:
+def write_config(config: mc.ModelConfig, repository: Path, version: int) -> Path:
+    """The model's folder, with its config and (empty) version folder."""
     folder = repository / config.name
-    (folder / VERSION).mkdir(parents=True, exist_ok=True)
+    (folder / str(version)).mkdir(parents=True, exist_ok=True)
     (folder / "config.pbtxt").write_text(text_format.MessageToString(config), encoding="utf-8")
     return folder
 
@@ -100,12 +112,12 @@ class PythonModel:
                         for k, v in {STEP_PARAMETER: step_path(self.step),
                                      **self.parameters}.items()})
 
-    def export(self, repository: Path) -> Path:
-        folder = write_config(self.config(), repository)
-        version = folder / VERSION
+    def export(self, repository: Path, version: int = FIRST_VERSION) -> Path:
+        folder = write_config(self.config(), repository, version)
+        version_dir = folder / str(version)
         shim = MODEL_PY.format(name=self.name, module=self.step.__module__,
                                step=self.step.__qualname__)
-        (version / "model.py").write_text(shim, encoding="utf-8")
+        (version_dir / "model.py").write_text(shim, encoding="utf-8")
         for file_name, source in self.artefacts.items():
-            place(Path(source), version / file_name)
+            place(Path(source), version_dir / file_name)
         return folder

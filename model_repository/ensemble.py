@@ -18,7 +18,13 @@ from pathlib import Path
 from tritonclient.grpc import model_config_pb2 as mc
 
 from fusionrank.core.contract import MAX_BATCH, TensorSpec
-from fusionrank.model_repository.config import PythonModel, model_input, model_output, write_config
+from fusionrank.model_repository.config import (
+    FIRST_VERSION,
+    PythonModel,
+    model_input,
+    model_output,
+    write_config,
+)
 
 
 @dataclass(frozen=True)
@@ -30,8 +36,8 @@ class Pipeline:
         return Pipeline(self.inputs, (*self.steps, step))
 
     def ensemble(self, name: str, outputs: tuple[TensorSpec, ...],
-                 max_batch_size: int = MAX_BATCH) -> Ensemble:
-        return Ensemble(name, self, outputs, max_batch_size)
+                 max_batch_size: int = MAX_BATCH, response_cache: bool = False) -> Ensemble:
+        return Ensemble(name, self, outputs, max_batch_size, response_cache)
 
 
 def Inputs(*specs: TensorSpec) -> Pipeline:
@@ -44,6 +50,9 @@ class Ensemble:
     pipeline: Pipeline
     outputs: tuple[TensorSpec, ...]
     max_batch_size: int = MAX_BATCH
+    # Triton keeps the ensemble's answers in its response cache (when the server has one):
+    # a request equal to an earlier one, input for input, is answered without running a step.
+    response_cache: bool = False
 
     def config(self) -> mc.ModelConfig:
         available = {t.name for t in self.pipeline.inputs}
@@ -75,9 +84,13 @@ class Ensemble:
             name=self.name, platform="ensemble", max_batch_size=self.max_batch_size,
             input=[model_input(t) for t in self.pipeline.inputs],
             output=[model_output(t) for t in self.outputs],
-            ensemble_scheduling=mc.ModelEnsembling(step=steps))
+            ensemble_scheduling=mc.ModelEnsembling(step=steps),
+            response_cache=mc.ModelResponseCache(enable=self.response_cache))
 
-    def export(self, repository: Path) -> Path:
+    def export(self, repository: Path, version: int = FIRST_VERSION) -> Path:
+        """Every step, then the ensemble, under `version`: a build gives all its models one new
+        version number, so nothing keyed on (model, version) — Triton's response cache — can
+        answer from an earlier build."""
         for model in self.pipeline.steps:
-            model.export(repository)
-        return write_config(self.config(), repository)
+            model.export(repository, version)
+        return write_config(self.config(), repository, version)

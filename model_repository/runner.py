@@ -17,7 +17,7 @@ from google.protobuf import json_format, text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from fusionrank.core.contract import RequestError
-from fusionrank.model_repository.config import STEP_PARAMETER, VERSION
+from fusionrank.model_repository.config import STEP_PARAMETER, served_version
 from fusionrank.model_repository.step import Step, Tensors, config_parameters
 
 
@@ -36,7 +36,7 @@ def load_step(repository: str | Path, model: str) -> Step:
     parameters = config_parameters(config)
     module, _, name = parameters[STEP_PARAMETER].partition(":")
     step = getattr(importlib.import_module(module), name)
-    return step(Path(repository) / model / VERSION, parameters)
+    return step(served_version(repository, model), parameters)
 
 
 class InProcessEnsemble:

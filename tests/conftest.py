@@ -9,6 +9,7 @@
     served_repository  ONE model repository with all three ensembles: search (the tiny run,
                        fused, over tiny_catalogue), recommend and sentiment
     triton_server      a real tritonserver on free loopback ports, serving served_repository
+                       with a 16 MiB response cache
 
 `-m "not slow"` is the fast subset: it leaves out what trains a model or starts a server.
 """
@@ -147,7 +148,7 @@ def served_repository(tiny_catalogue, model_dir, search_run, recommender, sentim
 @pytest.fixture(scope="session")
 def triton_server(served_repository, tmp_path_factory):
     log_path = tmp_path_factory.mktemp("triton") / "tritonserver.log"
-    with running_server(served_repository, log_path) as server:
+    with running_server(served_repository, log_path, cache_mib=16) as server:
         yield server
 
 

@@ -52,8 +52,10 @@ def texts_digest(texts: Sequence[str]) -> str:
 class Embedder:
     """Queries and titles → unit embeddings with one exported encoder."""
 
-    def __init__(self, onnx_dir: Path, threads: int | None = None):
-        encoder = OnnxEncoder(onnx_dir / artefacts.ENCODER, threads=threads)
+    def __init__(self, onnx_dir: Path, threads: int | None = None,
+                 model_file: str = artefacts.ENCODER):
+        self.onnx_dir = onnx_dir
+        encoder = OnnxEncoder(onnx_dir / model_file, threads=threads)
         self.titles = TextEncoder(TextTokenizer(onnx_dir / artefacts.TOKENIZER, MAX_TITLE_TOKENS),
                                   encoder, batch_size=64)
         self.queries = TextEncoder(TextTokenizer(onnx_dir / artefacts.TOKENIZER, MAX_QUERY_TOKENS),
@@ -83,3 +85,16 @@ def catalogue_embeddings(model_dir: Path, titles: Sequence[str], work_dir: Path,
     np.save(tmp, embeddings)
     tmp.replace(cached)
     return embeddings, embedder
+
+
+def int8_embedder(embedder: Embedder, check_texts: Sequence[str],
+                  threads: int | None = None) -> Embedder:
+    """The embedder's encoder dynamically quantised to INT8, as `fusionrank build --precision
+    int8` serves it (made once, beside the FP32 export)."""
+    from fusionrank.export.quantize import quantise_encoder
+
+    int8 = embedder.onnx_dir / artefacts.ENCODER_INT8
+    if not int8.is_file():
+        quantise_encoder(embedder.onnx_dir / artefacts.ENCODER,
+                         embedder.onnx_dir / artefacts.TOKENIZER, int8, list(check_texts))
+    return Embedder(embedder.onnx_dir, threads, model_file=artefacts.ENCODER_INT8)

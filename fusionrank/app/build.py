@@ -73,12 +73,18 @@ def build_search_repository(catalogue: Catalogue, model_dir: Path, out_dir: Path
         search_artefacts(run_dir, catalogue, files.run)
 
     repository = out_dir / "model_repository"
+    built = datetime.now(UTC)
+    # Every model of a build gets the build's own version number (its time in seconds, above
+    # any earlier build's here): Triton keys cached answers on (model, version, inputs), so no
+    # later build, loaded beside or instead of this one, is answered from this one's cache.
+    version = max(int(built.timestamp()), previous_version(repository) + 1)
     if repository.exists():
         shutil.rmtree(repository)  # a stale model left from another build would be served
     repository.mkdir(parents=True)
-    search_ensemble(files, options).export(repository)
+    search_ensemble(files, options).export(repository, version)
     served = {
-        "built_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "built_at": built.isoformat(timespec="seconds"),
+        "version": version,
         "encoder": {"source": encoder.source, "onnx_sha256": encoder.sha256,
                     "parity_min_cosine": encoder.min_cosine,
                     "int8": asdict(quantised) | {"onnx_path": str(quantised.onnx_path)}
@@ -90,6 +96,14 @@ def build_search_repository(catalogue: Catalogue, model_dir: Path, out_dir: Path
     }
     (repository / names.REPOSITORY_MANIFEST).write_text(json.dumps(served, indent=2) + "\n")
     return repository
+
+
+def previous_version(repository: Path) -> int:
+    """The version an earlier build wrote into `repository` (0 if none)."""
+    try:
+        return int(json.loads((repository / names.REPOSITORY_MANIFEST).read_text())["version"])
+    except (OSError, ValueError, KeyError):
+        return 0
 
 
 def run_provenance(run_dir: Path) -> dict:
@@ -104,9 +118,9 @@ def run_provenance(run_dir: Path) -> dict:
 def add_ensemble(repository: Path, ensemble: Ensemble, provenance: dict) -> None:
     """Export another ensemble (recommend, sentiment) into a built repository and record what
     it serves in the repository's manifest."""
-    ensemble.export(repository)
     manifest_path = repository / names.REPOSITORY_MANIFEST
     served = json.loads(manifest_path.read_text())
+    ensemble.export(repository, served["version"])
     served.setdefault("ensembles", {})[ensemble.name] = provenance
     manifest_path.write_text(json.dumps(served, indent=2) + "\n")
 

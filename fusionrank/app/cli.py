@@ -20,8 +20,10 @@ import sys
 from pathlib import Path
 
 from fusionrank.app import recommend, search, sentiment
+from fusionrank.model_repository.search.ensemble import ServingOptions
 
 DEFAULT_BUILD = Path("build")
+DEFAULT_CACHE_MIB = 256
 
 
 class CommandError(Exception):
@@ -61,10 +63,17 @@ def add_build(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--max-queue-delay-us", type=int, default=200,
                         help="how long the dynamic batcher waits to fill a batch")
     parser.add_argument("--retrieval-instances", type=int, default=1)
-    parser.add_argument("--precision", choices=["fp32", "int8"], default="fp32",
-                        help="query encoder precision (int8: ONNX Runtime dynamic quantisation)")
-    parser.add_argument("--threads", type=int, default=2,
+    parser.add_argument("--precision", choices=["fp32", "int8"],
+                        default=ServingOptions.precision,
+                        help="query encoder precision (int8: ONNX Runtime dynamic "
+                             "quantisation; the catalogue is embedded in FP32 either way)")
+    parser.add_argument("--threads", type=int, default=ServingOptions.onnx_threads,
                         help="ONNX Runtime threads per model copy")
+    parser.add_argument("--scoring-instances", type=int,
+                        default=ServingOptions.scoring_instances,
+                        help="copies of the scoring step (candidates, features, feedback head)")
+    parser.add_argument("--no-response-cache", action="store_true",
+                        help="leave the search ensemble out of Triton's response cache")
     parser.set_defaults(run=run_build)
 
 
@@ -87,7 +96,6 @@ def load_named_catalogue(name: str, datasets: str | None, lenient: bool):
 def run_build(args: argparse.Namespace) -> int:
     from fusionrank.app import build
     from fusionrank.core.model_folders import bundled_model_path
-    from fusionrank.model_repository.search.ensemble import ServingOptions
 
     catalogue, report = load_named_catalogue(args.catalogue, args.datasets, args.lenient)
     print(report.summary(), file=sys.stderr)
@@ -95,9 +103,11 @@ def run_build(args: argparse.Namespace) -> int:
         catalogue = build.with_review_sentiment(catalogue, args.sentiment, args.reviews,
                                                 args.out / "artefacts" / "reviews")
     options = ServingOptions(encoder_instances=args.encoder_instances,
+                             scoring_instances=args.scoring_instances,
                              retrieval_instances=args.retrieval_instances,
                              onnx_threads=args.threads, precision=args.precision,
-                             max_queue_delay_us=args.max_queue_delay_us)
+                             max_queue_delay_us=args.max_queue_delay_us,
+                             response_cache=not args.no_response_cache)
     model = Path(args.model) if args.model else bundled_model_path()
     run = None if args.pretrained else (args.run_dir or build.newest_run()
                                         or build.train_default_run())
@@ -119,6 +129,9 @@ def add_serve(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--grpc-port", type=int, default=8001)
     parser.add_argument("--http-port", type=int, default=8000)
     parser.add_argument("--metrics-port", type=int, default=8002)
+    parser.add_argument("--cache-mib", type=int, default=DEFAULT_CACHE_MIB,
+                        help="Triton's response cache for the search ensemble, in MiB "
+                             f"(default {DEFAULT_CACHE_MIB}; 0 turns it off)")
     parser.add_argument("--verbose", action="store_true", help="Triton's verbose log")
     parser.set_defaults(run=run_serve)
 
@@ -131,11 +144,12 @@ def run_serve(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, interrupt)  # SIGTERM stops as cleanly as Ctrl-C does
     server = TritonServer(args.repository, Ports(args.grpc_port, args.http_port, args.metrics_port),
-                          host=args.host, verbose=args.verbose)
+                          host=args.host, verbose=args.verbose, cache_mib=args.cache_mib)
     try:
         server.start()
+        cache = f"response cache {args.cache_mib} MiB" if args.cache_mib else "no response cache"
         print(f"serving {args.repository} — gRPC {server.grpc_url}, HTTP {args.host}:"
-              f"{args.http_port}, metrics {args.host}:{args.metrics_port}; Ctrl-C stops",
+              f"{args.http_port}, metrics {args.host}:{args.metrics_port}, {cache}; Ctrl-C stops",
               file=sys.stderr, flush=True)
         return server.process.wait()
     except KeyboardInterrupt:

@@ -111,7 +111,8 @@ class TritonServer:
     """`with TritonServer(repo) as server:` starts tritonserver and waits until it is ready."""
 
     def __init__(self, repository: str | Path, ports: Ports | None = None,
-                 host: str = "127.0.0.1", log: IO | None = None, verbose: bool = False):
+                 host: str = "127.0.0.1", log: IO | None = None, verbose: bool = False,
+                 cache_mib: int = 0):
         self.repository = Path(repository).resolve()
         if not any(self.repository.glob("*/config.pbtxt")):
             raise FileNotFoundError(
@@ -120,6 +121,10 @@ class TritonServer:
         self.ports = ports or Ports.free(host)
         self.log = log
         self.verbose = verbose
+        if cache_mib < 0:
+            raise ValueError(f"the response cache size must be 0 (off) or more MiB, "
+                             f"not {cache_mib}")
+        self.cache_mib = cache_mib  # Triton's local response cache; 0: none
         self.process: subprocess.Popen | None = None
 
     @property
@@ -137,7 +142,16 @@ class TritonServer:
             f"--metrics-address={self.host}", f"--metrics-port={self.ports.metrics}",
             "--allow-metrics=true", "--exit-on-error=true", "--strict-readiness=true",
             f"--log-verbose={1 if self.verbose else 0}",
+            *self.cache_options(),
         ]
+
+    def cache_options(self) -> list[str]:
+        """The local response cache (the library ships in the Triton wheel), in memory: it starts
+        empty with every server. Models opt in with `response_cache { enable: true }`."""
+        if not self.cache_mib:
+            return []
+        return [f"--cache-directory={triton_home() / 'caches'}",
+                f"--cache-config=local,size={self.cache_mib << 20}"]
 
     def start(self, timeout_s: float = READY_TIMEOUT_S) -> TritonServer:
         self.process = subprocess.Popen(

@@ -37,13 +37,20 @@ class ServingOptions:
 
     encoder_instances: int = 1
     retrieval_instances: int = 1
-    pre_post_instances: int = 1  # tokenizer, scoring and ranker
+    pre_post_instances: int = 1  # tokenizer and ranker
+    scoring_instances: int = 2  # candidates, features and the feedback head: the costliest step
     max_queue_delay_us: int = 200
-    onnx_threads: int = 2
+    onnx_threads: int = 1  # a measured sweep on 2 cores: more copies beat more threads
     candidates: int = MAX_K
     lexical_candidates: int = LEXICAL_CANDIDATES  # BM25 candidates added (the fitted pool)
     # "int8" serves a dynamically quantised query encoder (the catalogue is embedded in FP32).
+    # Not the default: its activations are quantised with one scale per batch, so a query's
+    # embedding depends on the queries batched with it, and the served ranking would no
+    # longer be exactly the evaluated one (`fusionrank evaluate` measures its quality).
     precision: str = "fp32"
+    # The `search` ensemble's answers go to Triton's response cache (`fusionrank serve
+    # --cache-mib`, on by default): a repeated query is answered without running a step.
+    response_cache: bool = True
 
     def __post_init__(self) -> None:
         if self.precision not in ("fp32", "int8"):
@@ -93,7 +100,7 @@ def search_ensemble(files: SearchArtefacts, options: ServingOptions) -> Ensemble
         instances=options.pre_post_instances, max_queue_delay_us=0)
     if files.run is None:
         return (Inputs(QUERY, K) >> tokenize >> encode >> retrieve >> rank
-                ).ensemble(SEARCH_MODEL, SEARCH_OUTPUTS)
+                ).ensemble(SEARCH_MODEL, SEARCH_OUTPUTS, response_cache=options.response_cache)
     score = PythonModel(
         "scoring", steps.ScoreCandidates, (QUERY, EMBEDDING, *DENSE),
         (*CANDIDATES, SIGNALS["lexical"], SIGNALS["feedback"]),
@@ -101,6 +108,6 @@ def search_ensemble(files: SearchArtefacts, options: ServingOptions) -> Ensemble
                    **{name: files.run / name for name in (names.LEXICAL, names.PRIORS,
                                                           names.MEMORY, names.FEEDBACK_HEAD)}},
         parameters={**threads, "lexical_candidates": str(options.lexical_candidates)},
-        instances=options.pre_post_instances, max_queue_delay_us=options.max_queue_delay_us)
+        instances=options.scoring_instances, max_queue_delay_us=options.max_queue_delay_us)
     return (Inputs(QUERY, K) >> tokenize >> encode >> retrieve >> score >> rank
-            ).ensemble(SEARCH_MODEL, SEARCH_OUTPUTS)
+            ).ensemble(SEARCH_MODEL, SEARCH_OUTPUTS, response_cache=options.response_cache)

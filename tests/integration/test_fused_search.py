@@ -5,6 +5,7 @@ weights. The served ranking equals the one the offline path computes (the search
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ from fusionrank.core.encoding import MAX_QUERY_TOKENS, OnnxEncoder, TextEncoder,
 from fusionrank.core.fusion import FusionWeights
 from fusionrank.core.search.contract import search_request
 from fusionrank.core.search.runtime import SearchRuntime
+from fusionrank.model_repository.config import served_version
 from fusionrank.model_repository.runner import InProcessEnsemble, read_config
 from tests.support.catalogue import ANCHORS
 
@@ -36,13 +38,14 @@ def test_served_ranking_equals_the_offline_one(triton_server, served_repository,
                                                tiny_catalogue):
     queries = [*ANCHORS, *trained_run.queries[:14]]
     # The offline path, from the files the steps serve: encode, then the search runtime.
+    def served(model: str) -> Path:
+        return served_version(served_repository, model)
+
     encoder = TextEncoder(
-        TextTokenizer(served_repository / "tokenizer" / "1" / artefacts.TOKENIZER,
-                      MAX_QUERY_TOKENS),
-        OnnxEncoder(served_repository / "query_encoder" / "1" / artefacts.ENCODER, threads=1))
-    runtime = SearchRuntime.load(served_repository / "scoring" / "1", threads=1)
-    runtime.weights = FusionWeights.load(served_repository / "ranker" / "1"
-                                         / artefacts.FUSION_WEIGHTS)
+        TextTokenizer(served("tokenizer") / artefacts.TOKENIZER, MAX_QUERY_TOKENS),
+        OnnxEncoder(served("query_encoder") / artefacts.ENCODER, threads=1))
+    runtime = SearchRuntime.load(served("scoring"), threads=1)
+    runtime.weights = FusionWeights.load(served("ranker") / artefacts.FUSION_WEIGHTS)
     rows, scores = runtime.search(queries, encoder.encode(queries), k=10)
     offline = [[tiny_catalogue.ids[r] for r in query_rows] for query_rows in rows]
 

@@ -103,15 +103,16 @@ def test_served_results_equal_the_in_process_runner(client, served_repository):
 
 
 def test_concurrent_requests_are_batched_without_mixing_results(triton_server, client):
-    queries = list(ANCHORS)
+    # Every request differs (K is part of it), so none is answered from the response cache.
+    requests = [(q, k) for k in (11, 12, 13, 14) for q in ANCHORS]
 
     async def many():
         async with AsyncFusionRankClient(triton_server.grpc_url) as aclient:
-            return await asyncio.gather(*(aclient.search(q, k=3) for q in queries * 4))
+            return await asyncio.gather(*(aclient.search(q, k=k) for q, k in requests))
 
     results = asyncio.run(many())
-    for query, hits in zip(queries * 4, results, strict=True):
-        assert hits[0].product_id == ANCHORS[query].product_id
+    for (query, k), hits in zip(requests, results, strict=True):
+        assert len(hits) == k and hits[0].product_id == ANCHORS[query].product_id
 
 
 def test_client_rejects_bad_input_before_sending(client):
@@ -124,9 +125,10 @@ def test_client_rejects_bad_input_before_sending(client):
 
 
 def test_client_timeout_and_unreachable_server_are_named(triton_server):
+    # A query no other test sends: a cached answer could come back within any deadline.
     with FusionRankClient(triton_server.grpc_url, timeout_s=1e-6) as hurried, \
             pytest.raises(RequestTimeoutError):
-        hurried.search("cordless drill")
+        hurried.search("a query only the timeout test sends")
     with FusionRankClient(f"127.0.0.1:{free_port()}", timeout_s=2) as nowhere, \
             pytest.raises(ServerUnavailableError, match="cannot reach"):
         nowhere.search("cordless drill")

@@ -39,13 +39,13 @@ def filler_products() -> list[Product]:
 
 
 @contextmanager
-def running_server(repository: Path, log_path: Path) -> Iterator:
+def running_server(repository: Path, log_path: Path, cache_mib: int = 0) -> Iterator:
     """A real tritonserver on free loopback ports, its log kept in `log_path` (and its tail
     printed when it fails to start)."""
     from fusionrank.app.serve import TritonServer
 
     with log_path.open("w") as log:
-        server = TritonServer(repository, log=log)
+        server = TritonServer(repository, log=log, cache_mib=cache_mib)
         try:
             server.start()
         except Exception:

@@ -9,6 +9,8 @@ Systems (each row adds one component, so the table is also the ablation):
     feedback only        the hybrid pool ordered by the feedback head alone
     fused (dense pool)   the served weights, without the BM25 candidates
     fused                the served ranker: hybrid pool, S = α·s + β·f + γ·lexical (ranking.json)
+    fused, int8 query encoder   the same, queries encoded by the dynamically quantised encoder
+                         (`fusionrank build --precision int8`; the catalogue stays FP32)
 Metrics (ranx): NDCG@10, Recall@100, MRR@10 with gain = relevance − 1, unjudged = 0, over the
 queries that have at least one product judged above 1. The feedback head: RMSE on every judged
 pair (of the served blend, and of its networks and its trees alone), and precision / recall /
@@ -39,7 +41,7 @@ from fusionrank.core.search.runtime import (
     ranked,
 )
 from fusionrank.export.search.feedback_head import PARTS as HEAD_PARTS
-from fusionrank.training.embeddings import catalogue_embeddings
+from fusionrank.training.embeddings import catalogue_embeddings, int8_embedder
 from fusionrank.training.metrics import METRICS, evaluate_ranking
 from fusionrank.training.search.data import SplitConfig, load_judgements
 from fusionrank.training.search.feedback import choose_threshold, classify, rmse
@@ -113,12 +115,18 @@ def run_evaluation(config: EvaluateConfig) -> dict:
                             FusionWeights.load(run / artefacts.FUSION_WEIGHTS), pools.lexical)
     served = runtime.weights
 
-    pool_of: dict[str, CandidatePool] = {}
-    for s in SPLITS:
-        vectors = np.stack([resources.query_vectors[q] for q in queries[s]])
-        pool_of[s] = runtime.candidates(queries[s], vectors,
-                                        *dense_candidates(tuned, vectors, pools.dense))
-        pool_of[s].feedback = runtime.feedback(pool_of[s], vectors)
+    def served_pool(split: str, vectors: np.ndarray) -> CandidatePool:
+        pool = runtime.candidates(queries[split], vectors,
+                                  *dense_candidates(tuned, vectors, pools.dense))
+        pool.feedback = runtime.feedback(pool, vectors)
+        return pool
+
+    pool_of = {s: served_pool(s, np.stack([resources.query_vectors[q] for q in queries[s]]))
+               for s in SPLITS}
+    # The same path with the INT8 query encoder `build --precision int8` serves (the catalogue
+    # stays FP32), to measure what quantisation costs in ranking quality.
+    int8 = int8_embedder(embedder, titles[:256], config.threads)
+    int8_pool_of = {s: served_pool(s, int8.encode_queries(queries[s])) for s in SPLITS}
     dev_judged = judgements.qrels("dev")
     hybrid = fit_weights(pool_of["dev"], dev_judged, ("similarity", "lexical"),
                          pools.grid_step, "hybrid").weights
@@ -142,6 +150,7 @@ def run_evaluation(config: EvaluateConfig) -> dict:
         systems["feedback only"] = ranked(pool, feedback_only)
         systems["fused (dense pool)"] = ranked(pool.first(pools.dense), served)
         systems["fused"] = ranked(pool, served)
+        systems["fused, int8 query encoder"] = ranked(int8_pool_of[s], served)
         results[s] = {name: evaluate_ranking(judged, qs, rows, scores)
                       for name, (rows, scores) in systems.items()}
         results[s]["queries"] = len(qs)

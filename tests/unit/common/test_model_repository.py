@@ -13,7 +13,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 from fusionrank.core.contract import RequestError, TensorSpec
 from fusionrank.core.fusion import FusionWeights, rank
 from fusionrank.core.search.contract import SEARCH_INPUTS, SEARCH_OUTPUTS, search_request
-from fusionrank.model_repository.config import PythonModel
+from fusionrank.model_repository.config import PythonModel, served_version
 from fusionrank.model_repository.ensemble import Inputs
 from fusionrank.model_repository.runner import InProcessEnsemble, load_step
 from fusionrank.model_repository.search.ensemble import (
@@ -38,7 +38,7 @@ def test_repository_holds_the_search_pipeline(search_repository):
     for name in ("tokenizer", "query_encoder", "retrieval", "ranker"):
         config = read_config(search_repository, name)
         assert config.backend == "python" and config.HasField("dynamic_batching")
-        model_py = (search_repository / name / "1" / "model.py").read_text()
+        model_py = (served_version(search_repository, name) / "model.py").read_text()
         step = config.parameters["step"].string_value
         module, _, cls = step.partition(":")
         assert module == "fusionrank.model_repository.search.steps"
@@ -72,7 +72,7 @@ def test_ensemble_wiring_errors_are_caught_before_the_server():
 
 
 def test_tokenizer_step_rejects_each_bad_row_and_serves_the_rest(search_repository):
-    step = Tokenize(search_repository / "tokenizer" / "1", {})
+    step = Tokenize(served_version(search_repository, "tokenizer"), {})
     good = {"QUERY": np.array([[b"drill"]], dtype=object)}
     bad = {"QUERY": np.array([[b"drill"], [b"\xc3"]], dtype=object)}
     results = step([good, bad])
@@ -99,7 +99,7 @@ def test_fusion_weights_round_trip_and_reject_unknown_signals(tmp_path):
 
 
 def test_ranker_orders_candidates_and_attaches_their_metadata(search_repository):
-    ranker = Rank(search_repository / "ranker" / "1", {})
+    ranker = Rank(served_version(search_repository, "ranker"), {})
     (result,) = ranker([{"CANDIDATES": np.array([[0, 1]]), "SIMILARITY": np.array([[0.2, 0.9]]),
                          "K": np.array([[5]], dtype=np.int32)}])
     assert result["PRODUCT_IDS"].shape == (1, 2)  # k = 5, but only two candidates
@@ -122,3 +122,18 @@ def test_in_process_runner_chains_the_configured_steps_and_raises_request_errors
         InProcessEnsemble(search_repository, "ranker")
     with pytest.raises(FileNotFoundError, match=r"config\.pbtxt not found"):
         InProcessEnsemble(search_repository, "recommend")
+
+
+@pytest.mark.slow
+def test_each_build_serves_a_new_version(tiny_catalogue, model_dir, tmp_path):
+    from fusionrank.app.build import build_search_repository
+
+    versions = []
+    for _ in range(2):
+        repository = build_search_repository(tiny_catalogue, model_dir, tmp_path,
+                                             ServingOptions(onnx_threads=1))
+        versions.append(json.loads((repository / "fusionrank.json").read_text())["version"])
+        assert [p.name for p in (repository / "search").iterdir() if p.is_dir()] == [
+            str(versions[-1])]
+    assert versions[1] > versions[0]  # even within one second
+    assert read_config(repository, "search").response_cache.enable

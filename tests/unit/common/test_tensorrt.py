@@ -13,6 +13,7 @@ from fusionrank.export.tensorrt import (
     calibration_batches,
     tensorrt_available,
 )
+from fusionrank.model_repository.config import served_version
 
 
 @pytest.fixture(scope="module")
@@ -51,6 +52,6 @@ def test_build_refuses_clearly(tmp_path):
 @pytest.mark.gpu
 @pytest.mark.skipif(not tensorrt_available(), reason="needs TensorRT and a CUDA GPU")
 def test_fp16_engine_builds_from_the_exported_encoder(search_repository, tmp_path):
-    onnx_path = search_repository / "query_encoder" / "1" / "encoder.onnx"
+    onnx_path = served_version(search_repository, "query_encoder") / "encoder.onnx"
     plan = build_engine(onnx_path, tmp_path / "encoder.plan", "fp16")
     assert plan.stat().st_size > 1_000_000
