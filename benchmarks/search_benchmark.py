@@ -194,10 +194,10 @@ def plot(s: dict, path: Path) -> None:
         right.plot(levels, [r["p99_ms"] for r in rows], marker="o", label=label)
     for axis, title in ((left, "queries / s"), (right, "p99 latency, ms")):
         axis.set_xscale("log", base=2)
+        axis.set_yscale("log")
         axis.set_xlabel("concurrency")
         axis.set_title(title)
-        axis.grid(alpha=0.3)
-    right.set_yscale("log")
+        axis.grid(alpha=0.3, which="both")
     left.legend()
     figure.suptitle(f"search over {s['catalogue_products']} products ({served_model(s)})")
     figure.tight_layout()
@@ -264,8 +264,10 @@ def main() -> int:
                         help="dynamic batching delay of the batched steps (with --rebuild)")
     parser.add_argument("--onnx-threads", type=int, default=ServingOptions.onnx_threads,
                         help="ONNX Runtime threads per model copy (with --rebuild)")
-    parser.add_argument("--encoder-instances", type=int, default=1, help="(with --rebuild)")
-    parser.add_argument("--scoring-instances", type=int, default=1, help="(with --rebuild)")
+    parser.add_argument("--encoder-instances", type=int,
+                        default=ServingOptions.encoder_instances, help="(with --rebuild)")
+    parser.add_argument("--scoring-instances", type=int,
+                        default=ServingOptions.scoring_instances, help="(with --rebuild)")
     parser.add_argument("--queries", type=int, default=2000)
     parser.add_argument("--seconds", type=float, default=10.0, help="per measurement window")
     parser.add_argument("--concurrency", default="1,2,4,8,16",
@@ -393,7 +395,10 @@ The Zipf replay: {s['zipf']['requests']} requests drawn from the {s['queries']} 
 P(rank r) ∝ r^-{s['zipf']['exponent']} ({s['zipf']['distinct_in_replay']} distinct), against a
 server with a {s['zipf']['cache_mib']} MiB response cache: hit rate
 **{s['zipf']['hit_rate']:.1%}** ({s['zipf']['cache_hits']} hits, {s['zipf']['cache_misses']}
-misses over all its concurrency levels). Distinct-query rows ran with the cache off.
+misses over all its concurrency levels). perf_analyzer loops over the replay, so after its first
+pass every query of it is cached; one pass alone would miss once per distinct query
+({1 - s['zipf']['distinct_in_replay'] / s['zipf']['requests']:.1%} hits). Distinct-query rows
+ran with the cache off.
 
 ![throughput and p99 against concurrency]({s['plot']})
 
@@ -405,9 +410,9 @@ compute ms / query |
 | --- | --- | --- | --- | --- | --- | --- |
 {steps}
 
-In-process rows run the model repository's own steps (tokenise → ONNX Runtime encoder → ONNX
-Runtime top-K → rank) in one Python process with no server; latency there is per call
-(a call carries `batch` queries).
+In-process rows run the model repository's own steps, as its config wires them
+(`InProcessEnsemble`), in one Python process with no server; latency there is per call (a call
+carries `batch` queries).
 """
 
 
