@@ -22,7 +22,12 @@ from fusionrank.core.encoding import MAX_QUERY_TOKENS, onnx_session
 from fusionrank.core.fusion import FusionWeights, rank
 from fusionrank.core.search.contract import check_query
 from fusionrank.core.search.runtime import LEXICAL_CANDIDATES, SearchRuntime
-from fusionrank.model_repository.step import Tensors, only_valid, split_rows
+from fusionrank.model_repository.step import (
+    Tensors,
+    only_valid,
+    return_freed_memory,
+    split_rows,
+)
 from fusionrank.model_repository.text_steps import TokenGraph, TokenizeText
 
 
@@ -84,6 +89,7 @@ class ScoreCandidates:
         threads = int(parameters.get("threads", "0"))
         extra = int(parameters.get("lexical_candidates", LEXICAL_CANDIDATES))
         self.runtime = SearchRuntime.load(folder, threads=threads or None, extra=extra)
+        return_freed_memory()  # building the title features leaves ~100 MB of temporaries
 
     def __call__(self, requests: list[Tensors]) -> list[Tensors | RequestError]:
         sizes = [len(request["EMBEDDING"]) for request in requests]

@@ -275,9 +275,12 @@ class TitleTerms:
     compares a batch of queries with all their candidates in array operations."""
 
     def __init__(self, titles: Sequence[str]):
-        tokens = [lexical_tokens(t) for t in titles]
+        # One string object per distinct term (a catalogue repeats its words a great deal).
+        canonical: dict[str, str] = {}
+        tokens = [[canonical.setdefault(w, w) for w in lexical_tokens(t)] for t in titles]
         self.terms = [frozenset(t) for t in tokens]
-        self.heads = [lexical_tokens(HEAD_END.split(t, 1)[0]) for t in titles]
+        self.heads = [[canonical.setdefault(w, w) for w in lexical_tokens(HEAD_END.split(t, 1)[0])]
+                      for t in titles]
         vocabulary = sorted({t for terms in tokens for t in terms}
                             | {t for head in self.heads for t in head})
         self.index = {term: i for i, term in enumerate(vocabulary)}
@@ -289,9 +292,11 @@ class TitleTerms:
         self.first_id = np.array([index[t[0]] if t else -1 for t in tokens])  # usually the brand
         self.kind_id = np.array([index[h[-1]] if h else -1 for h in self.heads])
         self.kind_before_id = np.array([index[h[-2]] if len(h) > 1 else -1 for h in self.heads])
-        self.bigram_index: dict[tuple[str, str], int] = {}
-        self.bigram_ids = Ragged.of([sorted({self.bigram_index.setdefault(pair, len(
-            self.bigram_index)) for pair in pairwise(t)}) for t in tokens])
+        # A pair of adjacent terms is one int64 key; its id, the key's place among all titles'.
+        pair_keys = [np.unique(self._pair_keys(t)) for t in tokens]
+        self.bigram_keys = np.unique(np.concatenate(pair_keys)) if pair_keys else \
+            np.zeros(0, np.int64)
+        self.bigram_ids = Ragged.of([np.searchsorted(self.bigram_keys, k) for k in pair_keys])
         grams = [char_trigrams(t) for t in titles]
         df = np.bincount(np.fromiter((g for gs in grams for g in set(gs)), dtype=np.int64),
                          minlength=CHAR_BUCKETS)
@@ -299,6 +304,22 @@ class TitleTerms:
         vectors = _sparse_rows([_tfidf(gs, self.idf) for gs in grams])
         self.char_vectors = Ragged(vectors.indptr.astype(np.int64),
                                    vectors.indices.astype(np.int64), vectors.data)
+
+    def _pair_keys(self, tokens: Sequence[str]) -> np.ndarray:
+        """int64 keys of the adjacent pairs of `tokens` whose terms are both known."""
+        ids = [self.index.get(t, -1) for t in tokens]
+        return np.array([a * len(self.index) + b for a, b in pairwise(ids) if a >= 0 and b >= 0],
+                        dtype=np.int64)
+
+    def bigram_id_list(self, pairs: set[tuple[str, str]]) -> list[int]:
+        """The ids of the pairs some title holds (the others match nothing)."""
+        keys = np.array([self.index[a] * len(self.index) + self.index[b] for a, b in pairs
+                         if a in self.index and b in self.index], dtype=np.int64)
+        position = np.searchsorted(self.bigram_keys, keys)
+        inside = position < len(self.bigram_keys)
+        held = np.zeros(len(keys), dtype=bool)
+        held[inside] = self.bigram_keys[position[inside]] == keys[inside]
+        return position[held].tolist()
 
     def char_cosine(self, queries: Sequence[str], rows: np.ndarray,
                     owner: np.ndarray) -> np.ndarray:
@@ -333,8 +354,7 @@ class TitleTerms:
         numbers = [{t for t in d if any(c.isdigit() for c in t)} for d in distinct]
         numeric = QueryIds([[index[t] for t in d if t in index] for d in numbers])
         pairs = [set(pairwise(t)) for t in tokens]
-        bigrams = QueryIds([[self.bigram_index[p] for p in d if p in self.bigram_index]
-                            for d in pairs])
+        bigrams = QueryIds([self.bigram_id_list(d) for d in pairs])
 
         def count(ragged: Ragged, queries: QueryIds) -> np.ndarray:
             entries, candidate = ragged.gather(rows)
