@@ -132,3 +132,43 @@ def test_client_timeout_and_unreachable_server_are_named(triton_server):
     with FusionRankClient(f"127.0.0.1:{free_port()}", timeout_s=2) as nowhere, \
             pytest.raises(ServerUnavailableError, match="cannot reach"):
         nowhere.search("cordless drill")
+
+
+def test_a_bad_query_fails_alone_when_batched_with_good_ones(triton_server):
+    """Under concurrent load the dynamic batcher puts requests together; each bad one gets
+    INVALID_ARGUMENT and every good one its normal answer."""
+    import tritonclient.grpc.aio as grpcaio
+
+    bad = [b"", b"x" * (MAX_QUERY_CHARS + 1), b"drill \xff"]
+    good = [(q, k) for k in (21, 22, 23) for q in ANCHORS]
+
+    async def send(client, text: bytes, k: int):
+        query = grpcaio.InferInput("QUERY", [1, 1], "BYTES")
+        query.set_data_from_numpy(np.array([[text]], dtype=object))
+        top_k = grpcaio.InferInput("K", [1, 1], "INT32")
+        top_k.set_data_from_numpy(np.array([[k]], dtype=np.int32))
+        try:
+            return await client.infer("search", [query, top_k])
+        except InferenceServerException as error:
+            return error
+
+    async def load():
+        client = grpcaio.InferenceServerClient(triton_server.grpc_url)
+        try:
+            requests = [(q.encode(), k) for q, k in good] + [(b, 24) for b in bad] * 3
+            order = np.random.default_rng(0).permutation(len(requests))
+            answers = await asyncio.gather(*(send(client, *requests[i]) for i in order))
+            return [requests[i] for i in order], answers
+        finally:
+            await client.close()
+
+    requests, answers = asyncio.run(load())
+    for (text, k), answer in zip(requests, answers, strict=True):
+        if text in bad:
+            assert isinstance(answer, InferenceServerException), text
+            assert answer.status() == "StatusCode.INVALID_ARGUMENT"
+            assert "QUERY[0]" in answer.message()
+        else:
+            assert not isinstance(answer, Exception), answer
+            ids = answer.as_numpy("PRODUCT_IDS")[0]
+            assert len(ids) == k and ids[0].decode() == ANCHORS[text.decode()].product_id

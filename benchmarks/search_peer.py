@@ -1,0 +1,279 @@
+"""The search a team would serve without Triton, side by side with ours, in one run.
+
+The peer: FastAPI + uvicorn (`--peer-workers` processes), the fine-tuned encoder through
+sentence-transformers / PyTorch, and the same catalogue embeddings, BM25 (bm25s), candidates,
+feedback head (ONNX Runtime) and fusion weights, through fusionrank's torch-free search
+runtime. Ours: the Triton model repository `fusionrank build` wrote. Both are loaded by one
+client program at the same concurrencies: HTTP/JSON for the peer, gRPC for Triton.
+
+    .venv/bin/pip install -e '.[peer]'
+    .venv/bin/python benchmarks/search_peer.py --run runs/relevance \
+        --build build/homedepot_fused --queries 2000 --seconds 10
+
+Writes benchmarks/reports/search_peer.md and .json. First checks the peer's quality: its
+NDCG@10 on the run's dev queries must be within 0.005 of the served pipeline's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+from search_benchmark import benchmark_queries, machine
+
+REPORTS = Path(__file__).parent / "reports"
+K = 10
+
+
+class PeerSearch:
+    """The peer's search: sentence-transformers encodes, fusionrank's runtime ranks."""
+
+    def __init__(self, run: Path, build: Path):
+        import torch
+        from sentence_transformers import SentenceTransformer
+
+        from fusionrank.core.fusion import FusionWeights
+        from fusionrank.core.search.runtime import SearchRuntime
+        from fusionrank.model_repository.config import served_version
+
+        torch.set_num_threads(1)
+        self.model = SentenceTransformer(str(run / "encoder" / "best"), device="cpu")
+        self.model.max_seq_length = 32  # fusionrank's MAX_QUERY_TOKENS
+        repository = build / "model_repository"
+        self.runtime = SearchRuntime.load(served_version(repository, "scoring"), threads=1)
+        self.runtime.weights = FusionWeights.load(served_version(repository, "ranker")
+                                                  / "ranking.json")
+        lines = (served_version(repository, "ranker") / "products.jsonl").read_text()
+        self.ids = [json.loads(line)["product_id"] for line in lines.splitlines()]
+
+    def vectors(self, queries: list[str]) -> np.ndarray:
+        return self.model.encode(queries, normalize_embeddings=True, convert_to_numpy=True,
+                                 batch_size=64).astype(np.float32)
+
+    def search(self, queries: list[str], k: int = K) -> tuple[np.ndarray, np.ndarray]:
+        return self.runtime.search(queries, self.vectors(queries), k)
+
+
+def create_app():
+    """The peer's web app (uvicorn's factory): POST /search {"query": ..., "k": ...}."""
+    from fastapi import FastAPI, HTTPException
+    from pydantic import BaseModel, Field
+
+    class Query(BaseModel):
+        query: str = Field(min_length=1, max_length=256)
+        k: int = Field(default=K, ge=1, le=100)
+
+    peer = PeerSearch(Path(os.environ["PEER_RUN"]), Path(os.environ["PEER_BUILD"]))
+    app = FastAPI()
+
+    def search(request: Query) -> dict:
+        if not request.query.strip():
+            raise HTTPException(422, "query is empty or only whitespace")
+        rows, scores = peer.search([request.query], request.k)
+        return {"product_ids": [peer.ids[r] for r in rows[0]], "scores": scores[0].tolist()}
+
+    # Annotations are strings here (`from __future__ import annotations`): give FastAPI the class.
+    search.__annotations__ = {"request": Query, "return": dict}
+    app.post("/search")(search)
+    return app
+
+
+async def load(send, queries: list[str], concurrency: int, seconds: float) -> dict:
+    """A closed loop of `concurrency` callers for `seconds` (after one warm-up pass of them)."""
+    latencies: list[float] = []
+    position = 0
+
+    async def caller(deadline: float, record: bool) -> None:
+        nonlocal position
+        while time.perf_counter() < deadline:
+            query = queries[position % len(queries)]
+            position += 1
+            tick = time.perf_counter()
+            await send(query)
+            if record:
+                latencies.append(time.perf_counter() - tick)
+
+    await asyncio.gather(*(caller(time.perf_counter() + 1.0, False) for _ in range(concurrency)))
+    start = time.perf_counter()
+    await asyncio.gather(*(caller(start + seconds, True) for _ in range(concurrency)))
+    elapsed = time.perf_counter() - start
+    p50, p99 = np.percentile(np.array(latencies) * 1e3, [50, 99])
+    return {"concurrency": concurrency, "throughput_qps": round(len(latencies) / elapsed, 1),
+            "p50_ms": round(float(p50), 2), "p99_ms": round(float(p99), 2)}
+
+
+async def load_triton(url: str, queries: list[str], levels: list[int], seconds: float):
+    from fusionrank.client import AsyncFusionRankClient
+
+    async with AsyncFusionRankClient(url, timeout_s=60) as client:
+        return [await load(lambda q: client.search(q, k=K), queries, c, seconds)
+                for c in levels]
+
+
+async def load_peer(url: str, queries: list[str], levels: list[int], seconds: float):
+    import httpx
+
+    # TCP_NODELAY: without it, a request's headers and body in two writes meet the server's
+    # delayed ACK, and every call waits ~40 ms for nothing.
+    transport = httpx.AsyncHTTPTransport(
+        limits=httpx.Limits(max_connections=max(levels)),
+        socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)])
+    async with httpx.AsyncClient(base_url=url, timeout=60, transport=transport) as client:
+        async def send(query: str) -> None:
+            answer = await client.post("/search", json={"query": query, "k": K})
+            answer.raise_for_status()
+
+        return [await load(send, queries, c, seconds) for c in levels]
+
+
+def dev_quality(run: Path, build: Path, peer: PeerSearch) -> dict:
+    """NDCG@10 and Recall@100 on the run's dev queries over the full catalogue: the peer
+    (PyTorch query vectors) against the served path (the ONNX encoder the repository serves)."""
+    from fusionrank.core.encoding import MAX_QUERY_TOKENS, OnnxEncoder, TextEncoder, TextTokenizer
+    from fusionrank.model_repository.config import served_version
+    from fusionrank.training.metrics import evaluate_ranking
+    from fusionrank.training.search.data import SplitConfig, load_judgements
+
+    manifest = json.loads((run / "run.json").read_text())
+    judgements = load_judgements(manifest["data_file"], SplitConfig(**manifest["config"]["split"]))
+    queries = judgements.ranked_queries("dev")
+    repository = build / "model_repository"
+    encoder = TextEncoder(
+        TextTokenizer(served_version(repository, "tokenizer") / "tokenizer.json",
+                      MAX_QUERY_TOKENS),
+        OnnxEncoder(served_version(repository, "query_encoder") / "encoder.onnx"))
+    # Catalogue rows of the build are the judgements' rows only if both read the same file.
+    served_ids = peer.ids
+    if served_ids != judgements.catalogue.ids:
+        raise ValueError("the build's catalogue is not the run's: build with --catalogue "
+                         "homedepot")
+    served, peers = encoder.encode(queries), peer.vectors(queries)
+    cosine = np.sum(served * peers, axis=1)
+    out: dict = {"query_vector_cosine": {"min": float(cosine.min()), "mean": float(cosine.mean())}}
+    for name, vectors in (("served (ONNX)", served), ("peer (PyTorch)", peers)):
+        rows, scores = peer.runtime.search(queries, vectors, 100)
+        out[name] = evaluate_ranking(judgements.qrels("dev"), queries, rows, scores)
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--run", type=Path, required=True)
+    parser.add_argument("--build", type=Path, required=True,
+                        help="a build of the run over the Home Depot catalogue")
+    parser.add_argument("--queries", type=int, default=2000)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--concurrency", default="1,4,8,16")
+    parser.add_argument("--port", type=int, default=0, help="the peer's port (0: a free one)")
+    parser.add_argument("--peer-workers", type=int, default=1,
+                        help="uvicorn worker processes of the peer (default 1: with 2, every "
+                             "request took ~60 ms instead of ~18 at concurrency 1 here)")
+    args = parser.parse_args()
+    from fusionrank.app.serve import TritonServer, free_port
+
+    levels = [int(c) for c in args.concurrency.split(",")]
+    queries = benchmark_queries(args.queries)
+    quality = dev_quality(args.run, args.build, PeerSearch(args.run, args.build))
+    print(json.dumps(quality, indent=1), file=sys.stderr)
+
+    port = args.port or free_port()
+    env = dict(os.environ, PEER_RUN=str(args.run.resolve()), PEER_BUILD=str(args.build.resolve()),
+               PYTHONPATH=str(Path(__file__).parent))
+    with tempfile.TemporaryDirectory() as tmp:
+        log = (Path(tmp) / "peer.log").open("w")
+        peer = subprocess.Popen([sys.executable, "-m", "uvicorn", "search_peer:create_app",
+                                 "--factory", "--host", "127.0.0.1", "--port", str(port),
+                                 "--workers", str(args.peer_workers), "--log-level",
+                                 "warning"],
+                                env=env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            url = f"http://127.0.0.1:{port}"
+            wait_for_peer(url, peer)
+            peer_results = asyncio.run(load_peer(url, queries, levels, args.seconds))
+        finally:
+            peer.terminate()
+            peer.wait(30)
+        with (Path(tmp) / "triton.log").open("w") as triton_log, \
+                TritonServer(args.build / "model_repository", log=triton_log) as server:
+            triton_results = asyncio.run(load_triton(server.grpc_url, queries, levels,
+                                                     args.seconds))
+    report = {"date": datetime.now(UTC).isoformat(timespec="seconds"),
+              "command": "python " + " ".join(sys.argv), "machine": machine(),
+              "queries": len(queries), "k": K, "dev_quality": quality,
+              "peer_workers": args.peer_workers,
+              "triton": triton_results, "peer": peer_results}
+    REPORTS.mkdir(parents=True, exist_ok=True)
+    (REPORTS / "search_peer.json").write_text(json.dumps(report, indent=2) + "\n")
+    (REPORTS / "search_peer.md").write_text(markdown(report))
+    print(markdown(report))
+    return 0
+
+
+def wait_for_peer(url: str, process: subprocess.Popen, timeout_s: float = 300) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError("the peer exited before it answered")
+        try:
+            if httpx.post(f"{url}/search", json={"query": "drill", "k": 1}).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(1)
+    raise TimeoutError(f"the peer did not answer within {timeout_s:.0f} s")
+
+
+def markdown(r: dict) -> str:
+    quality = "\n".join(f"| {name} | {m['ndcg@10']:.4f} | {m['recall@100']:.4f} |"
+                        for name, m in r["dev_quality"].items() if "ndcg@10" in m)
+    cosine = r["dev_quality"]["query_vector_cosine"]
+    rows = "\n".join(
+        f"| {t['concurrency']} | {t['throughput_qps']} | {t['p50_ms']} | {t['p99_ms']} | "
+        f"{p['throughput_qps']} | {p['p50_ms']} | {p['p99_ms']} | "
+        f"{t['throughput_qps'] / p['throughput_qps']:.2f} |"
+        for t, p in zip(r["triton"], r["peer"], strict=True))
+    return f"""# Search: Triton against a FastAPI + PyTorch peer
+
+- Command: `{r['command']}`
+- Machine: {r['machine']}
+- Date: {r['date']}
+- {r['queries']} distinct real Home Depot search terms, K = {r['k']}, one query per request;
+  one client program (a closed loop of callers per concurrency, 1 s warm-up): gRPC for Triton
+  (its response cache off), HTTP/JSON for the peer.
+
+The peer: FastAPI + uvicorn ({r['peer_workers']} worker process(es)), the fine-tuned encoder
+through sentence-transformers / PyTorch (1 thread a worker), and the same catalogue embeddings,
+BM25, candidates, feedback head and fusion weights through fusionrank's search runtime. Ours:
+the Triton repository as built, served without a response cache, so both compute every answer.
+
+Dev quality over the full catalogue (the peer must be within 0.005 of the served path):
+
+| query vectors | NDCG@10 | Recall@100 |
+| --- | --- | --- |
+{quality}
+
+(PyTorch and ONNX query vectors agree to a cosine of {cosine['min']:.6f} at worst,
+{cosine['mean']:.6f} on average.)
+
+| concurrency | Triton q/s | p50 ms | p99 ms | peer q/s | p50 ms | p99 ms | Triton / peer |
+| --- | --- | --- | --- | --- | --- | --- | --- |
+{rows}
+"""
+
+
+if __name__ == "__main__":
+    sys.exit(main())
