@@ -309,8 +309,8 @@ def main() -> int:
                 before = model_statistics(server.grpc_url)
                 results.append(perf_analyzer(server.grpc_url, data, concurrency, args.seconds,
                                              f"distinct c={concurrency}"))
-                steps = step_times(before, model_statistics(server.grpc_url))
                 print(results[-1], file=sys.stderr)
+            steps = step_times(before, model_statistics(server.grpc_url))  # the last level's
             peak_mib = memory.stop()
         # A Zipf replay of the same queries, through the response cache.
         replay = zipf_replay(queries, args.zipf_requests, args.zipf)

@@ -30,7 +30,7 @@ import numpy as np
 from fusionrank.core import artefacts
 from fusionrank.core.fusion import FusionWeights
 from fusionrank.core.search.features import JudgementMemory, ProductPriors
-from fusionrank.core.search.lexical import LexicalIndex, top_k
+from fusionrank.core.search.lexical import LexicalIndex
 from fusionrank.core.search.runtime import (
     DEPTH,
     CandidatePool,
@@ -71,17 +71,6 @@ def load_run(run: Path) -> dict:
         raise FileNotFoundError(f"{run} is not a training run (no {artefacts.RUN_MANIFEST}): "
                                 "run `fusionrank train` first")
     return json.loads(path.read_text())
-
-
-def dense_top(queries: np.ndarray, catalogue: np.ndarray, depth: int = DEPTH):
-    rows, scores = [], []
-    for start in range(0, len(queries), 256):
-        block = queries[start:start + 256] @ catalogue.T
-        for row in block:
-            r, s = top_k(row, depth)
-            rows.append(r)
-            scores.append(s)
-    return np.stack(rows), np.stack(scores)
 
 
 def run_evaluation(config: EvaluateConfig) -> dict:
@@ -141,9 +130,10 @@ def run_evaluation(config: EvaluateConfig) -> dict:
         systems: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         bm25 = [lexical.top(terms, DEPTH) for terms in pool_of[s].terms]
         systems["bm25"] = (np.stack([r for r, _ in bm25]), np.stack([x for _, x in bm25]))
-        systems["pretrained"] = dense_top(base_embedder.encode_queries(qs), base)
-        systems["finetuned"] = dense_top(np.stack([resources.query_vectors[q] for q in qs]),
-                                         tuned)
+        systems["pretrained"] = dense_candidates(base, base_embedder.encode_queries(qs), DEPTH,
+                                                 block=256)
+        systems["finetuned"] = dense_candidates(tuned, np.stack([resources.query_vectors[q]
+                                                                 for q in qs]), DEPTH, block=256)
         pool = pool_of[s]
         systems["hybrid"] = ranked(pool, hybrid)
         systems["fused − lexical"] = ranked(pool, no_lexical)

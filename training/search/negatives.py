@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from fusionrank.core.search.features import TitleTerms
 from fusionrank.core.search.lexical import LexicalIndex, top_k
+from fusionrank.core.search.runtime import dense_candidates
 
 
 @dataclass(frozen=True)
@@ -44,7 +45,8 @@ def mine_negatives(judged: Mapping[str, Mapping[int, float]], lexical: LexicalIn
     queries = list(judged)
     dense = None
     if query_embeddings is not None and catalogue_embeddings is not None:
-        dense = _dense_top(query_embeddings, catalogue_embeddings, config.depth)
+        dense, _ = dense_candidates(catalogue_embeddings, query_embeddings, config.depth,
+                                    block=256)
     out: dict[str, list[int]] = {}
     for i, query in enumerate(tqdm(queries, desc="mining negatives", unit="query")):
         grades = judged[query]
@@ -85,16 +87,6 @@ class _Guard:
                 continue
             kept.append(row)
         return kept
-
-
-def _dense_top(queries: np.ndarray, catalogue: np.ndarray, depth: int,
-               chunk: int = 256) -> np.ndarray:
-    out = np.empty((len(queries), depth), dtype=np.int64)
-    for start in range(0, len(queries), chunk):
-        scores = queries[start : start + chunk] @ catalogue.T
-        for j, row in enumerate(scores):
-            out[start + j] = top_k(row, depth)[0]
-    return out
 
 
 def _interleave(a: list[int], b: list[int]) -> list[int]:

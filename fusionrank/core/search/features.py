@@ -356,25 +356,32 @@ class TitleTerms:
         pairs = [set(pairwise(t)) for t in tokens]
         bigrams = QueryIds([self.bigram_id_list(d) for d in pairs])
 
-        def count(ragged: Ragged, queries: QueryIds) -> np.ndarray:
+        def gathered(ragged: Ragged) -> tuple[np.ndarray, np.ndarray]:
+            """The ids every candidate holds, flat, and the candidate of each."""
             entries, candidate = ragged.gather(rows)
-            held = queries.holds(owner[candidate], ragged.ids[entries])
+            return ragged.ids[entries], candidate
+
+        title, head, bigram = (gathered(r) for r in (self.title_ids, self.head_ids,
+                                                      self.bigram_ids))
+
+        def count(held_ids: tuple[np.ndarray, np.ndarray], queries: QueryIds) -> np.ndarray:
+            ids, candidate = held_ids
+            held = queries.holds(owner[candidate], ids)
             return np.bincount(candidate, weights=held, minlength=n)
 
         def single(term_of_query: list[int]) -> np.ndarray:
             """Whether each candidate's title holds one term of its query (-1: none)."""
-            entries, candidate = self.title_ids.gather(rows)
+            ids, candidate = title
             wanted = np.array(term_of_query, dtype=np.int64)[owner[candidate]]
-            held = self.title_ids.ids[entries] == wanted
-            return np.bincount(candidate, weights=held, minlength=n).astype(np.float32)
+            return np.bincount(candidate, weights=ids == wanted, minlength=n).astype(np.float32)
 
-        found = count(self.title_ids, terms).astype(np.float32)
+        found = count(title, terms).astype(np.float32)
         with np.errstate(invalid="ignore", divide="ignore"):
             pair_count = np.array([len(p) for p in pairs], dtype=np.float32)[owner]
             number_count = np.array([len(d) for d in numbers], dtype=np.float32)[owner]
-            bigram_share = np.where(pair_count > 0, count(self.bigram_ids, bigrams).astype(
+            bigram_share = np.where(pair_count > 0, count(bigram, bigrams).astype(
                 np.float32) / pair_count, 0.0).astype(np.float32)
-            number_share = np.where(number_count > 0, count(self.title_ids, numeric).astype(
+            number_share = np.where(number_count > 0, count(title, numeric).astype(
                 np.float32) / number_count, 1.0).astype(np.float32)
         kind = terms.holds(owner, self.kind_id[rows])
         kind_before = terms.holds(owner, self.kind_before_id[rows])
@@ -394,7 +401,7 @@ class TitleTerms:
             "kind_pair": ((kind.astype(np.float64) + kind_before) / pair_size).astype(np.float32),
             "all_found": ((query_size > 0) & (found_all == query_size)).astype(np.float32),
             "missing_terms": ((query_size - found_all) / 5.0).astype(np.float32),
-            "head_overlap": (count(self.head_ids, terms) / np.maximum(query_size, 1)
+            "head_overlap": (count(head, terms) / np.maximum(query_size, 1)
                              ).astype(np.float32),
             "head_terms": (self.head_sizes[rows] / 10.0).astype(np.float32),
         }

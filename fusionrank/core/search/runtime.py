@@ -65,11 +65,18 @@ class CandidatePool:
                              self.lexical[:, :n], cut)
 
 
-def dense_candidates(embeddings: np.ndarray, vectors: np.ndarray,
-                     n: int) -> tuple[np.ndarray, np.ndarray]:
+def dense_candidates(embeddings: np.ndarray, vectors: np.ndarray, n: int,
+                     block: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Exact top-n rows by cosine and their similarity [queries, n]: the retrieval step's ONNX
-    graph computes the same in the server."""
-    rows, similarity = zip(*(top_k(embeddings @ vector, n) for vector in vectors), strict=True)
+    graph computes the same in the server. By default one query at a time, so a query's
+    candidates never depend on the others; `block` queries per matrix product is faster, for
+    offline work that needs no such guarantee."""
+    if block is None:
+        scores = (embeddings @ vector for vector in vectors)
+    else:
+        scores = (row for start in range(0, len(vectors), block)
+                  for row in vectors[start:start + block] @ embeddings.T)
+    rows, similarity = zip(*(top_k(row, n) for row in scores), strict=True)
     return np.stack(rows), np.stack(similarity).astype(np.float32)
 
 
