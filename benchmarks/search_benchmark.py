@@ -24,7 +24,7 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -122,6 +122,22 @@ def in_process(pipeline: InProcessEnsemble, queries: list[str], batch: int, seco
     return LoadResult(f"in-process batch={batch}", served / elapsed, p50, p95, p99)
 
 
+def step_ceilings(pipeline: InProcessEnsemble, queries: list[str],
+                  batches: tuple[int, ...] = (1, 8)) -> list[dict]:
+    """Each step's own time per query in process (one thread of work, no server), at each
+    batch size; 1000 / that is the most queries a second one core could give the step."""
+    rows: dict[str, dict] = {}
+    for batch in batches:
+        for _ in range(2):  # the first pass warms up
+            timings: dict[str, float] = {}
+            for i in range(0, len(queries), batch):
+                pipeline(search_request(queries[i:i + batch], K), timings)
+        for step, seconds in timings.items():
+            rows.setdefault(step, {"step": step})[f"ms_per_query_batch{batch}"] = round(
+                seconds / len(queries) * 1e3, 3)
+    return list(rows.values())
+
+
 def at(results: list[LoadResult], mode: str) -> LoadResult:
     return next(r for r in results if r.mode.split(" (")[0] == mode)
 
@@ -186,19 +202,30 @@ def plot(s: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
-    for prefix, label in (("distinct", "distinct queries, no cache"),
-                          ("zipf cached", f"Zipf({s['zipf']['exponent']}) replay, cached")):
+    precision = s["serving"]["precision"].upper()
+    series = [("distinct", f"{precision} encoder, distinct queries, no cache"),
+              *((f"{p} distinct", f"{p.upper()} encoder, distinct queries, no cache")
+                for p in ("fp32", "int8")),
+              ("zipf cached", f"{precision}, Zipf({s['zipf']['exponent']}) replay, cached")]
+    for prefix, label in series:
         rows = [r for r in s["results"] if r["mode"].startswith(prefix + " c=")]
+        if not rows:
+            continue
         levels = [int(r["mode"].split("c=")[1].split()[0]) for r in rows]
         left.plot(levels, [r["throughput_qps"] for r in rows], marker="o", label=label)
         right.plot(levels, [r["p99_ms"] for r in rows], marker="o", label=label)
+    peer = s.get("peer")
+    if peer:
+        label = f"FastAPI + PyTorch peer, {peer['workers']} workers (search_peer.md)"
+        left.plot(peer["levels"], peer["qps"], marker="s", linestyle="--", label=label)
+        right.plot(peer["levels"], peer["p99_ms"], marker="s", linestyle="--", label=label)
     for axis, title in ((left, "queries / s"), (right, "p99 latency, ms")):
         axis.set_xscale("log", base=2)
         axis.set_yscale("log")
         axis.set_xlabel("concurrency")
         axis.set_title(title)
         axis.grid(alpha=0.3, which="both")
-    left.legend()
+    left.legend(fontsize=7)
     figure.suptitle(f"search over {s['catalogue_products']} products ({served_model(s)})")
     figure.tight_layout()
     figure.savefig(path, dpi=120)
@@ -266,8 +293,19 @@ def main() -> int:
                         help="ONNX Runtime threads per model copy (with --rebuild)")
     parser.add_argument("--encoder-instances", type=int,
                         default=ServingOptions.encoder_instances, help="(with --rebuild)")
-    parser.add_argument("--scoring-instances", type=int,
-                        default=ServingOptions.scoring_instances, help="(with --rebuild)")
+    parser.add_argument("--ranker-instances", type=int,
+                        default=ServingOptions.ranker_instances, help="(with --rebuild)")
+    parser.add_argument("--separate-steps", action="store_true",
+                        help="one model per step instead of two merged ones (with --rebuild)")
+    parser.add_argument("--precision", choices=["fp32", "int8"],
+                        default=ServingOptions.precision,
+                        help="query encoder precision (with --rebuild)")
+    parser.add_argument("--compare-precision", choices=["fp32", "int8"],
+                        help="also build BUILD_<precision> with the query encoder in this "
+                             "precision and load it with the same distinct queries")
+    parser.add_argument("--evaluation", type=Path,
+                        help="the run's `fusionrank evaluate` report (evaluation.json): its "
+                             "fused FP32 and INT8 rows go into the report")
     parser.add_argument("--queries", type=int, default=2000)
     parser.add_argument("--seconds", type=float, default=10.0, help="per measurement window")
     parser.add_argument("--concurrency", default="1,2,4,8,16",
@@ -276,24 +314,42 @@ def main() -> int:
     parser.add_argument("--zipf-requests", type=int, default=20_000)
     parser.add_argument("--cache-mib", type=int, default=256,
                         help="the response cache of the Zipf replay's server")
+    parser.add_argument("--refresh-peer", action="store_true",
+                        help="only rewrite search_fused.md/.png with the peer's latest report "
+                             "(after benchmarks/search_peer.py ran)")
     args = parser.parse_args()
+    if args.refresh_peer:
+        summary = json.loads((REPORTS / "search_fused.json").read_text())
+        summary["peer"] = peer_summary()
+        write_report(summary, "search_fused")
+        return 0
 
     build = args.build or Path("build/homedepot_fused" if args.run else "build/homedepot")
     repository = build / "model_repository"
-    if args.rebuild or not (repository / "search" / "config.pbtxt").is_file():
-        catalogue, report = homedepot_catalogue()
-        print(report.summary(), file=sys.stderr)
-        options = ServingOptions(max_queue_delay_us=args.max_queue_delay_us,
-                                 onnx_threads=args.onnx_threads,
-                                 encoder_instances=args.encoder_instances,
-                                 scoring_instances=args.scoring_instances)
-        build_search_repository(catalogue, bundled_model_path(), build, options, run_dir=args.run)
+    options = ServingOptions(max_queue_delay_us=args.max_queue_delay_us,
+                             onnx_threads=args.onnx_threads,
+                             encoder_instances=args.encoder_instances,
+                             ranker_instances=args.ranker_instances,
+                             separate_steps=args.separate_steps, precision=args.precision)
+    builds = [(build, options)]
+    if args.compare_precision:
+        builds.append((build.with_name(f"{build.name}_{args.compare_precision}"),
+                       replace(options, precision=args.compare_precision)))
+    catalogue = None
+    for folder, folder_options in builds:
+        if args.rebuild or not (folder / "model_repository" / "search" / "config.pbtxt").is_file():
+            if catalogue is None:
+                catalogue, report = homedepot_catalogue()
+                print(report.summary(), file=sys.stderr)
+            build_search_repository(catalogue, bundled_model_path(), folder, folder_options,
+                                    run_dir=args.run)
     manifest = json.loads((repository / "fusionrank.json").read_text())
     queries = benchmark_queries(args.queries)
     levels = [int(c) for c in args.concurrency.split(",")]
 
     pipeline = InProcessEnsemble(repository, SEARCH_MODEL)
     reference = [in_process(pipeline, queries, batch, args.seconds) for batch in (1, 8)]
+    ceilings = step_ceilings(pipeline, queries[:512])
     del pipeline
 
     results: list[LoadResult] = []
@@ -312,6 +368,15 @@ def main() -> int:
                 print(results[-1], file=sys.stderr)
             steps = step_times(before, model_statistics(server.grpc_url))  # the last level's
             peak_mib = memory.stop()
+        if args.compare_precision:  # the same distinct queries, the other encoder
+            other = builds[1][0] / "model_repository"
+            with (Path(tmp) / "triton_other.log").open("w") as log, \
+                    TritonServer(other, log=log, cache_mib=0) as server:
+                for concurrency in levels:
+                    results.append(perf_analyzer(
+                        server.grpc_url, data, concurrency, args.seconds,
+                        f"{args.compare_precision} distinct c={concurrency}"))
+                    print(results[-1], file=sys.stderr)
         # A Zipf replay of the same queries, through the response cache.
         replay = zipf_replay(queries, args.zipf_requests, args.zipf)
         with (Path(tmp) / "triton_cached.log").open("w") as log, \
@@ -336,6 +401,7 @@ def main() -> int:
         "zipf": {"exponent": args.zipf, "requests": len(replay),
                  "distinct_in_replay": len(set(replay)), "cache_mib": args.cache_mib, **cache},
         f"steps_at_c{levels[-1]}": steps,
+        "step_ceilings": ceilings,
         "server_rss_idle_mib": round(idle_mib, 1),
         "server_rss_peak_mib": round(peak_mib, 1),
         "c8_over_in_process_one_by_one": round(at(results, "distinct c=8").throughput_qps
@@ -343,22 +409,79 @@ def main() -> int:
         "c8_over_best_in_process": round(at(results, "distinct c=8").throughput_qps
                                          / best_reference, 3),
     }
+    if args.evaluation:
+        evaluation = json.loads(args.evaluation.read_text())
+        summary["quality"] = {
+            "source": str(args.evaluation), "run": evaluation["run"],
+            "splits": {split: {name: evaluation["retrieval"][split][name]
+                               for name in ("fused", "fused, int8 query encoder")}
+                       for split in ("dev", "test")}}
+    if manifest.get("training_run"):  # the peer serves a trained run
+        summary["peer"] = peer_summary()
     summary["pipeline"] = " → ".join(s.model_name for s in
                                      read_config(repository, "search").ensemble_scheduling.step)
     summary["training_run"] = manifest.get("training_run")
     name = "search_fused" if manifest.get("training_run") else "search"
     summary["plot"] = f"{name}.png"
+    write_report(summary, name)
+    return 0
+
+
+def peer_summary() -> dict | None:
+    """The peer's figures from its own report (benchmarks/search_peer.py), for the plot."""
+    report = REPORTS / "search_peer.json"
+    if not report.is_file():
+        return None
+    peer = json.loads(report.read_text())
+    return {"date": peer["date"], "workers": peer["peer_workers"],
+            "levels": [r["concurrency"] for r in peer["peer"]],
+            "qps": [r["throughput_qps"] for r in peer["peer"]],
+            "p99_ms": [r["p99_ms"] for r in peer["peer"]],
+            # Triton in the peer's run: the same client program, the same minutes.
+            "triton_qps": [r["throughput_qps"] for r in peer["triton"]]}
+
+
+def write_report(summary: dict, name: str) -> None:
     REPORTS.mkdir(parents=True, exist_ok=True)
     (REPORTS / f"{name}.json").write_text(json.dumps(summary, indent=2) + "\n")
     (REPORTS / f"{name}.md").write_text(markdown(summary))
     plot(summary, REPORTS / f"{name}.png")
     print(markdown(summary))
-    return 0
 
 
 def served_model(s: dict) -> str:
     run = s["training_run"]
     return f"trained run {run['run']}" if run else "pretrained all-MiniLM-L6-v2"
+
+
+def targets(s: dict) -> list[tuple[str, str, bool]]:
+    """Issue 10's serving targets for the fused pipeline: (target, measured, met)."""
+    results = {r["mode"].split(" (")[0]: r for r in s["results"]}
+    c1, c8 = results.get("distinct c=1"), results.get("distinct c=8")
+    zipf8 = results.get("zipf cached c=8")
+    rows = []
+    if c8:
+        rows += [("distinct queries, concurrency 8: ≥ 500 q/s", f"{c8['throughput_qps']:.0f}",
+                  c8["throughput_qps"] >= 500),
+                 ("distinct queries, concurrency 8: p99 ≤ 30 ms", f"{c8['p99_ms']:.1f} ms",
+                  c8["p99_ms"] <= 30)]
+    if c1:
+        rows.append(("distinct queries, concurrency 1: p50 ≤ 5 ms", f"{c1['p50_ms']:.1f} ms",
+                     c1["p50_ms"] <= 5))
+    rows.append(("Triton ≥ 0.8 × the in-process pipeline's best",
+                 f"{s['c8_over_best_in_process']:.2f}×", s["c8_over_best_in_process"] >= 0.8))
+    if zipf8:
+        rows.append(("Zipf replay, cached, concurrency 8: ≥ 3,000 q/s",
+                     f"{zipf8['throughput_qps']:.0f}", zipf8["throughput_qps"] >= 3000))
+    if s.get("peer") and 8 in s["peer"]["levels"]:
+        at8 = s["peer"]["levels"].index(8)
+        peer, triton = s["peer"]["qps"][at8], s["peer"]["triton_qps"][at8]
+        rows.append(("≥ 3 × the peer's q/s at concurrency 8 (search_peer.md: both in one run)",
+                     f"{triton / peer:.2f}× (Triton {triton:.0f}, peer {peer:.0f} q/s, "
+                     f"{s['peer']['workers']} worker(s))", triton >= 3 * peer))
+    rows.append(("server memory at peak ≤ 1.5 GiB", f"{s['server_rss_peak_mib']:.0f} MiB",
+                 s["server_rss_peak_mib"] <= 1536))
+    return rows
 
 
 def markdown(s: dict) -> str:
@@ -369,6 +492,24 @@ def markdown(s: dict) -> str:
                       f"{r['mean_batch']} | {r['queue_ms_per_request']} | "
                       f"{r['compute_ms_per_execution']} | {r['compute_ms_per_query']} |"
                       for r in s[step_key])
+    ceilings = "\n".join(f"| {r['step']} | {r['ms_per_query_batch1']} | "
+                         f"{r['ms_per_query_batch8']} |" for r in s["step_ceilings"])
+    total1 = sum(r["ms_per_query_batch1"] for r in s["step_ceilings"])
+    total8 = sum(r["ms_per_query_batch8"] for r in s["step_ceilings"])
+    quality = ""
+    if s.get("quality"):
+        measured = "".join(f"| {split} | {name} | {m['ndcg@10']:.4f} | {m['recall@100']:.4f} |\n"
+                           for split, systems in s["quality"]["splits"].items()
+                           for name, m in systems.items())
+        quality = ("Ranking quality of the served run, FP32 against INT8 query encoder (one "
+                   f"`fusionrank evaluate` run: `{s['quality']['source']}`):\n\n"
+                   "| split | system | NDCG@10 | Recall@100 |\n| --- | --- | --- | --- |\n"
+                   f"{measured}\n")
+    goals = ("Issue 10's targets for the fused pipeline:\n\n| target | measured | met |\n"
+             "| --- | --- | --- |\n"
+             + "".join(f"| {target} | {measured} | {'yes' if met else '**no**'} |\n"
+                       for target, measured, met in targets(s)) + "\n"
+             ) if s.get("training_run") else ""
     return f"""# Search serving benchmark
 
 - Command: `{s['command']}`
@@ -383,7 +524,7 @@ def markdown(s: dict) -> str:
 | --- | --- | --- | --- | --- |
 {rows}
 
-Throughput at concurrency 8 over the in-process pipeline's:
+{quality}{goals}Throughput at concurrency 8 over the in-process pipeline's:
 **{s['c8_over_in_process_one_by_one']:.2f}** against one query per call (a stream of single
 queries),
 **{s['c8_over_best_in_process']:.2f}** against its best, 8 queries per call.
@@ -409,6 +550,14 @@ statistics; an execution is one dynamic batch):
 compute ms / query |
 | --- | --- | --- | --- | --- | --- | --- |
 {steps}
+
+Each step alone, in process (the ceiling it sets: one core gives it at most 1000 / ms
+queries a second; two cores at most twice that, for all steps together):
+
+| step | ms / query, batch 1 | ms / query, batch 8 |
+| --- | --- | --- |
+{ceilings}
+| **all steps** | **{total1:.3f}** | **{total8:.3f}** |
 
 In-process rows run the model repository's own steps, as its config wires them
 (`InProcessEnsemble`), in one Python process with no server; latency there is per call (a call

@@ -8,18 +8,21 @@ from fusionrank.client.errors import (
     ServerUnavailableError,
 )
 from fusionrank.client.recommend import Recommendations, RecommendedProduct
-from fusionrank.client.search import SearchHit
+from fusionrank.client.search import ExplainedHit, ScorePart, SearchAnswer, SearchHit
 from fusionrank.client.sentiment import SentimentResult
 from fusionrank.client.sync import FusionRankClient
 
 __all__ = [
     "AsyncFusionRankClient",
+    "ExplainedHit",
     "FusionRankClient",
     "FusionRankError",
     "InvalidRequestError",
     "Recommendations",
     "RecommendedProduct",
     "RequestTimeoutError",
+    "ScorePart",
+    "SearchAnswer",
     "SearchHit",
     "SentimentResult",
     "ServerUnavailableError",

@@ -14,11 +14,18 @@ from fusionrank.client.recommend import (
     parse_recommendations,
     recommend_inputs,
 )
-from fusionrank.client.search import SearchHit, parse_hits, search_inputs
+from fusionrank.client.search import (
+    SEARCH_RESPONSE,
+    SearchAnswer,
+    SearchHit,
+    parse_explained,
+    parse_hits,
+    search_inputs,
+)
 from fusionrank.client.sentiment import SentimentResult, parse_results, sentiment_inputs
 from fusionrank.core.contract import DEFAULT_K
 from fusionrank.core.recommend.contract import RECOMMEND_MODEL, RECOMMEND_OUTPUTS
-from fusionrank.core.search.contract import SEARCH_MODEL, SEARCH_OUTPUTS
+from fusionrank.core.search.contract import SEARCH_MODEL
 from fusionrank.core.sentiment.contract import PROBABILITIES, SENTIMENT_MODEL
 
 
@@ -44,7 +51,16 @@ class AsyncFusionRankClient:
     async def search_batch(self, queries: Sequence[str],
                            k: int = DEFAULT_K) -> list[list[SearchHit]]:
         inputs = search_inputs(queries, k, module=grpcaio)
-        return parse_hits(await self._infer(SEARCH_MODEL, inputs, SEARCH_OUTPUTS))
+        return parse_hits(await self._infer(SEARCH_MODEL, inputs, SEARCH_RESPONSE))
+
+    async def explain(self, query: str, k: int = DEFAULT_K) -> SearchAnswer:
+        return (await self.explain_batch([query], k))[0]
+
+    async def explain_batch(self, queries: Sequence[str],
+                            k: int = DEFAULT_K) -> list[SearchAnswer]:
+        inputs = search_inputs(queries, k, module=grpcaio)
+        return parse_explained(queries, await self._infer(SEARCH_MODEL, inputs,
+                                                          SEARCH_RESPONSE))
 
     async def recommend(self, history: Sequence[Purchase], k: int = DEFAULT_K,
                         exclude_purchased: bool = False) -> Recommendations:

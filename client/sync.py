@@ -15,11 +15,18 @@ from fusionrank.client.recommend import (
     parse_recommendations,
     recommend_inputs,
 )
-from fusionrank.client.search import SearchHit, parse_hits, search_inputs
+from fusionrank.client.search import (
+    SEARCH_RESPONSE,
+    SearchAnswer,
+    SearchHit,
+    parse_explained,
+    parse_hits,
+    search_inputs,
+)
 from fusionrank.client.sentiment import SentimentResult, parse_results, sentiment_inputs
 from fusionrank.core.contract import DEFAULT_K
 from fusionrank.core.recommend.contract import RECOMMEND_MODEL, RECOMMEND_OUTPUTS
-from fusionrank.core.search.contract import SEARCH_MODEL, SEARCH_OUTPUTS
+from fusionrank.core.search.contract import SEARCH_MODEL
 from fusionrank.core.sentiment.contract import PROBABILITIES, SENTIMENT_MODEL
 
 
@@ -49,7 +56,16 @@ class FusionRankClient:
     def search_batch(self, queries: Sequence[str], k: int = DEFAULT_K) -> list[list[SearchHit]]:
         """One request for several queries (up to the contract's MAX_BATCH)."""
         return parse_hits(self._infer(SEARCH_MODEL, search_inputs(queries, k, self.transport),
-                                       SEARCH_OUTPUTS))
+                                       SEARCH_RESPONSE))
+
+    def explain(self, query: str, k: int = DEFAULT_K) -> SearchAnswer:
+        """`search`, with each result's score broken into its fused signals and the query's
+        spelling correction (the same request; Triton's cache answers a repeat)."""
+        return self.explain_batch([query], k)[0]
+
+    def explain_batch(self, queries: Sequence[str], k: int = DEFAULT_K) -> list[SearchAnswer]:
+        inputs = search_inputs(queries, k, self.transport)
+        return parse_explained(queries, self._infer(SEARCH_MODEL, inputs, SEARCH_RESPONSE))
 
     def recommend(self, history: Sequence[Purchase], k: int = DEFAULT_K,
                   exclude_purchased: bool = False) -> Recommendations:

@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from fusionrank.core.contract import MAX_BATCH, TensorSpec
+from fusionrank.model_repository.step import CHAIN_OUTPUTS, CHAIN_PARAMETER, Chain
 
 DTYPES = {"BYTES": mc.TYPE_STRING, "INT32": mc.TYPE_INT32, "INT64": mc.TYPE_INT64,
-          "FP32": mc.TYPE_FP32}
+          "FP32": mc.TYPE_FP32, "FP64": mc.TYPE_FP64}
 FIRST_VERSION = 1
 STEP_PARAMETER = "step"
 
@@ -121,3 +123,35 @@ class PythonModel:
         for file_name, source in self.artefacts.items():
             place(Path(source), version_dir / file_name)
         return folder
+
+
+def merged(name: str, *models: PythonModel, instances: int = 1,
+           max_queue_delay_us: int = 200) -> PythonModel:
+    """Consecutive models of a pipeline as ONE model (a `Chain` of their steps): a request
+    crosses one Python-backend process instead of one per step. Its inputs are what its
+    steps read that no earlier step of it produced; its outputs, its last step's; its
+    artefacts and parameters, all of theirs (which must not disagree)."""
+    produced: set[str] = set()
+    inputs: dict[str, TensorSpec] = {}
+    artefacts: dict[str, Path] = {}
+    parameters: dict[str, str] = {}
+    for model in models:
+        for spec in model.inputs:
+            alias = model.ensemble_name(spec.name)
+            if alias not in produced:
+                inputs.setdefault(alias, replace(spec, name=alias))
+        produced.update(model.ensemble_name(spec.name) for spec in model.outputs)
+        for kind, mine, theirs in (("artefact", artefacts, model.artefacts),
+                                   ("parameter", parameters, model.parameters)):
+            clash = sorted(k for k in theirs if k in mine and mine[k] != theirs[k])
+            if clash:
+                raise ValueError(f"{name}: {model.name} sets the {kind}(s) {clash} differently")
+            mine.update(theirs)
+    last = models[-1]
+    outputs = tuple(replace(spec, name=last.ensemble_name(spec.name)) for spec in last.outputs)
+    chain = [{"step": step_path(model.step), "names": model.tensor_names} for model in models]
+    return PythonModel(
+        name, Chain, tuple(inputs.values()), outputs, artefacts,
+        {**parameters, CHAIN_PARAMETER: json.dumps(chain),
+         CHAIN_OUTPUTS: ",".join(spec.name for spec in outputs)},
+        instances=instances, max_queue_delay_us=max_queue_delay_us)

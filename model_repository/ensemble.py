@@ -4,8 +4,9 @@
               ).ensemble("search", SEARCH_OUTPUTS)
 
 Tensors flow by name: a step reads each of its inputs from the ensemble's inputs or from an
-earlier step's output of that name, and the ensemble's outputs are the steps' outputs of
-theirs; a step's `tensor_names` renames its tensors within the ensemble. A name produced
+earlier step's output of that name (an optional input nothing provides is left out), and the
+ensemble's outputs are the steps' outputs of theirs; a step's `tensor_names` renames its
+tensors within the ensemble. `config.merged` runs consecutive steps as one model. A name produced
 twice, or needed before anything produced it, is an error here rather than a model that fails
 to load in the server.
 """
@@ -57,8 +58,10 @@ class Ensemble:
     def config(self) -> mc.ModelConfig:
         available = {t.name for t in self.pipeline.inputs}
         wanted = {t.name for t in self.outputs}
-        read = [{model.ensemble_name(t.name) for t in model.inputs}
+        read = [{model.ensemble_name(t.name) for t in model.inputs if not t.optional}
                 for model in self.pipeline.steps]
+        optional = [{model.ensemble_name(t.name) for t in model.inputs if t.optional}
+                    for model in self.pipeline.steps]
         steps = []
         for position, model in enumerate(self.pipeline.steps):
             missing = sorted(read[position] - available)
@@ -70,10 +73,12 @@ class Ensemble:
             if twice:
                 raise ValueError(f"{self.name}: step {model.name} produces {twice} again")
             available.update(produced.values())
-            read_later = set().union(*read[position + 1:])
+            read_later = set().union(*read[position + 1:], *optional[position + 1:])
             steps.append(mc.ModelEnsembling.Step(
                 model_name=model.name, model_version=-1,
-                input_map={t.name: model.ensemble_name(t.name) for t in model.inputs},
+                # An optional input nothing provides is left unmapped (the step goes without).
+                input_map={t.name: model.ensemble_name(t.name) for t in model.inputs
+                           if model.ensemble_name(t.name) in available},
                 # Intermediate tensors no later step reads are left out of the map.
                 output_map={own: name for own, name in produced.items()
                             if name in wanted or name in read_later}))

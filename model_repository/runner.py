@@ -10,7 +10,6 @@ served ensembles are checked and benchmarked against, and how the CLI answers wi
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 
 from google.protobuf import json_format, text_format
@@ -18,7 +17,14 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from fusionrank.core.contract import RequestError
 from fusionrank.model_repository.config import STEP_PARAMETER, served_version
-from fusionrank.model_repository.step import Step, Tensors, config_parameters
+from fusionrank.model_repository.step import (
+    Chain,
+    Step,
+    Tensors,
+    config_parameters,
+    load_step_class,
+    timed,
+)
 
 
 def read_config(repository: str | Path, model: str) -> mc.ModelConfig:
@@ -34,8 +40,7 @@ def load_step(repository: str | Path, model: str) -> Step:
     config = json_format.MessageToDict(read_config(repository, model),
                                        preserving_proto_field_name=True)
     parameters = config_parameters(config)
-    module, _, name = parameters[STEP_PARAMETER].partition(":")
-    step = getattr(importlib.import_module(module), name)
+    step = load_step_class(parameters[STEP_PARAMETER])
     return step(served_version(repository, model), parameters)
 
 
@@ -51,13 +56,18 @@ class InProcessEnsemble:
         self.steps = [(load_step(repository, step.model_name), dict(step.input_map),
                        dict(step.output_map)) for step in config.ensemble_scheduling.step]
 
-    def __call__(self, inputs: Tensors) -> Tensors:
+    def __call__(self, inputs: Tensors, timings: dict[str, float] | None = None) -> Tensors:
         """The ensemble's outputs for one request; a RequestError for bad input, as the server
-        answers INVALID_ARGUMENT."""
+        answers INVALID_ARGUMENT. `timings`, where given, gathers the seconds each step took
+        (the steps of a merged model each on their own), by class name."""
         tensors = dict(inputs)
         for step, input_map, output_map in self.steps:
-            (result,) = step([{own: tensors[name] for own, name in input_map.items()
-                               if name in tensors}])
+            request = [{own: tensors[name] for own, name in input_map.items() if name in tensors}]
+            if isinstance(step, Chain):
+                (result,) = step(request, timings)
+            else:
+                with timed(timings, type(step).__name__):
+                    (result,) = step(request)
             if isinstance(result, RequestError):
                 raise result
             tensors |= {output_map[own]: value for own, value in result.items()

@@ -9,8 +9,11 @@ at once.
 
 from __future__ import annotations
 
+import importlib
 import json
-from collections.abc import Mapping
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Protocol
 
@@ -63,6 +66,64 @@ def config_parameters(model_config: Mapping) -> dict[str, str]:
     return {k: v["string_value"] for k, v in model_config.get("parameters", {}).items()}
 
 
+CHAIN_PARAMETER, CHAIN_OUTPUTS = "chain", "chain_outputs"  # a merged model's parameters
+
+
+@contextmanager
+def timed(timings: dict[str, float] | None, name: str) -> Iterator[None]:
+    """Adds the seconds the block took to timings[name] (nothing when timings is None)."""
+    start = time.perf_counter()
+    yield
+    if timings is not None:
+        timings[name] = timings.get(name, 0.0) + time.perf_counter() - start
+
+
+def load_step_class(path: str) -> StepFactory:
+    """The step class a "module:Class" path names."""
+    module, _, name = path.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+class Chain:
+    """Several consecutive steps in one model, so a request crosses one process boundary
+    instead of one per step. The `chain` parameter lists them (JSON: [{"step": "module:Class",
+    "names": {own: ensemble name}}, ...], written by `config.merged`). Each request's tensors
+    flow through the steps in turn, by name, as the ensemble would pass them; a request a step
+    rejects leaves the chain with that error while the others go on. Answers the tensors the
+    `chain_outputs` parameter names (comma-separated)."""
+
+    def __init__(self, folder: Path, parameters: Mapping[str, str]):
+        links = json.loads(parameters[CHAIN_PARAMETER])
+        self.steps = [(load_step_class(link["step"])(folder, parameters), link.get("names", {}))
+                      for link in links]
+        self.outputs = parameters[CHAIN_OUTPUTS].split(",")
+
+    def __call__(self, requests: list[Tensors],
+                 timings: dict[str, float] | None = None) -> list[Tensors | RequestError]:
+        """`timings`, where given, gathers the seconds each step took, by class name."""
+        tensors = [dict(request) for request in requests]
+        results: list[Tensors | RequestError] = [{} for _ in requests]
+        live = list(range(len(requests)))
+        for step, names in self.steps:
+            if not live:
+                break
+            own = [{**tensors[i], **{name: tensors[i][alias] for name, alias in names.items()
+                                     if alias in tensors[i]}} for i in live]
+            with timed(timings, type(step).__name__):
+                answers = step(own)
+            passed = []
+            for i, result in zip(live, answers, strict=True):
+                if isinstance(result, RequestError):
+                    results[i] = result
+                else:
+                    tensors[i] |= {names.get(name, name): value for name, value in result.items()}
+                    passed.append(i)
+            live = passed
+        for i in live:
+            results[i] = {name: tensors[i][name] for name in self.outputs if name in tensors[i]}
+        return results
+
+
 def triton_model(factory: StepFactory) -> type:
     """A `TritonPythonModel` class running the step that `factory` builds from the model's
     version folder and config parameters."""
@@ -95,9 +156,11 @@ def triton_model(factory: StepFactory) -> type:
                     error = pb.TritonError(str(result), pb.TritonError.INVALID_ARG)
                     responses.append(pb.InferenceResponse(output_tensors=[], error=error))
                 else:
+                    # Only what the config declares: a step may answer more (optional
+                    # outputs a repository built before them does not list).
                     responses.append(pb.InferenceResponse(output_tensors=[
                         pb.Tensor(name, np.asarray(value, dtype=self._outputs[name]))
-                        for name, value in result.items()]))
+                        for name, value in result.items() if name in self._outputs]))
             return responses
 
     TritonPythonModel.step_factory = staticmethod(factory)

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Create (or bring up to date) the project's virtual environment: pinned CPU torch first, then
-# the project with the versions in constraints.txt, then perf_analyzer.
+# the project with the versions in constraints.txt, then perf_analyzer; and Debian's headless
+# browser (chromium + chromium-driver) for the web app's browser tests.
 # Idempotent: a second run only checks, and takes seconds.
 #
 # Usage: scripts/setup.sh [VENV]   (default: .venv in the repository)
@@ -37,6 +38,22 @@ sys.exit(not (s.get_config_var("Py_ENABLE_SHARED") and os.path.isfile(lib)))' &&
         die "$python has no shared libpython and apt could not install libpython3.11"
 }
 
+# Debian's chromium and chromedriver, for tests/integration/test_web.py's browser tests. Not
+# fatal: without them those tests skip and say why.
+ensure_browser() {
+    if [[ -x /usr/bin/chromium && -x /usr/bin/chromedriver ]]; then return; fi
+    local sudo=()
+    if [[ $(id -u) != 0 ]]; then
+        command -v sudo >/dev/null && sudo=(sudo -n) ||
+            { say "warning: chromium not installed (needs root for apt); the browser tests will skip"; return; }
+    fi
+    say "installing Debian's chromium and chromium-driver (the web app's browser tests)"
+    if ! { "${sudo[@]}" apt-get update -qq && \
+           "${sudo[@]}" apt-get install -y -qq chromium chromium-driver >/dev/null; }; then
+        say "warning: apt could not install chromium and chromium-driver; the browser tests will skip"
+    fi
+}
+
 # A stamp holding the hash of everything that decides the environment's content.
 wanted_state() {
     cat "$repo/pyproject.toml" "$repo/constraints.txt" "$repo/scripts/install_perf_analyzer.sh" |
@@ -46,6 +63,7 @@ wanted_state() {
 main() {
     if [[ -x $venv/bin/python ]]; then ensure_libpython "$venv/bin/python"
     else ensure_libpython "$(find_python)"; fi
+    ensure_browser
     if [[ -f $stamp && $(cat "$stamp") == "$(wanted_state)" && -x $venv/bin/fusionrank ]]; then
         say "environment $venv is up to date"; return
     fi

@@ -89,12 +89,12 @@ def catalogue_embeddings(model_dir: Path, titles: Sequence[str], work_dir: Path,
 
 def int8_embedder(embedder: Embedder, check_texts: Sequence[str],
                   threads: int | None = None) -> Embedder:
-    """The embedder's encoder dynamically quantised to INT8, as `fusionrank build --precision
-    int8` serves it (made once, beside the FP32 export)."""
-    from fusionrank.export.quantize import quantise_encoder
+    """The embedder's encoder quantised to INT8 as `fusionrank build` serves it on CPU (made
+    once, beside the FP32 export; remade where an older method made it)."""
+    from fusionrank.export.quantize import quantise_encoder, quantised_with_this_method
 
     int8 = embedder.onnx_dir / artefacts.ENCODER_INT8
-    if not int8.is_file():
+    if not quantised_with_this_method(int8):
         quantise_encoder(embedder.onnx_dir / artefacts.ENCODER,
                          embedder.onnx_dir / artefacts.TOKENIZER, int8, list(check_texts))
     return Embedder(embedder.onnx_dir, threads, model_file=artefacts.ENCODER_INT8)

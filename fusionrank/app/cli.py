@@ -19,7 +19,7 @@ import signal
 import sys
 from pathlib import Path
 
-from fusionrank.app import recommend, search, sentiment
+from fusionrank.app import recommend, search, sentiment, web
 from fusionrank.model_repository.search.ensemble import ServingOptions
 
 DEFAULT_BUILD = Path("build")
@@ -59,19 +59,25 @@ def add_build(commands: argparse._SubParsersAction) -> None:
                              "review sentiment to the catalogue, with the sentiment model")
     parser.add_argument("--no-recommend", action="store_true",
                         help="serve search only, without the recommend ensemble")
-    parser.add_argument("--encoder-instances", type=int, default=1)
-    parser.add_argument("--max-queue-delay-us", type=int, default=200,
+    parser.add_argument("--encoder-instances", type=int,
+                        default=ServingOptions.encoder_instances,
+                        help="copies of the query_encoder model (tokenizer + encoder)")
+    parser.add_argument("--max-queue-delay-us", type=int,
+                        default=ServingOptions.max_queue_delay_us,
                         help="how long the dynamic batcher waits to fill a batch")
-    parser.add_argument("--retrieval-instances", type=int, default=1)
     parser.add_argument("--precision", choices=["fp32", "int8"],
                         default=ServingOptions.precision,
-                        help="query encoder precision (int8: ONNX Runtime dynamic "
-                             "quantisation; the catalogue is embedded in FP32 either way)")
+                        help="query encoder precision (int8, the default: 8-bit weights and int8 "
+                             "arithmetic; the catalogue is embedded in FP32 either way)")
     parser.add_argument("--threads", type=int, default=ServingOptions.onnx_threads,
                         help="ONNX Runtime threads per model copy")
-    parser.add_argument("--scoring-instances", type=int,
-                        default=ServingOptions.scoring_instances,
-                        help="copies of the scoring step (candidates, features, feedback head)")
+    parser.add_argument("--ranker-instances", type=int,
+                        default=ServingOptions.ranker_instances,
+                        help="copies of the ranker model (retrieval, candidates, features, "
+                             "feedback head, fusion)")
+    parser.add_argument("--separate-steps", action="store_true",
+                        help="serve each search step as a model of its own (slower; for "
+                             "comparison)")
     parser.add_argument("--no-response-cache", action="store_true",
                         help="leave the search ensemble out of Triton's response cache")
     parser.set_defaults(run=run_build)
@@ -103,8 +109,8 @@ def run_build(args: argparse.Namespace) -> int:
         catalogue = build.with_review_sentiment(catalogue, args.sentiment, args.reviews,
                                                 args.out / "artefacts" / "reviews")
     options = ServingOptions(encoder_instances=args.encoder_instances,
-                             scoring_instances=args.scoring_instances,
-                             retrieval_instances=args.retrieval_instances,
+                             ranker_instances=args.ranker_instances,
+                             separate_steps=args.separate_steps,
                              onnx_threads=args.threads, precision=args.precision,
                              max_queue_delay_us=args.max_queue_delay_us,
                              response_cache=not args.no_response_cache)
@@ -133,6 +139,10 @@ def add_serve(commands: argparse._SubParsersAction) -> None:
                         help="Triton's response cache for the search ensemble, in MiB "
                              f"(default {DEFAULT_CACHE_MIB}; 0 turns it off)")
     parser.add_argument("--verbose", action="store_true", help="Triton's verbose log")
+    parser.add_argument("--web-port", type=int, default=web.cli.DEFAULT_WEB_PORT,
+                        help="port of the shop's web page, served beside Triton on --host "
+                             f"(default {web.cli.DEFAULT_WEB_PORT})")
+    parser.add_argument("--no-web", action="store_true", help="serve Triton alone, no web page")
     parser.set_defaults(run=run_serve)
 
 
@@ -145,16 +155,29 @@ def run_serve(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, interrupt)  # SIGTERM stops as cleanly as Ctrl-C does
     server = TritonServer(args.repository, Ports(args.grpc_port, args.http_port, args.metrics_port),
                           host=args.host, verbose=args.verbose, cache_mib=args.cache_mib)
+    page = None
+    if not args.no_web:  # the shop's page, beside Triton (it waits for Triton by itself)
+        from fusionrank.app.web.app import WebSettings
+        from fusionrank.app.web.server import WebServer
+
+        try:
+            page = WebServer(WebSettings(server.grpc_url), args.host, args.web_port).start()
+        except RuntimeError as error:  # a taken port: Triton still serves
+            print(f"fusionrank serve: {error}; serving Triton alone (--web-port chooses "
+                  "another port)", file=sys.stderr, flush=True)
     try:
         server.start()
         cache = f"response cache {args.cache_mib} MiB" if args.cache_mib else "no response cache"
+        shop = f"; the shop {page.url}" if page else ""
         print(f"serving {args.repository} — gRPC {server.grpc_url}, HTTP {args.host}:"
-              f"{args.http_port}, metrics {args.host}:{args.metrics_port}, {cache}; Ctrl-C stops",
-              file=sys.stderr, flush=True)
+              f"{args.http_port}, metrics {args.host}:{args.metrics_port}, {cache}{shop}; "
+              "Ctrl-C stops", file=sys.stderr, flush=True)
         return server.process.wait()
     except KeyboardInterrupt:
         return 0
     finally:
+        if page:
+            page.stop()
         server.stop()
 
 
@@ -191,7 +214,7 @@ def run_export_tensorrt(args: argparse.Namespace) -> int:
 
 
 COMMANDS = [add_build, add_serve, *search.COMMANDS, *recommend.COMMANDS, *sentiment.COMMANDS,
-            add_export_tensorrt]
+            *web.COMMANDS, add_export_tensorrt]
 
 
 def parser() -> argparse.ArgumentParser:

@@ -127,21 +127,34 @@ def add_search(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("-k", type=int, default=DEFAULT_K, help=f"results per query (1..{MAX_K})")
     add_client_arguments(parser)
     parser.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
+    parser.add_argument("--explain", action="store_true",
+                        help="break each score into its signals (value × fitted weight) and "
+                             "show the query's spelling correction")
     parser.set_defaults(run=run_search)
 
 
 def run_search(args: argparse.Namespace) -> int:
     with client_for(args) as client:
-        results = client.search_batch(args.query, k=args.k)
-    for query, hits in zip(args.query, results, strict=True):
+        if args.explain:
+            answers = client.explain_batch(args.query, k=args.k)
+            results = [answer.hits for answer in answers]
+        else:
+            answers, results = None, client.search_batch(args.query, k=args.k)
+    for row, (query, hits) in enumerate(zip(args.query, results, strict=True)):
         if args.json:
-            print(json.dumps({"query": query, "results": [h.to_dict() for h in hits]},
-                             ensure_ascii=False))
+            line = answers[row].to_dict() if answers else {
+                "query": query, "results": [h.to_dict() for h in hits]}
+            print(json.dumps(line, ensure_ascii=False))
             continue
         print(f"\n{query}")
+        if answers and answers[row].corrected:
+            print(f"     (showing results for: {answers[row].corrected})")
         for rank, hit in enumerate(hits, start=1):
             price = f"  £{hit.product.price:.2f}" if hit.product.price is not None else ""
             print(f"{rank:>3}. {hit.score:6.3f}  {hit.product_id:<12} {hit.product.title}{price}")
+            if answers:
+                print("       = " + " + ".join(f"{p.weight:.3f} × {p.signal} {p.value:.3f}"
+                                               for p in hit.parts))
     return 0
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 # The sentence encoder (search queries, catalogue titles, shoppers' purchases).
 ENCODER = "encoder.onnx"  # token ids → unit embedding (pooling and L2 norm inside the graph)
-ENCODER_INT8 = "encoder.int8.onnx"  # its dynamically quantised twin (`build --precision int8`)
+ENCODER_INT8 = "encoder.int8.onnx"  # its INT8 twin (export/quantize.py)
 TOKENIZER = "tokenizer.json"  # the encoder's WordPiece tokenizer
 
 # A catalogue index: row i of every array is line i of PRODUCTS.

@@ -50,12 +50,19 @@ def fuse(signals: list[tuple[float, np.ndarray]]) -> np.ndarray:
     return sum(w * np.asarray(s, dtype=np.float64) for w, s in signals)
 
 
-def rank(candidates: np.ndarray, signals: list[tuple[float, np.ndarray]],
-         k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per query row: the k best candidates by fused score (ties by catalogue order), and
-    their scores. `candidates` and every signal are [queries, pool]."""
+def ranked_positions(candidates: np.ndarray, signals: list[tuple[float, np.ndarray]],
+                     k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per query row: the positions in the pool of the k best candidates by fused score (ties
+    by catalogue order), and their scores. `candidates` and every signal are [queries, pool]."""
     scores = fuse(signals)
     keys = np.round(scores / TIE_RESOLUTION)
     order = np.lexsort((candidates, -keys), axis=-1)[:, :k]
-    return (np.take_along_axis(candidates, order, axis=1),
-            np.take_along_axis(scores, order, axis=1))
+    return order, np.take_along_axis(scores, order, axis=1)
+
+
+def rank(candidates: np.ndarray, signals: list[tuple[float, np.ndarray]],
+         k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per query row: the k best candidates by fused score (ties by catalogue order), and
+    their scores."""
+    order, scores = ranked_positions(candidates, signals, k)
+    return np.take_along_axis(candidates, order, axis=1), scores

@@ -1,7 +1,12 @@
 """The `search` ensemble: query text in, ranked products out.
 
-    pretrained:  QUERY, K >> tokenizer >> query_encoder >> retrieval >> ranker
-    trained run: QUERY, K >> tokenizer >> query_encoder >> retrieval >> scoring >> ranker
+    QUERY, K >> query_encoder (Tokenize, EncodeQueries)
+             >> ranker (Retrieve, ScoreCandidates, Rank)      ScoreCandidates: trained runs only
+
+Two models, each running consecutive steps of `steps.py` in one process (`config.merged`):
+a hop between Python-backend models costs a process crossing and a queue, and only the
+encoder and the ranker gain from copies of their own. `ServingOptions.separate_steps` serves
+one model per step instead (what the sweep in benchmarks/reports/search_sweep.md measures).
 
 `SearchArtefacts` names the folders `fusionrank build` fills: the exported encoder, the
 catalogue index and, for a trained run, the run's search files aligned with the catalogue.
@@ -9,15 +14,20 @@ catalogue index and, for a trained run, the run's search files aligned with the 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from fusionrank.core import artefacts as names
 from fusionrank.core.contract import MAX_K, TensorSpec
 from fusionrank.core.fusion import SIGNAL_TENSORS, FusionWeights
-from fusionrank.core.search.contract import SEARCH_INPUTS, SEARCH_MODEL, SEARCH_OUTPUTS
+from fusionrank.core.search.contract import (
+    EXPLAIN_OUTPUTS,
+    SEARCH_INPUTS,
+    SEARCH_MODEL,
+    SEARCH_OUTPUTS,
+)
 from fusionrank.core.search.runtime import LEXICAL_CANDIDATES
-from fusionrank.model_repository.config import PythonModel
+from fusionrank.model_repository.config import PythonModel, merged
 from fusionrank.model_repository.ensemble import Ensemble, Inputs
 from fusionrank.model_repository.search import steps
 
@@ -29,25 +39,33 @@ DENSE = (TensorSpec("DENSE_CANDIDATES", "INT64", (-1,)),
          TensorSpec("DENSE_SIMILARITY", "FP32", (-1,)))
 SIGNALS = {name: TensorSpec(tensor, "FP32", (-1,)) for name, tensor in SIGNAL_TENSORS.items()}
 QUERY, K = SEARCH_INPUTS
+# The scoring step's spelling correction, which the ranker answers as CORRECTED (an optional
+# input: a pretrained pipeline has no speller).
+CORRECTION = TensorSpec("CORRECTION", "BYTES", (1,))
 
 
 @dataclass
 class ServingOptions:
     """How the server runs the models: copies per model, batching delay, threads per copy."""
 
-    encoder_instances: int = 1
-    retrieval_instances: int = 1
-    pre_post_instances: int = 1  # tokenizer and ranker
-    scoring_instances: int = 2  # candidates, features and the feedback head: the costliest step
-    max_queue_delay_us: int = 200
-    onnx_threads: int = 1  # a measured sweep on 2 cores: more copies beat more threads
+    encoder_instances: int = 1  # copies of query_encoder (tokenizer + encoder)
+    # Copies of ranker (retrieval, candidates, features, feedback head, fusion): the costliest
+    # model; two let it use both cores of the measured machine while the encoder runs.
+    ranker_instances: int = 2
+    max_queue_delay_us: int = 0  # the sweep: waiting to fill a batch only adds latency here
+    onnx_threads: int = 2  # per copy; the sweep (benchmarks/reports/search_sweep.md)
     candidates: int = MAX_K
     lexical_candidates: int = LEXICAL_CANDIDATES  # BM25 candidates added (the fitted pool)
-    # "int8" serves a dynamically quantised query encoder (the catalogue is embedded in FP32).
-    # Not the default: its activations are quantised with one scale per batch, so a query's
-    # embedding depends on the queries batched with it, and the served ranking would no
-    # longer be exactly the evaluated one (`fusionrank evaluate` measures its quality).
-    precision: str = "fp32"
+    # One model per step (tokenizer, query_encoder, retrieval, scoring, ranker) instead of two
+    # merged ones: each hop between Python-backend models costs a process crossing, so this is
+    # slower (benchmarks/reports/search_sweep.md); kept to measure exactly that.
+    separate_steps: bool = False
+    # The query encoder's precision; the catalogue is embedded in FP32 either way. INT8
+    # (export/quantize.py: 8-bit weights, int8 arithmetic, each token's activations quantised
+    # on their own, so a query's embedding does not depend on its batch) encodes a query 2.6×
+    # faster; `fusionrank evaluate` measured its fused test NDCG@10 / Recall@100 against FP32's
+    # (benchmarks/reports/search_fused.md): no loss, so it is the CPU default.
+    precision: str = "int8"
     # The `search` ensemble's answers go to Triton's response cache (`fusionrank serve
     # --cache-mib`, on by default): a repeated query is answered without running a step.
     response_cache: bool = True
@@ -73,41 +91,48 @@ class SearchArtefacts:
 
 
 def search_ensemble(files: SearchArtefacts, options: ServingOptions) -> Ensemble:
+    """The search pipeline's steps, served as two models (`query_encoder`, `ranker`) or, with
+    `options.separate_steps`, as one model each."""
     threads = {"threads": str(options.onnx_threads)}
+    delay = options.max_queue_delay_us
     fused = files.run is not None
     tokenize = PythonModel(
         "tokenizer", steps.Tokenize, (QUERY,), TOKENS,
-        artefacts={names.TOKENIZER: files.encoder / names.TOKENIZER},
-        instances=options.pre_post_instances, max_queue_delay_us=0)
+        artefacts={names.TOKENIZER: files.encoder / names.TOKENIZER}, max_queue_delay_us=0)
     encode = PythonModel(
         "query_encoder", steps.EncodeQueries, TOKENS, (EMBEDDING,),
         artefacts={names.ENCODER: files.encoder / options.encoder_file},
-        parameters=threads, instances=options.encoder_instances,
-        max_queue_delay_us=options.max_queue_delay_us)
+        parameters=threads, instances=options.encoder_instances, max_queue_delay_us=delay)
     retrieve = PythonModel(
         "retrieval", steps.Retrieve, (EMBEDDING, K), CANDIDATES,
         artefacts={names.RETRIEVAL: files.index / names.RETRIEVAL},
-        parameters={**threads, "candidates": str(options.candidates)},
-        instances=options.retrieval_instances, max_queue_delay_us=options.max_queue_delay_us,
+        parameters={**threads, "candidates": str(options.candidates)}, max_queue_delay_us=delay,
         # With BM25 candidates to merge, retrieval's pool is the dense part of the final one.
         tensor_names={"CANDIDATES": "DENSE_CANDIDATES", "SIMILARITY": "DENSE_SIMILARITY"}
         if fused else {})
     signals = tuple(SIGNALS[name] for name in FusionWeights.load(files.weights).weights)
     rank = PythonModel(
-        "ranker", steps.Rank, (CANDIDATES[0], *signals, K), SEARCH_OUTPUTS,
+        "ranker", steps.Rank, (CANDIDATES[0], *signals, K, replace(CORRECTION, optional=True)),
+        (*SEARCH_OUTPUTS, *EXPLAIN_OUTPUTS),
         artefacts={names.PRODUCTS: files.index / names.PRODUCTS,
-                   names.FUSION_WEIGHTS: files.weights},
-        instances=options.pre_post_instances, max_queue_delay_us=0)
-    if files.run is None:
-        return (Inputs(QUERY, K) >> tokenize >> encode >> retrieve >> rank
-                ).ensemble(SEARCH_MODEL, SEARCH_OUTPUTS, response_cache=options.response_cache)
-    score = PythonModel(
+                   names.FUSION_WEIGHTS: files.weights}, max_queue_delay_us=0)
+    scoring = [PythonModel(
         "scoring", steps.ScoreCandidates, (QUERY, EMBEDDING, *DENSE),
-        (*CANDIDATES, SIGNALS["lexical"], SIGNALS["feedback"]),
+        (*CANDIDATES, SIGNALS["lexical"], SIGNALS["feedback"], CORRECTION),
         artefacts={**{name: files.index / name for name in (names.EMBEDDINGS, names.PRODUCTS)},
                    **{name: files.run / name for name in (names.LEXICAL, names.PRIORS,
                                                           names.MEMORY, names.FEEDBACK_HEAD)}},
         parameters={**threads, "lexical_candidates": str(options.lexical_candidates)},
-        instances=options.scoring_instances, max_queue_delay_us=options.max_queue_delay_us)
-    return (Inputs(QUERY, K) >> tokenize >> encode >> retrieve >> score >> rank
-            ).ensemble(SEARCH_MODEL, SEARCH_OUTPUTS, response_cache=options.response_cache)
+        instances=options.ranker_instances, max_queue_delay_us=delay)] if fused else []
+    if options.separate_steps:
+        models = [tokenize, encode, retrieve, *scoring, rank]
+    else:
+        models = [merged("query_encoder", tokenize, encode,
+                         instances=options.encoder_instances, max_queue_delay_us=delay),
+                  merged("ranker", retrieve, *scoring, rank,
+                         instances=options.ranker_instances, max_queue_delay_us=delay)]
+    pipeline = Inputs(QUERY, K)
+    for model in models:
+        pipeline = pipeline >> model
+    return pipeline.ensemble(SEARCH_MODEL, (*SEARCH_OUTPUTS, *EXPLAIN_OUTPUTS),
+                             response_cache=options.response_cache)

@@ -1,11 +1,15 @@
 """The search ensemble's steps: thin adapters from Triton's tensors to the search runtime.
 
-    tokenizer      QUERY → INPUT_IDS, ATTENTION_MASK; rejects empty, non-UTF-8, over-long queries
-    query_encoder  token ids → EMBEDDING (the ONNX encoder, one call per dynamic batch)
-    retrieval      EMBEDDING → the catalogue's most similar products (ONNX MatMul + TopK)
-    scoring        adds BM25 candidates and scores every candidate: SIMILARITY, LEXICAL,
-                   FEEDBACK (`fusionrank.core.search.runtime.SearchRuntime`, as evaluated)
-    ranker         S = Σ wᵢ·signalᵢ with the fitted weights, product metadata attached
+    Tokenize         QUERY → INPUT_IDS, ATTENTION_MASK; rejects empty, non-UTF-8, over-long
+                     queries
+    EncodeQueries    token ids → EMBEDDING (the ONNX encoder, one call per dynamic batch)
+    Retrieve         EMBEDDING → the catalogue's most similar products (ONNX MatMul + TopK)
+    ScoreCandidates  adds BM25 candidates and scores every candidate: SIMILARITY, LEXICAL,
+                     FEEDBACK (`fusionrank.core.search.runtime.SearchRuntime`, as evaluated)
+    Rank             S = Σ wᵢ·signalᵢ with the fitted weights, product metadata attached
+
+The ensemble (`ensemble.py`) serves them as two models: `query_encoder` (Tokenize,
+EncodeQueries) and `ranker` (Retrieve, ScoreCandidates, Rank), each a `Chain` of its steps.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import numpy as np
 from fusionrank.core import artefacts
 from fusionrank.core.contract import MAX_K, RequestError, check_batch, check_k
 from fusionrank.core.encoding import MAX_QUERY_TOKENS, onnx_session
-from fusionrank.core.fusion import FusionWeights, rank
+from fusionrank.core.fusion import FusionWeights, ranked_positions
 from fusionrank.core.search.contract import check_query
 from fusionrank.core.search.runtime import LEXICAL_CANDIDATES, SearchRuntime
 from fusionrank.model_repository.step import (
@@ -82,7 +86,8 @@ class ScoreCandidates:
     """In:  QUERY [1], EMBEDDING [d], DENSE_CANDIDATES [N], DENSE_SIMILARITY [N]
     Out: CANDIDATES [N + M] (the dense candidates, then the M best BM25 products not among
          them), SIMILARITY, LEXICAL (BM25 / the query's best), FEEDBACK (predicted grade,
-         1 irrelevant .. 3 highly relevant), each [N + M].
+         1 irrelevant .. 3 highly relevant), each [N + M]; CORRECTION [1] (the query's terms
+         as spelling-corrected, "" where none changed).
     The feedback head runs once over every candidate of every request of a batch."""
 
     def __init__(self, folder: Path, parameters: Mapping[str, str]):
@@ -99,14 +104,19 @@ class ScoreCandidates:
             queries, vectors, np.concatenate([r["DENSE_CANDIDATES"] for r in requests]),
             np.concatenate([r["DENSE_SIMILARITY"] for r in requests]))
         pool.feedback = self.runtime.feedback(pool, vectors, chunk=len(queries))
-        parts = {name: split_rows(value, sizes) for name, value in pool.tensors().items()}
+        corrected = np.array([self.runtime.corrected_text(q).encode("utf-8") for q in queries],
+                             dtype=object).reshape(-1, 1)
+        parts = {name: split_rows(value, sizes)
+                 for name, value in (pool.tensors() | {"CORRECTION": corrected}).items()}
         return [{name: part[i] for name, part in parts.items()} for i in range(len(requests))]
 
 
 class Rank:
     """Candidates and their signals → the final ranking S, with product metadata; S is a
     weighted sum of the signals the ensemble provides, with the weights `ranking.json` records
-    (fitted offline; see fusionrank.core.fusion)."""
+    (fitted offline; see fusionrank.core.fusion). Also answers the EXPLAIN_OUTPUTS: each
+    ranked product's signals, their names and weights, and the query's spelling correction
+    (CORRECTED: the optional input CORRECTION; "" without one)."""
 
     def __init__(self, folder: Path, parameters: Mapping[str, str]):
         lines = (folder / artefacts.PRODUCTS).read_text(encoding="utf-8").splitlines()
@@ -114,14 +124,27 @@ class Rank:
         self.product_ids = np.array([json.loads(line)["product_id"].encode("utf-8")
                                      for line in lines], dtype=object)
         self.weights = FusionWeights.load(folder / artefacts.FUSION_WEIGHTS)
+        self.signal_names = np.array([n.encode("utf-8") for n in self.weights.weights],
+                                     dtype=object)
+        self.signal_weights = np.array(list(self.weights.weights.values()), dtype=np.float64)
 
     def __call__(self, requests: list[Tensors]) -> list[Tensors | RequestError]:
         valid, results = only_valid(requests, checked_k)
         for i in valid:
             request = requests[i]
-            order, scores = rank(request["CANDIDATES"], self.weights.signals(request),
-                                 checked_k(request))
-            results[i] = {"PRODUCT_IDS": self.product_ids[order],
-                          "SCORES": scores.astype(np.float32),
-                          "PRODUCTS": self.product_json[order]}
+            candidates, signals = request["CANDIDATES"], self.weights.signals(request)
+            positions, scores = ranked_positions(candidates, signals, checked_k(request))
+            rows = np.take_along_axis(candidates, positions, axis=1)
+            queries = len(candidates)
+            results[i] = {
+                "PRODUCT_IDS": self.product_ids[rows],
+                "SCORES": scores.astype(np.float32),
+                "PRODUCTS": self.product_json[rows],
+                "SIGNAL_NAMES": np.tile(self.signal_names, (queries, 1)),
+                "SIGNAL_WEIGHTS": np.tile(self.signal_weights, (queries, 1)),
+                "SIGNALS": np.stack([np.take_along_axis(np.asarray(values, np.float32),
+                                                        positions, axis=1)
+                                     for _, values in signals], axis=-1),
+                "CORRECTED": request.get("CORRECTION", np.full((queries, 1), b"",
+                                                                dtype=object))}
         return results

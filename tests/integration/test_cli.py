@@ -61,7 +61,7 @@ def test_serve_starts_answers_and_stops_on_sigterm(search_repository):
     server = subprocess.Popen(
         [*FUSIONRANK, "serve", "--repository", str(search_repository),
          "--grpc-port", str(ports.grpc), "--http-port", str(ports.http),
-         "--metrics-port", str(ports.metrics)],
+         "--metrics-port", str(ports.metrics), "--no-web"],  # test_web.py runs the page
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(server.stdout), daemon=True)
@@ -100,3 +100,27 @@ def test_search_in_process_prints_what_the_server_answers(triton_server, served_
         through[where[0]] = [json.loads(line) for line in done.stdout.splitlines()]
     assert through["--repository"] == through["--url"]
     assert through["--url"][0]["results"][0]["product_id"] == "A-DRILL"
+
+
+@pytest.mark.server
+def test_search_explain_shows_the_correction_and_each_score_s_parts(triton_server,
+                                                                   served_repository):
+    done = fusionrank("search", "gardn hose", "--explain", "-k", "2",
+                      "--url", triton_server.grpc_url)
+    assert done.returncode == 0, done.stderr
+    lines = [line.strip() for line in done.stdout.splitlines()]
+    query = lines.index("gardn hose")
+    assert lines[query + 1] == "(showing results for: garden hose)"
+    assert "A-HOSE" in lines[query + 2]
+    parts = lines[query + 3]
+    assert parts.startswith("= ") and "× similarity" in parts and "× lexical" in parts
+    through = {}
+    for where in (["--url", triton_server.grpc_url], ["--repository", str(served_repository)]):
+        done = fusionrank("search", "gardn hose", "--explain", "--json", "-k", "3", *where)
+        assert done.returncode == 0, done.stderr
+        through[where[0]] = json.loads(done.stdout)
+    assert through["--repository"] == through["--url"]
+    answer = through["--url"]
+    assert answer["corrected"] == "garden hose"
+    assert [p["signal"] for p in answer["results"][0]["parts"]] == [
+        "similarity", "feedback", "lexical"]

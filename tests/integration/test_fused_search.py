@@ -31,7 +31,10 @@ def test_repository_serves_the_trained_run(served_repository, trained_run):
     assert set(manifest["ensembles"]) == {"recommend", "sentiment"}
     steps = [s.model_name for s in read_config(served_repository,
                                                "search").ensemble_scheduling.step]
-    assert steps == ["tokenizer", "query_encoder", "retrieval", "scoring", "ranker"]
+    assert steps == ["query_encoder", "ranker"]
+    ranker = read_config(served_repository, "ranker")
+    assert [link["step"].rpartition(":")[2] for link in json.loads(
+        ranker.parameters["chain"].string_value)] == ["Retrieve", "ScoreCandidates", "Rank"]
 
 
 def test_served_ranking_equals_the_offline_one(triton_server, served_repository, trained_run,
@@ -42,9 +45,9 @@ def test_served_ranking_equals_the_offline_one(triton_server, served_repository,
         return served_version(served_repository, model)
 
     encoder = TextEncoder(
-        TextTokenizer(served("tokenizer") / artefacts.TOKENIZER, MAX_QUERY_TOKENS),
+        TextTokenizer(served("query_encoder") / artefacts.TOKENIZER, MAX_QUERY_TOKENS),
         OnnxEncoder(served("query_encoder") / artefacts.ENCODER, threads=1))
-    runtime = SearchRuntime.load(served("scoring"), threads=1)
+    runtime = SearchRuntime.load(served("ranker"), threads=1)
     runtime.weights = FusionWeights.load(served("ranker") / artefacts.FUSION_WEIGHTS)
     rows, scores = runtime.search(queries, encoder.encode(queries), k=10)
     offline = [[tiny_catalogue.ids[r] for r in query_rows] for query_rows in rows]
@@ -59,3 +62,21 @@ def test_served_ranking_equals_the_offline_one(triton_server, served_repository,
         np.testing.assert_allclose([h.score for h in hits], scores[i], atol=1e-4)
     for i, hits in enumerate(one_by_one):  # alone or in a batch: the same answer
         assert [h.product_id for h in hits] == offline[i]
+
+
+def test_explained_scores_add_up_to_the_served_ones_and_show_the_correction(triton_server):
+    with FusionRankClient(triton_server.grpc_url, timeout_s=30) as client:
+        misspelt = client.explain("gardn hose", k=5)
+        plain = client.search("gardn hose", k=5)
+        spelt = client.explain("garden hose", k=5)
+    assert misspelt.corrected == "garden hose" and spelt.corrected is None
+    assert [h.product_id for h in misspelt.hits] == [h.product_id for h in plain]
+    assert misspelt.hits[0].product_id == "A-HOSE"
+    for hit, served in zip(misspelt.hits, plain, strict=True):
+        assert [p.signal for p in hit.parts] == ["similarity", "feedback", "lexical"]
+        assert hit.score == served.score
+        assert hit.parts_total() == hit.score  # exactly: the server sums these very parts
+        for part in hit.parts:
+            assert part.contribution == part.weight * part.value
+    feedback = [p.value for h in misspelt.hits for p in h.parts if p.signal == "feedback"]
+    assert all(1.0 <= f <= 3.0 for f in feedback)  # a predicted grade

@@ -64,3 +64,15 @@ def test_every_model_of_a_build_is_served_under_the_builds_version(served_reposi
     assert version > 1
     for config in served_repository.glob("*/config.pbtxt"):
         assert served_version(served_repository, config.parent.name).name == str(version)
+
+
+def test_an_explanation_after_a_cached_search_of_the_same_query_is_complete(triton_server):
+    # The cache answers a repeat with the outputs the first request asked for: the SDK asks
+    # for all of them on every search, so an `explain` after a `search` still gets its parts.
+    with FusionRankClient(triton_server.grpc_url) as client:
+        hits = client.search("red wool scarf gift", k=4)
+        before = cache_hits(triton_server.grpc_url)
+        answer = client.explain("red wool scarf gift", k=4)
+        assert cache_hits(triton_server.grpc_url) == before + 1  # answered from the cache
+    assert [h.product_id for h in answer.hits] == [h.product_id for h in hits]
+    assert all(len(hit.parts) == 3 and hit.parts_total() == hit.score for hit in answer.hits)

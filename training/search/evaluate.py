@@ -8,9 +8,10 @@ Systems (each row adds one component, so the table is also the ablation):
     fused − lexical      the hybrid pool, S = α·s + β·f (no lexical term; fitted on dev)
     feedback only        the hybrid pool ordered by the feedback head alone
     fused (dense pool)   the served weights, without the BM25 candidates
-    fused                the served ranker: hybrid pool, S = α·s + β·f + γ·lexical (ranking.json)
-    fused, int8 query encoder   the same, queries encoded by the dynamically quantised encoder
-                         (`fusionrank build --precision int8`; the catalogue stays FP32)
+    fused                the fused ranker: hybrid pool, S = α·s + β·f + γ·lexical (ranking.json),
+                         queries encoded in FP32 (`fusionrank build --precision fp32`)
+    fused, int8 query encoder   the same with the INT8 query encoder, as `fusionrank build`
+                         serves it by default (export/quantize.py; the catalogue stays FP32)
 Metrics (ranx): NDCG@10, Recall@100, MRR@10 with gain = relevance − 1, unjudged = 0, over the
 queries that have at least one product judged above 1. The feedback head: RMSE on every judged
 pair (of the served blend, and of its networks and its trees alone), and precision / recall /
@@ -35,6 +36,7 @@ from fusionrank.core.search.runtime import (
     DEPTH,
     CandidatePool,
     FeatureSources,
+    HeadInputs,
     OnnxFeedbackHead,
     SearchRuntime,
     dense_candidates,
@@ -112,8 +114,8 @@ def run_evaluation(config: EvaluateConfig) -> dict:
 
     pool_of = {s: served_pool(s, np.stack([resources.query_vectors[q] for q in queries[s]]))
                for s in SPLITS}
-    # The same path with the INT8 query encoder `build --precision int8` serves (the catalogue
-    # stays FP32), to measure what quantisation costs in ranking quality.
+    # The same path with the INT8 query encoder `fusionrank build` serves by default (the
+    # catalogue stays FP32), to measure what quantisation costs in ranking quality.
     int8 = int8_embedder(embedder, titles[:256], config.threads)
     int8_pool_of = {s: served_pool(s, int8.encode_queries(queries[s])) for s in SPLITS}
     dev_judged = judgements.qrels("dev")
@@ -166,9 +168,9 @@ def feedback_report(resources: PairResources, run: Path) -> dict:
     predictions, parts = {}, {}
     for s in SPLITS:
         pairs = judged_pairs(resources, s)
-        predictions[s] = (head(pairs.query, pairs.product, pairs.features), pairs.grade)
-        parts[s] = {part: rmse(head(pairs.query, pairs.product, pairs.features, part),
-                               pairs.grade) for part in HEAD_PARTS}
+        inputs = HeadInputs.per_pair(pairs.query, pairs.product, pairs.features)
+        predictions[s] = (head(inputs), pairs.grade)
+        parts[s] = {part: rmse(head(inputs, part), pairs.grade) for part in HEAD_PARTS}
     threshold = choose_threshold(*predictions["dev"])
     out: dict = {"threshold_from_dev": threshold, "relevant_grade": 2.5}
     for s, (predicted, grade) in predictions.items():

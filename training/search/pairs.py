@@ -1,6 +1,7 @@
 """The feedback head's training data: every judged (query, product) pair of a split as the
-head's three inputs, built by the search runtime's `FeatureSources.head_inputs` (the code the
-server's `scoring` step runs), with out-of-fold priors and memory for training queries."""
+head's inputs (one query row per pair), built by the search runtime's
+`FeatureSources.head_inputs` (the code the server's `ranker` runs), with out-of-fold priors and
+memory for training queries."""
 
 from __future__ import annotations
 
@@ -48,6 +49,7 @@ def judged_pairs(res: PairResources, split: str, queries: list[str] | None = Non
         if res.fold_priors is None:
             raise ValueError("training pairs need out-of-fold priors (fold_priors)")
         priors = [res.fold_priors[fold] for fold in folds]
-    query, product, features = res.sources.head_inputs(
-        names, terms, [res.query_vectors[q] for q in names], rows, lexical, priors, folds)
-    return PairSet(query, product, features, np.concatenate(grades))
+    inputs = res.sources.head_inputs(names, terms, [res.query_vectors[q] for q in names], rows,
+                                     lexical, priors, folds)
+    return PairSet(inputs.pair_queries(), inputs.product, inputs.features,
+                   np.concatenate(grades))

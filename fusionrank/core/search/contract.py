@@ -22,6 +22,15 @@ SEARCH_OUTPUTS = (
     TensorSpec("PRODUCTS", "BYTES", (-1,)),  # each product's metadata as a JSON object
 )
 
+# Optional outputs, for "why this result": S = Σ SIGNAL_WEIGHTS[i] · SIGNALS[:, i], summed in
+# float64 in this order, then rounded to float32, is SCORES exactly.
+EXPLAIN_OUTPUTS = (
+    TensorSpec("SIGNAL_NAMES", "BYTES", (-1,)),  # the fused signals: similarity, feedback, ...
+    TensorSpec("SIGNAL_WEIGHTS", "FP64", (-1,)),  # their fitted weights
+    TensorSpec("SIGNALS", "FP32", (-1, -1)),  # [k, signals]: each product's signal values
+    TensorSpec("CORRECTED", "BYTES", (1,)),  # the query's terms as spelling-corrected; "" if none
+)
+
 
 def check_query(query: bytes | str, row: int = 0) -> str:
     return check_text(query, "QUERY", row, MAX_QUERY_CHARS)

@@ -36,6 +36,7 @@ from __future__ import annotations
 import functools
 import re
 import zlib
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
@@ -47,7 +48,7 @@ from scipy import sparse
 from threadpoolctl import ThreadpoolController
 
 from fusionrank.core.search.lexical import top_k
-from fusionrank.core.search.text import lexical_tokens
+from fusionrank.core.search.text import STOPWORDS, lexical_tokens, light_stem, query_words
 
 HEAD_FEATURES = ("brand_match", "kind_match", "kind_pair", "all_found", "missing_terms",
                  "head_overlap", "head_terms")
@@ -283,6 +284,13 @@ class TitleTerms:
                       for t in titles]
         vocabulary = sorted({t for terms in tokens for t in terms}
                             | {t for head in self.heads for t in head})
+        # Each term's commonest written form in the titles ("christma" → "christmas"), to
+        # show a corrected query in words a shopper reads.
+        written = Counter((light_stem(w), w) for t in titles for w in query_words(t)
+                          if w not in STOPWORDS)
+        self.surface: dict[str, str] = {}
+        for (term, word), _ in written.most_common():
+            self.surface.setdefault(term, word)
         self.index = {term: i for i, term in enumerate(vocabulary)}
         index = self.index
         self.title_ids = Ragged.of([sorted(index[t] for t in terms) for terms in self.terms])

@@ -32,11 +32,12 @@ from fusionrank.core.search.features import (
     batch_features,
 )
 from fusionrank.core.search.lexical import LexicalIndex, merge_candidates, normalised, top_k
+from fusionrank.core.search.text import STOPWORDS, light_stem, query_words
 
 DENSE_CANDIDATES = 100  # the retrieval step's pool
 LEXICAL_CANDIDATES = 100  # BM25 candidates added to it (the pool the fusion was fitted on)
 DEPTH = 100  # rank depth kept for the metrics (Recall@100)
-HEAD_INPUTS = ("query", "product", "features")
+HEAD_INPUTS = ("query", "owner", "product", "features")  # see HeadInputs
 HEAD_OUTPUT = "grade"  # the blend; the graph also outputs its parts, for the evaluation
 QUERIES_PER_HEAD_CALL = 64  # offline: the server's largest batch
 
@@ -108,17 +109,46 @@ def ranked(pool: CandidatePool, weights: FusionWeights,
     return rank(pool.rows, weights.signals(pool.tensors()), min(depth, pool.rows.shape[1]))
 
 
+@dataclass
+class HeadInputs:
+    """The feedback head's inputs for the candidates of a batch of queries: each query's
+    vector once, and per (query, candidate) pair the row of its query, the product's vector
+    and the features. The head computes a query's share of its first layer once."""
+
+    query: np.ndarray  # float32 [queries, d]
+    owner: np.ndarray  # int64 [pairs]: the row of `query` each pair belongs to
+    product: np.ndarray  # float32 [pairs, d]
+    features: np.ndarray  # float32 [pairs, len(FEATURES)]
+
+    @classmethod
+    def per_pair(cls, query: np.ndarray, product: np.ndarray,
+                 features: np.ndarray) -> HeadInputs:
+        """Pairs given one query row each (as training's PairSet holds them)."""
+        return cls(np.ascontiguousarray(query, dtype=np.float32),
+                   np.arange(len(query), dtype=np.int64),
+                   np.ascontiguousarray(product, dtype=np.float32),
+                   np.ascontiguousarray(features, dtype=np.float32))
+
+    def pair_queries(self) -> np.ndarray:
+        """float32 [pairs, d]: each pair's query vector (what training reads)."""
+        return self.query[self.owner]
+
+
 class OnnxFeedbackHead:
     """The exported feedback head (networks + boosted trees, blended), as the server runs it."""
 
     def __init__(self, path: str | Path, threads: int | None = None):
         self.session = onnx_session(path, threads)
+        # A head exported before the query share was computed once per query reads one query
+        # row per pair (inputs query, product, features).
+        self.per_query = "owner" in {i.name for i in self.session.get_inputs()}
 
-    def __call__(self, query: np.ndarray, product: np.ndarray, features: np.ndarray,
-                 output: str = HEAD_OUTPUT) -> np.ndarray:
-        """The served blend, or one of its parts ("network", "trees")."""
-        arrays = [np.ascontiguousarray(a, dtype=np.float32) for a in (query, product, features)]
-        return self.session.run([output], dict(zip(HEAD_INPUTS, arrays, strict=True)))[0]
+    def __call__(self, inputs: HeadInputs, output: str = HEAD_OUTPUT) -> np.ndarray:
+        """The served blend, or one of its parts ("network", "trees"), per pair."""
+        feeds = {"query": inputs.query, "owner": inputs.owner} if self.per_query else {
+            "query": inputs.pair_queries()}
+        feeds |= {"product": inputs.product, "features": inputs.features}
+        return self.session.run([output], feeds)[0]
 
 
 @dataclass
@@ -149,22 +179,22 @@ class FeatureSources:
                     vectors: Sequence[np.ndarray], rows: Sequence[np.ndarray],
                     lexical: Sequence[np.ndarray],
                     priors: Sequence[ProductPriors] | None = None,
-                    hidden_folds: Sequence[int | None] | None = None
-                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The head's three inputs (query vector, product vector, features) for every pair,
-        query after query. `rows[i]`, `lexical[i]`: query i's products and their normalised BM25.
-        For training queries, `priors` and `hidden_folds` give each query its out-of-fold
-        priors and the memory fold it must not see."""
+                    hidden_folds: Sequence[int | None] | None = None) -> HeadInputs:
+        """The head's inputs for every pair, query after query. `rows[i]`, `lexical[i]`: query
+        i's products and their normalised BM25. For training queries, `priors` and
+        `hidden_folds` give each query its out-of-fold priors and the memory fold it must not
+        see."""
         sizes = [len(r) for r in rows]
         flat = np.concatenate([np.asarray(r, dtype=np.int64) for r in rows])
-        vectors = np.asarray(vectors, dtype=np.float32)
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         products = np.asarray(self.embeddings[flat], dtype=np.float32)
         features = batch_features(
             queries, terms, vectors, sizes, flat, products, np.concatenate(lexical),
             self.titles, self.term_vectors,
             priors if priors is not None else [self.priors] * len(queries), self.memory,
             hidden_folds)
-        return np.repeat(vectors, sizes, axis=0), products, features
+        return HeadInputs(vectors, np.repeat(np.arange(len(sizes), dtype=np.int64), sizes),
+                          products, features)
 
 
 class SearchRuntime:
@@ -201,6 +231,21 @@ class SearchRuntime:
         return candidate_pool(self.lexical, self.sources.embeddings, queries, vectors,
                               dense_rows, dense_similarity, self.extra)
 
+    def corrected_text(self, query: str) -> str:
+        """The query as the speller read it, in the catalogue's own words ("chrismas
+        decoratons" → "christmas decorations"), or "" where it corrected nothing. Each word it
+        changed is shown as the commonest title word of its corrected term."""
+        words, changed = [], False
+        for word in query_words(query):
+            stem = light_stem(word)
+            fixed = [stem] if word in STOPWORDS else self.lexical.speller.correct([stem])
+            if fixed == [stem]:
+                words.append(word)
+            else:
+                changed = True
+                words.extend(self.sources.titles.surface.get(term, term) for term in fixed)
+        return " ".join(words) if changed else ""
+
     def feedback(self, pool: CandidatePool, vectors: np.ndarray,
                  chunk: int = QUERIES_PER_HEAD_CALL) -> np.ndarray:
         """The head's predicted grade for every candidate [queries, pool], one ONNX Runtime
@@ -210,7 +255,7 @@ class SearchRuntime:
             part = slice(start, start + chunk)
             inputs = self.sources.head_inputs(pool.queries[part], pool.terms[part],
                                               vectors[part], pool.rows[part], pool.lexical[part])
-            out[part] = self.head(*inputs).reshape(pool.rows[part].shape)
+            out[part] = self.head(inputs).reshape(pool.rows[part].shape)
         return out
 
     def search(self, queries: Sequence[str], vectors: np.ndarray, k: int,

@@ -24,6 +24,11 @@ def light_stem(word: str) -> str:
     return word
 
 
+def query_words(text: str) -> list[str]:
+    """Lower-cased alphanumeric runs, as written."""
+    return TOKEN_PATTERN.findall(text.lower())
+
+
 def lexical_tokens(text: str) -> list[str]:
     """Lower-cased alphanumeric runs, light-stemmed, without stopwords."""
-    return [light_stem(t) for t in TOKEN_PATTERN.findall(text.lower()) if t not in STOPWORDS]
+    return [light_stem(t) for t in query_words(text) if t not in STOPWORDS]

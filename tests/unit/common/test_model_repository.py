@@ -7,13 +7,18 @@ import json
 
 import numpy as np
 import pytest
-from google.protobuf import text_format
+from google.protobuf import json_format, text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from fusionrank.core.contract import RequestError, TensorSpec
 from fusionrank.core.fusion import FusionWeights, rank
-from fusionrank.core.search.contract import SEARCH_INPUTS, SEARCH_OUTPUTS, search_request
-from fusionrank.model_repository.config import PythonModel, served_version
+from fusionrank.core.search.contract import (
+    EXPLAIN_OUTPUTS,
+    SEARCH_INPUTS,
+    SEARCH_OUTPUTS,
+    search_request,
+)
+from fusionrank.model_repository.config import PythonModel, merged, served_version
 from fusionrank.model_repository.ensemble import Inputs
 from fusionrank.model_repository.runner import InProcessEnsemble, load_step
 from fusionrank.model_repository.search.ensemble import (
@@ -22,6 +27,7 @@ from fusionrank.model_repository.search.ensemble import (
     search_ensemble,
 )
 from fusionrank.model_repository.search.steps import Rank, Tokenize
+from fusionrank.model_repository.step import config_parameters, load_step_class
 
 
 def read_config(repository, name) -> mc.ModelConfig:
@@ -32,22 +38,44 @@ def test_repository_holds_the_search_pipeline(search_repository):
     search = read_config(search_repository, "search")
     assert search.platform == "ensemble"
     assert [s.model_name for s in search.ensemble_scheduling.step] == [
-        "tokenizer", "query_encoder", "retrieval", "ranker"]
+        "query_encoder", "ranker"]
     assert [i.name for i in search.input] == [t.name for t in SEARCH_INPUTS]
-    assert [o.name for o in search.output] == [t.name for t in SEARCH_OUTPUTS]
-    for name in ("tokenizer", "query_encoder", "retrieval", "ranker"):
+    assert [o.name for o in search.output] == [t.name for t in (*SEARCH_OUTPUTS,
+                                                                 *EXPLAIN_OUTPUTS)]
+    chains = {"query_encoder": ["Tokenize", "EncodeQueries"], "ranker": ["Retrieve", "Rank"]}
+    for name, chain in chains.items():
         config = read_config(search_repository, name)
         assert config.backend == "python" and config.HasField("dynamic_batching")
         model_py = (served_version(search_repository, name) / "model.py").read_text()
-        step = config.parameters["step"].string_value
-        module, _, cls = step.partition(":")
-        assert module == "fusionrank.model_repository.search.steps"
-        assert f"from {module} import {cls}" in model_py
-        assert f"TritonPythonModel = triton_model({cls})" in model_py
-        assert type(load_step(search_repository, name)).__name__ == cls
+        assert config.parameters["step"].string_value == "fusionrank.model_repository.step:Chain"
+        assert "TritonPythonModel = triton_model(Chain)" in model_py
+        links = json.loads(config.parameters["chain"].string_value)
+        assert [link["step"] for link in links] == [
+            f"fusionrank.model_repository.search.steps:{step}" for step in chain]
+        assert [type(step).__name__ for step, _ in load_step(search_repository, name).steps
+                ] == chain
+    # The pretrained ranker has no speller: its optional CORRECTION input is left unmapped.
+    ranker_step = search.ensemble_scheduling.step[1]
+    assert "CORRECTION" not in ranker_step.input_map
+    assert set(ranker_step.input_map) == {"EMBEDDING", "K"}
     manifest = json.loads((search_repository / "fusionrank.json").read_text())
     assert manifest["encoder"]["parity_min_cosine"] >= 0.9999
     assert manifest["index"]["products"] > 300
+
+
+def test_separate_steps_serve_one_model_per_step(tmp_path):
+    FusionWeights().save(tmp_path / "ranking.json")
+    files = SearchArtefacts(tmp_path, tmp_path, run=tmp_path)
+    ensemble = search_ensemble(files, ServingOptions(separate_steps=True))
+    steps = ensemble.config().ensemble_scheduling.step
+    assert [s.model_name for s in steps] == [
+        "tokenizer", "query_encoder", "retrieval", "scoring", "ranker"]
+    assert dict(steps[2].output_map) == {"CANDIDATES": "DENSE_CANDIDATES",
+                                         "SIMILARITY": "DENSE_SIMILARITY"}
+    assert steps[4].input_map["CORRECTION"] == "CORRECTION"
+    merged_steps = search_ensemble(files, ServingOptions()).config().ensemble_scheduling.step
+    assert [s.model_name for s in merged_steps] == ["query_encoder", "ranker"]
+    assert set(merged_steps[1].input_map) == {"EMBEDDING", "K", "QUERY"}
 
 
 def test_instance_counts_and_threads_are_configurable(tmp_path):
@@ -72,7 +100,7 @@ def test_ensemble_wiring_errors_are_caught_before_the_server():
 
 
 def test_tokenizer_step_rejects_each_bad_row_and_serves_the_rest(search_repository):
-    step = Tokenize(served_version(search_repository, "tokenizer"), {})
+    step = Tokenize(served_version(search_repository, "query_encoder"), {})
     good = {"QUERY": np.array([[b"drill"]], dtype=object)}
     bad = {"QUERY": np.array([[b"drill"], [b"\xc3"]], dtype=object)}
     results = step([good, bad])
@@ -111,10 +139,9 @@ def test_ranker_orders_candidates_and_attaches_their_metadata(search_repository)
 def test_in_process_runner_chains_the_configured_steps_and_raises_request_errors(
         search_repository):
     search = InProcessEnsemble(search_repository, "search")
-    assert [type(step).__name__ for step, _, _ in search.steps] == [
-        "Tokenize", "EncodeQueries", "Retrieve", "Rank"]
+    assert [type(step).__name__ for step, _, _ in search.steps] == ["Chain", "Chain"]
     answer = search(search_request(["ceiling fan", "teapot"], 2))
-    assert set(answer) == {t.name for t in SEARCH_OUTPUTS}
+    assert set(answer) == {t.name for t in (*SEARCH_OUTPUTS, *EXPLAIN_OUTPUTS)}
     assert answer["PRODUCT_IDS"][:, 0].tolist() == [b"A-FAN", b"A-TEAPOT"]
     with pytest.raises(RequestError, match="K = 0"):
         search(search_request(["ceiling fan"], 0))
@@ -137,3 +164,80 @@ def test_each_build_serves_a_new_version(tiny_catalogue, model_dir, tmp_path):
             str(versions[-1])]
     assert versions[1] > versions[0]  # even within one second
     assert read_config(repository, "search").response_cache.enable
+
+
+X, Y, Z = (TensorSpec(name, "FP32", (-1,)) for name in "XYZ")
+OUT = TensorSpec("OUT", "FP32", (-1,))
+
+
+class AddStep:
+    """X → OUT = X + `by`; rejects a request holding a negative X."""
+
+    def __init__(self, folder, parameters):
+        self.by = float(parameters["by"])
+
+    def __call__(self, requests):
+        return [RequestError("X is negative") if (r["X"] < 0).any() else {"OUT": r["X"] + self.by}
+                for r in requests]
+
+
+class DoubleStep:
+    """Y → Z = 2·Y."""
+
+    def __init__(self, folder, parameters):
+        pass
+
+    def __call__(self, requests):
+        return [{"Z": 2 * r["Y"]} for r in requests]
+
+
+def test_merged_models_run_their_steps_in_one_chain_and_fail_requests_alone(tmp_path):
+    add = PythonModel("add", AddStep, (X,), (OUT,), parameters={"by": "1"},
+                      tensor_names={"OUT": "Y"})
+    double = PythonModel("double", DoubleStep, (Y,), (Z,))
+    model = merged("add_double", add, double, instances=2)
+    config = model.config()
+    assert [i.name for i in config.input] == ["X"] and [o.name for o in config.output] == ["Z"]
+    assert config.instance_group[0].count == 2
+    (Inputs(X) >> model).ensemble("e", (Z,)).config()  # wires as one step
+    chain = load_step_class(config.parameters["step"].string_value)(
+        tmp_path, config_parameters(json_format.MessageToDict(
+            config, preserving_proto_field_name=True)))
+    answers = chain([{"X": np.array([[1.0]])}, {"X": np.array([[-1.0]])},
+                     {"X": np.array([[2.0]])}])
+    assert answers[0]["Z"].tolist() == [[4.0]] and answers[2]["Z"].tolist() == [[6.0]]
+    assert set(answers[0]) == {"Z"}  # only the declared outputs leave the model
+    assert isinstance(answers[1], RequestError) and "negative" in str(answers[1])
+    (alone,) = chain([{"X": np.array([[-3.0]])}])  # the later steps never see an empty call
+    assert isinstance(alone, RequestError)
+    clash = PythonModel("add2", AddStep, (Y,), (Z,), parameters={"by": "2"})
+    with pytest.raises(ValueError, match=r"add2 sets the parameter\(s\) \['by'\] differently"):
+        merged("bad", add, clash)
+
+
+def test_ranker_explains_each_score_by_its_weighted_signals(tmp_path, search_repository):
+    folder = tmp_path / "ranker"
+    folder.mkdir()
+    products = served_version(search_repository, "ranker") / "products.jsonl"
+    (folder / products.name).write_bytes(products.read_bytes())
+    catalogue_ids = [json.loads(line)["product_id"] for line in products.read_text().splitlines()]
+    FusionWeights({"similarity": 0.7, "feedback": 0.25, "lexical": 0.05}).save(
+        folder / "ranking.json")
+    rng = np.random.default_rng(0)
+    request = {"CANDIDATES": np.array([[4, 9, 2, 7, 1]]), "K": np.array([[3]], dtype=np.int32),
+               "SIMILARITY": rng.random((1, 5), dtype=np.float32),
+               "FEEDBACK": 1 + 2 * rng.random((1, 5), dtype=np.float32),
+               "LEXICAL": rng.random((1, 5), dtype=np.float32),
+               "CORRECTION": np.array([[b"garden hose"]], dtype=object)}
+    (result,) = Rank(folder, {})([request])
+    assert result["SIGNAL_NAMES"][0].tolist() == [b"similarity", b"feedback", b"lexical"]
+    assert result["SIGNAL_WEIGHTS"][0].tolist() == [0.7, 0.25, 0.05]
+    assert result["CORRECTED"].tolist() == [[b"garden hose"]]
+    candidates = request["CANDIDATES"][0].tolist()
+    for place, product_id in enumerate(result["PRODUCT_IDS"][0]):
+        position = candidates.index(catalogue_ids.index(product_id.decode()))
+        values = result["SIGNALS"][0, place]
+        assert values.tolist() == [request[n][0, position] for n in ("SIMILARITY", "FEEDBACK",
+                                                                     "LEXICAL")]
+        total = sum(w * float(v) for w, v in zip([0.7, 0.25, 0.05], values, strict=True))
+        assert np.float32(total) == result["SCORES"][0, place]

@@ -9,8 +9,8 @@ import onnxruntime
 from skl2onnx import to_onnx
 from sklearn.ensemble import HistGradientBoostingRegressor
 
-from fusionrank.core.encoding import onnx_session
 from fusionrank.core.search.runtime import HEAD_INPUTS as INPUTS
+from fusionrank.core.search.runtime import HeadInputs, OnnxFeedbackHead
 from fusionrank.export.search.feedback_head import OUTPUTS, export_feedback_head
 from fusionrank.training.search.feedback import (
     FeedbackConfig,
@@ -59,10 +59,14 @@ def test_feedback_model_learns_blends_on_dev_and_exports_every_output(tmp_path):
     graph = onnx.load(path)
     assert [i.name for i in graph.graph.input] == list(INPUTS)
     assert [o.name for o in graph.graph.output] == list(OUTPUTS)
-    served = onnx_session(path, threads=1).run(list(OUTPUTS), dict(zip(
-        INPUTS, (dev.query, dev.product, dev.features), strict=True)))
-    for name, values in zip(OUTPUTS, served, strict=True):
-        np.testing.assert_allclose(values, parts[name], atol=1e-4)
+    # Served as the server calls it: 8 queries with 8 candidates each, every query's vector
+    # given once; equal to the trained model fed one query row per pair.
+    owner = np.repeat(np.arange(8), 8)
+    inputs = HeadInputs(dev.query[:8], owner, dev.product[:64], dev.features[:64])
+    expected = model.predict_parts(dev.query[:8][owner], dev.product[:64], dev.features[:64])
+    head = OnnxFeedbackHead(path, threads=1)
+    for name in OUTPUTS:
+        np.testing.assert_allclose(head(inputs, name), expected[name], atol=1e-4)
 
 
 def test_tree_thresholds_split_float32_features_as_onnx_does():

@@ -11,7 +11,7 @@ from sklearn.ensemble import HistGradientBoostingRegressor
 from fusionrank.core import artefacts as names
 from fusionrank.core.catalogue import Catalogue, Product
 from fusionrank.core.fusion import FusionWeights
-from fusionrank.core.search.features import FEATURES, JudgementMemory, ProductPriors
+from fusionrank.core.search.features import FEATURES, JudgementMemory, ProductPriors, TitleTerms
 from fusionrank.core.search.lexical import LexicalIndex, top_k
 from fusionrank.core.search.runtime import SearchRuntime, dense_candidates
 from fusionrank.export.search.feedback_head import export_feedback_head
@@ -94,8 +94,8 @@ def test_a_query_is_corrected_once_and_bm25_and_features_see_the_same_terms(runt
     assert wrong.terms == right.terms == [["cordless", "drill"]]
     np.testing.assert_array_equal(wrong.rows, right.rows)
     np.testing.assert_array_equal(wrong.lexical, right.lexical)
-    features = [runtime.sources.head_inputs(p.queries, p.terms, vectors[:1], p.rows, p.lexical)[2]
-                for p in (right, wrong)]
+    features = [runtime.sources.head_inputs(p.queries, p.terms, vectors[:1], p.rows,
+                                            p.lexical).features for p in (right, wrong)]
     overlap = FEATURES.index("overlap")
     np.testing.assert_array_equal(features[0][:, overlap], features[1][:, overlap])
 
@@ -142,3 +142,12 @@ def test_disagreeing_files_are_refused(folder, tmp_path):
 def test_top_k_breaks_ties_by_row():
     rows, scores = top_k(np.array([0.5, 0.9, 0.5, 0.9, 0.1]), 3)
     assert rows.tolist() == [1, 3, 0] and scores.tolist() == [0.9, 0.9, 0.5]
+
+
+def test_a_corrected_query_is_shown_in_the_catalogue_s_own_words(runtime):
+    assert runtime.corrected_text("cordlss driil") == "cordless drill"
+    assert runtime.corrected_text("the cordlss drill") == "the cordless drill"  # stopword kept
+    assert runtime.corrected_text("cordless drill") == ""  # nothing corrected
+    # A corrected term is written as the titles most often write it.
+    titles = TitleTerms(["Two garden hoses", "Garden hoses, blue", "A hose"])
+    assert titles.surface["hose"] == "hoses" and titles.surface["garden"] == "garden"
