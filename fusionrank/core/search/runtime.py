@@ -233,8 +233,9 @@ class SearchRuntime:
 
     def corrected_text(self, query: str) -> str:
         """The query as the speller read it, in the catalogue's own words ("chrismas
-        decoratons" → "christmas decorations"), or "" where it corrected nothing. Each word it
-        changed is shown as the commonest title word of its corrected term."""
+        decoratons" → "christmas decoration" on the Online Retail titles), or "" where it
+        corrected nothing. Each word it changed is shown as the commonest title word of its
+        corrected term; the others as written."""
         words, changed = [], False
         for word in query_words(query):
             stem = light_stem(word)
