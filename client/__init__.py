@@ -5,9 +5,11 @@ from fusionrank.client.errors import (
     FusionRankError,
     InvalidRequestError,
     RequestTimeoutError,
+    ServerOverloadedError,
     ServerUnavailableError,
 )
 from fusionrank.client.recommend import Recommendations, RecommendedProduct
+from fusionrank.client.retry import RetryPolicy
 from fusionrank.client.search import ExplainedHit, ScorePart, SearchAnswer, SearchHit
 from fusionrank.client.sentiment import SentimentResult
 from fusionrank.client.sync import FusionRankClient
@@ -21,9 +23,11 @@ __all__ = [
     "Recommendations",
     "RecommendedProduct",
     "RequestTimeoutError",
+    "RetryPolicy",
     "ScorePart",
     "SearchAnswer",
     "SearchHit",
     "SentimentResult",
+    "ServerOverloadedError",
     "ServerUnavailableError",
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 
 import tritonclient.grpc.aio as grpcaio
@@ -14,6 +15,7 @@ from fusionrank.client.recommend import (
     parse_recommendations,
     recommend_inputs,
 )
+from fusionrank.client.retry import DEFAULT_RETRY, Replicas, RetryPolicy
 from fusionrank.client.search import (
     SEARCH_RESPONSE,
     SearchAnswer,
@@ -32,18 +34,32 @@ from fusionrank.core.sentiment.contract import PROBABILITIES, SENTIMENT_MODEL
 class AsyncFusionRankClient:
     """The asyncio twin of FusionRankClient: same methods, awaitable."""
 
-    def __init__(self, url: str = "127.0.0.1:8001", timeout_s: float = 10.0):
-        self.url = url
-        self.timeout_s = timeout_s
-        self._client = grpcaio.InferenceServerClient(url)
+    def __init__(self, url: str | Sequence[str] = "127.0.0.1:8001", timeout_s: float = 10.0,
+                 retry: RetryPolicy = DEFAULT_RETRY):
+        self._replicas = Replicas(url, grpcaio.InferenceServerClient, retry, timeout_s)
+        self.urls, self.url, self.timeout_s = self._replicas.urls, self._replicas.urls[0], timeout_s
+
+    @property
+    def active_url(self) -> str:
+        """The address that answered last (where the next call goes first)."""
+        return self.urls[self._replicas.current]
 
     async def _infer(self, model: str, inputs: list, outputs: Sequence):
         requested = [grpcaio.InferRequestedOutput(spec.name) for spec in outputs]
-        try:
-            return await self._client.infer(model, inputs, outputs=requested,
-                                            client_timeout=self.timeout_s)
-        except InferenceServerException as error:
-            raise from_triton(error, self.url) from None
+        attempts = self._replicas.attempts()
+        while True:
+            i = attempts.address
+            try:
+                result = await self._replicas.clients[i].infer(
+                    model, inputs, outputs=requested, client_timeout=attempts.remaining_s())
+                self._replicas.current = i
+                return result
+            except InferenceServerException as error:
+                failure = from_triton(error, self.urls[i])
+            wait = attempts.backoff_after(failure)
+            if wait is None:
+                raise failure
+            await asyncio.sleep(wait)
 
     async def search(self, query: str, k: int = DEFAULT_K) -> list[SearchHit]:
         return (await self.search_batch([query], k))[0]
@@ -74,7 +90,8 @@ class AsyncFusionRankClient:
         return parse_results(texts, result.as_numpy(PROBABILITIES.name))
 
     async def close(self) -> None:
-        await self._client.close()
+        for client in self._replicas.clients:
+            await client.close()
 
     async def __aenter__(self) -> AsyncFusionRankClient:
         return self

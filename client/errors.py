@@ -19,6 +19,15 @@ class RequestTimeoutError(FusionRankError, TimeoutError):
     """The server did not answer within the call's timeout."""
 
 
+class ServerOverloadedError(FusionRankError):
+    """The server refused the request at once because it is saturated (a model's queue is
+    full, or the request waited longer than the queue allows): try again later, or elsewhere."""
+
+
+# What Triton says when a model's queue policy refuses a request (gRPC UNAVAILABLE).
+OVERLOAD_MESSAGES = ("Exceeds maximum queue size", "Request timeout expired")
+
+
 def from_triton(error: Exception, url: str) -> FusionRankError:
     """Translate tritonclient's InferenceServerException by its gRPC status."""
     status = str(getattr(error, "status", lambda: "")() or "")
@@ -27,6 +36,8 @@ def from_triton(error: Exception, url: str) -> FusionRankError:
         return InvalidRequestError(message)
     if "DEADLINE_EXCEEDED" in status:
         return RequestTimeoutError(f"no answer from {url} in time: {message}")
+    if "UNAVAILABLE" in status and any(m in message for m in OVERLOAD_MESSAGES):
+        return ServerOverloadedError(f"{url} is overloaded and refused the request: {message}")
     if "UNAVAILABLE" in status:
         return ServerUnavailableError(f"cannot reach a Triton server at {url}: {message}")
     return FusionRankError(f"{status or 'error'} from {url}: {message}")

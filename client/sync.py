@@ -15,6 +15,7 @@ from fusionrank.client.recommend import (
     parse_recommendations,
     recommend_inputs,
 )
+from fusionrank.client.retry import DEFAULT_RETRY, Replicas, RetryPolicy
 from fusionrank.client.search import (
     SEARCH_RESPONSE,
     SearchAnswer,
@@ -36,18 +37,34 @@ class FusionRankClient:
     # Where request tensors are built: tritonclient's gRPC module (an in-process twin swaps it).
     transport = grpcclient
 
-    def __init__(self, url: str = "127.0.0.1:8001", timeout_s: float = 10.0):
-        self.url = url
-        self.timeout_s = timeout_s
-        self._client = grpcclient.InferenceServerClient(url)
+    def __init__(self, url: str | Sequence[str] = "127.0.0.1:8001", timeout_s: float = 10.0,
+                 retry: RetryPolicy = DEFAULT_RETRY):
+        """`url`: one server address, or several (replicas: a call fails over between them).
+        `timeout_s`: each call's deadline, retries included. `retry`: see client/retry.py."""
+        self._replicas = Replicas(url, grpcclient.InferenceServerClient, retry, timeout_s)
+        self.urls, self.url, self.timeout_s = self._replicas.urls, self._replicas.urls[0], timeout_s
+
+    @property
+    def active_url(self) -> str:
+        """The address that answered last (where the next call goes first)."""
+        return self.urls[self._replicas.current]
 
     def _infer(self, model: str, inputs: list, outputs: Sequence):
         requested = [grpcclient.InferRequestedOutput(spec.name) for spec in outputs]
-        try:
-            return self._client.infer(model, inputs, outputs=requested,
-                                      client_timeout=self.timeout_s)
-        except InferenceServerException as error:
-            raise from_triton(error, self.url) from None
+        attempts = self._replicas.attempts()
+        while True:
+            i = attempts.address
+            try:
+                result = self._replicas.clients[i].infer(
+                    model, inputs, outputs=requested, client_timeout=attempts.remaining_s())
+                self._replicas.current = i
+                return result
+            except InferenceServerException as error:
+                failure = from_triton(error, self.urls[i])
+            wait = attempts.backoff_after(failure)
+            if wait is None:
+                raise failure
+            time.sleep(wait)
 
     def search(self, query: str, k: int = DEFAULT_K) -> list[SearchHit]:
         """The k best products for one query, best first."""
@@ -85,7 +102,7 @@ class FusionRankClient:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             try:
-                if self._client.is_model_ready(model):
+                if self._replicas.clients[self._replicas.current].is_model_ready(model):
                     return
             except InferenceServerException:
                 pass
@@ -94,7 +111,8 @@ class FusionRankClient:
                                      f"after {timeout_s:.0f} s")
 
     def close(self) -> None:
-        self._client.close()
+        for client in self._replicas.clients:
+            client.close()
 
     def __enter__(self) -> FusionRankClient:
         return self

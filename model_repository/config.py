@@ -94,6 +94,10 @@ class PythonModel:
     instances: int = 1
     max_batch_size: int = MAX_BATCH
     max_queue_delay_us: int = 200
+    # Overload: at most this many requests wait (more are refused at once), each at most
+    # queue_timeout_us (then refused); 0 = no bound.
+    max_queue_size: int = 0
+    queue_timeout_us: int = 0
     # How an ensemble names this model's tensors, where it differs (model name → ensemble name).
     tensor_names: dict[str, str] = field(default_factory=dict)
 
@@ -106,7 +110,11 @@ class PythonModel:
             input=[model_input(t) for t in self.inputs],
             output=[model_output(t) for t in self.outputs],
             dynamic_batching=mc.ModelDynamicBatching(
-                max_queue_delay_microseconds=self.max_queue_delay_us),
+                max_queue_delay_microseconds=self.max_queue_delay_us,
+                default_queue_policy=mc.ModelQueuePolicy(
+                    max_queue_size=self.max_queue_size,
+                    default_timeout_microseconds=self.queue_timeout_us,
+                    timeout_action=mc.ModelQueuePolicy.REJECT)),
             instance_group=[mc.ModelInstanceGroup(count=self.instances,
                                                   kind=mc.ModelInstanceGroup.KIND_CPU)],
             # `step` lets the in-process runner find the step behind the model.
@@ -125,8 +133,8 @@ class PythonModel:
         return folder
 
 
-def merged(name: str, *models: PythonModel, instances: int = 1,
-           max_queue_delay_us: int = 200) -> PythonModel:
+def merged(name: str, *models: PythonModel, instances: int = 1, max_queue_delay_us: int = 200,
+           max_queue_size: int = 0, queue_timeout_us: int = 0) -> PythonModel:
     """Consecutive models of a pipeline as ONE model (a `Chain` of their steps): a request
     crosses one Python-backend process instead of one per step. Its inputs are what its
     steps read that no earlier step of it produced; its outputs, its last step's; its
@@ -154,4 +162,5 @@ def merged(name: str, *models: PythonModel, instances: int = 1,
         name, Chain, tuple(inputs.values()), outputs, artefacts,
         {**parameters, CHAIN_PARAMETER: json.dumps(chain),
          CHAIN_OUTPUTS: ",".join(spec.name for spec in outputs)},
-        instances=instances, max_queue_delay_us=max_queue_delay_us)
+        instances=instances, max_queue_delay_us=max_queue_delay_us,
+        max_queue_size=max_queue_size, queue_timeout_us=queue_timeout_us)

@@ -80,6 +80,9 @@ def add_build(commands: argparse._SubParsersAction) -> None:
                              "comparison)")
     parser.add_argument("--no-response-cache", action="store_true",
                         help="leave the search ensemble out of Triton's response cache")
+    parser.add_argument("--max-queue-size", type=int, default=ServingOptions.max_queue_size,
+                        help="requests each search model lets wait; more are refused at once "
+                             "(UNAVAILABLE, the SDK's ServerOverloadedError); 0 = no bound")
     parser.set_defaults(run=run_build)
 
 
@@ -113,7 +116,8 @@ def run_build(args: argparse.Namespace) -> int:
                              separate_steps=args.separate_steps,
                              onnx_threads=args.threads, precision=args.precision,
                              max_queue_delay_us=args.max_queue_delay_us,
-                             response_cache=not args.no_response_cache)
+                             response_cache=not args.no_response_cache,
+                             max_queue_size=args.max_queue_size)
     model = Path(args.model) if args.model else bundled_model_path()
     run = None if args.pretrained else (args.run_dir or build.newest_run()
                                         or build.train_default_run())

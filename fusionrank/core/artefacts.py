@@ -8,7 +8,11 @@ under the same names. A Python-backend model's version folder holds the files it
 from __future__ import annotations
 
 import hashlib
+import zipfile
+from collections.abc import Iterable
 from pathlib import Path
+
+import numpy as np
 
 # The sentence encoder (search queries, catalogue titles, shoppers' purchases).
 ENCODER = "encoder.onnx"  # token ids → unit embedding (pooling and L2 norm inside the graph)
@@ -56,3 +60,43 @@ def file_sha256(path: str | Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+class ArtefactError(ValueError):
+    """An artefact file that cannot be what it should be (truncated, of the wrong shape, missing
+    an array); the message names the file. A model's load stops on it."""
+
+
+def load_array(path: str | Path, shape: tuple[int | None, ...] | None = None,
+               mmap: bool = False) -> np.ndarray:
+    """A `.npy` array (never pickled objects) of `shape` where given (None: any length along
+    that axis); an ArtefactError naming the file where it is unreadable or of another shape."""
+    path = Path(path)
+    try:
+        array = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as error:
+        raise ArtefactError(f"{path} is not a readable .npy array ({error}); rebuild it"
+                            ) from error
+    if shape is not None and (array.ndim != len(shape) or any(
+            n is not None and n != got for n, got in zip(shape, array.shape, strict=True))):
+        raise ArtefactError(f"{path} holds an array of shape {list(array.shape)}; expected "
+                            f"{['any' if n is None else n for n in shape]}")
+    return array
+
+
+def load_arrays(path: str | Path, names: Iterable[str]) -> dict[str, np.ndarray]:
+    """The named arrays of a `.npz` file (never pickled objects); an ArtefactError naming the
+    file where it is unreadable or lacks one of them."""
+    path = Path(path)
+    names = list(names)
+    try:
+        with np.load(path, allow_pickle=False) as saved:
+            missing = [name for name in names if name not in saved.files]
+            if missing:
+                raise ArtefactError(f"{path} lacks the array(s) {', '.join(missing)}; rebuild it")
+            return {name: saved[name] for name in names}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
+        if isinstance(error, ArtefactError):
+            raise
+        raise ArtefactError(f"{path} is not a readable .npz archive ({error}); rebuild it"
+                            ) from error

@@ -33,7 +33,7 @@ class RequestError(ValueError):
 
 def check_text(value: bytes | str, tensor: str, row: int, max_chars: int) -> str:
     """One row of a text input, trimmed, or a RequestError naming the tensor, the row and
-    what is wrong with it (not UTF-8, empty, too long)."""
+    what is wrong with it (not UTF-8, a NUL character, empty, too long)."""
     if isinstance(value, bytes):
         try:
             value = value.decode("utf-8")
@@ -41,6 +41,9 @@ def check_text(value: bytes | str, tensor: str, row: int, max_chars: int) -> str
             raise RequestError(f"{tensor}[{row}] is not valid UTF-8 "
                                f"(byte 0x{value[error.start]:02x} at offset {error.start})"
                                ) from None
+    if "\0" in value:  # never text: C code downstream would cut the string there
+        raise RequestError(f"{tensor}[{row}] contains a NUL character "
+                           f"(at offset {value.index(chr(0))})")
     text = value.strip()
     if not text:
         raise RequestError(f"{tensor}[{row}] is empty or only whitespace")

@@ -53,6 +53,13 @@ class ServingOptions:
     # model; two let it use both cores of the measured machine while the encoder runs.
     ranker_instances: int = 2
     max_queue_delay_us: int = 0  # the sweep: waiting to fill a batch only adds latency here
+    # Overload: with max_queue_size > 0 each model holds at most that many waiting requests
+    # and refuses more at once (UNAVAILABLE "Exceeds maximum queue size": the SDK's
+    # ServerOverloadedError), and with queue_timeout_ms > 0 refuses one that waited longer.
+    # Off by default: at 64 callers on 2 cores a bound of 16 refused half the calls yet served
+    # fewer queries with a worse p99 than no bound (benchmarks/reports/search_overload.md).
+    max_queue_size: int = 0
+    queue_timeout_ms: int = 0
     onnx_threads: int = 2  # per copy; the sweep (benchmarks/reports/search_sweep.md)
     candidates: int = MAX_K
     lexical_candidates: int = LEXICAL_CANDIDATES  # BM25 candidates added (the fitted pool)
@@ -95,6 +102,8 @@ def search_ensemble(files: SearchArtefacts, options: ServingOptions) -> Ensemble
     `options.separate_steps`, as one model each."""
     threads = {"threads": str(options.onnx_threads)}
     delay = options.max_queue_delay_us
+    queue = {"max_queue_size": options.max_queue_size,
+             "queue_timeout_us": options.queue_timeout_ms * 1000}
     fused = files.run is not None
     tokenize = PythonModel(
         "tokenizer", steps.Tokenize, (QUERY,), TOKENS,
@@ -125,12 +134,13 @@ def search_ensemble(files: SearchArtefacts, options: ServingOptions) -> Ensemble
         parameters={**threads, "lexical_candidates": str(options.lexical_candidates)},
         instances=options.ranker_instances, max_queue_delay_us=delay)] if fused else []
     if options.separate_steps:
-        models = [tokenize, encode, retrieve, *scoring, rank]
+        models = [replace(model, **queue) for model in (tokenize, encode, retrieve, *scoring,
+                                                         rank)]
     else:
-        models = [merged("query_encoder", tokenize, encode,
-                         instances=options.encoder_instances, max_queue_delay_us=delay),
-                  merged("ranker", retrieve, *scoring, rank,
-                         instances=options.ranker_instances, max_queue_delay_us=delay)]
+        models = [merged("query_encoder", tokenize, encode, instances=options.encoder_instances,
+                         max_queue_delay_us=delay, **queue),
+                  merged("ranker", retrieve, *scoring, rank, instances=options.ranker_instances,
+                         max_queue_delay_us=delay, **queue)]
     pipeline = Inputs(QUERY, K)
     for model in models:
         pipeline = pipeline >> model

@@ -25,6 +25,7 @@ from fusionrank.client import (
     FusionRankError,
     InvalidRequestError,
     RequestTimeoutError,
+    ServerOverloadedError,
     ServerUnavailableError,
 )
 from fusionrank.core.contract import DEFAULT_K, MAX_K, RequestError, check_k
@@ -244,6 +245,7 @@ def test_sdk_errors_become_the_pages_states():
     url = "127.0.0.1:1"
     cases = [(InvalidRequestError("QUERY[0] is empty"), 400, "invalid_argument"),
              (ServerUnavailableError("cannot reach"), 503, "server_unavailable"),
+             (ServerOverloadedError("refused: Exceeds maximum queue size"), 503, "overloaded"),
              (RequestTimeoutError("no answer"), 504, "timeout"),
              (FusionRankError("StatusCode.NOT_FOUND from x: Request for unknown model: "
                               "'sentiment' is not found"), 503, "model_missing"),
@@ -251,7 +253,7 @@ def test_sdk_errors_become_the_pages_states():
     for error, status, kind in cases:
         failure = from_sdk(error, "sentiment", url)
         assert (failure.status, failure.error) == (status, kind)
-    assert from_sdk(cases[3][0], "sentiment", url).message == \
+    assert from_sdk(cases[4][0], "sentiment", url).message == \
         f"the server at {url} serves no 'sentiment' model"
 
 

@@ -15,16 +15,18 @@ from fusionrank.client import (
     FusionRankError,
     InvalidRequestError,
     RequestTimeoutError,
+    ServerOverloadedError,
     ServerUnavailableError,
 )
 
-ErrorKind = Literal["invalid_argument", "model_missing", "server_unavailable", "timeout",
-                    "server_error"]
+ErrorKind = Literal["invalid_argument", "model_missing", "server_unavailable", "overloaded",
+                    "timeout", "server_error"]
 
 # HTTP status per kind: bad input found here (the contract's checks, the same functions the
 # server runs) is 422; the SDK's or the server's INVALID_ARGUMENT is 400.
 STATUS: dict[ErrorKind, int] = {"invalid_argument": 400, "model_missing": 503,
-                                "server_unavailable": 503, "timeout": 504, "server_error": 502}
+                                "server_unavailable": 503, "overloaded": 503, "timeout": 504,
+                                "server_error": 502}
 
 
 @dataclass(eq=False)  # not frozen: raising sets attributes on an exception
@@ -58,6 +60,8 @@ def from_sdk(error: FusionRankError, model: str, url: str) -> ApiError:
         kind, message = "model_missing", f"the server at {url} serves no '{model}' model"
     elif isinstance(error, InvalidRequestError):
         kind, message = "invalid_argument", str(error)
+    elif isinstance(error, ServerOverloadedError):
+        kind, message = "overloaded", str(error)
     elif isinstance(error, ServerUnavailableError):
         kind, message = "server_unavailable", str(error)
     elif isinstance(error, RequestTimeoutError):

@@ -77,6 +77,8 @@ def _product_id(value: bytes | str, row: int) -> str:
             value = value.decode("utf-8")
         except UnicodeDecodeError:
             raise RequestError(f"HISTORY[{row}] holds an id that is not valid UTF-8") from None
+    if "\0" in value:
+        raise RequestError(f"HISTORY[{row}] holds an id with a NUL character")
     text = value.strip()
     if len(text) > MAX_PRODUCT_ID_CHARS:
         raise RequestError(f"HISTORY[{row}] holds an id of {len(text)} characters; "

@@ -22,7 +22,7 @@ An artefact folder holds
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -92,8 +92,7 @@ class ProductStats:
 
     @classmethod
     def load(cls, path: Path) -> ProductStats:
-        with np.load(path) as data:
-            return cls(**{k: data[k] for k in data.files})
+        return cls(**artefacts.load_arrays(path, [f.name for f in fields(cls)]))
 
     def popularity_order(self) -> np.ndarray:
         """Catalogue rows, most bought in the last 4 weeks first (then all time, then row)."""
@@ -262,7 +261,8 @@ class HistoryEncoder:
     def load(cls, folder: str | Path) -> HistoryEncoder:
         folder = Path(folder)
         lines = (folder / artefacts.PRODUCTS).read_text(encoding="utf-8").splitlines()
-        return cls(np.load(folder / artefacts.EMBEDDINGS),
+        return cls(artefacts.load_array(folder / artefacts.EMBEDDINGS,
+                                        shape=(len(lines), None)),
                    [json.loads(line)["product_id"] for line in lines],
                    RecommenderConfig.load(folder / artefacts.RECOMMENDER_CONFIG))
 
@@ -305,10 +305,13 @@ class Recommender:
         if missing:
             raise FileNotFoundError(f"{folder} is not a recommender artefact folder: missing "
                                     f"{', '.join(missing)} (run `fusionrank train-recommender`)")
-        return cls(np.load(folder / artefacts.EMBEDDINGS),
-                   (folder / artefacts.PRODUCTS).read_text(encoding="utf-8").splitlines(),
+        lines = (folder / artefacts.PRODUCTS).read_text(encoding="utf-8").splitlines()
+        return cls(artefacts.load_array(folder / artefacts.EMBEDDINGS,
+                                        shape=(len(lines), None)),
+                   lines,
                    ProductStats.load(folder / artefacts.PRODUCT_STATS),
-                   np.load(folder / artefacts.COPURCHASE),
+                   artefacts.load_array(folder / artefacts.COPURCHASE,
+                                        shape=(len(lines), len(lines))),
                    RecommenderConfig.load(folder / artefacts.RECOMMENDER_CONFIG),
                    FusionWeights.load(folder / artefacts.FUSION_WEIGHTS),
                    OnnxRecommendHead(folder / artefacts.RECOMMEND_HEAD, threads))

@@ -47,6 +47,7 @@ import numpy as np
 from scipy import sparse
 from threadpoolctl import ThreadpoolController
 
+from fusionrank.core import artefacts
 from fusionrank.core.search.lexical import top_k
 from fusionrank.core.search.text import STOPWORDS, lexical_tokens, light_stem, query_words
 
@@ -99,8 +100,8 @@ class ProductPriors:
         np.save(Path(path), np.stack([self.mean, self.count], axis=1).astype(np.float32))
 
     @classmethod
-    def load(cls, path: str | Path) -> ProductPriors:
-        table = np.load(Path(path))
+    def load(cls, path: str | Path, products: int | None = None) -> ProductPriors:
+        table = artefacts.load_array(path, shape=(products, 2))
         return cls(table[:, 0].copy(), table[:, 1].copy())
 
 
@@ -193,8 +194,7 @@ class JudgementMemory:
         if not path.is_file():
             raise FileNotFoundError(f"judgement memory {path} not found (a run trained before "
                                     "the memory existed needs `fusionrank train` again)")
-        with np.load(path, allow_pickle=False) as saved:
-            return cls(**{f.name: saved[f.name] for f in fields(cls)})
+        return cls(**artefacts.load_arrays(path, [f.name for f in fields(cls)]))
 
 
 def char_trigrams(text: str) -> list[int]:

@@ -15,6 +15,7 @@ from pathlib import Path
 import bm25s
 import numpy as np
 
+from fusionrank.core import artefacts
 from fusionrank.core.search.spelling import QuerySpeller
 from fusionrank.core.search.text import lexical_tokens
 
@@ -60,13 +61,13 @@ class LexicalIndex:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"BM25 index {path} not found")
-        with np.load(path, allow_pickle=False) as saved:
-            params = json.loads(str(saved["params"]))
-            retriever = bm25s.BM25(k1=params["k1"], b=params["b"], method=params["method"],
-                                   backend="numpy")
-            retriever.scores = {"data": saved["data"], "indices": saved["indices"],
-                                "indptr": saved["indptr"], "num_docs": params["num_docs"]}
-            retriever.vocab_dict = {str(t): i for i, t in enumerate(saved["vocab"])}
+        saved = artefacts.load_arrays(path, ["data", "indices", "indptr", "vocab", "params"])
+        params = json.loads(str(saved["params"]))
+        retriever = bm25s.BM25(k1=params["k1"], b=params["b"], method=params["method"],
+                               backend="numpy")
+        retriever.scores = {"data": saved["data"], "indices": saved["indices"],
+                            "indptr": saved["indptr"], "num_docs": params["num_docs"]}
+        retriever.vocab_dict = {str(t): i for i, t in enumerate(saved["vocab"])}
         retriever.unique_token_ids_set = set(retriever.vocab_dict.values())
         retriever.nonoccurrence_array = None  # only bm25l / bm25+ need it
         return cls(retriever)

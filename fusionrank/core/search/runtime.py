@@ -217,9 +217,10 @@ class SearchRuntime:
         folder = Path(folder)
         lines = (folder / artefacts.PRODUCTS).read_text(encoding="utf-8").splitlines()
         # Memory-mapped: every process serving this catalogue shares the pages.
-        embeddings = np.load(folder / artefacts.EMBEDDINGS, mmap_mode="r")
+        embeddings = artefacts.load_array(folder / artefacts.EMBEDDINGS,
+                                          shape=(len(lines), None), mmap=True)
         sources = FeatureSources.build([json.loads(line)["title"] for line in lines], embeddings,
-                                       ProductPriors.load(folder / artefacts.PRIORS),
+                                       ProductPriors.load(folder / artefacts.PRIORS, len(lines)),
                                        JudgementMemory.load(folder / artefacts.MEMORY))
         weights_file = folder / artefacts.FUSION_WEIGHTS
         return cls(LexicalIndex.load(folder / artefacts.LEXICAL), sources,

@@ -135,8 +135,44 @@ def test_disagreeing_files_are_refused(folder, tmp_path):
     for name in (*names.SEARCH_RUN_FILES, names.EMBEDDINGS, names.PRODUCTS):
         (tmp_path / name).write_bytes((folder / name).read_bytes())
     np.save(tmp_path / names.EMBEDDINGS, np.zeros((5, DIM), np.float32))
-    with pytest.raises(ValueError, match="disagree on the catalogue size"):
+    with pytest.raises(ValueError, match=r"embeddings.npy holds an array of shape \[5, 16\]; "
+                                         r"expected \[120, 'any'\]"):
         SearchRuntime.load(tmp_path)
+
+
+def truncate(path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[:len(data) // 2])
+
+
+def drop_array(path, name: str) -> None:
+    with np.load(path) as saved:
+        kept = {key: saved[key] for key in saved.files if key != name}
+    with path.open("wb") as handle:
+        np.savez(handle, **kept)
+
+
+@pytest.mark.parametrize(("file", "damage", "message"), [
+    (names.EMBEDDINGS, truncate, "embeddings.npy is not a readable .npy array"),
+    (names.PRIORS, truncate, "priors.npy is not a readable .npy array"),
+    (names.PRIORS, lambda p: np.save(p, np.zeros((120, 3), np.float32)),
+     r"priors.npy holds an array of shape \[120, 3\]; expected \[120, 2\]"),
+    (names.PRIORS, lambda p: np.save(p, np.zeros((7, 2), np.float32)),
+     r"priors.npy holds an array of shape \[7, 2\]"),
+    (names.MEMORY, lambda p: drop_array(p, "grades"), "memory.npz lacks the array.s. grades"),
+    (names.MEMORY, truncate, "memory.npz is not a readable .npz archive"),
+    (names.LEXICAL, lambda p: drop_array(p, "vocab"), "lexical.npz lacks the array.s. vocab"),
+    (names.LEXICAL, truncate, "lexical.npz is not a readable .npz archive"),
+], ids=["embeddings-truncated", "priors-truncated", "priors-columns", "priors-rows",
+        "memory-missing-array", "memory-truncated", "lexical-missing-array", "lexical-truncated"])
+def test_a_malformed_artefact_stops_the_load_naming_the_file(folder, tmp_path, file, damage,
+                                                              message):
+    for name in (*names.SEARCH_RUN_FILES, names.EMBEDDINGS, names.PRODUCTS):
+        (tmp_path / name).write_bytes((folder / name).read_bytes())
+    SearchRuntime.load(tmp_path, threads=1)  # the intact copy loads
+    damage(tmp_path / file)
+    with pytest.raises(names.ArtefactError, match=message):
+        SearchRuntime.load(tmp_path, threads=1)
 
 
 def test_top_k_breaks_ties_by_row():
