@@ -17,6 +17,7 @@ import argparse
 import shlex
 import signal
 import sys
+import time
 from pathlib import Path
 
 from fusionrank.app import recommend, search, sentiment, web
@@ -24,6 +25,9 @@ from fusionrank.model_repository.search.ensemble import ServingOptions
 
 DEFAULT_BUILD = Path("build")
 DEFAULT_CACHE_MIB = 256
+MAX_RESTARTS = 3  # restarts of a crashed tritonserver in a row before `serve` gives up
+STEADY_S = 600  # a server that ran this long before it exited starts a new count
+RESTART_PAUSE_S = 1.0  # times the restart's number: 1 s, 2 s, 3 s
 
 
 class CommandError(Exception):
@@ -147,7 +151,35 @@ def add_serve(commands: argparse._SubParsersAction) -> None:
                         help="port of the shop's web page, served beside Triton on --host "
                              f"(default {web.cli.DEFAULT_WEB_PORT})")
     parser.add_argument("--no-web", action="store_true", help="serve Triton alone, no web page")
+    parser.add_argument("--max-restarts", type=int, default=MAX_RESTARTS,
+                        help="restart a tritonserver that exits by itself (a crash) up to this "
+                             f"many times in a row, then exit with an error (default "
+                             f"{MAX_RESTARTS}; a run of {STEADY_S // 60} minutes resets the count)")
     parser.set_defaults(run=run_serve)
+
+
+def keep_serving(server, max_restarts: int) -> int:
+    """Wait on the running tritonserver; when it exits by itself (a crash, a kill), start it
+    again, up to `max_restarts` times in a row (a run of STEADY_S resets the count), then exit
+    with an error saying so."""
+    restarts = 0
+    while True:
+        started = time.monotonic()
+        code = server.process.wait()
+        if time.monotonic() - started >= STEADY_S:
+            restarts = 0
+        if restarts >= max_restarts:
+            print(f"fusionrank serve: tritonserver exited with code {code} after {restarts} "
+                  "restart(s) in a row; giving up (see its log above)", file=sys.stderr,
+                  flush=True)
+            return 1
+        restarts += 1
+        print(f"fusionrank serve: tritonserver exited with code {code}; restarting "
+              f"({restarts} of {max_restarts})", file=sys.stderr, flush=True)
+        time.sleep(RESTART_PAUSE_S * restarts)
+        server.start()
+        print(f"fusionrank serve: serving again on gRPC {server.grpc_url}", file=sys.stderr,
+              flush=True)
 
 
 def run_serve(args: argparse.Namespace) -> int:
@@ -176,7 +208,7 @@ def run_serve(args: argparse.Namespace) -> int:
         print(f"serving {args.repository} — gRPC {server.grpc_url}, HTTP {args.host}:"
               f"{args.http_port}, metrics {args.host}:{args.metrics_port}, {cache}{shop}; "
               "Ctrl-C stops", file=sys.stderr, flush=True)
-        return server.process.wait()
+        return keep_serving(server, args.max_restarts)
     except KeyboardInterrupt:
         return 0
     finally:

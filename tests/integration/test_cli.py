@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -124,3 +126,50 @@ def test_search_explain_shows_the_correction_and_each_score_s_parts(triton_serve
     assert answer["corrected"] == "garden hose"
     assert [p["signal"] for p in answer["results"][0]["parts"]] == [
         "similarity", "feedback", "lexical"]
+
+
+def child_named(parent: int, name: str) -> int:
+    """The pid of `parent`'s child process called `name`."""
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            command, rest = stat[stat.index("(") + 1:stat.rindex(")")], stat[stat.rindex(")") + 2:]
+            if command == name and int(rest.split()[1]) == parent:
+                return int(entry.name)
+    raise LookupError(f"no child {name} of {parent}")
+
+
+def wait_for_line(lines: list[str], text: str, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not any(text in line for line in lines):
+        assert time.monotonic() < deadline, f"no line with {text!r}:\n{''.join(lines)[-3000:]}"
+        time.sleep(0.2)
+
+
+def test_serve_restarts_a_crashed_server_then_gives_up(search_repository):
+    ports = Ports.free()
+    serve = subprocess.Popen(
+        [*FUSIONRANK, "serve", "--repository", str(search_repository),
+         "--grpc-port", str(ports.grpc), "--http-port", str(ports.http),
+         "--metrics-port", str(ports.metrics), "--no-web", "--max-restarts", "1"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(serve.stdout), daemon=True)
+    reader.start()
+    try:
+        wait_for_line(lines, f"gRPC 127.0.0.1:{ports.grpc}", 120)
+        os.kill(child_named(serve.pid, "tritonserver"), signal.SIGKILL)  # a crash
+        wait_for_line(lines, "restarting (1 of 1)", 30)
+        wait_for_line(lines, "serving again", 120)
+        with FusionRankClient(f"127.0.0.1:{ports.grpc}", timeout_s=30) as client:
+            assert client.search("kitchen sink", k=1)[0].product_id == "A-SINK"
+        os.kill(child_named(serve.pid, "tritonserver"), signal.SIGKILL)  # again: none left
+        assert serve.wait(timeout=60) == 1
+        wait_for_line(lines, "giving up", 10)
+    finally:
+        if serve.poll() is None:
+            serve.kill()
+    reader.join(timeout=10)
