@@ -198,3 +198,19 @@ class TritonServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def child_process(parent: int, name: str) -> int:
+    """The pid of `parent`'s child process called `name` (Linux /proc), e.g. the tritonserver
+    a `fusionrank serve` runs; LookupError where there is none."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        command, rest = stat[stat.index("(") + 1:stat.rindex(")")], stat[stat.rindex(")") + 2:]
+        if command == name and int(rest.split()[1]) == parent:
+            return int(entry.name)
+    raise LookupError(f"process {parent} has no child called {name}")

@@ -9,11 +9,10 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
-from fusionrank.app.serve import Ports
+from fusionrank.app.serve import Ports, child_process
 from fusionrank.client import FusionRankClient
 
 FUSIONRANK = [sys.executable, "-m", "fusionrank.app.cli"]
@@ -128,20 +127,6 @@ def test_search_explain_shows_the_correction_and_each_score_s_parts(triton_serve
         "similarity", "feedback", "lexical"]
 
 
-def child_named(parent: int, name: str) -> int:
-    """The pid of `parent`'s child process called `name`."""
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            command, rest = stat[stat.index("(") + 1:stat.rindex(")")], stat[stat.rindex(")") + 2:]
-            if command == name and int(rest.split()[1]) == parent:
-                return int(entry.name)
-    raise LookupError(f"no child {name} of {parent}")
-
-
 def wait_for_line(lines: list[str], text: str, timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     while not any(text in line for line in lines):
@@ -161,12 +146,12 @@ def test_serve_restarts_a_crashed_server_then_gives_up(search_repository):
     reader.start()
     try:
         wait_for_line(lines, f"gRPC 127.0.0.1:{ports.grpc}", 120)
-        os.kill(child_named(serve.pid, "tritonserver"), signal.SIGKILL)  # a crash
+        os.kill(child_process(serve.pid, "tritonserver"), signal.SIGKILL)  # a crash
         wait_for_line(lines, "restarting (1 of 1)", 30)
         wait_for_line(lines, "serving again", 120)
         with FusionRankClient(f"127.0.0.1:{ports.grpc}", timeout_s=30) as client:
             assert client.search("kitchen sink", k=1)[0].product_id == "A-SINK"
-        os.kill(child_named(serve.pid, "tritonserver"), signal.SIGKILL)  # again: none left
+        os.kill(child_process(serve.pid, "tritonserver"), signal.SIGKILL)  # again: none left
         assert serve.wait(timeout=60) == 1
         wait_for_line(lines, "giving up", 10)
     finally:

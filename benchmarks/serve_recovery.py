@@ -1,0 +1,103 @@
+"""How long search is gone when tritonserver dies under `fusionrank serve`, which restarts it:
+kill -9 the server, then call `search` through the SDK (its retries on) until it answers.
+
+    .venv/bin/python benchmarks/serve_recovery.py build/homedepot_fused/model_repository \
+        build/model_repository
+
+Writes benchmarks/reports/serve_recovery.md and .json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from search_benchmark import REPORTS, machine
+
+from fusionrank.app.serve import Ports, child_process
+from fusionrank.client import FusionRankClient, FusionRankError
+
+CALL_TIMEOUT_S = 2.0
+QUERY = "cordless drill"
+
+
+def recovery(repository: Path) -> dict:
+    ports = Ports.free()
+    serve = subprocess.Popen(
+        [sys.executable, "-m", "fusionrank.app.cli", "serve", "--repository", str(repository),
+         "--grpc-port", str(ports.grpc), "--http-port", str(ports.http),
+         "--metrics-port", str(ports.metrics), "--no-web"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+    threading.Thread(target=lambda: lines.extend(serve.stdout), daemon=True).start()
+    url = f"127.0.0.1:{ports.grpc}"
+    try:
+        deadline = time.monotonic() + 300
+        while not any("Ctrl-C stops" in line for line in lines):
+            if time.monotonic() > deadline or serve.poll() is not None:
+                raise RuntimeError("".join(lines)[-3000:])
+            time.sleep(0.2)
+        with FusionRankClient(url, timeout_s=CALL_TIMEOUT_S) as client:
+            client.search(QUERY)
+            killed = time.monotonic()
+            os.kill(child_process(serve.pid, "tritonserver"), signal.SIGKILL)
+            failed = 0
+            while time.monotonic() - killed < 300:
+                try:
+                    client.search(QUERY)
+                    break
+                except FusionRankError:
+                    failed += 1
+            back = time.monotonic() - killed
+    finally:
+        serve.send_signal(signal.SIGTERM)
+        serve.wait(60)
+    return {"repository": str(repository), "seconds_without_search": round(back, 1),
+            "failed_calls": failed}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("repositories", type=Path, nargs="+")
+    args = parser.parse_args()
+    results = [recovery(repository) for repository in args.repositories]
+    report = {"date": datetime.now(UTC).isoformat(timespec="seconds"),
+              "command": "python " + " ".join(sys.argv), "machine": machine(),
+              "call_timeout_s": CALL_TIMEOUT_S, "results": results}
+    rows = "\n".join(f"| `{r['repository']}` | {r['seconds_without_search']} | "
+                     f"{r['failed_calls']} |" for r in results)
+    markdown = f"""# Search after tritonserver dies under `fusionrank serve`
+
+- Command: `{report['command']}`
+- Machine: {report['machine']}
+- Date: {report['date']}
+- `fusionrank serve` on free loopback ports; the tritonserver it runs is killed (SIGKILL) and
+  serve restarts it (after a 1 s pause); one caller keeps calling `search` through the SDK,
+  each call with a {CALL_TIMEOUT_S:.0f} s deadline and the SDK's retries (4 tries, back-off
+  from 50 ms), until an answer comes.
+
+| repository | seconds without search | calls that failed meanwhile |
+| --- | --- | --- |
+{rows}
+
+The time is the restart: the server's start and every model's load (the Home Depot ranker
+builds its title features, about 7 s a copy).
+"""
+    REPORTS.mkdir(parents=True, exist_ok=True)
+    (REPORTS / "serve_recovery.json").write_text(json.dumps(report, indent=2) + "\n")
+    (REPORTS / "serve_recovery.md").write_text(markdown)
+    print(markdown)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
