@@ -442,11 +442,16 @@ def peer_summary() -> dict | None:
 
 
 def write_report(summary: dict, name: str) -> None:
-    REPORTS.mkdir(parents=True, exist_ok=True)
-    (REPORTS / f"{name}.json").write_text(json.dumps(summary, indent=2) + "\n")
-    (REPORTS / f"{name}.md").write_text(markdown(summary))
+    save_report(name, summary, markdown(summary))
     plot(summary, REPORTS / f"{name}.png")
-    print(markdown(summary))
+
+
+def save_report(name: str, report: dict, text: str, folder: Path = REPORTS) -> None:
+    """A benchmark's figures as `name`.json and its report as `name`.md (printed too)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{name}.json").write_text(json.dumps(report, indent=2) + "\n")
+    (folder / f"{name}.md").write_text(text)
+    print(text)
 
 
 def served_model(s: dict) -> str:

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from search_benchmark import REPORTS, benchmark_queries, machine
+from search_benchmark import benchmark_queries, machine, save_report
 
 from fusionrank.app.serve import TritonServer
 from fusionrank.client import AsyncFusionRankClient, RetryPolicy, ServerOverloadedError
@@ -141,10 +141,7 @@ def main() -> int:
               "bounded": {k: v for k, v in asdict(bounded).items()
                           if k in ("max_queue_size", "queue_timeout_ms")},
               "policies": results}
-    REPORTS.mkdir(parents=True, exist_ok=True)
-    (REPORTS / "search_overload.json").write_text(json.dumps(report, indent=2) + "\n")
-    (REPORTS / "search_overload.md").write_text(markdown(report))
-    print(markdown(report))
+    save_report("search_overload", report, markdown(report))
     return 0
 
 

@@ -31,9 +31,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from search_benchmark import benchmark_queries, machine
+from search_benchmark import benchmark_queries, machine, save_report
 
-REPORTS = Path(__file__).parent / "reports"
 K = 10
 
 
@@ -220,10 +219,7 @@ def main() -> int:
               "queries": len(queries), "k": K, "dev_quality": quality,
               "peer_workers": int(best), "peers": peers,
               "triton": triton_results, "peer": peers[best]}
-    REPORTS.mkdir(parents=True, exist_ok=True)
-    (REPORTS / "search_peer.json").write_text(json.dumps(report, indent=2) + "\n")
-    (REPORTS / "search_peer.md").write_text(markdown(report))
-    print(markdown(report))
+    save_report("search_peer", report, markdown(report))
     return 0
 
 

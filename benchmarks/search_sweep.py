@@ -26,6 +26,7 @@ from search_benchmark import (
     machine,
     perf_analyzer,
     perf_analyzer_input,
+    save_report,
 )
 
 from fusionrank.app.build import build_search_repository
@@ -149,10 +150,7 @@ def main() -> int:
               "command": "python " + " ".join(sys.argv), "machine": machine(),
               "run": str(args.run), "products": len(catalogue.ids), "queries": len(queries),
               "seconds": args.seconds, "rows": rows}
-    REPORTS.mkdir(parents=True, exist_ok=True)
-    (REPORTS / "search_sweep.json").write_text(json.dumps(report, indent=2) + "\n")
-    (REPORTS / "search_sweep.md").write_text(markdown(report))
-    print(markdown(report))
+    save_report("search_sweep", report, markdown(report))
     return 0
 
 

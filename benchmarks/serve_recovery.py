@@ -10,7 +10,6 @@ Writes benchmarks/reports/serve_recovery.md and .json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import subprocess
@@ -21,7 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from search_benchmark import REPORTS, machine
+from search_benchmark import machine, save_report
 
 from fusionrank.app.serve import Ports, child_process
 from fusionrank.client import FusionRankClient, FusionRankError
@@ -92,10 +91,7 @@ def main() -> int:
 The time is the restart: the server's start and every model's load (the Home Depot ranker
 builds its title features, about 7 s a copy).
 """
-    REPORTS.mkdir(parents=True, exist_ok=True)
-    (REPORTS / "serve_recovery.json").write_text(json.dumps(report, indent=2) + "\n")
-    (REPORTS / "serve_recovery.md").write_text(markdown)
-    print(markdown)
+    save_report("serve_recovery", report, markdown)
     return 0
 
 

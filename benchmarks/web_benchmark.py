@@ -29,7 +29,7 @@ from urllib.parse import urlencode
 
 import httpx
 import numpy as np
-from search_benchmark import REPORTS, benchmark_queries, machine
+from search_benchmark import REPORTS, benchmark_queries, machine, save_report
 
 from fusionrank.app.serve import TritonServer, free_port
 from fusionrank.client import FusionRankClient
@@ -156,10 +156,7 @@ def main() -> int:
         "target_ms": TARGET_MS,
     }
     summary["target_met"] = summary["web_over_grpc_search_p50_ms"] <= TARGET_MS
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "web.json").write_text(json.dumps(summary, indent=2) + "\n")
-    (args.out / "web.md").write_text(markdown(summary))
-    print(markdown(summary))
+    save_report("web", summary, markdown(summary), args.out)
     return 0 if summary["target_met"] and not measured["differing"] else 1
 
 
