@@ -86,8 +86,8 @@ class ScoreCandidates:
     """In:  QUERY [1], EMBEDDING [d], DENSE_CANDIDATES [N], DENSE_SIMILARITY [N]
     Out: CANDIDATES [N + M] (the dense candidates, then the M best BM25 products not among
          them), SIMILARITY, LEXICAL (BM25 / the query's best), FEEDBACK (predicted grade,
-         1 irrelevant .. 3 highly relevant), each [N + M]; CORRECTION [1] (the query's terms
-         as spelling-corrected, "" where none changed).
+         1 irrelevant .. 3 highly relevant), each [N + M]; CORRECTION [1] (the query as spelling-
+         corrected, in the catalogue's words: `SearchRuntime.corrected_text`; "" if unchanged).
     The feedback head runs once over every candidate of every request of a batch."""
 
     def __init__(self, folder: Path, parameters: Mapping[str, str]):

@@ -28,7 +28,7 @@ EXPLAIN_OUTPUTS = (
     TensorSpec("SIGNAL_NAMES", "BYTES", (-1,)),  # the fused signals: similarity, feedback, ...
     TensorSpec("SIGNAL_WEIGHTS", "FP64", (-1,)),  # their fitted weights
     TensorSpec("SIGNALS", "FP32", (-1, -1)),  # [k, signals]: each product's signal values
-    TensorSpec("CORRECTED", "BYTES", (1,)),  # the query's terms as spelling-corrected; "" if none
+    TensorSpec("CORRECTED", "BYTES", (1,)),  # the query as spelling-corrected; "" if unchanged
 )
 
 
