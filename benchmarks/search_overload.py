@@ -5,8 +5,11 @@ at once: `fusionrank build --max-queue-size`) and without one (the default).
     .venv/bin/python benchmarks/search_overload.py --build build/homedepot_fused --seconds 10
 
 `--build`: a `fusionrank build` output of a trained run over the Home Depot catalogue (its
-`artefacts/` are served again, under each policy). Closed loops of callers through the SDK,
-retries off (each caller sees the server's own answer), cache off, distinct real queries.
+`artefacts/` are served again, under each policy). Two kinds of load, through the SDK with
+retries off (each call sees the server's own answer), cache off, distinct real queries:
+closed loops of callers (each waits for its answer before the next call), and an open stream
+at `--rate` requests a second whatever the server does (shoppers do not wait for each other),
+where a queue with no bound grows for as long as the stream lasts.
 Writes benchmarks/reports/search_overload.md and .json.
 """
 
@@ -18,7 +21,7 @@ import json
 import sys
 import tempfile
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -28,7 +31,12 @@ sys.path.insert(0, str(Path(__file__).parent))
 from search_benchmark import benchmark_queries, machine, save_report
 
 from fusionrank.app.serve import TritonServer
-from fusionrank.client import AsyncFusionRankClient, RetryPolicy, ServerOverloadedError
+from fusionrank.client import (
+    AsyncFusionRankClient,
+    RequestTimeoutError,
+    RetryPolicy,
+    ServerOverloadedError,
+)
 from fusionrank.model_repository.search.ensemble import (
     SearchArtefacts,
     ServingOptions,
@@ -39,44 +47,78 @@ K = 10
 REFUSED_PAUSE_S = 0.1  # how long a refused caller waits before its next call
 
 
+@dataclass
+class Outcomes:
+    """Every call's outcome and latency (s): served, refused (overloaded), timed out, other."""
+
+    served: list[float] = field(default_factory=list)
+    refused: list[float] = field(default_factory=list)
+    timed_out: int = 0
+    other: list[str] = field(default_factory=list)
+
+    async def call(self, client: AsyncFusionRankClient, query: str) -> bool:
+        """One search; False if the server refused it."""
+        tick = time.perf_counter()
+        try:
+            await client.search(query, k=K)
+            self.served.append(time.perf_counter() - tick)
+        except ServerOverloadedError:
+            self.refused.append(time.perf_counter() - tick)
+            return False
+        except RequestTimeoutError:
+            self.timed_out += 1
+        except Exception as error:  # any other failure: counted and reported
+            self.other.append(repr(error)[:200])
+        return True
+
+    def summary(self, elapsed: float) -> dict:
+        calls = len(self.served) + len(self.refused) + self.timed_out + len(self.other)
+        return {"served_qps": round(len(self.served) / elapsed, 1),
+                "refused_share": round(len(self.refused) / max(calls, 1), 4),
+                "timed_out_share": round(self.timed_out / max(calls, 1), 4),
+                "served_p50_ms": _ms(self.served, 50), "served_p99_ms": _ms(self.served, 99),
+                "refused_p99_ms": _ms(self.refused, 99), "other_errors": len(self.other),
+                "other_examples": self.other[:3]}
+
+
+def _ms(values: list[float], q: float) -> float | None:
+    return round(float(np.percentile(np.array(values) * 1e3, q)), 1) if values else None
+
+
 async def load(url: str, queries: list[str], concurrency: int, seconds: float) -> dict:
-    """`concurrency` callers in closed loops for `seconds`: served and refused calls, and the
-    latency of each kind."""
-    served: list[float] = []
-    refused: list[float] = []
-    other: list[str] = []
+    """`concurrency` callers in closed loops for `seconds` (after a second's warm-up)."""
     position = 0
     async with AsyncFusionRankClient(url, timeout_s=60, retry=RetryPolicy(attempts=1)) as client:
-        async def caller(deadline: float) -> None:
+        async def caller(outcomes: Outcomes, deadline: float) -> None:
             nonlocal position
             while time.perf_counter() < deadline:
-                query = queries[position % len(queries)]
                 position += 1
-                tick = time.perf_counter()
-                try:
-                    await client.search(query, k=K)
-                    served.append(time.perf_counter() - tick)
-                except ServerOverloadedError:
-                    refused.append(time.perf_counter() - tick)
+                if not await outcomes.call(client, queries[position % len(queries)]):
                     await asyncio.sleep(REFUSED_PAUSE_S)  # a refused caller comes back later
-                except Exception as error:  # any other failure: counted and reported
-                    other.append(repr(error)[:200])
 
-        await asyncio.gather(*(caller(time.perf_counter() + 1.0) for _ in range(concurrency)))
-        served.clear(), refused.clear(), other.clear()  # the first second warms up
+        warm_up = Outcomes()
+        await asyncio.gather(*(caller(warm_up, time.perf_counter() + 1.0)
+                               for _ in range(concurrency)))
+        outcomes, start = Outcomes(), time.perf_counter()
+        await asyncio.gather(*(caller(outcomes, start + seconds) for _ in range(concurrency)))
+        return {"concurrency": concurrency,
+                **outcomes.summary(time.perf_counter() - start)}
+
+
+async def stream(url: str, queries: list[str], rate: float, seconds: float,
+                 timeout_s: float) -> dict:
+    """Requests arriving at `rate` a second for `seconds`, each with a `timeout_s` deadline."""
+    async with AsyncFusionRankClient(url, timeout_s=timeout_s,
+                                     retry=RetryPolicy(attempts=1)) as client:
+        for query in queries[:8]:  # warm up
+            await client.search(query, k=K)
+        outcomes, calls = Outcomes(), []
         start = time.perf_counter()
-        await asyncio.gather(*(caller(start + seconds) for _ in range(concurrency)))
-        elapsed = time.perf_counter() - start
-
-    def ms(values: list[float], q: float) -> float | None:
-        return round(float(np.percentile(np.array(values) * 1e3, q)), 1) if values else None
-
-    calls = len(served) + len(refused) + len(other)
-    return {"concurrency": concurrency, "served_qps": round(len(served) / elapsed, 1),
-            "refused_share": round(len(refused) / max(calls, 1), 4),
-            "served_p50_ms": ms(served, 50), "served_p99_ms": ms(served, 99),
-            "refused_p99_ms": ms(refused, 99), "other_errors": len(other),
-            "other_examples": other[:3]}
+        for i in range(int(rate * seconds)):
+            await asyncio.sleep(max(0.0, start + i / rate - time.perf_counter()))
+            calls.append(asyncio.create_task(outcomes.call(client, queries[i % len(queries)])))
+        await asyncio.gather(*calls)
+        return {"rate": rate, **outcomes.summary(time.perf_counter() - start)}
 
 
 def markdown(report: dict) -> str:
@@ -85,6 +127,11 @@ def markdown(report: dict) -> str:
         f"{r['served_p99_ms']} | {r['refused_share']:.1%} | {r['refused_p99_ms']} | "
         f"{r['other_errors']} |"
         for policy, results in report["policies"].items() for r in results)
+    streams = "\n".join(
+        f"| {policy} | {r['rate']:g} | {r['served_qps']} | {r['served_p50_ms']} | "
+        f"{r['served_p99_ms']} | {r['refused_share']:.1%} | {r['refused_p99_ms']} | "
+        f"{r['timed_out_share']:.1%} | {r['other_errors']} |"
+        for policy, r in report.get("streams", {}).items())
     return f"""# Search under overload: bounded queues against unbounded ones
 
 - Command: `{report['command']}`
@@ -104,6 +151,16 @@ other errors |
 A refused call is answered at once with UNAVAILABLE "Exceeds maximum queue size" (the SDK's
 `ServerOverloadedError`, which it retries with back-off by default); its caller waits
 {int(REFUSED_PAUSE_S * 1000)} ms before the next call.
+
+## An open stream above capacity
+
+{report.get('stream_seconds')} s of requests arriving at a fixed rate whatever the server does, each
+with a {report.get('stream_timeout_s')} s deadline (a call past it counts as timed out).
+
+| policy | offered q/s | served q/s | served p50 ms | served p99 ms | refused | refused p99 ms | \
+timed out | other errors |
+| --- | --- | --- | --- | --- | --- | --- | --- | --- |
+{streams}
 """
 
 
@@ -115,6 +172,10 @@ def main() -> int:
     parser.add_argument("--queries", type=int, default=2000)
     parser.add_argument("--max-queue-size", type=int, default=16,
                         help="the bounded policy's queue, per model")
+    parser.add_argument("--rate", type=float, default=400.0,
+                        help="the open stream's requests a second (0: no stream)")
+    parser.add_argument("--stream-seconds", type=float, default=10.0)
+    parser.add_argument("--stream-timeout-s", type=float, default=5.0)
     args = parser.parse_args()
 
     artefacts = args.build / "artefacts"
@@ -126,6 +187,7 @@ def main() -> int:
     queries = benchmark_queries(args.queries)
     levels = [int(c) for c in args.concurrency.split(",")]
     results: dict[str, list[dict]] = {}
+    streams: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name, options in policies.items():
             repository = Path(tmp) / name / "model_repository"
@@ -135,12 +197,18 @@ def main() -> int:
                 results[name] = [asyncio.run(load(server.grpc_url, queries, c, args.seconds))
                                  for c in levels]
                 print(name, results[name], file=sys.stderr)
+                if args.rate > 0:
+                    streams[name] = asyncio.run(stream(server.grpc_url, queries, args.rate,
+                                                       args.stream_seconds,
+                                                       args.stream_timeout_s))
+                    print(name, streams[name], file=sys.stderr)
     report = {"date": datetime.now(UTC).isoformat(timespec="seconds"),
               "command": "python " + " ".join(sys.argv), "machine": machine(),
               "build": str(args.build), "queries": len(queries), "seconds": args.seconds,
               "bounded": {k: v for k, v in asdict(bounded).items()
                           if k in ("max_queue_size", "queue_timeout_ms")},
-              "policies": results}
+              "policies": results, "streams": streams, "stream_seconds": args.stream_seconds,
+              "stream_timeout_s": args.stream_timeout_s}
     save_report("search_overload", report, markdown(report))
     return 0
 

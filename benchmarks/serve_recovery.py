@@ -16,6 +16,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -29,37 +32,60 @@ CALL_TIMEOUT_S = 2.0
 QUERY = "cordless drill"
 
 
-def recovery(repository: Path) -> dict:
+@dataclass
+class Serving:
+    """A running `fusionrank serve`: its process, gRPC address and output lines so far."""
+
+    process: subprocess.Popen
+    url: str
+    lines: list[str] = field(default_factory=list)
+
+    def wait_for(self, text: str, timeout_s: float, since: int = 0) -> str:
+        """The first output line (from line `since` on) containing `text`, once it comes."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            line = next((line for line in self.lines[since:] if text in line), None)
+            if line is not None:
+                return line
+            if time.monotonic() > deadline or self.process.poll() is not None:
+                raise RuntimeError(f"no {text!r} from fusionrank serve:\n"
+                                   + "".join(self.lines)[-3000:])
+            time.sleep(0.2)
+
+
+@contextmanager
+def serving(repository: Path, *options: str) -> Iterator[Serving]:
+    """`fusionrank serve` on free loopback ports (no web page), once it is ready."""
     ports = Ports.free()
-    serve = subprocess.Popen(
+    process = subprocess.Popen(
         [sys.executable, "-m", "fusionrank.app.cli", "serve", "--repository", str(repository),
          "--grpc-port", str(ports.grpc), "--http-port", str(ports.http),
-         "--metrics-port", str(ports.metrics), "--no-web"],
+         "--metrics-port", str(ports.metrics), "--no-web", *options],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    lines: list[str] = []
-    threading.Thread(target=lambda: lines.extend(serve.stdout), daemon=True).start()
-    url = f"127.0.0.1:{ports.grpc}"
+    served = Serving(process, f"127.0.0.1:{ports.grpc}")
+    threading.Thread(target=lambda: served.lines.extend(process.stdout), daemon=True).start()
     try:
-        deadline = time.monotonic() + 300
-        while not any("Ctrl-C stops" in line for line in lines):
-            if time.monotonic() > deadline or serve.poll() is not None:
-                raise RuntimeError("".join(lines)[-3000:])
-            time.sleep(0.2)
-        with FusionRankClient(url, timeout_s=CALL_TIMEOUT_S) as client:
-            client.search(QUERY)
-            killed = time.monotonic()
-            os.kill(child_process(serve.pid, "tritonserver"), signal.SIGKILL)
-            failed = 0
-            while time.monotonic() - killed < 300:
-                try:
-                    client.search(QUERY)
-                    break
-                except FusionRankError:
-                    failed += 1
-            back = time.monotonic() - killed
+        served.wait_for("Ctrl-C stops", 300)
+        yield served
     finally:
-        serve.send_signal(signal.SIGTERM)
-        serve.wait(60)
+        process.send_signal(signal.SIGTERM)
+        process.wait(60)
+
+
+def recovery(repository: Path) -> dict:
+    with serving(repository) as served, \
+            FusionRankClient(served.url, timeout_s=CALL_TIMEOUT_S) as client:
+        client.search(QUERY)
+        killed = time.monotonic()
+        os.kill(child_process(served.process.pid, "tritonserver"), signal.SIGKILL)
+        failed = 0
+        while time.monotonic() - killed < 300:
+            try:
+                client.search(QUERY)
+                break
+            except FusionRankError:
+                failed += 1
+        back = time.monotonic() - killed
     return {"repository": str(repository), "seconds_without_search": round(back, 1),
             "failed_calls": failed}
 

@@ -4,6 +4,7 @@ from fusionrank.client.aio import AsyncFusionRankClient
 from fusionrank.client.errors import (
     FusionRankError,
     InvalidRequestError,
+    ModelProcessError,
     RequestTimeoutError,
     ServerOverloadedError,
     ServerUnavailableError,
@@ -20,6 +21,7 @@ __all__ = [
     "FusionRankClient",
     "FusionRankError",
     "InvalidRequestError",
+    "ModelProcessError",
     "Recommendations",
     "RecommendedProduct",
     "RequestTimeoutError",

@@ -28,6 +28,17 @@ class ServerOverloadedError(FusionRankError):
 OVERLOAD_MESSAGES = ("Exceeds maximum queue size", "Request timeout expired")
 
 
+class ModelProcessError(ServerUnavailableError):
+    """A model's process (its Python-backend stub) died under the request: nothing was served
+    and, calls being reads, trying again is safe; `fusionrank serve` replaces the process."""
+
+
+# What Triton 2.51's Python backend answers (INTERNAL) for a request given to a model instance
+# whose stub process is gone: "Stub process 'ranker_0_1' is not healthy." (Triton does not
+# restart it; fusionrank/app/stub_watch.py reloads the model.)
+DEAD_PROCESS_MESSAGES = ("Stub process", "Failed to obtain the health mutex")
+
+
 def from_triton(error: Exception, url: str) -> FusionRankError:
     """Translate tritonclient's InferenceServerException by its gRPC status."""
     status = str(getattr(error, "status", lambda: "")() or "")
@@ -40,4 +51,6 @@ def from_triton(error: Exception, url: str) -> FusionRankError:
         return ServerOverloadedError(f"{url} is overloaded and refused the request: {message}")
     if "UNAVAILABLE" in status:
         return ServerUnavailableError(f"cannot reach a Triton server at {url}: {message}")
+    if "INTERNAL" in status and any(m in message for m in DEAD_PROCESS_MESSAGES):
+        return ModelProcessError(f"a model process of {url} died under the request: {message}")
     return FusionRankError(f"{status or 'error'} from {url}: {message}")

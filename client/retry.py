@@ -1,6 +1,7 @@
 """Retries and fail-over of the SDK's calls: every fusionrank call is a read (search, recommend,
-sentiment), so one that met an unreachable or overloaded server is tried again, on the next
-address, after a bounded exponential back-off with jitter, within the caller's deadline.
+sentiment), so one that met an unreachable or overloaded server, or a model process that died
+under it (ModelProcessError), is tried again, on the next address, after a bounded exponential
+back-off with jitter, within the caller's deadline.
 Bad input (INVALID_ARGUMENT) and a spent deadline are never retried.
 
     with FusionRankClient(["10.0.0.5:8001", "10.0.0.6:8001"], timeout_s=2) as client: ...

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
+import py_compile
 import shutil
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -11,6 +13,7 @@ from pathlib import Path
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
+from fusionrank.core import artefacts
 from fusionrank.core.contract import MAX_BATCH, TensorSpec
 from fusionrank.model_repository.step import CHAIN_OUTPUTS, CHAIN_PARAMETER, Chain
 
@@ -71,6 +74,14 @@ def write_config(config: mc.ModelConfig, repository: Path, version: int) -> Path
     return folder
 
 
+def compile_shim(version_dir: Path) -> None:
+    """The shim's bytecode beside it: else the stub writes `__pycache__` into the version folder
+    at load, and Triton, seeing the folder changed, reloads that version too whenever the model
+    is loaded again (as `fusionrank deploy` does to add a version)."""
+    source = str(version_dir / "model.py")
+    py_compile.compile(source, cfile=importlib.util.cache_from_source(source), doraise=True)
+
+
 def place(source: Path, target: Path) -> None:
     """Hard-link an artefact into the repository (a copy across file systems)."""
     target.unlink(missing_ok=True)
@@ -128,8 +139,11 @@ class PythonModel:
         shim = MODEL_PY.format(name=self.name, module=self.step.__module__,
                                step=self.step.__qualname__)
         (version_dir / "model.py").write_text(shim, encoding="utf-8")
+        compile_shim(version_dir)
         for file_name, source in self.artefacts.items():
             place(Path(source), version_dir / file_name)
+        # Their digests, which the model checks at each load (`triton_model`).
+        artefacts.write_manifest(version_dir, self.artefacts)
         return folder
 
 
@@ -164,3 +178,128 @@ def merged(name: str, *models: PythonModel, instances: int = 1, max_queue_delay_
          CHAIN_OUTPUTS: ",".join(spec.name for spec in outputs)},
         instances=instances, max_queue_delay_us=max_queue_delay_us,
         max_queue_size=max_queue_size, queue_timeout_us=queue_timeout_us)
+
+
+# Native models: graphs Triton runs itself, with no Python process.
+ONNX_RUNTIME, TENSORRT_PLAN = "onnxruntime", "tensorrt_plan"
+MODEL_FILES = {ONNX_RUNTIME: "model.onnx", TENSORRT_PLAN: "model.plan"}  # Triton's defaults
+KINDS = {"cpu": mc.ModelInstanceGroup.KIND_CPU, "gpu": mc.ModelInstanceGroup.KIND_GPU}
+TRTEXEC_ARGS = "trtexec.args"  # beside an engine still to build: trtexec's precision, shapes
+
+
+@dataclass(frozen=True)
+class TensorRTAccelerator:
+    """ONNX Runtime's TensorRT execution provider inside Triton's onnxruntime backend: at a
+    model's first load it builds TensorRT engines in `precision` for the shapes of the model's
+    optimisation profile, and keeps them under `cache_path` (a restart loads them instead)."""
+
+    cache_path: str
+    precision: str = "FP16"
+    workspace_bytes: int = 1 << 30
+
+    def config(self, profile: dict[str, str]) -> mc.ModelOptimizationPolicy:
+        parameters = {"precision_mode": self.precision,
+                      "max_workspace_size_bytes": str(self.workspace_bytes),
+                      "trt_engine_cache_enable": "1", "trt_engine_cache_path": self.cache_path,
+                      **profile}
+        accelerator = mc.ModelOptimizationPolicy.ExecutionAccelerators.Accelerator(
+            name="tensorrt", parameters=parameters)
+        return mc.ModelOptimizationPolicy(
+            execution_accelerators=mc.ModelOptimizationPolicy.ExecutionAccelerators(
+                gpu_execution_accelerator=[accelerator]))
+
+
+@dataclass
+class NativeModel:
+    """A graph Triton runs natively: an ONNX graph on the `onnxruntime` backend (with
+    `tensorrt`, under its TensorRT accelerator) or a TensorRT engine (`tensorrt_plan`). Its
+    tensors keep the graph's names; `tensor_names` gives their names in the ensemble.
+
+    TensorRT builds for one range of shapes, the optimisation profile: batch 1 ..
+    `max_batch_size` (typical: `opt_batch`) with every other dimension fixed, so each input's
+    `dims` must be fixed (pad token ids to a fixed length).
+
+    A `tensorrt_plan` engine is built on the GPU that serves it. When `model_file` is absent
+    (its path in the container), the version folder gets `model.plan` as a link to it, and
+    `onnx_source` (placed as `model.onnx`) and `trtexec.args` (FP16, the profile's shapes)
+    beside, from which docker/entrypoint.sh builds the engine at the container's first start."""
+
+    name: str
+    runtime: str  # ONNX_RUNTIME or TENSORRT_PLAN
+    model_file: Path
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    tensorrt: TensorRTAccelerator | None = None  # ONNX_RUNTIME only
+    onnx_source: Path | None = None  # TENSORRT_PLAN: the graph to build a missing engine from
+    kind: str = "gpu"
+    instances: int = 1
+    max_batch_size: int = MAX_BATCH
+    opt_batch: int = 8
+    max_queue_delay_us: int = 0
+    tensor_names: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.runtime not in MODEL_FILES:
+            raise ValueError(f"{self.name}: runtime must be one of {sorted(MODEL_FILES)}, "
+                             f"not {self.runtime!r}")
+        if self.kind not in KINDS:
+            raise ValueError(f"{self.name}: kind must be cpu or gpu, not {self.kind!r}")
+        if self.tensorrt is not None and self.runtime != ONNX_RUNTIME:
+            raise ValueError(f"{self.name}: the TensorRT accelerator is for onnxruntime models")
+        if self.tensorrt is not None or self.runtime == TENSORRT_PLAN:
+            for spec in self.inputs:
+                if any(d < 1 for d in spec.dims) or spec.ragged:
+                    raise ValueError(
+                        f"{self.name}: TensorRT needs fixed input dims for its optimisation "
+                        f"profile, but {spec.name} has dims {spec.dims}: pad it to a fixed length")
+
+    def ensemble_name(self, tensor: str) -> str:
+        return self.tensor_names.get(tensor, tensor)
+
+    def profile(self) -> dict[str, str]:
+        """The optimisation profile, as ONNX Runtime's TensorRT provider takes it:
+        {"trt_profile_min_shapes": "input:1x32,...", ...opt..., ...max...}."""
+        batches = {"min": 1, "opt": self.opt_batch, "max": self.max_batch_size}
+        return {f"trt_profile_{bound}_shapes": ",".join(
+                    f"{spec.name}:{'x'.join(str(d) for d in (batch, *spec.dims))}"
+                    for spec in self.inputs)
+                for bound, batch in batches.items()}
+
+    def config(self) -> mc.ModelConfig:
+        config = mc.ModelConfig(
+            name=self.name, max_batch_size=self.max_batch_size,
+            input=[model_input(t) for t in self.inputs],
+            output=[model_output(t) for t in self.outputs],
+            dynamic_batching=mc.ModelDynamicBatching(
+                max_queue_delay_microseconds=self.max_queue_delay_us),
+            instance_group=[mc.ModelInstanceGroup(count=self.instances, kind=KINDS[self.kind])])
+        if self.runtime == ONNX_RUNTIME:
+            config.backend = ONNX_RUNTIME
+        else:
+            config.platform = TENSORRT_PLAN
+        if self.tensorrt is not None:
+            config.optimization.CopyFrom(self.tensorrt.config(self.profile()))
+        return config
+
+    def export(self, repository: Path, version: int = FIRST_VERSION) -> Path:
+        folder = write_config(self.config(), repository, version)
+        target = folder / str(version) / MODEL_FILES[self.runtime]
+        if Path(self.model_file).is_file():
+            place(Path(self.model_file), target)
+        elif self.runtime == TENSORRT_PLAN and self.onnx_source is not None:
+            if not Path(self.model_file).is_absolute():
+                raise ValueError(f"{self.name}: the engine to build at the container's first "
+                                 f"start must be an absolute path, not {self.model_file}")
+            target.unlink(missing_ok=True)
+            target.symlink_to(self.model_file)
+            place(Path(self.onnx_source), target.with_name(MODEL_FILES[ONNX_RUNTIME]))
+            profile = self.profile()
+            (target.parent / TRTEXEC_ARGS).write_text("--fp16 " + " ".join(
+                f"--{bound}Shapes={profile[f'trt_profile_{bound}_shapes']}"
+                for bound in ("min", "opt", "max")) + "\n", encoding="utf-8")
+        else:
+            raise FileNotFoundError(f"{self.name}: {self.model_file} not found")
+        return folder
+
+
+ServedModel = PythonModel | NativeModel

@@ -3,6 +3,9 @@
     search = (Inputs(*SEARCH_INPUTS) >> tokenizer >> query_encoder >> retrieval >> ranker
               ).ensemble("search", SEARCH_OUTPUTS)
 
+A step is a Python-backend model (`PythonModel`, its logic a step class) or a graph Triton
+runs natively (`NativeModel`: ONNX Runtime, TensorRT), each declared as a typed config.
+
 Tensors flow by name: a step reads each of its inputs from the ensemble's inputs or from an
 earlier step's output of that name (an optional input nothing provides is left out), and the
 ensemble's outputs are the steps' outputs of theirs; a step's `tensor_names` renames its
@@ -13,7 +16,7 @@ to load in the server.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from tritonclient.grpc import model_config_pb2 as mc
@@ -21,19 +24,21 @@ from tritonclient.grpc import model_config_pb2 as mc
 from fusionrank.core.contract import MAX_BATCH, TensorSpec
 from fusionrank.model_repository.config import (
     FIRST_VERSION,
-    PythonModel,
+    ServedModel,
     model_input,
     model_output,
     write_config,
 )
 
+LATEST = -1  # a step's model_version: the newest ready version of its model
+
 
 @dataclass(frozen=True)
 class Pipeline:
     inputs: tuple[TensorSpec, ...]
-    steps: tuple[PythonModel, ...] = ()
+    steps: tuple[ServedModel, ...] = ()
 
-    def __rshift__(self, step: PythonModel) -> Pipeline:
+    def __rshift__(self, step: ServedModel) -> Pipeline:
         return Pipeline(self.inputs, (*self.steps, step))
 
     def ensemble(self, name: str, outputs: tuple[TensorSpec, ...],
@@ -55,7 +60,10 @@ class Ensemble:
     # a request equal to an earlier one, input for input, is answered without running a step.
     response_cache: bool = False
 
-    def config(self) -> mc.ModelConfig:
+    def config(self, version: int = LATEST) -> mc.ModelConfig:
+        """The ensemble's config, its steps pinned to `version` of their models (the build's
+        own): one request then runs one build's models from start to end, even while a rollout
+        (`fusionrank deploy`) has two versions of a model loaded. LATEST: whichever is newest."""
         available = {t.name for t in self.pipeline.inputs}
         wanted = {t.name for t in self.outputs}
         read = [{model.ensemble_name(t.name) for t in model.inputs if not t.optional}
@@ -75,7 +83,7 @@ class Ensemble:
             available.update(produced.values())
             read_later = set().union(*read[position + 1:], *optional[position + 1:])
             steps.append(mc.ModelEnsembling.Step(
-                model_name=model.name, model_version=-1,
+                model_name=model.name, model_version=version,
                 # An optional input nothing provides is left unmapped (the step goes without).
                 input_map={t.name: model.ensemble_name(t.name) for t in model.inputs
                            if model.ensemble_name(t.name) in available},
@@ -85,9 +93,16 @@ class Ensemble:
         missing = sorted(wanted - available)
         if missing:
             raise ValueError(f"{self.name}: no step produces the outputs {missing}")
+        # Triton checks only the NUMBER of inputs of a model with an optional one, so a request
+        # lacking a required input but sending the optional one passes, and the step waiting
+        # for the missing tensor never runs ("unexpected deadlock"). Every input of such an
+        # ensemble is declared optional: each step then runs with what came, and the step
+        # (Triton's own check, or `triton_model`'s) names the input that is missing.
+        loose = any(t.optional for t in self.pipeline.inputs)
         return mc.ModelConfig(
             name=self.name, platform="ensemble", max_batch_size=self.max_batch_size,
-            input=[model_input(t) for t in self.pipeline.inputs],
+            input=[model_input(replace(t, optional=True) if loose else t)
+                   for t in self.pipeline.inputs],
             output=[model_output(t) for t in self.outputs],
             ensemble_scheduling=mc.ModelEnsembling(step=steps),
             response_cache=mc.ModelResponseCache(enable=self.response_cache))
@@ -98,4 +113,4 @@ class Ensemble:
         answer from an earlier build."""
         for model in self.pipeline.steps:
             model.export(repository, version)
-        return write_config(self.config(), repository, version)
+        return write_config(self.config(version), repository, version)

@@ -6,6 +6,8 @@ folders and chained as its `config.pbtxt` wires them, as the server does, withou
 
 It reads the same artefacts and runs the same steps as Triton, so it is the reference the
 served ensembles are checked and benchmarked against, and how the CLI answers without a server.
+A native ONNX model (the GPU repository's) runs its `model.onnx` with ONNX Runtime on the CPU;
+a TensorRT engine runs only in Triton on a GPU.
 """
 
 from __future__ import annotations
@@ -15,8 +17,15 @@ from pathlib import Path
 from google.protobuf import json_format, text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
+from fusionrank.core.artefacts import check_manifest
 from fusionrank.core.contract import RequestError
-from fusionrank.model_repository.config import STEP_PARAMETER, served_version
+from fusionrank.core.encoding import onnx_session
+from fusionrank.model_repository.config import (
+    MODEL_FILES,
+    ONNX_RUNTIME,
+    STEP_PARAMETER,
+    served_version,
+)
 from fusionrank.model_repository.step import (
     Chain,
     Step,
@@ -35,13 +44,34 @@ def read_config(repository: str | Path, model: str) -> mc.ModelConfig:
     return text_format.Parse(path.read_text(), mc.ModelConfig())
 
 
+class OnnxGraph:
+    """A native onnxruntime model's graph, run on the CPU: each request's tensors in, the
+    config's outputs out."""
+
+    def __init__(self, folder: Path, config: mc.ModelConfig):
+        self.session = onnx_session(folder / (config.default_model_filename
+                                              or MODEL_FILES[ONNX_RUNTIME]))
+        self.outputs = [output.name for output in config.output]
+
+    def __call__(self, requests: list[Tensors]) -> list[Tensors]:
+        return [dict(zip(self.outputs, self.session.run(self.outputs, request), strict=True))
+                for request in requests]
+
+
 def load_step(repository: str | Path, model: str) -> Step:
     """The step a model of the repository runs, built as the server builds it."""
-    config = json_format.MessageToDict(read_config(repository, model),
-                                       preserving_proto_field_name=True)
+    message = read_config(repository, model)
+    if message.backend == ONNX_RUNTIME or message.platform == "onnxruntime_onnx":
+        return OnnxGraph(served_version(repository, model), message)
+    if message.backend != "python":
+        raise ValueError(f"{model} runs on Triton's {message.platform or message.backend} "
+                         "backend, on a GPU: the in-process runner cannot run it")
+    config = json_format.MessageToDict(message, preserving_proto_field_name=True)
     parameters = config_parameters(config)
     step = load_step_class(parameters[STEP_PARAMETER])
-    return step(served_version(repository, model), parameters)
+    folder = served_version(repository, model)
+    check_manifest(folder)  # as the server's load checks it
+    return step(folder, parameters)
 
 
 class InProcessEnsemble:

@@ -19,6 +19,7 @@ from typing import Protocol
 
 import numpy as np
 
+from fusionrank.core.artefacts import check_manifest
 from fusionrank.core.contract import RequestError
 
 Tensors = dict[str, np.ndarray]
@@ -137,12 +138,16 @@ def triton_model(factory: StepFactory) -> type:
             self._outputs = {o["name"]: pb_utils.triton_string_to_numpy(o["data_type"])
                              for o in config["output"]}
             self._inputs = [i["name"] for i in config["input"]]
+            # Triton checks only the NUMBER of inputs of a model with an optional one: a
+            # request may then lack a required input (see `Ensemble.config`).
+            self._required = [i["name"] for i in config["input"] if not i.get("optional")]
             folder = Path(args["model_repository"]) / args["model_version"]
+            check_manifest(folder)  # the artefacts the build placed, unchanged, or no load
             self._step = factory(folder, config_parameters(config))
 
         def execute(self, requests: list) -> list:
             pb = self._pb
-            tensors = []
+            tensors, lacking = [], []
             for request in requests:
                 inputs = {}
                 for name in self._inputs:
@@ -150,8 +155,14 @@ def triton_model(factory: StepFactory) -> type:
                     if tensor is not None:
                         inputs[name] = tensor.as_numpy()
                 tensors.append(inputs)
+                lacking.append([name for name in self._required if name not in inputs])
+            complete = [inputs for inputs, names in zip(tensors, lacking, strict=True)
+                        if not names]
+            answers = iter(self._step(complete) if complete else [])
             responses = []
-            for result in self._step(tensors):
+            for names in lacking:
+                result = RequestError(f"the request lacks the required input(s) "
+                                      f"{', '.join(names)}") if names else next(answers)
                 if isinstance(result, RequestError):
                     error = pb.TritonError(str(result), pb.TritonError.INVALID_ARG)
                     responses.append(pb.InferenceResponse(output_tensors=[], error=error))

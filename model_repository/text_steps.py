@@ -15,7 +15,9 @@ from fusionrank.model_repository.step import Tensors, split_rows
 
 
 class TokenizeText:
-    """TENSOR [rows, 1] BYTES → INPUT_IDS, ATTENTION_MASK padded to the request's longest row.
+    """TENSOR [rows, 1] BYTES → INPUT_IDS, ATTENTION_MASK padded to the request's longest row,
+    or with the parameter `pad_to` to that fixed length (the GPU repository: a native model's
+    dynamic batcher joins only requests of one shape, and TensorRT builds for fixed shapes).
     A request with a bad row is rejected whole, with the check's message."""
 
     TENSOR: str
@@ -26,6 +28,9 @@ class TokenizeText:
     def __init__(self, folder: Path, parameters: Mapping[str, str]):
         max_tokens = int(parameters.get("max_tokens", self.MAX_TOKENS))
         self.tokenizer = TextTokenizer(folder / artefacts.TOKENIZER, max_tokens)
+        self.pad_to = int(parameters["pad_to"]) if "pad_to" in parameters else None
+        if self.pad_to is not None and self.pad_to < max_tokens:
+            raise ValueError(f"pad_to = {self.pad_to} is below max_tokens = {max_tokens}")
 
     def __call__(self, requests: list[Tensors]) -> list[Tensors | RequestError]:
         results: list[Tensors | RequestError] = []
@@ -39,7 +44,7 @@ class TokenizeText:
             except RequestError as error:
                 results.append(error)
                 continue
-            batch = pad(self.tokenizer.token_ids(texts))
+            batch = pad(self.tokenizer.token_ids(texts), self.pad_to)
             results.append({"INPUT_IDS": batch.input_ids, "ATTENTION_MASK": batch.attention_mask})
         return results
 

@@ -4,6 +4,8 @@
     search_repository  the pretrained encoder over tiny_catalogue: a search-only repository
     search_run         a tiny `fusionrank train` run on 60 real Home Depot queries (two
                        fine-tuning steps); None where the shared datasets are absent
+    search_student     a 3-layer student of search_run's encoder (`fusionrank distil`, three
+                       steps): its checkpoint folder (trained_student skips without the data)
     recommender        the tiny synthetic shop's analytic recommender (tests/support/shop.py)
     sentiment_export   a tiny BERT review classifier, trained for a few steps and exported
     served_repository  ONE model repository with all three ensembles: search (the tiny run,
@@ -30,6 +32,7 @@ SHARED_DATASETS = Path(__file__).resolve().parents[1].parent / "shared" / "datas
 # Session fixtures that train a model, export the encoder or start a server: a test using any
 # of them is slow (so is one marked `server`); the modules mark their own such fixtures.
 SLOW_FIXTURES = {"search_repository", "search_run", "trained_run", "sentiment_export",
+                 "search_student", "trained_student",
                  "tiny_model_dir", "served_repository", "triton_server",
                  "exported"}  # (test_export.py's encoder export)
 
@@ -96,6 +99,26 @@ def trained_run(search_run) -> SearchRun:
 
 
 @pytest.fixture(scope="session")
+def search_student(search_run, tmp_path_factory) -> Path | None:
+    from fusionrank.app.search import distil_main
+
+    if search_run is None:
+        return None
+    out = tmp_path_factory.mktemp("search_student")
+    assert distil_main(["--run", str(search_run.run), "--out", str(out), "--cache",
+                        str(search_run.cache), "--max-steps", "3", "--batch-size", "8",
+                        "--threads", "1"]) == 0
+    return out / "best"
+
+
+@pytest.fixture
+def trained_student(search_student) -> Path:
+    if search_student is None:
+        pytest.skip(f"shared datasets not found at {SHARED_DATASETS}")
+    return search_student
+
+
+@pytest.fixture(scope="session")
 def recommender(tmp_path_factory) -> Path:
     from tests.support import shop
 
@@ -127,22 +150,11 @@ def sentiment_export(reviews_file, tiny_model_dir, tmp_path_factory):
 @pytest.fixture(scope="session")
 def served_repository(tiny_catalogue, model_dir, search_run, recommender, sentiment_export,
                       tmp_path_factory) -> Path:
-    from fusionrank.app.build import add_ensemble, build_search_repository
-    from fusionrank.core import artefacts
-    from fusionrank.model_repository.recommend.ensemble import recommend_ensemble
-    from fusionrank.model_repository.search.ensemble import ServingOptions
-    from fusionrank.model_repository.sentiment.ensemble import SentimentServing, sentiment_ensemble
+    from tests.support.served import build_served_repository
 
-    out = tmp_path_factory.mktemp("served_build")
     run = search_run.run if search_run is not None else None
-    repository = build_search_repository(tiny_catalogue, model_dir, out,
-                                         ServingOptions(onnx_threads=1, max_queue_delay_us=100),
-                                         run_dir=run)
-    add_ensemble(repository, recommend_ensemble(recommender), {"artefacts": str(recommender)})
-    exported = sentiment_export[0] / artefacts.SENTIMENT_EXPORT
-    add_ensemble(repository, sentiment_ensemble(exported, SentimentServing(onnx_threads=1)),
-                 {"artefacts": str(exported)})
-    return repository
+    return build_served_repository(tiny_catalogue, model_dir, tmp_path_factory.mktemp(
+        "served_build"), run, recommender, sentiment_export[0])
 
 
 @pytest.fixture(scope="session")

@@ -30,3 +30,34 @@ class GradedMultipleNegativesLoss(nn.Module):
         targets = torch.arange(len(queries), device=queries.device)
         losses = nn.functional.cross_entropy(logits, targets, reduction="none")
         return (losses * weights).sum() / weights.sum().clamp(min=1e-9)
+
+
+def embedding_matching_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """Mean squared distance between the student's and the teacher's embeddings of the same
+    queries, [B, d] each. For unit vectors it equals 2 − 2·cos, so it is 0 exactly when the
+    student puts every query where the teacher does."""
+    return ((student - teacher) ** 2).sum(dim=1).mean()
+
+
+class ScoreDistillationLoss(nn.Module):
+    """KL divergence from the teacher's to the student's distribution over each query's
+    candidates: softmax(scale · cos) of the query embedding with each candidate's (fixed)
+    embedding. It teaches the student the teacher's ranking of the candidates, not only its
+    vectors; candidates whose `valid` is False (padding) take no part."""
+
+    def __init__(self, scale: float = 20.0):
+        super().__init__()
+        self.scale = scale
+
+    def forward(self, student: torch.Tensor, teacher: torch.Tensor, candidates: torch.Tensor,
+                valid: torch.Tensor) -> torch.Tensor:
+        """student, teacher [B, d] query embeddings; candidates [B, C, d]; valid [B, C] bool."""
+        def log_probabilities(queries: torch.Tensor) -> torch.Tensor:
+            logits = self.scale * torch.einsum("bd,bcd->bc", queries, candidates)
+            return torch.log_softmax(logits.masked_fill(~valid, float("-inf")), dim=1)
+
+        target = log_probabilities(teacher).detach()
+        predicted = log_probabilities(student)
+        # Σ p_t (log p_t − log p_s) over the valid candidates (masked terms are 0, not NaN).
+        terms = target.exp() * (target - predicted)
+        return terms.masked_fill(~valid, 0.0).sum(dim=1).mean()

@@ -7,6 +7,10 @@
       model_repository/    search (+ recommend, sentiment) ensembles and their steps,
                            fusionrank.json (what is served, from what, built when)
 
+`--device gpu` writes the search ensemble for Triton's GPU container instead (its graphs on
+the onnxruntime / tensorrt backends: model_repository/search/ensemble.py); recommend and
+sentiment stay Python-backend models on the CPU.
+
 The app layer: the only one that imports every other (training and export make the artefacts,
 model_repository declares the models that serve them).
 """
@@ -23,6 +27,7 @@ from pathlib import Path
 from fusionrank.core import artefacts as names
 from fusionrank.core.catalogue import Catalogue
 from fusionrank.core.fusion import FusionWeights
+from fusionrank.export.encoder import ExportedEncoder
 from fusionrank.export.index import build_index, load_embeddings
 from fusionrank.export.quantize import quantise_encoder
 from fusionrank.export.search.retrieval import retrieval_graph
@@ -48,29 +53,41 @@ class BuildError(Exception):
 
 def build_search_repository(catalogue: Catalogue, model_dir: Path, out_dir: Path,
                             options: ServingOptions | None = None,
-                            run_dir: Path | None = None) -> Path:
+                            run_dir: Path | None = None,
+                            student_dir: Path | None = None) -> Path:
     """Export the encoder, embed the catalogue and write the model repository; returns it.
     With `run_dir` (a finished `fusionrank train` run) its fine-tuned encoder, BM25 candidates,
-    feedback head and fusion weights are served; `model_dir` is then ignored."""
+    feedback head and fusion weights are served; `model_dir` is then ignored. With
+    `student_dir` (a `fusionrank distil` student of that run's encoder) the student encodes the
+    queries while the index keeps the run's encoder's embeddings (artefacts/query_encoder/)."""
     from fusionrank.training.search.serving import search_artefacts
 
     options = options or ServingOptions()
     out_dir = Path(out_dir)
+    if student_dir is not None and run_dir is None:
+        raise BuildError("a student query encoder needs the trained run it was distilled from")
     files = SearchArtefacts(out_dir / "artefacts" / "encoder", out_dir / "artefacts" / "index",
-                            out_dir / "artefacts" / "ranking" if run_dir is not None else None)
+                            out_dir / "artefacts" / "ranking" if run_dir is not None else None,
+                            out_dir / "artefacts" / "query_encoder" if student_dir else None)
     if run_dir is not None:
         model_dir = Path(run_dir) / "encoder" / "best"
     encoder = export_model_folder(model_dir, files.encoder, catalogue.titles[:PARITY_TEXTS])
+    queries = encoder if student_dir is None else export_student(
+        Path(student_dir), model_dir, encoder, files.queries, catalogue.titles[:PARITY_TEXTS])
     quantised = None
-    if options.precision == "int8":
-        quantised = quantise_encoder(encoder.onnx_path, encoder.tokenizer_path,
-                                     files.encoder / names.ENCODER_INT8,
+    if options.precision == "int8" and options.device == "cpu":  # TensorRT runs the FP32 graph
+        quantised = quantise_encoder(queries.onnx_path, queries.tokenizer_path,
+                                     files.queries / names.ENCODER_INT8,
                                      catalogue.titles[:PARITY_TEXTS])
     index = build_index(catalogue, encoder, files.index)
-    retrieval_graph(load_embeddings(files.index), files.index / names.RETRIEVAL)
+    embeddings = load_embeddings(files.index)
+    retrieval_graph(embeddings, files.index / names.RETRIEVAL)
+    if options.device == "gpu":  # a native model: K is a constant of the graph
+        retrieval_graph(embeddings, files.index / names.RETRIEVAL_FIXED_K,
+                        k=min(options.candidates, len(embeddings)))
     FusionWeights().save(files.index / names.FUSION_WEIGHTS)
     if files.run is not None:
-        search_artefacts(run_dir, catalogue, files.run)
+        search_artefacts(run_dir, catalogue, files.run, embeddings)
 
     repository = out_dir / "model_repository"
     built = datetime.now(UTC)
@@ -82,13 +99,18 @@ def build_search_repository(catalogue: Catalogue, model_dir: Path, out_dir: Path
         shutil.rmtree(repository)  # a stale model left from another build would be served
     repository.mkdir(parents=True)
     search_ensemble(files, options).export(repository, version)
+    int8 = asdict(quantised) | {"onnx_path": str(quantised.onnx_path)} if quantised else None
     served = {
         "built_at": built.isoformat(timespec="seconds"),
         "version": version,
         "encoder": {"source": encoder.source, "onnx_sha256": encoder.sha256,
                     "parity_min_cosine": encoder.min_cosine,
-                    "int8": asdict(quantised) | {"onnx_path": str(quantised.onnx_path)}
-                    if quantised else None},
+                    "int8": int8 if student_dir is None else None},
+        # The student that encodes the queries (None: the encoder above does).
+        "query_encoder": None if student_dir is None else {
+            "source": queries.source, "onnx_sha256": queries.sha256,
+            "parity_min_cosine": queries.min_cosine, "int8": int8,
+            "distillation": json.loads((Path(student_dir) / "checkpoint.json").read_text())},
         "training_run": run_provenance(Path(run_dir)) if run_dir is not None else None,
         "index": asdict(index) | {"embeddings": str(files.index / names.EMBEDDINGS)},
         "ranking": asdict(FusionWeights.load(files.weights)),
@@ -96,6 +118,32 @@ def build_search_repository(catalogue: Catalogue, model_dir: Path, out_dir: Path
     }
     (repository / names.REPOSITORY_MANIFEST).write_text(json.dumps(served, indent=2) + "\n")
     return repository
+
+
+def export_student(student_dir: Path, teacher_dir: Path, teacher: ExportedEncoder,
+                   out_dir: Path, check_texts: list[str]) -> ExportedEncoder:
+    """The student query encoder exported to ONNX (parity-checked), after checking it belongs
+    with the teacher that embeds the catalogue: distilled from these very weights, the same
+    tokenizer, the same embedding size."""
+    from fusionrank.core.encoding import OnnxEncoder
+    from fusionrank.training.embeddings import weights_digest
+
+    manifest = student_dir / "checkpoint.json"
+    if not manifest.is_file():
+        raise BuildError(f"--student {student_dir} is not a `fusionrank distil` checkpoint "
+                         "(no checkpoint.json)")
+    distilled_from = json.loads(manifest.read_text()).get("teacher_weights")
+    if distilled_from != weights_digest(teacher_dir):
+        raise BuildError(f"--student {student_dir} was distilled from other weights than the "
+                         f"served encoder {teacher_dir}: distil it from this run")
+    student = export_model_folder(student_dir, out_dir, check_texts)
+    if student.tokenizer_path.read_bytes() != teacher.tokenizer_path.read_bytes():
+        raise BuildError(f"--student {student_dir} tokenises differently from {teacher_dir}")
+    sizes = OnnxEncoder(student.onnx_path).dimension, OnnxEncoder(teacher.onnx_path).dimension
+    if sizes[0] != sizes[1]:
+        raise BuildError(f"--student {student_dir} embeds {sizes[0]}-d queries, the catalogue "
+                         f"is embedded in {sizes[1]}-d")
+    return student
 
 
 def previous_version(repository: Path) -> int:

@@ -2,6 +2,7 @@
 
     fusionrank build   --catalogue online_retail --out build
     fusionrank serve   --repository build/model_repository
+    fusionrank deploy  --source build-next/model_repository   (zero-downtime rollout; status)
     fusionrank search  "cordless drill" -k 10              (search: train, evaluate, search)
     fusionrank recommend --history 85123A,71053 -k 10      (recommend: train-recommender, recommend)
     fusionrank sentiment "Love this dress"                 (sentiment: train-sentiment, sentiment)
@@ -20,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from fusionrank.app import recommend, search, sentiment, web
+from fusionrank.app import deploy, recommend, search, sentiment, web
 from fusionrank.model_repository.search.ensemble import ServingOptions
 
 DEFAULT_BUILD = Path("build")
@@ -49,6 +50,10 @@ def add_build(commands: argparse._SubParsersAction) -> None:
                              "under runs/; with none, a short default run is trained first)")
     parser.add_argument("--pretrained", action="store_true",
                         help="serve the pretrained encoder alone (no trained run)")
+    parser.add_argument("--student", type=Path, metavar="PATH",
+                        help="a `fusionrank distil` student of the served run's encoder (e.g. "
+                             "runs/relevance/student/best): it encodes the queries, the index "
+                             "keeps the run's encoder's embeddings")
     parser.add_argument("--model", help="with --pretrained: a local Hugging Face encoder folder "
                                         "(default: the bundled all-MiniLM-L6-v2)")
     parser.add_argument("--out", type=Path, default=DEFAULT_BUILD)
@@ -87,6 +92,16 @@ def add_build(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--max-queue-size", type=int, default=ServingOptions.max_queue_size,
                         help="requests each search model lets wait; more are refused at once "
                              "(UNAVAILABLE, the SDK's ServerOverloadedError); 0 = no bound")
+    parser.add_argument("--device", choices=["cpu", "gpu"], default=ServingOptions.device,
+                        help="gpu: a repository for Triton's GPU container (docker/compose.yaml):"
+                             " the encoder and retrieval on the onnxruntime backend with TensorRT"
+                             " FP16, only text work in Python models")
+    parser.add_argument("--tensorrt-engine", metavar="PATH",
+                        help="with --device gpu: serve the encoder as this TensorRT engine "
+                             "(export-tensorrt); an absolute path not built yet is built at the "
+                             "container's first start")
+    parser.add_argument("--engine-cache", default=ServingOptions.engine_cache,
+                        help="with --device gpu: the container's TensorRT engine cache folder")
     parser.set_defaults(run=run_build)
 
 
@@ -110,6 +125,9 @@ def run_build(args: argparse.Namespace) -> int:
     from fusionrank.app import build
     from fusionrank.core.model_folders import bundled_model_path
 
+    if args.student is not None and args.pretrained:
+        raise CommandError("--student needs the trained run it was distilled from, not "
+                           "--pretrained")
     catalogue, report = load_named_catalogue(args.catalogue, args.datasets, args.lenient)
     print(report.summary(), file=sys.stderr)
     if args.reviews:
@@ -121,13 +139,16 @@ def run_build(args: argparse.Namespace) -> int:
                              onnx_threads=args.threads, precision=args.precision,
                              max_queue_delay_us=args.max_queue_delay_us,
                              response_cache=not args.no_response_cache,
-                             max_queue_size=args.max_queue_size)
+                             max_queue_size=args.max_queue_size, device=args.device,
+                             tensorrt_engine=args.tensorrt_engine,
+                             engine_cache=args.engine_cache)
     model = Path(args.model) if args.model else bundled_model_path()
     run = None if args.pretrained else (args.run_dir or build.newest_run()
                                         or build.train_default_run())
     if run is not None:
         print(f"serving the trained run {run}", file=sys.stderr)
-    repository = build.build_search_repository(catalogue, model, args.out, options, run_dir=run)
+    repository = build.build_search_repository(catalogue, model, args.out, options, run_dir=run,
+                                               student_dir=args.student)
     if not args.no_recommend:
         build.add_recommender(repository, args.recommender)
     build.add_sentiment_model(repository, args.sentiment)
@@ -184,6 +205,7 @@ def keep_serving(server, max_restarts: int) -> int:
 
 def run_serve(args: argparse.Namespace) -> int:
     from fusionrank.app.serve import Ports, TritonServer
+    from fusionrank.app.stub_watch import StubWatch
 
     def interrupt(_signum: int, _frame: object) -> None:
         raise KeyboardInterrupt
@@ -208,7 +230,8 @@ def run_serve(args: argparse.Namespace) -> int:
         print(f"serving {args.repository} — gRPC {server.grpc_url}, HTTP {args.host}:"
               f"{args.http_port}, metrics {args.host}:{args.metrics_port}, {cache}{shop}; "
               "Ctrl-C stops", file=sys.stderr, flush=True)
-        return keep_serving(server, args.max_restarts)
+        with StubWatch(server):  # reloads a model whose process died (stub_watch.py)
+            return keep_serving(server, args.max_restarts)
     except KeyboardInterrupt:
         return 0
     finally:
@@ -249,8 +272,8 @@ def run_export_tensorrt(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = [add_build, add_serve, *search.COMMANDS, *recommend.COMMANDS, *sentiment.COMMANDS,
-            *web.COMMANDS, add_export_tensorrt]
+COMMANDS = [add_build, add_serve, *deploy.COMMANDS, *search.COMMANDS, *recommend.COMMANDS,
+            *sentiment.COMMANDS, *web.COMMANDS, add_export_tensorrt]
 
 
 def parser() -> argparse.ArgumentParser:

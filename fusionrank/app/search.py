@@ -1,6 +1,7 @@
-"""Search commands: `fusionrank train`, `fusionrank evaluate`, `fusionrank search`.
+"""Search commands: `fusionrank train`, `distil`, `evaluate`, `search`.
 
     fusionrank train --out runs/relevance            # fine-tune + feedback head + fusion fit
+    fusionrank distil --run runs/relevance            # a 3-layer student query encoder
     fusionrank evaluate --run runs/relevance --out benchmarks/reports
     fusionrank search "cordless drill" -k 10         # the server (or --repository: in process)
 """
@@ -90,16 +91,26 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_run_arguments(parser: argparse.ArgumentParser, out_help: str) -> None:
+    """--run, --out, --cache and --threads of the commands that read a finished run."""
+    parser.add_argument("--run", dest="run_dir", type=Path, default=DEFAULT_RUN,
+                        help=f"a `fusionrank train` run folder (default {DEFAULT_RUN})")
+    parser.add_argument("--out", type=Path, help=out_help)
+    parser.add_argument("--cache", type=Path, default=Path("runs/cache"),
+                        help="where catalogue embeddings are cached (default runs/cache)")
+    parser.add_argument("--threads", type=int, help="CPU threads (default: all)")
+
+
 def add_evaluate(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
         "evaluate", help="BM25, pretrained, fine-tuned, hybrid and fused ranking on the full "
                          "catalogue; writes JSON, a markdown table and a plot")
-    parser.add_argument("--run", dest="run_dir", type=Path, default=DEFAULT_RUN,
-                        help=f"a `fusionrank train` run folder (default {DEFAULT_RUN})")
-    parser.add_argument("--out", type=Path, help="report folder (default: RUN/evaluation)")
+    add_run_arguments(parser, "report folder (default: RUN/evaluation)")
     parser.add_argument("--data", type=Path, help="relevance CSV (default: the run's own)")
-    parser.add_argument("--cache", type=Path, default=Path("runs/cache"))
-    parser.add_argument("--threads", type=int, help="CPU threads (default: all)")
+    parser.add_argument("--student", type=Path,
+                        help="a `fusionrank distil` checkpoint (e.g. RUN/student/best): adds "
+                             "its fused ranking and the query-encoding latency of teacher and "
+                             "student, FP32 and INT8")
     parser.set_defaults(run=run_evaluate)
 
 
@@ -109,9 +120,62 @@ def run_evaluate(args: argparse.Namespace) -> int:
     out = args.out or args.run_dir / "evaluation"
     report = run_evaluation(EvaluateConfig(run=args.run_dir, out=out,
                                            data=args.data, cache=args.cache,
-                                           threads=args.threads))
+                                           threads=args.threads, student=args.student,
+                                           command=getattr(args, "command_line", None)))
     print(markdown_table(report), file=sys.stdout)
     return 0
+
+
+def add_distil(commands: argparse._SubParsersAction) -> None:
+    from fusionrank.training.search.distil import DistilConfig
+
+    defaults = DistilConfig()
+    parser = commands.add_parser(
+        "distil", help="distil a run's fine-tuned encoder into a smaller student query encoder "
+                       "(the catalogue stays embedded by the teacher)")
+    add_run_arguments(parser, "student folder (default: RUN/student)")
+    parser.add_argument("--layers", type=int, default=defaults.layers,
+                        help=f"transformer layers of the student (default {defaults.layers}), "
+                             "initialised from the teacher's evenly spaced layers")
+    parser.add_argument("--keep", help="the teacher layers to start from, e.g. 0,2,4 "
+                                       "(overrides --layers)")
+    parser.add_argument("--epochs", type=int, default=defaults.epochs)
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    parser.add_argument("--learning-rate", type=float, default=defaults.learning_rate)
+    parser.add_argument("--max-steps", type=int, help="stop after this many steps")
+    parser.set_defaults(run=run_distil)
+
+
+def run_distil(args: argparse.Namespace) -> int:
+    from fusionrank.training.search.distil import DistilConfig, run_distillation
+
+    for name in ("layers", "epochs", "batch_size"):
+        if getattr(args, name) < (2 if name == "batch_size" else 1):
+            raise ValueError(f"--{name.replace('_', '-')} must be at least "
+                             f"{2 if name == 'batch_size' else 1}")
+    if args.max_steps is not None and args.max_steps < 1:
+        raise ValueError("--max-steps must be at least 1")
+    try:
+        keep = tuple(int(x) for x in args.keep.split(",")) if args.keep else None
+    except ValueError:
+        raise ValueError(f"--keep must be layer numbers separated by commas, not {args.keep!r}"
+                         ) from None
+    config = DistilConfig(layers=len(keep) if keep else args.layers, keep=keep,
+                          epochs=args.epochs, batch_size=args.batch_size,
+                          learning_rate=args.learning_rate, max_steps=args.max_steps,
+                          threads=args.threads)
+    record = run_distillation(args.run_dir, args.out, config, args.cache,
+                              command=getattr(args, "command_line", None))
+    print(json.dumps({k: record[k] for k in ("checkpoint", "kept_layers", "steps", "best_dev",
+                                             "teacher_dev", "seconds")}, indent=2))
+    return 0
+
+
+def distil_main(argv: list[str]) -> int:
+    """`fusionrank distil ARGV...` from code (the tests' tiny student)."""
+    top = argparse.ArgumentParser(prog="fusionrank")
+    add_distil(top.add_subparsers(dest="command", required=True))
+    return run_distil(top.parse_args(["distil", *argv]))
 
 
 def train_main(argv: list[str]) -> int:
@@ -158,4 +222,4 @@ def run_search(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = [add_search, add_train, add_evaluate]
+COMMANDS = [add_search, add_train, add_distil, add_evaluate]

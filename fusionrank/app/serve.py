@@ -10,6 +10,7 @@ import subprocess
 import sys
 import sysconfig
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -141,6 +142,9 @@ class TritonServer:
             f"--http-address={self.host}", f"--http-port={self.ports.http}",
             f"--metrics-address={self.host}", f"--metrics-port={self.ports.metrics}",
             "--allow-metrics=true", "--exit-on-error=true", "--strict-readiness=true",
+            # Every model at start, then loads and unloads on request only: how `fusionrank
+            # deploy` adds a new version beside the serving one and switches to it.
+            "--model-control-mode=explicit", "--load-model=*",
             f"--log-verbose={1 if self.verbose else 0}",
             *self.cache_options(),
         ]
@@ -200,9 +204,9 @@ class TritonServer:
         self.stop()
 
 
-def child_process(parent: int, name: str) -> int:
-    """The pid of `parent`'s child process called `name` (Linux /proc), e.g. the tritonserver
-    a `fusionrank serve` runs; LookupError where there is none."""
+def children(parent: int) -> Iterator[tuple[int, str, str]]:
+    """(pid, name, state) of each child process of `parent` (Linux /proc): names are cut to
+    15 characters; state "Z" is a zombie (exited, not yet waited for by its parent)."""
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -211,6 +215,15 @@ def child_process(parent: int, name: str) -> int:
         except OSError:
             continue
         command, rest = stat[stat.index("(") + 1:stat.rindex(")")], stat[stat.rindex(")") + 2:]
-        if command == name and int(rest.split()[1]) == parent:
-            return int(entry.name)
+        state, ppid = rest.split()[:2]
+        if int(ppid) == parent:
+            yield int(entry.name), command, state
+
+
+def child_process(parent: int, name: str) -> int:
+    """The pid of `parent`'s child process called `name` (Linux /proc), e.g. the tritonserver
+    a `fusionrank serve` runs; LookupError where there is none."""
+    for pid, command, _ in children(parent):
+        if command == name:
+            return pid
     raise LookupError(f"process {parent} has no child called {name}")

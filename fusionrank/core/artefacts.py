@@ -8,6 +8,7 @@ under the same names. A Python-backend model's version folder holds the files it
 from __future__ import annotations
 
 import hashlib
+import json
 import zipfile
 from collections.abc import Iterable
 from pathlib import Path
@@ -30,9 +31,12 @@ REPOSITORY_MANIFEST = "fusionrank.json"  # what a built model repository serves,
 # Search: a `fusionrank train` run folder, and the search models' version folders.
 RUN_MANIFEST = "run.json"  # data, split, configuration and results of a training run
 RETRIEVAL = "retrieval.onnx"  # catalogue MatMul + TopK
+RETRIEVAL_FIXED_K = "retrieval.fixed_k.onnx"  # the same, K a constant (GPU repository)
 LEXICAL = "lexical.npz"  # BM25 over the titles (LexicalIndex)
 PRIORS = "priors.npy"  # per product: smoothed mean grade and judgement count (ProductPriors)
 MEMORY = "memory.npz"  # the training judgements (JudgementMemory)
+TITLE_FEATURES = "title_features.npz"  # TitleTerms + TermVectors of the served titles, saved
+# at build so the ranker need not compute them at load (title_features.py)
 FEEDBACK_HEAD = "feedback_head.onnx"  # networks + boosted trees → predicted grade
 SEARCH_RUN_FILES = (LEXICAL, PRIORS, MEMORY, FEEDBACK_HEAD, FUSION_WEIGHTS)
 
@@ -64,7 +68,42 @@ def file_sha256(path: str | Path) -> str:
 
 class ArtefactError(ValueError):
     """An artefact file that cannot be what it should be (truncated, of the wrong shape, missing
-    an array); the message names the file. A model's load stops on it."""
+    an array, not the file the build placed); the message names the file. A model's load stops
+    on it."""
+
+
+SHA256_MANIFEST = "sha256.json"  # in a version folder: {file name: SHA-256} of its artefacts
+
+
+def write_manifest(folder: str | Path, names: Iterable[str]) -> Path:
+    """Record the SHA-256 of each named file of `folder` in its SHA256_MANIFEST (at build)."""
+    folder = Path(folder)
+    digests = {name: file_sha256(folder / name) for name in sorted(names)}
+    path = folder / SHA256_MANIFEST
+    path.write_text(json.dumps(digests, indent=1) + "\n", encoding="utf-8")
+    return path
+
+
+def check_manifest(folder: str | Path) -> None:
+    """At a model's load: every file `folder`'s SHA256_MANIFEST lists is there, with the digest
+    recorded at build; an ArtefactError naming the first that is not (nothing to check in a
+    folder without a manifest, as built before manifests)."""
+    folder = Path(folder)
+    path = folder / SHA256_MANIFEST
+    if not path.is_file():
+        return
+    try:
+        digests = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise ArtefactError(f"{path} is not a readable manifest ({error}); rebuild the "
+                            "repository") from error
+    for name, expected in digests.items():
+        if not (folder / name).is_file():
+            raise ArtefactError(f"{folder / name} is missing (listed in {path}); rebuild the "
+                                "repository")
+        if file_sha256(folder / name) != expected:
+            raise ArtefactError(f"{folder / name} does not match its SHA-256 in {path} (changed "
+                                "or damaged since the build); rebuild the repository")
 
 
 def load_array(path: str | Path, shape: tuple[int | None, ...] | None = None,

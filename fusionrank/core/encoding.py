@@ -48,9 +48,14 @@ class TextTokenizer:
         return pad(self.token_ids(texts))
 
 
-def pad(sequences: Sequence[np.ndarray]) -> TokenBatch:
-    """Right-pad id sequences with 0 ([PAD]) into one batch, with the matching mask."""
+def pad(sequences: Sequence[np.ndarray], length: int | None = None) -> TokenBatch:
+    """Right-pad id sequences with 0 ([PAD]) into one batch, with the matching mask: to the
+    longest sequence, or to `length` (a fixed shape, as TensorRT profiles want)."""
     longest = max(len(s) for s in sequences)
+    if length is not None:
+        if longest > length:
+            raise ValueError(f"a sequence of {longest} tokens does not fit a length of {length}")
+        longest = length
     ids = np.zeros((len(sequences), longest), dtype=np.int64)
     mask = np.zeros((len(sequences), longest), dtype=np.int64)
     for row, sequence in enumerate(sequences):

@@ -8,6 +8,14 @@ a hop between Python-backend models costs a process crossing and a queue, and on
 encoder and the ranker gain from copies of their own. `ServingOptions.separate_steps` serves
 one model per step instead (what the sweep in benchmarks/reports/search_sweep.md measures).
 
+With `ServingOptions.device == "gpu"` (`fusionrank build --device gpu`), the graphs run
+natively on the GPU and only text work stays in Python models (`gpu_search_ensemble`):
+
+    QUERY, K >> tokenizer (Python, CPU: Tokenize, padded to MAX_QUERY_TOKENS)
+             >> query_encoder (onnxruntime + TensorRT FP16, or a tensorrt_plan engine)
+             >> retrieval (onnxruntime + TensorRT FP16: MatMul + TopK, K fixed)
+             >> ranker (Python, CPU: ScoreCandidates, Rank)
+
 `SearchArtefacts` names the folders `fusionrank build` fills: the exported encoder, the
 catalogue index and, for a trained run, the run's search files aligned with the catalogue.
 """
@@ -17,8 +25,11 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import numpy as np
+
 from fusionrank.core import artefacts as names
 from fusionrank.core.contract import MAX_K, TensorSpec
+from fusionrank.core.encoding import MAX_QUERY_TOKENS
 from fusionrank.core.fusion import SIGNAL_TENSORS, FusionWeights
 from fusionrank.core.search.contract import (
     EXPLAIN_OUTPUTS,
@@ -27,7 +38,15 @@ from fusionrank.core.search.contract import (
     SEARCH_OUTPUTS,
 )
 from fusionrank.core.search.runtime import LEXICAL_CANDIDATES
-from fusionrank.model_repository.config import PythonModel, merged
+from fusionrank.model_repository.config import (
+    ONNX_RUNTIME,
+    TENSORRT_PLAN,
+    NativeModel,
+    PythonModel,
+    ServedModel,
+    TensorRTAccelerator,
+    merged,
+)
 from fusionrank.model_repository.ensemble import Ensemble, Inputs
 from fusionrank.model_repository.search import steps
 
@@ -76,10 +95,24 @@ class ServingOptions:
     # The `search` ensemble's answers go to Triton's response cache (`fusionrank serve
     # --cache-mib`, on by default): a repeated query is answered without running a step.
     response_cache: bool = True
+    # Where the search graphs run: "cpu" (the models above) or "gpu" (`gpu_search_ensemble`:
+    # the encoder and retrieval as native models on the GPU under TensorRT FP16; `precision`,
+    # `onnx_threads` and `separate_steps` are the CPU repository's).
+    device: str = "cpu"
+    # GPU: a TensorRT engine of the encoder (`fusionrank export-tensorrt`) served as
+    # tensorrt_plan; an absolute path not built yet is built at the container's first start
+    # (docker/entrypoint.sh). None: ONNX Runtime's TensorRT provider builds and caches its own.
+    tensorrt_engine: str | None = None
+    # GPU: the folder (in the container) where TensorRT engines are cached across restarts.
+    engine_cache: str = "/engines"
 
     def __post_init__(self) -> None:
         if self.precision not in ("fp32", "int8"):
             raise ValueError(f"precision must be fp32 or int8, not {self.precision!r}")
+        if self.device not in ("cpu", "gpu"):
+            raise ValueError(f"device must be cpu or gpu, not {self.device!r}")
+        if self.tensorrt_engine and self.device != "gpu":
+            raise ValueError("tensorrt_engine is served by the GPU repository only (device gpu)")
 
     @property
     def encoder_file(self) -> str:
@@ -91,26 +124,33 @@ class SearchArtefacts:
     encoder: Path  # ENCODER (and ENCODER_INT8), TOKENIZER
     index: Path  # EMBEDDINGS, PRODUCTS, RETRIEVAL; FUSION_WEIGHTS of similarity alone
     run: Path | None = None  # SEARCH_RUN_FILES of a trained run, aligned with the catalogue
+    # A student query encoder (`fusionrank distil`; ENCODER, ENCODER_INT8, TOKENIZER) that
+    # encodes the queries while the index keeps the embeddings of `encoder`, its teacher.
+    query_encoder: Path | None = None
 
     @property
     def weights(self) -> Path:
         return (self.run or self.index) / names.FUSION_WEIGHTS
 
+    @property
+    def queries(self) -> Path:
+        """The folder of the encoder that encodes queries (and of its tokenizer)."""
+        return self.query_encoder or self.encoder
+
 
 def search_ensemble(files: SearchArtefacts, options: ServingOptions) -> Ensemble:
     """The search pipeline's steps, served as two models (`query_encoder`, `ranker`) or, with
-    `options.separate_steps`, as one model each."""
+    `options.separate_steps`, as one model each; on the GPU, `gpu_search_ensemble`."""
+    if options.device == "gpu":
+        return gpu_search_ensemble(files, options)
     threads = {"threads": str(options.onnx_threads)}
     delay = options.max_queue_delay_us
-    queue = {"max_queue_size": options.max_queue_size,
-             "queue_timeout_us": options.queue_timeout_ms * 1000}
+    queue = queue_options(options)
     fused = files.run is not None
-    tokenize = PythonModel(
-        "tokenizer", steps.Tokenize, (QUERY,), TOKENS,
-        artefacts={names.TOKENIZER: files.encoder / names.TOKENIZER}, max_queue_delay_us=0)
+    tokenize = tokenizer_model(files, TOKENS)
     encode = PythonModel(
         "query_encoder", steps.EncodeQueries, TOKENS, (EMBEDDING,),
-        artefacts={names.ENCODER: files.encoder / options.encoder_file},
+        artefacts={names.ENCODER: files.queries / options.encoder_file},
         parameters=threads, instances=options.encoder_instances, max_queue_delay_us=delay)
     retrieve = PythonModel(
         "retrieval", steps.Retrieve, (EMBEDDING, K), CANDIDATES,
@@ -119,20 +159,7 @@ def search_ensemble(files: SearchArtefacts, options: ServingOptions) -> Ensemble
         # With BM25 candidates to merge, retrieval's pool is the dense part of the final one.
         tensor_names={"CANDIDATES": "DENSE_CANDIDATES", "SIMILARITY": "DENSE_SIMILARITY"}
         if fused else {})
-    signals = tuple(SIGNALS[name] for name in FusionWeights.load(files.weights).weights)
-    rank = PythonModel(
-        "ranker", steps.Rank, (CANDIDATES[0], *signals, K, replace(CORRECTION, optional=True)),
-        (*SEARCH_OUTPUTS, *EXPLAIN_OUTPUTS),
-        artefacts={names.PRODUCTS: files.index / names.PRODUCTS,
-                   names.FUSION_WEIGHTS: files.weights}, max_queue_delay_us=0)
-    scoring = [PythonModel(
-        "scoring", steps.ScoreCandidates, (QUERY, EMBEDDING, *DENSE),
-        (*CANDIDATES, SIGNALS["lexical"], SIGNALS["feedback"], CORRECTION),
-        artefacts={**{name: files.index / name for name in (names.EMBEDDINGS, names.PRODUCTS)},
-                   **{name: files.run / name for name in (names.LEXICAL, names.PRIORS,
-                                                          names.MEMORY, names.FEEDBACK_HEAD)}},
-        parameters={**threads, "lexical_candidates": str(options.lexical_candidates)},
-        instances=options.ranker_instances, max_queue_delay_us=delay)] if fused else []
+    scoring, rank = ranking_models(files, options)
     if options.separate_steps:
         models = [replace(model, **queue) for model in (tokenize, encode, retrieve, *scoring,
                                                          rank)]
@@ -141,8 +168,93 @@ def search_ensemble(files: SearchArtefacts, options: ServingOptions) -> Ensemble
                          max_queue_delay_us=delay, **queue),
                   merged("ranker", retrieve, *scoring, rank, instances=options.ranker_instances,
                          max_queue_delay_us=delay, **queue)]
+    return search_pipeline(models, options)
+
+
+def queue_options(options: ServingOptions) -> dict[str, int]:
+    return {"max_queue_size": options.max_queue_size,
+            "queue_timeout_us": options.queue_timeout_ms * 1000}
+
+
+def tokenizer_model(files: SearchArtefacts, tokens: tuple[TensorSpec, ...],
+                    parameters: dict[str, str] | None = None) -> PythonModel:
+    return PythonModel(
+        "tokenizer", steps.Tokenize, (QUERY,), tokens,
+        artefacts={names.TOKENIZER: files.queries / names.TOKENIZER},
+        parameters=parameters or {}, max_queue_delay_us=0)
+
+
+def ranking_models(files: SearchArtefacts,
+                   options: ServingOptions) -> tuple[list[PythonModel], PythonModel]:
+    """The steps after retrieval: ScoreCandidates (a trained run only) and Rank."""
+    signals = tuple(SIGNALS[name] for name in FusionWeights.load(files.weights).weights)
+    rank = PythonModel(
+        "ranker", steps.Rank, (CANDIDATES[0], *signals, K, replace(CORRECTION, optional=True)),
+        (*SEARCH_OUTPUTS, *EXPLAIN_OUTPUTS),
+        artefacts={names.PRODUCTS: files.index / names.PRODUCTS,
+                   names.FUSION_WEIGHTS: files.weights}, max_queue_delay_us=0)
+    run_files = (names.LEXICAL, names.PRIORS, names.MEMORY, names.FEEDBACK_HEAD)
+    if files.run is not None and (files.run / names.TITLE_FEATURES).is_file():
+        run_files += (names.TITLE_FEATURES,)  # saves the step computing them at each load
+    scoring = [PythonModel(
+        "scoring", steps.ScoreCandidates, (QUERY, EMBEDDING, *DENSE),
+        (*CANDIDATES, SIGNALS["lexical"], SIGNALS["feedback"], CORRECTION),
+        artefacts={**{name: files.index / name for name in (names.EMBEDDINGS, names.PRODUCTS)},
+                   **{name: files.run / name for name in run_files}},
+        parameters={"threads": str(options.onnx_threads),
+                    "lexical_candidates": str(options.lexical_candidates)},
+        instances=options.ranker_instances,
+        max_queue_delay_us=options.max_queue_delay_us)] if files.run is not None else []
+    return scoring, rank
+
+
+def search_pipeline(models: list[ServedModel], options: ServingOptions) -> Ensemble:
     pipeline = Inputs(QUERY, K)
     for model in models:
         pipeline = pipeline >> model
     return pipeline.ensemble(SEARCH_MODEL, (*SEARCH_OUTPUTS, *EXPLAIN_OUTPUTS),
                              response_cache=options.response_cache)
+
+
+def gpu_search_ensemble(files: SearchArtefacts, options: ServingOptions) -> Ensemble:
+    """The search pipeline with its graphs served natively on the GPU (module docstring):
+    the encoder (FP32 graph; TensorRT runs it in FP16) and retrieval (`RETRIEVAL_FIXED_K`, its
+    pool of `options.candidates`) as native models, the tokenizer and the ranker (the numpy
+    features of ScoreCandidates are no graph yet, then Rank) as Python models on the CPU.
+    Token ids are padded to MAX_QUERY_TOKENS: the dynamic batcher then joins any requests, and
+    TensorRT's profiles span the batch alone."""
+    products, dim = np.load(files.index / names.EMBEDDINGS, mmap_mode="r").shape
+    pool = min(options.candidates, products)
+    fixed = (MAX_QUERY_TOKENS,)
+    tokenize = replace(
+        tokenizer_model(files, tuple(TensorSpec(t.name, t.dtype, fixed) for t in TOKENS),
+                        {"pad_to": str(MAX_QUERY_TOKENS)}),
+        instances=options.encoder_instances, **queue_options(options))
+    graph_tokens = tuple(TensorSpec(t.name.lower(), t.dtype, fixed) for t in TOKENS)
+    encoder = {"inputs": graph_tokens, "outputs": (TensorSpec("embedding", "FP32", (dim,)),),
+               "tensor_names": {"input_ids": "INPUT_IDS", "attention_mask": "ATTENTION_MASK",
+                                "embedding": EMBEDDING.name},
+               "instances": options.encoder_instances,
+               "max_queue_delay_us": options.max_queue_delay_us}
+    if options.tensorrt_engine:
+        encode = NativeModel("query_encoder", TENSORRT_PLAN, Path(options.tensorrt_engine),
+                             onnx_source=files.queries / names.ENCODER, **encoder)
+    else:
+        encode = NativeModel("query_encoder", ONNX_RUNTIME, files.queries / names.ENCODER,
+                             tensorrt=engine_cache(options, "query_encoder"), **encoder)
+    dense = DENSE if files.run is not None else CANDIDATES
+    retrieve = NativeModel(
+        "retrieval", ONNX_RUNTIME, files.index / names.RETRIEVAL_FIXED_K,
+        (TensorSpec("query", "FP32", (dim,)),),
+        (TensorSpec("similarity", "FP32", (pool,)), TensorSpec("rows", "INT64", (pool,))),
+        tensorrt=engine_cache(options, "retrieval"),
+        tensor_names={"query": EMBEDDING.name, "rows": dense[0].name, "similarity": dense[1].name},
+        max_queue_delay_us=options.max_queue_delay_us)
+    scoring, rank = ranking_models(files, options)
+    ranker = merged("ranker", *scoring, rank, instances=options.ranker_instances,
+                    max_queue_delay_us=options.max_queue_delay_us, **queue_options(options))
+    return search_pipeline([tokenize, encode, retrieve, ranker], options)
+
+
+def engine_cache(options: ServingOptions, model: str) -> TensorRTAccelerator:
+    return TensorRTAccelerator(cache_path=f"{options.engine_cache.rstrip('/')}/{model}")

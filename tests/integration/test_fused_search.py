@@ -35,6 +35,8 @@ def test_repository_serves_the_trained_run(served_repository, trained_run):
     ranker = read_config(served_repository, "ranker")
     assert [link["step"].rpartition(":")[2] for link in json.loads(
         ranker.parameters["chain"].string_value)] == ["Retrieve", "ScoreCandidates", "Rank"]
+    # The title structures were computed at build, for the ranker to read at load.
+    assert (served_version(served_repository, "ranker") / artefacts.TITLE_FEATURES).is_file()
 
 
 def test_served_ranking_equals_the_offline_one(triton_server, served_repository, trained_run,

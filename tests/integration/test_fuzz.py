@@ -226,19 +226,9 @@ def good_answers_are_right(client: grpcclient.InferenceServerClient, recommender
     assert probabilities.sum() == pytest.approx(1.0, abs=1e-4)
 
 
-# Triton does not check that an ensemble with an optional input (recommend's HISTORY_TIMES) got
-# its required ones: the request ends in "unexpected deadlock, at least one output is not set"
-# (INVALID_ARGUMENT, but naming no field). Strict: passes the day the server names the input.
-ENSEMBLE_DEADLOCK = pytest.mark.xfail(strict=True, reason="Triton's ensemble deadlock message "
-                                      "names no input (recommend has an optional input)")
-
-
-def marked(case: Case) -> object:
-    deadlocks = case.model == "recommend" and case.label.endswith("-missing")
-    return pytest.param(case, id=case.id, marks=[ENSEMBLE_DEADLOCK] if deadlocks else [])
-
-
-@pytest.mark.parametrize("case", [marked(case) for case in CASES])
+# (A required input missing beside recommend's optional HISTORY_TIMES once ended in Triton's
+# "unexpected deadlock", naming no input: see `Ensemble.config`.)
+@pytest.mark.parametrize("case", [pytest.param(case, id=case.id) for case in CASES])
 def test_bad_input_is_invalid_argument_naming_the_field(client, recommender, case):
     with pytest.raises(InferenceServerException) as error:
         client.infer(case.model, infer_inputs(case.inputs), client_timeout=TIMEOUT_S)

@@ -12,6 +12,15 @@ Systems (each row adds one component, so the table is also the ablation):
                          queries encoded in FP32 (`fusionrank build --precision fp32`)
     fused, int8 query encoder   the same with the INT8 query encoder, as `fusionrank build`
                          serves it by default (export/quantize.py; the catalogue stays FP32)
+With `--student` (a `fusionrank distil` student), the same served path with the student as the
+query encoder and everything else the run's (the teacher's catalogue embeddings, head, memory,
+weights), as `fusionrank build --student` serves it:
+    student              the student's queries, cosine top-100 over the teacher's catalogue
+    fused, student query encoder        the fused ranker, student queries in FP32
+    fused, student int8 query encoder   the same, the student quantised to INT8
+and the query-encoding latency of teacher and student, FP32 and INT8, batch 1 and 8
+(training/search/latency.py), against the target: ≥ 1.8× faster with fused test NDCG@10
+within 0.01 of the teacher's.
 Metrics (ranx): NDCG@10, Recall@100, MRR@10 with gain = relevance − 1, unjudged = 0, over the
 queries that have at least one product judged above 1. The feedback head: RMSE on every judged
 pair (of the served blend, and of its networks and its trees alone), and precision / recall /
@@ -30,6 +39,7 @@ import numpy as np
 
 from fusionrank.core import artefacts
 from fusionrank.core.fusion import FusionWeights
+from fusionrank.core.model_folders import check_model_folder
 from fusionrank.core.search.features import JudgementMemory, ProductPriors
 from fusionrank.core.search.lexical import LexicalIndex
 from fusionrank.core.search.runtime import (
@@ -43,7 +53,13 @@ from fusionrank.core.search.runtime import (
     ranked,
 )
 from fusionrank.export.search.feedback_head import PARTS as HEAD_PARTS
-from fusionrank.training.embeddings import catalogue_embeddings, int8_embedder
+from fusionrank.training.embeddings import (
+    Embedder,
+    catalogue_embeddings,
+    exported_encoder,
+    int8_embedder,
+    weights_digest,
+)
 from fusionrank.training.metrics import METRICS, evaluate_ranking
 from fusionrank.training.search.data import SplitConfig, load_judgements
 from fusionrank.training.search.feedback import choose_threshold, classify, rmse
@@ -61,6 +77,14 @@ class EvaluateConfig:
     data: Path | None = None  # default: the run's own data file
     cache: Path = Path("runs/cache")
     threads: int | None = None
+    student: Path | None = None  # a `fusionrank distil` checkpoint to compare with the teacher
+    command: str | None = None  # the command line, for the report
+
+
+# Issue 13's target for a student query encoder.
+TARGET_SPEEDUP = 1.8
+TARGET_MAX_NDCG_LOSS = 0.01
+LATENCY_BATCHES = (1, 8)
 
 
 def log(message: str) -> None:
@@ -118,6 +142,24 @@ def run_evaluation(config: EvaluateConfig) -> dict:
     # catalogue stays FP32), to measure what quantisation costs in ranking quality.
     int8 = int8_embedder(embedder, titles[:256], config.threads)
     int8_pool_of = {s: served_pool(s, int8.encode_queries(queries[s])) for s in SPLITS}
+    student = None
+    if config.student is not None:
+        student_dir = check_model_folder(config.student)
+        teacher = json.loads((student_dir / "checkpoint.json").read_text()).get(
+            "teacher_weights") if (student_dir / "checkpoint.json").is_file() else None
+        if teacher != weights_digest(Path(manifest["checkpoint"])):
+            raise ValueError(f"--student {student_dir} was not distilled from this run's encoder "
+                             f"{manifest['checkpoint']} (`fusionrank distil --run {run}`)")
+        folder = config.cache / "embeddings" / f"{weights_digest(student_dir)}-student" / "onnx"
+        fp32 = Embedder(exported_encoder(student_dir, folder, titles), config.threads)
+        if fp32.queries.encoder.dimension != tuned.shape[1]:
+            raise ValueError(f"--student {student_dir} embeds {fp32.queries.encoder.dimension}-d "
+                             f"vectors, the run's catalogue {tuned.shape[1]}-d")
+        student = {"fp32": fp32, "int8": int8_embedder(fp32, titles[:256], config.threads)}
+        student_vectors = {s: {p: e.encode_queries(queries[s]) for p, e in student.items()}
+                           for s in SPLITS}
+        student_pool_of = {s: {p: served_pool(s, v) for p, v in student_vectors[s].items()}
+                           for s in SPLITS}
     dev_judged = judgements.qrels("dev")
     hybrid = fit_weights(pool_of["dev"], dev_judged, ("similarity", "lexical"),
                          pools.grid_step, "hybrid").weights
@@ -143,6 +185,12 @@ def run_evaluation(config: EvaluateConfig) -> dict:
         systems["fused (dense pool)"] = ranked(pool.first(pools.dense), served)
         systems["fused"] = ranked(pool, served)
         systems["fused, int8 query encoder"] = ranked(int8_pool_of[s], served)
+        if student is not None:
+            systems["student"] = dense_candidates(tuned, student_vectors[s]["fp32"], DEPTH,
+                                                  block=256)
+            systems["fused, student query encoder"] = ranked(student_pool_of[s]["fp32"], served)
+            systems["fused, student int8 query encoder"] = ranked(student_pool_of[s]["int8"],
+                                                                  served)
         results[s] = {name: evaluate_ranking(judged, qs, rows, scores)
                       for name, (rows, scores) in systems.items()}
         results[s]["queries"] = len(qs)
@@ -157,9 +205,73 @@ def run_evaluation(config: EvaluateConfig) -> dict:
               "weights": {"fused": asdict(served), "hybrid": asdict(hybrid),
                           "fused − lexical": asdict(no_lexical)},
               "retrieval": results, "feedback": feedback,
-              "seconds": round(time.perf_counter() - started, 1)}
+              "seconds": round(time.perf_counter() - started, 1), "command": config.command}
+    if student is not None:
+        report["student"] = student_report(
+            Path(config.student), results,
+            {"teacher fp32": embedder.onnx_dir / artefacts.ENCODER,
+             "teacher int8": int8.onnx_dir / artefacts.ENCODER_INT8,
+             "student fp32": student["fp32"].onnx_dir / artefacts.ENCODER,
+             "student int8": student["int8"].onnx_dir / artefacts.ENCODER_INT8},
+            embedder.onnx_dir / artefacts.TOKENIZER, judgements.ranked_queries("test"))
     write_report(report, Path(config.out))
     return report
+
+
+def student_report(student: Path, results: dict, encoders: dict[str, Path], tokenizer: Path,
+                   test_queries: list[str]) -> dict:
+    """Teacher and student side by side: fused NDCG@10 / Recall@100 per split and precision,
+    query-encoding latency (FP32, INT8; batch 1 and 8), speed-ups, and the target's verdict."""
+    from fusionrank.training.search.latency import THREADS, encoding_latency
+
+    rows = {("teacher", "fp32"): "fused", ("teacher", "int8"): "fused, int8 query encoder",
+            ("student", "fp32"): "fused, student query encoder",
+            ("student", "int8"): "fused, student int8 query encoder"}
+    quality = {s: {f"{who} {precision}": {m: results[s][name][m] for m in ("ndcg@10",
+                                                                           "recall@100")}
+                   for (who, precision), name in rows.items()} for s in SPLITS}
+    log("timing the query encoders (test queries, ONNX Runtime CPU)")
+    latency = encoding_latency(encoders, tokenizer, test_queries, LATENCY_BATCHES)
+    speedup = {p: {b: latency[f"teacher {p}"][b]["median_ms"] / latency[f"student {p}"][b][
+        "median_ms"] for b in LATENCY_BATCHES} for p in ("fp32", "int8")}
+    loss = {p: quality["test"][f"teacher {p}"]["ndcg@10"] - quality["test"][f"student {p}"][
+        "ndcg@10"] for p in ("fp32", "int8")}
+    slowest = min(min(v.values()) for v in speedup.values())
+    manifest = check_model_folder(student) / "checkpoint.json"
+    return {"checkpoint": str(student),
+            "distillation": json.loads(manifest.read_text()) if manifest.is_file() else None,
+            "quality": quality, "latency_threads": THREADS,
+            "latency_queries": len(test_queries), "latency": latency, "speedup": speedup,
+            "test_ndcg10_loss": loss,
+            "target": {"speedup": TARGET_SPEEDUP, "max_ndcg10_loss": TARGET_MAX_NDCG_LOSS,
+                       "lowest_speedup": slowest, "largest_ndcg10_loss": max(loss.values()),
+                       "met": slowest >= TARGET_SPEEDUP
+                       and max(loss.values()) <= TARGET_MAX_NDCG_LOSS}}
+
+
+def student_table(student: dict) -> str:
+    """Markdown: teacher vs student, quality and latency, and the target's verdict."""
+    lines = ["**teacher vs student query encoder** (the catalogue embedded by the teacher; "
+             "everything after the encoder is the run's)", "",
+             "| query encoder | test NDCG@10 | test Recall@100 | dev NDCG@10 | dev Recall@100 "
+             "| batch 1, ms | batch 8, ms |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    for name in ("teacher fp32", "student fp32", "teacher int8", "student int8"):
+        test, dev = student["quality"]["test"][name], student["quality"]["dev"][name]
+        lat = student["latency"][name]
+        lines.append(f"| {name} | {test['ndcg@10']:.4f} | {test['recall@100']:.4f} | "
+                     f"{dev['ndcg@10']:.4f} | {dev['recall@100']:.4f} | "
+                     + " | ".join(f"{lat[b]['median_ms']:.3f}" for b in LATENCY_BATCHES) + " |")
+    target = student["target"]
+    lines += ["", "Speed-up (teacher ÷ student, median ONNX Runtime CPU call over "
+              f"{student['latency_queries']} test queries, {student['latency_threads']} threads): "
+              + ", ".join(f"{p.upper()} batch {b} {v:.2f}×" for p, by in student["speedup"].items()
+                          for b, v in by.items()) + ".",
+              f"Target ≥ {target['speedup']}× with fused test NDCG@10 within "
+              f"{target['max_ndcg10_loss']} of the teacher: lowest speed-up "
+              f"{target['lowest_speedup']:.2f}×, largest NDCG@10 loss "
+              f"{target['largest_ndcg10_loss']:+.4f} → **{'met' if target['met'] else 'missed'}**.",
+              ""]
+    return "\n".join(lines)
 
 
 def feedback_report(resources: PairResources, run: Path) -> dict:
@@ -207,6 +319,8 @@ def markdown_table(report: dict) -> str:
                      + " | ".join(f"{m['rmse_parts'][part]:.4f}" for part in HEAD_PARTS)
                      + f" | {m['rmse_mean_predictor']:.4f} | {m['precision']:.4f} | "
                      f"{m['recall']:.4f} | {m['f1']:.4f} | {m['accuracy']:.4f} |")
+    if report.get("student"):
+        lines += ["", student_table(report["student"])]
     return "\n".join(lines) + "\n"
 
 

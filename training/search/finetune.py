@@ -22,6 +22,7 @@ import random
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -97,10 +98,48 @@ class Provenance:
     init_model: str
 
 
+def write_model_folder(model: EncoderWithTokenizer, target: Path,
+                       extra: Callable[[Path], object]) -> None:
+    """Save `model` as the Hugging Face folder `target`, with `extra(folder)` adding files,
+    under a temporary name renamed at the end: an interrupted save never leaves a half-written
+    folder."""
+    tmp = target.with_name(target.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save(tmp)
+    extra(tmp)
+    old = target.with_name(target.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if target.exists():
+        target.rename(old)
+    tmp.rename(target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
 def set_seed(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+def adamw_with_warmup(parameters, learning_rate: float, weight_decay: float, total_steps: int,
+                      warmup_fraction: float):
+    """AdamW and its schedule: linear warm-up over `warmup_fraction` of the steps, then linear
+    decay to zero at the last step."""
+    optimizer = torch.optim.AdamW(parameters, lr=learning_rate, weight_decay=weight_decay)
+    warmup = max(1, int(total_steps * warmup_fraction))
+    decay = max(1, total_steps - warmup)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min((s + 1) / warmup, max(0.0, (total_steps - s) / decay)))
+    return optimizer, scheduler
+
+
+def optimisation_step(loss: torch.Tensor, module: torch.nn.Module, optimizer, scheduler) -> None:
+    """Back-propagate `loss`, clip the gradient norm to 1, step the optimiser and schedule."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(module.parameters(), 1.0)
+    optimizer.step()
+    scheduler.step()
 
 
 def epoch_batches(pairs_by_query: dict[str, list[Pair]], config: FinetuneConfig,
@@ -165,15 +204,9 @@ class Finetuner:
         if config.max_steps:
             self.total_steps = min(self.total_steps, config.max_steps)
         trainable = self.model.freeze(config.frozen_layers)
-        self.optimizer = torch.optim.AdamW(trainable,
-                                           lr=config.learning_rate,
-                                           weight_decay=config.weight_decay)
-        warmup = max(1, int(self.total_steps * config.warmup_fraction))
-        decay = max(1, self.total_steps - warmup)
-        # Linear warm-up, then linear decay to zero at the last step.
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer,
-            lambda s: min((s + 1) / warmup, max(0.0, (self.total_steps - s) / decay)))
+        self.optimizer, self.scheduler = adamw_with_warmup(
+            trainable, config.learning_rate, config.weight_decay, self.total_steps,
+            config.warmup_fraction)
         self.state = TrainingState()
 
     # ---- checkpoints -------------------------------------------------------------------
@@ -186,16 +219,7 @@ class Finetuner:
         return self.out_dir / "last"
 
     def _write_folder(self, target: Path, extra) -> None:
-        tmp = target.with_name(target.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        self.model.save(tmp)
-        extra(tmp)
-        old = target.with_name(target.name + ".old")
-        shutil.rmtree(old, ignore_errors=True)
-        if target.exists():
-            target.rename(old)
-        tmp.rename(target)
-        shutil.rmtree(old, ignore_errors=True)
+        write_model_folder(self.model, target, extra)
 
     def manifest(self, dev: dict) -> dict:
         return {"created_at": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -296,11 +320,7 @@ class Finetuner:
         q = self.model.embed(queries, self.config.max_query_tokens)
         d = self.model.embed(documents, self.config.max_title_tokens)
         loss = self.loss(q, d, weights, excluded)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.model.module.parameters(), 1.0)
-        self.optimizer.step()
-        self.scheduler.step()
+        optimisation_step(loss, self.model.module, self.optimizer, self.scheduler)
         self.state.global_step += 1
         self.state.step_in_epoch += 1
         value = float(loss.detach())

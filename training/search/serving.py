@@ -1,11 +1,13 @@
 """The files a trained run adds to a model repository, aligned with the served catalogue.
 
-`fusionrank build` calls `search_artefacts(run_dir, catalogue, out_dir)`; it writes
+`fusionrank build` calls `search_artefacts(run_dir, catalogue, out_dir, embeddings)`; it writes
     lexical.npz         BM25 over the served catalogue's titles       (scoring step)
     priors.npy          product priors, row i = served product i       (scoring step)
     memory.npz          training judgements, products as served rows  (scoring step)
     feedback_head.onnx  the run's feedback head                        (scoring step)
     ranking.json        the run's fusion weights                        (ranker step)
+    title_features.npz  the titles' term structures, computed here     (scoring step)
+                        rather than at each load (with `embeddings` only: title_features.py)
 Rows are matched by product id, so any catalogue works: products the run never saw get the
 neutral prior (the training mean, no judgements).
 """
@@ -22,6 +24,7 @@ from fusionrank.core import artefacts
 from fusionrank.core.catalogue import Catalogue
 from fusionrank.core.search.features import JudgementMemory, ProductPriors
 from fusionrank.core.search.lexical import LexicalIndex
+from fusionrank.core.search.title_features import save_title_features
 
 
 def served_rows(run_dir: Path, catalogue_ids: list[str]) -> np.ndarray:
@@ -55,8 +58,10 @@ def aligned_memory(run_dir: Path, row_map: np.ndarray) -> JudgementMemory:
     return JudgementMemory.load(run_dir / artefacts.MEMORY).aligned(row_map)
 
 
-def search_artefacts(run_dir: str | Path, catalogue: Catalogue, out_dir: str | Path
-                     ) -> dict[str, Path]:
+def search_artefacts(run_dir: str | Path, catalogue: Catalogue, out_dir: str | Path,
+                     embeddings: np.ndarray | None = None) -> dict[str, Path]:
+    """The run's search files for `catalogue` in `out_dir`; with the catalogue's `embeddings`,
+    its TITLE_FEATURES too."""
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     if not (run_dir / artefacts.RUN_MANIFEST).is_file():
         raise FileNotFoundError(f"{run_dir} is not a finished `fusionrank train` run "
@@ -69,4 +74,7 @@ def search_artefacts(run_dir: str | Path, catalogue: Catalogue, out_dir: str | P
     aligned_memory(run_dir, row_map).save(paths[artefacts.MEMORY])
     for name in (artefacts.FEEDBACK_HEAD, artefacts.FUSION_WEIGHTS):
         shutil.copyfile(run_dir / name, paths[name])
+    if embeddings is not None:
+        paths[artefacts.TITLE_FEATURES] = out_dir / artefacts.TITLE_FEATURES
+        save_title_features(paths[artefacts.TITLE_FEATURES], catalogue.titles, embeddings)
     return paths

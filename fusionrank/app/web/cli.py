@@ -33,21 +33,20 @@ def add_web(commands: argparse._SubParsersAction) -> None:
 
 
 def run_web(args: argparse.Namespace) -> int:
-    import uvicorn
-
-    from fusionrank.app.web.app import WebSettings, create_app
+    from fusionrank.app.web.app import WebSettings
+    from fusionrank.app.web.server import WebServer
 
     def interrupt(_signum: int, _frame: object) -> None:
         raise KeyboardInterrupt
 
-    # uvicorn shuts down cleanly on Ctrl-C and SIGTERM, then re-raises the signal to the
-    # handler it found: this one, so SIGTERM ends the command as Ctrl-C does (status 0).
-    signal.signal(signal.SIGTERM, interrupt)
-    app = create_app(WebSettings(args.url, args.timeout))
-    print(f"the shop: http://{args.host}:{args.port} (API docs /docs) over Triton at {args.url}; "
-          "Ctrl-C stops", file=sys.stderr, flush=True)
-    with contextlib.suppress(KeyboardInterrupt):
-        uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
+    signal.signal(signal.SIGTERM, interrupt)  # SIGTERM ends the command as Ctrl-C does (0)
+    with contextlib.suppress(KeyboardInterrupt), \
+            WebServer(WebSettings(args.url, args.timeout), args.host, args.port) as web:
+        # Said once the page answers (WebServer.start waits for uvicorn to listen).
+        print(f"the shop: {web.url} (API docs /docs) over Triton at {args.url}; Ctrl-C stops",
+              file=sys.stderr, flush=True)
+        while True:
+            signal.pause()
     return 0
 
 

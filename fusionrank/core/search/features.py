@@ -37,7 +37,7 @@ import functools
 import re
 import zlib
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from itertools import pairwise
@@ -241,6 +241,20 @@ class Ragged:
         return cls(indptr, np.fromiter((i for r in rows for i in r), dtype=np.int64,
                                        count=int(indptr[-1])))
 
+    @staticmethod
+    def names(name: str, weighted: bool = False) -> tuple[str, ...]:
+        """The keys `arrays(name)` writes: name.indptr, name.ids (and name.weights)."""
+        return (f"{name}.indptr", f"{name}.ids", *((f"{name}.weights",) if weighted else ()))
+
+    def arrays(self, name: str) -> dict[str, np.ndarray]:
+        parts = (self.indptr, self.ids) if self.weights is None else \
+            (self.indptr, self.ids, self.weights)
+        return dict(zip(self.names(name, self.weights is not None), parts, strict=True))
+
+    @classmethod
+    def from_arrays(cls, saved: Mapping[str, np.ndarray], name: str) -> Ragged:
+        return cls(saved[f"{name}.indptr"], saved[f"{name}.ids"], saved.get(f"{name}.weights"))
+
     def gather(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The entries of `rows`, row after row: (their positions in the flat arrays, the
         index in `rows` each entry belongs to)."""
@@ -272,18 +286,23 @@ class QueryIds:
 
 class TitleTerms:
     """Each catalogue title's terms, head phrase, adjacent-term pairs and character-trigram
-    vector, as id arrays, computed once (a few seconds for 50k titles). `term_features` then
-    compares a batch of queries with all their candidates in array operations."""
+    vector, as id arrays, computed once (a few seconds for 50k titles; `fusionrank build`
+    saves them, see title_features.py). `term_features` then compares a batch of queries with
+    all their candidates in array operations."""
+
+    # What `arrays` holds (and `from_arrays` reads back): the vocabulary, each term's
+    # commonest written form (`surface`, as two parallel arrays) and these attributes.
+    ARRAYS = ("title_sizes", "head_sizes", "first_id", "kind_id", "kind_before_id",
+              "bigram_keys", "idf")
+    RAGGED = ("title_ids", "head_ids", "head_tokens", "bigram_ids", "char_vectors")
+    SAVED = ("vocabulary", "surface_terms", "surface_words", *ARRAYS,
+             *(key for name in RAGGED for key in Ragged.names(name, name == "char_vectors")))
 
     def __init__(self, titles: Sequence[str]):
-        # One string object per distinct term (a catalogue repeats its words a great deal).
-        canonical: dict[str, str] = {}
-        tokens = [[canonical.setdefault(w, w) for w in lexical_tokens(t)] for t in titles]
-        self.terms = [frozenset(t) for t in tokens]
-        self.heads = [[canonical.setdefault(w, w) for w in lexical_tokens(HEAD_END.split(t, 1)[0])]
-                      for t in titles]
-        vocabulary = sorted({t for terms in tokens for t in terms}
-                            | {t for head in self.heads for t in head})
+        tokens = [lexical_tokens(t) for t in titles]
+        heads = [lexical_tokens(HEAD_END.split(t, 1)[0]) for t in titles]
+        self.vocabulary = sorted({t for terms in tokens for t in terms}
+                                 | {t for head in heads for t in head})
         # Each term's commonest written form in the titles ("christma" → "christmas"), to
         # show a corrected query in words a shopper reads.
         written = Counter((light_stem(w), w) for t in titles for w in query_words(t)
@@ -291,15 +310,18 @@ class TitleTerms:
         self.surface: dict[str, str] = {}
         for (term, word), _ in written.most_common():
             self.surface.setdefault(term, word)
-        self.index = {term: i for i, term in enumerate(vocabulary)}
+        self.index = {term: i for i, term in enumerate(self.vocabulary)}
         index = self.index
-        self.title_ids = Ragged.of([sorted(index[t] for t in terms) for terms in self.terms])
-        self.head_ids = Ragged.of([sorted({index[t] for t in head}) for head in self.heads])
-        self.title_sizes = np.array([len(t) for t in self.terms], dtype=np.float32)
-        self.head_sizes = np.array([len(h) for h in self.heads], dtype=np.float64)
-        self.first_id = np.array([index[t[0]] if t else -1 for t in tokens])  # usually the brand
-        self.kind_id = np.array([index[h[-1]] if h else -1 for h in self.heads])
-        self.kind_before_id = np.array([index[h[-2]] if len(h) > 1 else -1 for h in self.heads])
+        self.title_ids = Ragged.of([sorted({index[t] for t in terms}) for terms in tokens])
+        self.head_ids = Ragged.of([sorted({index[t] for t in head}) for head in heads])
+        self.head_tokens = Ragged.of([[index[t] for t in head] for head in heads])  # in order
+        self.title_sizes = np.array([len(set(t)) for t in tokens], dtype=np.float32)
+        self.head_sizes = np.array([len(h) for h in heads], dtype=np.float64)
+        self.first_id = np.array([index[t[0]] if t else -1 for t in tokens],  # usually the brand
+                                 dtype=np.int64)
+        self.kind_id = np.array([index[h[-1]] if h else -1 for h in heads], dtype=np.int64)
+        self.kind_before_id = np.array([index[h[-2]] if len(h) > 1 else -1 for h in heads],
+                                       dtype=np.int64)
         # A pair of adjacent terms is one int64 key; its id, the key's place among all titles'.
         pair_keys = [np.unique(self._pair_keys(t)) for t in tokens]
         self.bigram_keys = np.unique(np.concatenate(pair_keys)) if pair_keys else \
@@ -312,6 +334,48 @@ class TitleTerms:
         vectors = _sparse_rows([_tfidf(gs, self.idf) for gs in grams])
         self.char_vectors = Ragged(vectors.indptr.astype(np.int64),
                                    vectors.indices.astype(np.int64), vectors.data)
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The SAVED arrays: strings as unicode arrays, `surface` as two parallel ones."""
+        out = {"vocabulary": np.array(self.vocabulary, dtype=str),
+               "surface_terms": np.array(list(self.surface), dtype=str),
+               "surface_words": np.array(list(self.surface.values()), dtype=str)}
+        out |= {name: getattr(self, name) for name in self.ARRAYS}
+        for name in self.RAGGED:
+            out |= getattr(self, name).arrays(name)
+        return out
+
+    @classmethod
+    def from_arrays(cls, saved: Mapping[str, np.ndarray]) -> TitleTerms:
+        """What `__init__` computed, read back from `arrays()` instead of recomputed."""
+        self = cls.__new__(cls)  # without __init__: nothing is computed
+        self.vocabulary = saved["vocabulary"].tolist()
+        self.index = {term: i for i, term in enumerate(self.vocabulary)}
+        self.surface = dict(zip(saved["surface_terms"].tolist(), saved["surface_words"].tolist(),
+                                strict=True))
+        for name in cls.ARRAYS:
+            setattr(self, name, saved[name])
+        for name in cls.RAGGED:
+            setattr(self, name, Ragged.from_arrays(saved, name))
+        return self
+
+    @property
+    def products(self) -> int:
+        return len(self.title_sizes)
+
+    @functools.cached_property
+    def terms(self) -> list[frozenset[str]]:
+        """Each title's distinct terms (TermVectors.fit and negative mining read them)."""
+        return [frozenset(self._words(self.title_ids, row)) for row in range(self.products)]
+
+    @functools.cached_property
+    def heads(self) -> list[list[str]]:
+        """Each title's head phrase, its terms in order ("makita", "cordless", "drill", "kit")."""
+        return [self._words(self.head_tokens, row) for row in range(self.products)]
+
+    def _words(self, ragged: Ragged, row: int) -> list[str]:
+        ids = ragged.ids[ragged.indptr[row]:ragged.indptr[row + 1]].tolist()
+        return [self.vocabulary[i] for i in ids]
 
     def _pair_keys(self, tokens: Sequence[str]) -> np.ndarray:
         """int64 keys of the adjacent pairs of `tokens` whose terms are both known."""
@@ -418,9 +482,9 @@ class TitleTerms:
 @dataclass
 class TermVectors:
     """A unit vector for every term of the catalogue's titles: the mean embedding of the
-    titles that hold it. Made from the catalogue embeddings alone, so the server's `scoring`
-    step builds the very same vectors from the files it already has (under a second for 50k
-    titles), and no word needs encoding at query time. A query term no title holds has none,
+    titles that hold it. Made from the catalogue embeddings alone (under a second for 50k
+    titles; `fusionrank build` saves them beside TitleTerms, see title_features.py), so no
+    word needs encoding at query time. A query term no title holds has none,
     and matches nothing."""
 
     index: dict[str, int]  # term → row of `vectors`
@@ -428,6 +492,9 @@ class TermVectors:
     idf: np.ndarray  # float32 [terms]
     title_terms: Ragged  # per catalogue row: its terms' rows in `vectors`, ascending
     head_terms: Ragged  # per catalogue row: its head phrase's, in order
+
+    SAVED = ("vocabulary", "vectors", "idf", *Ragged.names("title_terms"),
+             *Ragged.names("head_terms"))  # what `arrays` holds
 
     @classmethod
     def fit(cls, titles: TitleTerms, catalogue: np.ndarray) -> TermVectors:
@@ -445,6 +512,18 @@ class TermVectors:
         titles_holding = np.asarray(holders.sum(axis=1)).ravel()
         idf = np.log((1.0 + len(titles.terms)) / (1.0 + titles_holding)).astype(np.float32)
         return cls(index, vectors.astype(np.float32), idf, title_terms, head_terms)
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The SAVED arrays; `index` as its terms in row order."""
+        return {"vocabulary": np.array(sorted(self.index, key=self.index.__getitem__), dtype=str),
+                "vectors": self.vectors, "idf": self.idf,
+                **self.title_terms.arrays("title_terms"), **self.head_terms.arrays("head_terms")}
+
+    @classmethod
+    def from_arrays(cls, saved: Mapping[str, np.ndarray]) -> TermVectors:
+        return cls({term: i for i, term in enumerate(saved["vocabulary"].tolist())},
+                   saved["vectors"], saved["idf"], Ragged.from_arrays(saved, "title_terms"),
+                   Ragged.from_arrays(saved, "head_terms"))
 
     def features(self, query_terms: list[str], rows: np.ndarray) -> np.ndarray:
         """float32 [len(rows), len(TERM_VECTOR_FEATURES)] for the query's (corrected) terms.

@@ -33,6 +33,7 @@ from fusionrank.core.search.features import (
 )
 from fusionrank.core.search.lexical import LexicalIndex, merge_candidates, normalised, top_k
 from fusionrank.core.search.text import STOPWORDS, light_stem, query_words
+from fusionrank.core.search.title_features import title_features
 
 DENSE_CANDIDATES = 100  # the retrieval step's pool
 LEXICAL_CANDIDATES = 100  # BM25 candidates added to it (the pool the fusion was fitted on)
@@ -164,16 +165,18 @@ class FeatureSources:
 
     @classmethod
     def build(cls, titles: Sequence[str], embeddings: np.ndarray, priors: ProductPriors,
-              memory: JudgementMemory) -> FeatureSources:
-        terms = TitleTerms(titles)
-        sizes = {len(embeddings), len(priors.mean), len(terms.terms)}
+              memory: JudgementMemory, saved: Path | None = None) -> FeatureSources:
+        """`saved`: a TITLE_FEATURES file of these titles and embeddings, read instead of
+        computing the title structures where it exists."""
+        terms, term_vectors = title_features(titles, embeddings, saved)
+        sizes = {len(embeddings), len(priors.mean), terms.products}
         if len(sizes) != 1:
             raise ValueError(f"feedback artefacts disagree on the catalogue size: {sorted(sizes)}")
         if memory.query_vectors.shape[1] != embeddings.shape[1]:
             raise ValueError(f"the judgement memory holds {memory.query_vectors.shape[1]}-d "
                              f"vectors, the catalogue {embeddings.shape[1]}-d: not the same "
                              "encoder")
-        return cls(embeddings, terms, TermVectors.fit(terms, embeddings), priors, memory)
+        return cls(embeddings, terms, term_vectors, priors, memory)
 
     def head_inputs(self, queries: Sequence[str], terms: Sequence[list[str]],
                     vectors: Sequence[np.ndarray], rows: Sequence[np.ndarray],
@@ -213,7 +216,9 @@ class SearchRuntime:
     def load(cls, folder: str | Path, threads: int | None = None,
              extra: int = LEXICAL_CANDIDATES) -> SearchRuntime:
         """From a folder holding the catalogue index (EMBEDDINGS, PRODUCTS) and a run's search
-        files (LEXICAL, PRIORS, MEMORY, FEEDBACK_HEAD; FUSION_WEIGHTS optional)."""
+        files (LEXICAL, PRIORS, MEMORY, FEEDBACK_HEAD; FUSION_WEIGHTS and TITLE_FEATURES
+        optional: without the latter, the title structures are computed here, ~6 s for 50k
+        titles)."""
         folder = Path(folder)
         lines = (folder / artefacts.PRODUCTS).read_text(encoding="utf-8").splitlines()
         # Memory-mapped: every process serving this catalogue shares the pages.
@@ -221,7 +226,8 @@ class SearchRuntime:
                                           shape=(len(lines), None), mmap=True)
         sources = FeatureSources.build([json.loads(line)["title"] for line in lines], embeddings,
                                        ProductPriors.load(folder / artefacts.PRIORS, len(lines)),
-                                       JudgementMemory.load(folder / artefacts.MEMORY))
+                                       JudgementMemory.load(folder / artefacts.MEMORY),
+                                       saved=folder / artefacts.TITLE_FEATURES)
         weights_file = folder / artefacts.FUSION_WEIGHTS
         return cls(LexicalIndex.load(folder / artefacts.LEXICAL), sources,
                    OnnxFeedbackHead(folder / artefacts.FEEDBACK_HEAD, threads),

@@ -15,6 +15,7 @@ second, so the server builds it on load rather than storing it.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping
 
@@ -23,6 +24,8 @@ from symspellpy import SymSpell, Verbosity
 RUNS = re.compile(r"\d+|[a-z]+")
 MIN_LENGTH = 4  # shorter terms are left alone
 LONG_TERM = 7  # from this length on, two edits are allowed
+REMEMBERED = 1 << 16  # corrections kept per process (least recently used go first), so a
+# server fed endless made-up words does not grow without bound
 
 
 class QuerySpeller:
@@ -33,25 +36,20 @@ class QuerySpeller:
         self._symspell = SymSpell(max_dictionary_edit_distance=2, prefix_length=LONG_TERM)
         for term, count in sorted(term_counts.items()):  # ties resolve the same everywhere
             self._symspell.create_dictionary_entry(term, int(count))
-        self._corrections: dict[str, list[str]] = {}
+        self._remembered = functools.lru_cache(maxsize=REMEMBERED)(self._correction)
 
     def correct(self, terms: list[str]) -> list[str]:
         out: list[str] = []
         for term in terms:
-            if term in self.vocabulary:
-                out.append(term)
-            else:
-                if term not in self._corrections:
-                    self._corrections[term] = self._correction(term)
-                out.extend(self._corrections[term])
+            out.extend([term] if term in self.vocabulary else self._remembered(term))
         return out
 
-    def _correction(self, term: str) -> list[str]:
+    def _correction(self, term: str) -> tuple[str, ...]:
         runs = RUNS.findall(term)
         if len(runs) > 1 and all(r in self.vocabulary for r in runs):
-            return runs
+            return tuple(runs)
         if term.isdigit() or len(term) < MIN_LENGTH:
-            return [term]
+            return (term,)
         distance = 1 if len(term) < LONG_TERM else 2
         suggestions = self._symspell.lookup(term, Verbosity.TOP, max_edit_distance=distance)
-        return [suggestions[0].term] if suggestions else [term]
+        return (suggestions[0].term,) if suggestions else (term,)

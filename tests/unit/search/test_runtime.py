@@ -9,11 +9,12 @@ import torch
 from sklearn.ensemble import HistGradientBoostingRegressor
 
 from fusionrank.core import artefacts as names
-from fusionrank.core.catalogue import Catalogue, Product
+from fusionrank.core.catalogue import Catalogue, Product, load_catalogue
 from fusionrank.core.fusion import FusionWeights
 from fusionrank.core.search.features import FEATURES, JudgementMemory, ProductPriors, TitleTerms
 from fusionrank.core.search.lexical import LexicalIndex, top_k
 from fusionrank.core.search.runtime import SearchRuntime, dense_candidates
+from fusionrank.core.search.title_features import save_title_features
 from fusionrank.export.search.feedback_head import export_feedback_head
 from fusionrank.model_repository.search.steps import ScoreCandidates
 from fusionrank.training.search.feedback import AveragedHeads, FeedbackModel, FeedbackNetwork
@@ -138,6 +139,21 @@ def test_disagreeing_files_are_refused(folder, tmp_path):
     with pytest.raises(ValueError, match=r"embeddings.npy holds an array of shape \[5, 16\]; "
                                          r"expected \[120, 'any'\]"):
         SearchRuntime.load(tmp_path)
+
+
+def test_the_runtime_reads_saved_title_features_and_ranks_the_same(folder, runtime, vectors,
+                                                                     tmp_path, monkeypatch):
+    for name in (*names.SEARCH_RUN_FILES, names.EMBEDDINGS, names.PRODUCTS):
+        (tmp_path / name).write_bytes((folder / name).read_bytes())
+    titles = runtime.sources.titles
+    save_title_features(tmp_path / names.TITLE_FEATURES, [t.title for t in load_catalogue(
+        folder / names.PRODUCTS)[0]], runtime.sources.embeddings)
+    monkeypatch.setattr(TitleTerms, "__init__", lambda *_: pytest.fail("TitleTerms computed"))
+    loaded = SearchRuntime.load(tmp_path, threads=1, extra=EXTRA)
+    assert loaded.sources.titles is not titles and loaded.sources.titles.index == titles.index
+    for got, expected in zip(loaded.search(QUERIES, vectors, k=10, dense=DENSE),
+                             runtime.search(QUERIES, vectors, k=10, dense=DENSE), strict=True):
+        assert np.array_equal(got, expected)
 
 
 def truncate(path) -> None:

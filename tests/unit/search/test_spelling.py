@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from fusionrank.core.search import spelling
 from fusionrank.core.search.features import TitleTerms
 from fusionrank.core.search.lexical import LexicalIndex
 from fusionrank.core.search.spelling import QuerySpeller
@@ -25,6 +26,16 @@ def test_typos_and_run_together_sizes_become_catalogue_terms():
     # Known terms, numbers, short terms and hopeless ones stay as they are.
     assert speller.correct(["drill", "2024", "xyz", "qqqqqqq"]) == ["drill", "2024", "xyz",
                                                                     "qqqqqqq"]
+
+
+def test_the_speller_remembers_a_bounded_number_of_corrections(monkeypatch):
+    monkeypatch.setattr(spelling, "REMEMBERED", 4)
+    speller = QuerySpeller({"shelf": 2, "ladder": 1})
+    made_up = [f"zq{i:04d}xv" for i in range(50)]  # words a server could be fed endlessly
+    for word in made_up:
+        assert speller.correct([word, "sheff"]) == [word, "shelf"]
+    assert speller._remembered.cache_info().currsize == 4
+    assert speller.correct(["sheff"]) == ["shelf"]  # still right after the cache dropped it
 
 
 def test_bm25_finds_the_product_a_misspelt_query_means(tmp_path):

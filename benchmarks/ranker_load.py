@@ -1,0 +1,134 @@
+"""How long the search `ranker` takes to load, with its title structures computed at load (as
+before TITLE_FEATURES existed) and read from `title_features.npz` (as `fusionrank build` now
+writes it): `SearchRuntime.load` in a fresh process, and Triton loading the whole repository and
+reloading the ranker (the reload `fusionrank serve`'s watch makes after a model process died).
+
+    .venv/bin/python benchmarks/ranker_load.py build/homedepot_fused/model_repository
+
+The repository is not changed: each variant is a hard-linked copy in a temporary folder, the
+saved variant with TITLE_FEATURES computed into its ranker version folder. Writes
+benchmarks/reports/ranker_load.md and .json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from search_benchmark import machine, save_report
+
+from fusionrank.app.serve import TritonServer
+from fusionrank.app.stub_watch import StubWatch
+from fusionrank.core import artefacts
+from fusionrank.core.search.title_features import save_title_features
+from fusionrank.model_repository.config import served_version
+
+# Run in a fresh interpreter, as a model process starts: seconds to import, then to load.
+LOAD = """
+import sys, time
+start = time.perf_counter()
+from fusionrank.core.search.runtime import SearchRuntime
+imported = time.perf_counter()
+SearchRuntime.load(sys.argv[1])
+print(imported - start, time.perf_counter() - imported)
+"""
+
+
+def runtime_load(folder: Path, runs: int) -> dict:
+    """Median seconds of `runs` fresh processes: importing the runtime, then loading it."""
+    times = [[float(x) for x in subprocess.run(
+        [sys.executable, "-c", LOAD, str(folder)], check=True, capture_output=True,
+        text=True).stdout.split()] for _ in range(runs)]
+    return {"import_s": round(statistics.median(t[0] for t in times), 2),
+            "load_s": round(statistics.median(t[1] for t in times), 2),
+            "load_runs_s": [round(t[1], 2) for t in times]}
+
+
+def triton_load(repository: Path, log: Path) -> dict:
+    """Seconds from starting tritonserver to ready (every model loaded), then to reload the
+    ranker with a changed config (as the watch does)."""
+    with log.open("w") as handle:
+        server = TritonServer(repository, log=handle)
+        started = time.monotonic()
+        server.start()
+        ready = time.monotonic() - started
+        try:
+            reload = StubWatch(server, say=lambda _: None).reload("ranker", [])
+        finally:
+            server.stop()
+    if reload.error:
+        raise RuntimeError(f"the ranker did not reload: {reload.error}")
+    return {"server_ready_s": round(ready, 2), "ranker_reload_s": reload.seconds}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("repository", type=Path)
+    parser.add_argument("--runs", type=int, default=3, help="fresh processes per variant")
+    args = parser.parse_args()
+    results = []
+    with tempfile.TemporaryDirectory(prefix="ranker_load_") as scratch:
+        for variant in ("computed at load", "saved at build"):
+            copy = Path(scratch) / variant.replace(" ", "_") / "model_repository"
+            shutil.copytree(args.repository, copy, copy_function=os.link)
+            folder = served_version(copy, "ranker")
+            saved = folder / artefacts.TITLE_FEATURES
+            saved.unlink(missing_ok=True)
+            row: dict = {"variant": variant}
+            if variant == "saved at build":
+                lines = (folder / artefacts.PRODUCTS).read_text(encoding="utf-8").splitlines()
+                started = time.perf_counter()
+                save_title_features(saved, [json.loads(line)["title"] for line in lines],
+                                    artefacts.load_array(folder / artefacts.EMBEDDINGS))
+                row["save_s"] = round(time.perf_counter() - started, 2)
+                row["file_mb"] = round(saved.stat().st_size / 1e6, 1)
+            row |= runtime_load(folder, args.runs)
+            row |= triton_load(copy, Path(scratch) / f"{variant.replace(' ', '_')}.log")
+            results.append(row)
+            print(row, flush=True)
+    report = {"command": f"python benchmarks/ranker_load.py {args.repository} "
+                         f"--runs {args.runs}",
+              "machine": machine(), "date": datetime.now(UTC).isoformat(timespec="seconds"),
+              "repository": str(args.repository), "results": results}
+    save_report("ranker_load", report, markdown(report))
+    return 0
+
+
+def markdown(report: dict) -> str:
+    header = ["title structures", "import, s", "SearchRuntime.load, s (runs)",
+              "Triton ready, s", "ranker reload, s", "file, MB"]
+    rows = "\n".join(
+        f"| {r['variant']} | {r['import_s']} | {r['load_s']} "
+        f"({', '.join(map(str, r['load_runs_s']))}) | {r['server_ready_s']} | "
+        f"{r['ranker_reload_s']} | {r.get('file_mb', '-')} |" for r in report["results"])
+    return f"""# Loading the search ranker: title structures computed at load or saved at build
+
+- Command: `{report['command']}`
+- Machine: {report['machine']}
+- Date: {report['date']}
+- Repository: `{report['repository']}` (hard-linked copies; the saved variant gets
+  `title_features.npz` in its ranker version folder, written by `save_title_features`, as
+  `fusionrank build` writes it)
+- SearchRuntime.load: median of fresh processes (its import apart), what the `ranker`'s
+  ScoreCandidates step runs at each load. Triton: `tritonserver` started on the copy (every
+  model, the ranker's 2 instances among them) until ready, then the ranker reloaded with a
+  changed config, as `fusionrank serve`'s watch reloads it after a model process died.
+
+| {" | ".join(header)} |
+|{" --- |" * len(header)}
+{rows}
+"""
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,197 @@
+"""`fusionrank deploy` on a real Triton server: a rollout under load at concurrency 8 fails no
+request and never answers with a mix of two builds, recommend and sentiment answer throughout,
+a rollout whose artefacts fail to load is refused with the old version still serving, and
+`fusionrank status` shows what serves since when."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import tritonclient.grpc as grpcclient
+
+from fusionrank.app.cli import main
+from fusionrank.app.deploy import ROLLOUT_LOG, deploy, versions
+from fusionrank.client import FusionRankClient, RetryPolicy
+from fusionrank.core.catalogue import Catalogue, Product
+from tests.support.catalogue import ANCHORS, running_server
+from tests.support.served import build_served_repository
+
+pytestmark = pytest.mark.server
+
+QUERIES = [*ANCHORS, "blue glass vase", "red candle holder", "garden tools", "gift box"]
+NO_RETRY = RetryPolicy(attempts=1)  # a failure is counted, never hidden by a retry
+CONCURRENCY = 8
+
+
+@pytest.fixture(scope="module")
+def next_build(tiny_catalogue, model_dir, search_run, recommender, sentiment_export,
+               tmp_path_factory) -> Path:
+    """The build after served_repository's: anchors re-priced, products added and removed, the
+    query encoder in FP32 instead of INT8 (so both search models change, and a request that
+    mixed them would answer unlike either build); recommend and sentiment as they were."""
+    anchors = {p.product_id for p in ANCHORS.values()}
+    kept = [replace(p, price=p.price + 1.0) if p.product_id in anchors else p
+            for p in tiny_catalogue if p.product_id in anchors or int(p.product_id[1:]) % 10]
+    added = [Product("N-DRILL", "Compact cordless drill driver 12V", category="tools", price=59.0),
+             Product("N-VASE", "Tall blue glass flower vase", category="gift-ware", price=24.0)]
+    catalogue = Catalogue(kept + added, source="tests/tiny-next")
+    run = search_run.run if search_run is not None else None
+    return build_served_repository(catalogue, model_dir, tmp_path_factory.mktemp("next_build"),
+                                   run, recommender, sentiment_export[0], precision="fp32")
+
+
+@pytest.fixture(scope="module")
+def live(served_repository, tmp_path_factory):
+    """A server of its own on a copy of served_repository (a rollout changes it in place)."""
+    folder = tmp_path_factory.mktemp("live")
+    repository = folder / "model_repository"
+    shutil.copytree(served_repository, repository)
+    with running_server(repository, folder / "tritonserver.log", cache_mib=16) as server:
+        yield server, repository
+
+
+def answer(client: FusionRankClient, query: str, k: int = 10, beside: str = "") -> list[tuple]:
+    """The query's ranking; `beside`: sent in one batch with that query (its answer dropped)."""
+    hits = client.search_batch([query, beside] if beside else [query], k=k)[0]
+    return [(h.product_id, h.score, h.product.price) for h in hits]
+
+
+def same(a: list[tuple], b: list[tuple]) -> bool:
+    """The same ranking, prices and scores (to 1e-5: dynamic batching may move the last bits)."""
+    return len(a) == len(b) and all(x[0] == y[0] and x[2] == y[2] and abs(x[1] - y[1]) < 1e-5
+                                    for x, y in zip(a, b, strict=True))
+
+
+def serving_versions(repository: Path) -> dict[str, list[int]]:
+    return {p.parent.name: versions(p.parent) for p in repository.glob("*/config.pbtxt")}
+
+
+def test_a_rollout_whose_artefacts_fail_to_load_is_refused_and_the_old_version_serves(
+        live, next_build, tmp_path):
+    server, repository = live
+    broken = tmp_path / "broken"
+    shutil.copytree(next_build, broken, copy_function=shutil.copy)
+    (embeddings,) = broken.glob("ranker/*/embeddings.npy")
+    embeddings.write_bytes(b"\x93NUMPY truncated")
+    before_files = serving_versions(repository)
+    with FusionRankClient(server.grpc_url, retry=NO_RETRY) as client:
+        before = answer(client, "cordless drill")
+        record = deploy(server.grpc_url, repository, broken, drain_s=0.5)
+        assert record.outcome == "refused"
+        assert record.reason.startswith("ranker version ") and "failed to load" in record.reason
+        assert answer(client, "cordless drill") == before
+        assert client.recommend([], k=3).items and client.sentiment(["great"])
+    assert serving_versions(repository) == before_files  # the staged versions are gone
+    assert not list(repository.glob("*_rollout_probe"))
+    triton = grpcclient.InferenceServerClient(server.grpc_url)
+    try:
+        assert triton.is_server_ready()
+    finally:
+        triton.close()
+    logged = json.loads((repository / ROLLOUT_LOG).read_text().splitlines()[-1])
+    assert logged["outcome"] == "refused" and logged["reason"] == record.reason
+
+
+def test_a_rollout_under_load_fails_no_request_and_mixes_no_versions(live, next_build):
+    server, repository = live
+    old_versions = serving_versions(repository)
+    with FusionRankClient(server.grpc_url, retry=NO_RETRY) as client:
+        old = {q: answer(client, q) for q in QUERIES}
+    # Each call asks for a K of its own (the same ranking, cut at K) and is batched with a query
+    # of its own, so that none is answered from the response cache: each runs the models.
+    seen: list[tuple[str, int, list[tuple]]] = []
+    failures: list[str] = []
+    other_calls = {"recommend": 0, "sentiment": 0}
+    stop = threading.Event()
+
+    def search_caller(offset: int) -> None:
+        with FusionRankClient(server.grpc_url, retry=NO_RETRY) as client:
+            i = offset
+            while not stop.is_set():
+                query, k = QUERIES[i % len(QUERIES)], 1 + i // len(QUERIES) % 10
+                try:
+                    seen.append((query, k, answer(client, query, k, beside=f"gift {i}")))
+                except Exception as error:
+                    failures.append(f"search {query!r}: {error}")
+                i += CONCURRENCY - 1
+
+    def other_caller() -> None:  # recommend and sentiment keep answering during the rollout
+        with FusionRankClient(server.grpc_url, retry=NO_RETRY) as client:
+            while not stop.is_set():
+                try:
+                    assert len(client.recommend([], k=5).items) == 5
+                    other_calls["recommend"] += 1
+                    assert client.sentiment(["Lovely, works well"])[0].label
+                    other_calls["sentiment"] += 1
+                except Exception as error:
+                    failures.append(f"recommend/sentiment: {error}")
+
+    callers = [threading.Thread(target=search_caller, args=(i,)) for i in range(CONCURRENCY - 1)]
+    callers.append(threading.Thread(target=other_caller))
+    for caller in callers:
+        caller.start()
+    try:
+        time.sleep(1.0)
+        record = deploy(server.grpc_url, repository, next_build, drain_s=1.0)
+        time.sleep(1.0)
+    finally:
+        stop.set()
+        for caller in callers:
+            caller.join(timeout=30)
+    assert record.outcome == "switched", record.reason
+    assert failures == []
+    with FusionRankClient(server.grpc_url, retry=NO_RETRY) as client:
+        new = {q: answer(client, q) for q in QUERIES}
+    prices = {product: price for product, _, price in new["cordless drill"]}
+    assert prices["A-DRILL"] == ANCHORS["cordless drill"].price + 1.0  # re-priced
+    assert prices["N-DRILL"] == 59.0  # added
+    differ = [q for q in QUERIES if not same(old[q], new[q])]
+    assert len(differ) >= len(QUERIES) // 2
+    mixed = [(q, got) for q, k, got in seen if not (same(got, old[q][:k])
+                                                   or same(got, new[q][:k]))]
+    assert mixed == []
+    assert any(same(got, old[q][:k]) for q, k, got in seen if q in differ)
+    assert any(same(got, new[q][:k]) for q, k, got in seen if q in differ)
+    assert set(record.models) == {"query_encoder", "ranker", "search"}  # recommend untouched
+    assert other_calls["recommend"] > 0 and other_calls["sentiment"] > 0
+
+    after = serving_versions(repository)
+    for model in ("query_encoder", "ranker", "search"):
+        assert after[model] == [record.version] != old_versions[model]
+    assert after["recommend"] == old_versions["recommend"]
+    assert after["recommend_history"] == old_versions["recommend_history"]
+    assert json.loads((repository / "fusionrank.json").read_text())["version"] == record.version
+
+    status = status_json(server.grpc_url, repository)
+    serving = {(r["model"], r["version"]): r for r in status["models"]}
+    assert serving[("search", record.version)]["since"] == record.switched_at
+    assert serving[("search", record.version)]["state"] == "READY"
+    assert ("search", old_versions["search"][0]) not in serving
+    assert serving[("recommend", old_versions["recommend"][0])]["since"].startswith("build ")
+    assert status["last_rollout"]["outcome"] == "switched"
+
+
+def status_json(url: str, repository: Path) -> dict:
+    import contextlib
+    import io
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(["status", "--url", url, "--repository", str(repository), "--json"]) == 0
+    return json.loads(out.getvalue())
+
+
+def test_status_lists_every_served_model_and_its_version(live, capsys):
+    server, repository = live
+    assert main(["status", "--url", server.grpc_url, "--repository", str(repository)]) == 0
+    table = capsys.readouterr().out
+    lines = table.splitlines()
+    assert lines[0].split() == ["MODEL", "VERSION", "STATE", "SINCE"]
+    for model, found in serving_versions(repository).items():
+        assert any(line.split()[:3] == [model, str(found[0]), "READY"] for line in lines), model
