@@ -186,8 +186,8 @@ def main() -> int:
   with INTERNAL "Stub process '<instance>' is not healthy." (the SDK's ModelProcessError, retried
   as UNAVAILABLE is). `fusionrank serve`'s watch sees the zombie stub within 0.5 s and reloads
   the model (its config with a `reloaded_at` parameter, so Triton does not skip the load); the
-  new instances serve once loaded (the Home Depot ranker loads two copies, each building its
-  title features, while the 8 callers take the same 2 vCPU).
+  new instances serve once loaded (the ranker loads two copies, each reading its catalogue's
+  files, title_features.npz among them, while the 8 callers take the same 2 vCPU).
 - Model reloaded after: from the kill to the watch's "reloaded" line (the new instances
   serve from then on). Seconds until normal: from the kill to the end of the last call that
   failed or took {SLOW_S:.0f} s or more (what meeting a dead process costs); the calls that slow
