@@ -65,6 +65,28 @@ def backend_directory(cache: Path) -> Path:
     return cache
 
 
+# Triton's platform names for models that name no backend.
+PLATFORM_BACKENDS = {"tensorrt_plan": "tensorrt", "onnxruntime_onnx": "onnxruntime",
+                     "pytorch_libtorch": "pytorch", "tensorflow_savedmodel": "tensorflow"}
+
+
+def missing_backends(repository: Path, backends: Path) -> dict[str, str]:
+    """{model: backend} for each model of `repository` whose backend `backends` lacks (a
+    `fusionrank build --device gpu` repository needs onnxruntime and tensorrt, which NVIDIA's
+    Triton container has and the nvidia-pytriton wheel does not)."""
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2 as mc
+
+    missing = {}
+    for path in sorted(repository.glob("*/config.pbtxt")):
+        config = text_format.Parse(path.read_text(encoding="utf-8"), mc.ModelConfig(),
+                                   allow_unknown_field=True)
+        backend = config.backend or PLATFORM_BACKENDS.get(config.platform)
+        if backend and not (backends / backend).is_dir():
+            missing[path.parent.name] = backend
+    return missing
+
+
 def own_libpython_dir() -> Path | None:
     """The folder of this interpreter's shared libpython (pyenv's lib/), or None when the
     interpreter is built without one (then the stub needs the system's libpython3.11)."""
@@ -127,6 +149,14 @@ class TritonServer:
                              f"not {cache_mib}")
         self.cache_mib = cache_mib  # Triton's local response cache; 0: none
         self.process: subprocess.Popen | None = None
+        missing = missing_backends(self.repository, triton_home() / "backends")
+        if missing:
+            needed = ", ".join(f"{model} ({backend})" for model, backend in missing.items())
+            raise FileNotFoundError(
+                f"{self.repository} needs Triton backends this tritonserver does not have: "
+                f"{needed}. A `fusionrank build --device gpu` repository runs in NVIDIA's "
+                "Triton container (docker/compose.yaml); build without --device gpu to serve "
+                "here")
 
     @property
     def grpc_url(self) -> str:

@@ -137,6 +137,9 @@ class StubWatch:
         from tritonclient.utils import InferenceServerException
 
         started = time.monotonic()
+        # Every stub the model has now belongs to the copy this reload replaces: one of those
+        # that dies next (two killed at once are seen a look apart) needs no reload of its own.
+        self._handled.update(pid for pid, name in self._models.items() if name == model)
         client = grpcclient.InferenceServerClient(self.server.grpc_url)
         try:
             config = client.get_model_config(model, as_json=True)["config"]

@@ -15,6 +15,7 @@ import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
+from fusionrank.app.serve import TritonServer, missing_backends, triton_home
 from fusionrank.core import artefacts as names
 from fusionrank.core.contract import RequestError, TensorSpec
 from fusionrank.core.fusion import FusionWeights
@@ -157,6 +158,22 @@ def test_gpu_repository_parses_with_triton_text_format(tmp_path, model_dir):
     session = ort.InferenceSession(str(served_version(repository, "retrieval") / "model.onnx"))
     assert [i.name for i in session.get_inputs()] == [i.name for i in parsed["retrieval"].input]
     assert (served_version(repository, "tokenizer") / "model.py").is_file()
+
+
+def test_serving_a_gpu_repository_here_is_refused_up_front(tmp_path, model_dir,
+                                                          search_repository):
+    """The wheel's tritonserver has only the python backend: `fusionrank serve` says which
+    models need what, rather than a Triton log full of load failures."""
+    files = tiny_artefacts(tmp_path / "artefacts", model_dir, fused=True)
+    repository = tmp_path / "repository"
+    search_ensemble(files, ServingOptions(device="gpu")).export(repository, 7)
+    backends = triton_home() / "backends"
+    assert missing_backends(repository, backends) == {"query_encoder": "onnxruntime",
+                                                      "retrieval": "onnxruntime"}
+    with pytest.raises(FileNotFoundError, match=r"query_encoder \(onnxruntime\), "
+                                                r"retrieval \(onnxruntime\).*--device gpu"):
+        TritonServer(repository)
+    assert missing_backends(search_repository, backends) == {}  # the CPU repository serves
 
 
 def test_tensorrt_plan_encoder(tmp_path, model_dir):
