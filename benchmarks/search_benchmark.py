@@ -234,6 +234,12 @@ def plot(s: dict, path: Path) -> None:
 
 def process_tree_rss_mib(root: int) -> float:
     """Resident memory of a process and all its descendants (Triton's model stubs)."""
+    return process_rss_mib(root)[1]
+
+
+def process_rss_mib(root: int) -> tuple[float, float]:
+    """Resident memory of a process alone, and with all its descendants, from one look at
+    /proc."""
     children: dict[int, list[int]] = {}
     rss: dict[int, int] = {}
     for entry in Path("/proc").iterdir():
@@ -252,7 +258,7 @@ def process_tree_rss_mib(root: int) -> float:
         pid = todo.pop()
         total += rss.get(pid, 0)
         todo.extend(children.get(pid, []))
-    return total / 1024
+    return rss.get(root, 0) / 1024, total / 1024
 
 
 class PeakMemory(threading.Thread):

@@ -29,7 +29,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
-from search_benchmark import benchmark_queries, machine, save_report
+from search_benchmark import benchmark_queries, machine, process_rss_mib, save_report
 
 from fusionrank.app.deploy import deploy, only_version
 from fusionrank.app.serve import TritonServer
@@ -104,28 +104,6 @@ def repriced(serving: Path, out: Path) -> Path:
     return out
 
 
-def tree_rss_mib(pid: int) -> tuple[float, float]:
-    """Resident memory of a process and of it with all its descendants (the model stubs)."""
-    parents, rss = {}, {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-            status = (entry / "status").read_text()
-        except OSError:
-            continue
-        parents[int(entry.name)] = int(stat[stat.rindex(")") + 2:].split()[1])
-        rss[int(entry.name)] = next((int(line.split()[1]) for line in status.splitlines()
-                                     if line.startswith("VmRSS:")), 0)
-    tree, frontier = {pid}, [pid]
-    while frontier:
-        children = [p for p, parent in parents.items() if parent in frontier]
-        tree.update(children)
-        frontier = children
-    return rss.get(pid, 0) / 1024, sum(rss.get(p, 0) for p in tree) / 1024
-
-
 def metric_totals(url: str) -> dict[str, float]:
     with urllib.request.urlopen(url, timeout=5) as answer:
         text = answer.read().decode()
@@ -180,7 +158,7 @@ def soak(args: argparse.Namespace, serving: Path, source: Path, log: Path) -> di
 
         def sampler() -> None:
             while not stop.is_set():
-                tritonserver, tree = tree_rss_mib(server.process.pid)
+                tritonserver, tree = process_rss_mib(server.process.pid)
                 samples.append({"at_s": round(time.monotonic() - start, 1),
                                 "tritonserver_rss_mib": round(tritonserver, 1),
                                 "with_models_rss_mib": round(tree, 1),

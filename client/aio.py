@@ -8,7 +8,6 @@ from collections.abc import Sequence
 import tritonclient.grpc.aio as grpcaio
 from tritonclient.utils import InferenceServerException
 
-from fusionrank.client.errors import from_triton
 from fusionrank.client.recommend import (
     Purchase,
     Recommendations,
@@ -48,18 +47,15 @@ class AsyncFusionRankClient:
         requested = [grpcaio.InferRequestedOutput(spec.name) for spec in outputs]
         attempts = self._replicas.attempts()
         while True:
-            i = attempts.address
             try:
-                result = await self._replicas.clients[i].infer(
+                result = await self._replicas.clients[attempts.address].infer(
                     model, inputs, outputs=requested, client_timeout=attempts.remaining_s())
-                self._replicas.current = i
-                return result
             except InferenceServerException as error:
-                failure = from_triton(error, self.urls[i])
-            wait = attempts.backoff_after(failure)
-            if wait is None:
-                raise failure
-            await asyncio.sleep(wait)
+                failed = error
+            else:
+                self._replicas.current = attempts.address
+                return result
+            await asyncio.sleep(self._replicas.wait_after(attempts, failed))
 
     async def search(self, query: str, k: int = DEFAULT_K) -> list[SearchHit]:
         return (await self.search_batch([query], k))[0]

@@ -20,6 +20,7 @@ from fusionrank.client.errors import (
     RequestTimeoutError,
     ServerOverloadedError,
     ServerUnavailableError,
+    from_triton,
 )
 
 RETRYABLE = (ServerUnavailableError, ServerOverloadedError)
@@ -64,6 +65,16 @@ class Replicas(Generic[Client]):
     def attempts(self) -> Attempts:
         """A new call's course, starting where the last call was answered."""
         return Attempts(self.retry, len(self.urls), self.current, self.timeout_s, self._rng)
+
+    def wait_after(self, attempts: Attempts, error: Exception) -> float:
+        """After a try that failed with tritonclient's `error`: how long to wait before the next
+        (which goes to the next address); raises the call's FusionRankError instead when it is
+        not worth another. The sync and asyncio clients' call loops share it."""
+        failure = from_triton(error, self.urls[attempts.address])
+        wait = attempts.backoff_after(failure)
+        if wait is None:
+            raise failure
+        return wait
 
 
 class Attempts:

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from fusionrank.client.errors import ServerUnavailableError, from_triton
+from fusionrank.client.errors import ServerUnavailableError
 from fusionrank.client.recommend import (
     Purchase,
     Recommendations,
@@ -53,18 +53,15 @@ class FusionRankClient:
         requested = [grpcclient.InferRequestedOutput(spec.name) for spec in outputs]
         attempts = self._replicas.attempts()
         while True:
-            i = attempts.address
             try:
-                result = self._replicas.clients[i].infer(
+                result = self._replicas.clients[attempts.address].infer(
                     model, inputs, outputs=requested, client_timeout=attempts.remaining_s())
-                self._replicas.current = i
-                return result
             except InferenceServerException as error:
-                failure = from_triton(error, self.urls[i])
-            wait = attempts.backoff_after(failure)
-            if wait is None:
-                raise failure
-            time.sleep(wait)
+                failed = error
+            else:
+                self._replicas.current = attempts.address
+                return result
+            time.sleep(self._replicas.wait_after(attempts, failed))
 
     def search(self, query: str, k: int = DEFAULT_K) -> list[SearchHit]:
         """The k best products for one query, best first."""

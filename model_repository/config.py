@@ -41,15 +41,28 @@ TritonPythonModel = triton_model({step})
 '''
 
 
+def versions(model_folder: Path) -> list[int]:
+    """The version numbers of a model's folder in a repository, ascending."""
+    return sorted(int(p.name) for p in model_folder.iterdir() if p.is_dir() and p.name.isdigit())
+
+
 def served_version(repository: str | Path, model: str) -> Path:
     """The version folder Triton serves for a model: the highest numbered (its default policy,
     `latest: 1`)."""
     folder = Path(repository) / model
-    versions = sorted((int(p.name) for p in folder.iterdir() if p.is_dir() and p.name.isdigit()),
-                      reverse=True) if folder.is_dir() else []
-    if not versions:
+    found = versions(folder) if folder.is_dir() else []
+    if not found:
         raise FileNotFoundError(f"{folder} has no version folder")
-    return folder / str(versions[0])
+    return folder / str(found[-1])
+
+
+def read_config(repository: str | Path, model: str) -> mc.ModelConfig:
+    """A model's config.pbtxt in a repository, as the typed message `write_config` wrote."""
+    path = Path(repository) / model / "config.pbtxt"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: is {repository} a model repository built "
+                                f"with the {model} model?")
+    return text_format.Parse(path.read_text(encoding="utf-8"), mc.ModelConfig())
 
 
 def step_path(step: type) -> str:

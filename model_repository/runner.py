@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from google.protobuf import json_format, text_format
+from google.protobuf import json_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from fusionrank.core.artefacts import check_manifest
@@ -24,6 +24,7 @@ from fusionrank.model_repository.config import (
     MODEL_FILES,
     ONNX_RUNTIME,
     STEP_PARAMETER,
+    read_config,
     served_version,
 )
 from fusionrank.model_repository.step import (
@@ -34,14 +35,6 @@ from fusionrank.model_repository.step import (
     load_step_class,
     timed,
 )
-
-
-def read_config(repository: str | Path, model: str) -> mc.ModelConfig:
-    path = Path(repository) / model / "config.pbtxt"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: is {repository} a model repository built "
-                                f"with the {model} model?")
-    return text_format.Parse(path.read_text(), mc.ModelConfig())
 
 
 class OnnxGraph:

@@ -43,7 +43,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import tritonclient.grpc as grpcclient
-from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 from tritonclient.utils import InferenceServerException
 
@@ -52,7 +51,12 @@ from fusionrank.core import artefacts as names
 from fusionrank.core.recommend.contract import RECOMMEND_MODEL
 from fusionrank.core.search.contract import SEARCH_MODEL
 from fusionrank.core.sentiment.contract import SENTIMENT_MODEL
-from fusionrank.model_repository.config import compile_shim, write_config
+from fusionrank.model_repository.config import (
+    compile_shim,
+    read_config,
+    versions,
+    write_config,
+)
 
 ROLLOUT_LOG = "rollouts.jsonl"
 LOCK = ".rollout.lock"
@@ -97,17 +101,10 @@ class Plan:
 
 # --- reading repositories --------------------------------------------------------------------
 
-def read_config(folder: Path) -> mc.ModelConfig:
-    return text_format.Parse((folder / "config.pbtxt").read_text(), mc.ModelConfig())
-
-
 def model_configs(repository: Path) -> dict[str, mc.ModelConfig]:
-    return {p.parent.name: read_config(p.parent) for p in sorted(repository.glob("*/config.pbtxt"))
+    return {p.parent.name: read_config(repository, p.parent.name)
+            for p in sorted(repository.glob("*/config.pbtxt"))
             if not p.parent.name.endswith(PROBE.format(""))}
-
-
-def versions(folder: Path) -> list[int]:
-    return sorted(int(p.name) for p in folder.iterdir() if p.is_dir() and p.name.isdigit())
 
 
 def only_version(folder: Path) -> int:
@@ -125,10 +122,7 @@ def digest(folder: Path) -> str:
     total = hashlib.sha256()
     for path in sorted(p for p in folder.rglob("*") if p.is_file()
                        and "__pycache__" not in p.parts):
-        total.update(str(path.relative_to(folder)).encode() + b"\0")
-        with path.open("rb") as file:
-            for block in iter(lambda: file.read(1 << 20), b""):
-                total.update(block)
+        total.update(f"{path.relative_to(folder)}\0{names.file_sha256(path)}\n".encode())
     return total.hexdigest()
 
 
@@ -242,7 +236,7 @@ class Deployment:
         for name, old in self.plan.changed.items():
             link_tree(self.source / name / str(only_version(self.source / name)),
                       self.repository / name / str(version))
-            write_config(with_versions(read_config(self.source / name), [*([old] if old else []),
+            write_config(with_versions(read_config(self.source, name), [*([old] if old else []),
                                                                          version]),
                          self.repository, version)
         for name in self.plan.changed:
@@ -283,7 +277,7 @@ class Deployment:
         for name, old in self.plan.changed.items():
             if old:
                 shutil.rmtree(self.repository / name / str(old))
-                write_config(with_versions(read_config(self.repository / name),
+                write_config(with_versions(read_config(self.repository, name),
                                            [self.plan.version]), self.repository, self.plan.version)
                 self.load(name, f"{name} without its version {old}")
         self.wait_unloaded()
@@ -335,7 +329,7 @@ class Deployment:
             time.sleep(0.1)
 
     def serve_versions(self, name: str, served: list[int]) -> None:
-        write_config(with_versions(read_config(self.repository / name), served), self.repository,
+        write_config(with_versions(read_config(self.repository, name), served), self.repository,
                      served[0])
         with contextlib.suppress(InferenceServerException):
             self.client.load_model(name)

@@ -74,13 +74,11 @@ def missing_backends(repository: Path, backends: Path) -> dict[str, str]:
     """{model: backend} for each model of `repository` whose backend `backends` lacks (a
     `fusionrank build --device gpu` repository needs onnxruntime and tensorrt, which NVIDIA's
     Triton container has and the nvidia-pytriton wheel does not)."""
-    from google.protobuf import text_format
-    from tritonclient.grpc import model_config_pb2 as mc
+    from fusionrank.model_repository.config import read_config
 
     missing = {}
     for path in sorted(repository.glob("*/config.pbtxt")):
-        config = text_format.Parse(path.read_text(encoding="utf-8"), mc.ModelConfig(),
-                                   allow_unknown_field=True)
+        config = read_config(repository, path.parent.name)
         backend = config.backend or PLATFORM_BACKENDS.get(config.platform)
         if backend and not (backends / backend).is_dir():
             missing[path.parent.name] = backend

@@ -51,8 +51,7 @@ class CatalogueStamp:
 def save_title_features(path: str | Path, titles: Sequence[str],
                         embeddings: np.ndarray) -> None:
     """Compute TitleTerms and TermVectors for this catalogue and save them to `path`."""
-    terms = TitleTerms(titles)
-    vectors = TermVectors.fit(terms, embeddings)
+    terms, vectors = title_features(titles, embeddings)
     stamp = CatalogueStamp.of(titles, embeddings)
     arrays = {"format": np.array(FORMAT), "products": np.array(stamp.products),
               "titles_sha256": np.array(stamp.titles_sha256),
