@@ -64,13 +64,16 @@ def pad(sequences: Sequence[np.ndarray], length: int | None = None) -> TokenBatc
     return TokenBatch(ids, mask)
 
 
-def onnx_session(model_path: str | Path, threads: int | None = None):
-    """An ONNX Runtime CPU session with the graph fully optimised."""
+def onnx_session(model_path: str | Path | bytes, threads: int | None = None):
+    """An ONNX Runtime CPU session with the graph fully optimised, from a file or from a
+    serialised model."""
     import onnxruntime as ort
 
-    path = Path(model_path)
-    if not path.is_file():
-        raise FileNotFoundError(f"ONNX model {path} not found: run `fusionrank build` first")
+    if not isinstance(model_path, bytes):
+        model_path = Path(model_path)
+        if not model_path.is_file():
+            raise FileNotFoundError(f"ONNX model {model_path} not found: run `fusionrank build` "
+                                    "first")
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.intra_op_num_threads = threads or int(os.environ.get("FUSIONRANK_ORT_THREADS", "0"))
@@ -78,7 +81,8 @@ def onnx_session(model_path: str | Path, threads: int | None = None):
     # Idle ORT threads spin by default; on a small machine shared by several model processes
     # that steals the cores the next pipeline step needs.
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    source = model_path if isinstance(model_path, bytes) else str(model_path)
+    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
 
 
 class OnnxEncoder:

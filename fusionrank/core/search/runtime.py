@@ -176,6 +176,7 @@ class FeatureSources:
             raise ValueError(f"the judgement memory holds {memory.query_vectors.shape[1]}-d "
                              f"vectors, the catalogue {embeddings.shape[1]}-d: not the same "
                              "encoder")
+        _ = memory.graph  # built now rather than at the first request (~0.5 s)
         return cls(embeddings, terms, term_vectors, priors, memory)
 
     def head_inputs(self, queries: Sequence[str], terms: Sequence[list[str]],

@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from fusionrank.core.search.feature_graph import GRAPH_FEATURES
 from fusionrank.core.search.features import (
     FEATURES,
     FOLDS,
@@ -182,7 +183,12 @@ def test_judgement_memory_reads_the_nearest_queries_grades(tmp_path):
     memory.save(tmp_path / "memory.npz")
     loaded = JudgementMemory.load(tmp_path / "memory.npz")
     # Asked with the first training query itself: product 0 was judged 3.0, product 1 1.0.
-    features = loaded.features(vectors[0], catalogue[[0, 1, 9]], np.array([0, 1, 9]))
+    def remembered(rows: list[int], hidden_fold: int = -1) -> np.ndarray:
+        numeric = loaded.graph(vectors[:1], catalogue[rows][None], np.array([rows]),
+                               np.zeros((1, len(rows), 2)), np.array([hidden_fold]))
+        return numeric[0, :, [GRAPH_FEATURES.index(name) for name in MEMORY_FEATURES]].T
+
+    features = remembered([0, 1, 9])
     named = dict(zip(MEMORY_FEATURES, features.T, strict=True))
     assert features.shape == (3, len(MEMORY_FEATURES)) and features.dtype == np.float32
     assert named["judged_before"].tolist() == [1.0, 1.0, 0.0]
@@ -191,9 +197,14 @@ def test_judgement_memory_reads_the_nearest_queries_grades(tmp_path):
     assert named["neighbour_grade"][0] > named["neighbour_grade"][1]
     np.testing.assert_allclose(named["nearest_query"], 1.0, atol=1e-3)
     # Hiding the query's fold hides its own judgements: nothing says product 0 was judged.
-    hidden = loaded.features(vectors[0], catalogue[[0]], np.array([0]),
-                             hidden_fold=query_fold(queries[0]))
+    hidden = remembered([0], hidden_fold=query_fold(queries[0]))
     assert hidden[0, MEMORY_FEATURES.index("judged_before")] == 0.0
+    # A memory whose every query is hidden has nothing to say: zeros.
+    alone = JudgementMemory.fit(queries[:1], vectors[:1], [np.array([0, 1])],
+                                [np.array([3.0, 1.0])], catalogue)
+    nothing = alone.graph(vectors[:1], catalogue[[0, 1]][None], np.array([[0, 1]]),
+                          np.zeros((1, 2, 2)), np.array([query_fold(queries[0])]))
+    assert not nothing[0, :, GRAPH_FEATURES.index(MEMORY_FEATURES[0]):].any()
     # Another catalogue: products are matched by row map, -1 where not served.
     moved = loaded.aligned(np.array([5, -1] + [-1] * 18))
     assert moved.product_rows.tolist() == [5, -1, -1, -1, -1]
