@@ -31,7 +31,7 @@ from fusionrank.app.serve import TritonServer
 from fusionrank.app.stub_watch import StubWatch
 from fusionrank.core import artefacts
 from fusionrank.core.search.title_features import save_title_features
-from fusionrank.model_repository.config import served_version
+from fusionrank.model_repository.config import model_of_step, served_version
 
 # Run in a fresh interpreter, as a model process starts: seconds to import, then to load.
 LOAD = """
@@ -63,7 +63,8 @@ def triton_load(repository: Path, log: Path) -> dict:
         server.start()
         ready = time.monotonic() - started
         try:
-            reload = StubWatch(server, say=lambda _: None).reload("ranker", [])
+            reload = StubWatch(server, say=lambda _: None).reload(
+                model_of_step(repository, "search", "ScoreCandidates"), [])
         finally:
             server.stop()
     if reload.error:
@@ -81,7 +82,7 @@ def main() -> int:
         for variant in ("computed at load", "saved at build"):
             copy = Path(scratch) / variant.replace(" ", "_") / "model_repository"
             shutil.copytree(args.repository, copy, copy_function=os.link)
-            folder = served_version(copy, "ranker")
+            folder = served_version(copy, model_of_step(copy, "search", "ScoreCandidates"))
             saved = folder / artefacts.TITLE_FEATURES
             saved.unlink(missing_ok=True)
             row: dict = {"variant": variant}

@@ -45,16 +45,17 @@ class PeerSearch:
 
         from fusionrank.core.fusion import FusionWeights
         from fusionrank.core.search.runtime import SearchRuntime
-        from fusionrank.model_repository.config import served_version
+        from fusionrank.model_repository.config import model_of_step, served_version
 
         torch.set_num_threads(1)
         self.model = SentenceTransformer(str(run / "encoder" / "best"), device="cpu")
         self.model.max_seq_length = 32  # fusionrank's MAX_QUERY_TOKENS
         repository = build / "model_repository"
-        self.runtime = SearchRuntime.load(served_version(repository, "ranker"), threads=1)
-        self.runtime.weights = FusionWeights.load(served_version(repository, "ranker")
-                                                  / "ranking.json")
-        lines = (served_version(repository, "ranker") / "products.jsonl").read_text()
+        folder = served_version(repository, model_of_step(repository, "search",
+                                                          "ScoreCandidates"))
+        self.runtime = SearchRuntime.load(folder, threads=1)
+        self.runtime.weights = FusionWeights.load(folder / "ranking.json")
+        lines = (folder / "products.jsonl").read_text()
         self.ids = [json.loads(line)["product_id"] for line in lines.splitlines()]
 
     def vectors(self, queries: list[str]) -> np.ndarray:
@@ -141,7 +142,7 @@ def dev_quality(run: Path, build: Path, peer: PeerSearch) -> dict:
     """NDCG@10 and Recall@100 on the run's dev queries over the full catalogue: the peer
     (PyTorch query vectors) against the served path (the ONNX encoder the repository serves)."""
     from fusionrank.core.encoding import MAX_QUERY_TOKENS, OnnxEncoder, TextEncoder, TextTokenizer
-    from fusionrank.model_repository.config import served_version
+    from fusionrank.model_repository.config import model_of_step, served_version
     from fusionrank.training.metrics import evaluate_ranking
     from fusionrank.training.search.data import SplitConfig, load_judgements
 
@@ -149,10 +150,9 @@ def dev_quality(run: Path, build: Path, peer: PeerSearch) -> dict:
     judgements = load_judgements(manifest["data_file"], SplitConfig(**manifest["config"]["split"]))
     queries = judgements.ranked_queries("dev")
     repository = build / "model_repository"
-    encoder = TextEncoder(
-        TextTokenizer(served_version(repository, "query_encoder") / "tokenizer.json",
-                      MAX_QUERY_TOKENS),
-        OnnxEncoder(served_version(repository, "query_encoder") / "encoder.onnx"))
+    folder = served_version(repository, model_of_step(repository, "search", "EncodeQueries"))
+    encoder = TextEncoder(TextTokenizer(folder / "tokenizer.json", MAX_QUERY_TOKENS),
+                          OnnxEncoder(folder / "encoder.onnx"))
     # Catalogue rows of the build are the judgements' rows only if both read the same file.
     served_ids = peer.ids
     if served_ids != judgements.catalogue.ids:

@@ -36,12 +36,15 @@ from fusionrank.core.model_folders import bundled_model_path
 from fusionrank.model_repository.search.ensemble import ServingOptions
 
 # Each row: what it changes from BASE (the first row is BASE itself).
-BASE = {"separate_steps": False, "precision": "int8", "encoder_instances": 1,
+BASE = {"layout": "two", "precision": "int8", "encoder_instances": 1,
         "ranker_instances": 2, "onnx_threads": 1, "max_queue_delay_us": 0}
 SETTINGS: list[dict] = [
     {},
-    {"separate_steps": True},
-    {"separate_steps": True, "precision": "fp32"},
+    {"layout": "steps"},
+    {"layout": "steps", "precision": "fp32"},
+    {"layout": "one"},
+    {"layout": "one", "ranker_instances": 3},
+    {"layout": "one", "onnx_threads": 2},
     {"precision": "fp32"},
     {"ranker_instances": 1},
     {"ranker_instances": 3},
@@ -53,7 +56,7 @@ SETTINGS: list[dict] = [
     {"max_queue_delay_us": 200},
     {"max_queue_delay_us": 1000},
 ]
-SWEPT = ("separate_steps", "precision", "encoder_instances", "ranker_instances", "onnx_threads",
+SWEPT = ("layout", "precision", "encoder_instances", "ranker_instances", "onnx_threads",
          "max_queue_delay_us")
 
 

@@ -38,7 +38,7 @@ from fusionrank.core import artefacts as names
 from fusionrank.core.contract import RequestError
 from fusionrank.core.datasets import is_product_stock_code, read_online_retail
 from fusionrank.core.sentiment.contract import check_review
-from fusionrank.model_repository.config import compile_shim
+from fusionrank.model_repository.config import compile_shim, model_of_step
 
 MIX = {"search": 0.70, "recommend": 0.25, "sentiment": 0.05}
 K = 10
@@ -89,7 +89,8 @@ def reviews(count: int) -> list[str]:
 def repriced(serving: Path, out: Path) -> Path:
     """The serving repository with the search catalogue's prices up 5 %: a daily price update."""
     shutil.copytree(serving, out, ignore=shutil.ignore_patterns("__pycache__", "rollouts.jsonl"))
-    products = out / "ranker" / str(only_version(out / "ranker")) / names.PRODUCTS
+    ranker = model_of_step(out, "search", "Rank")
+    products = out / ranker / str(only_version(out / ranker)) / names.PRODUCTS
     rows = [json.loads(line) for line in products.read_text().splitlines() if line.strip()]
     for row in rows:
         if row.get("price") is not None:

@@ -34,7 +34,7 @@ from fusionrank.app.stub_watch import live_stubs
 from fusionrank.client import FusionRankClient, FusionRankError, RetryPolicy
 from fusionrank.client.retry import DEFAULT_RETRY
 from fusionrank.core import artefacts
-from fusionrank.model_repository.config import served_version
+from fusionrank.model_repository.config import model_of_step, served_version
 
 CONCURRENCY = 8
 CALL_TIMEOUT_S = 10.0  # each call's deadline (the SDK's default), retries included
@@ -42,7 +42,7 @@ WARM_S, BASELINE_S, OBSERVE_S = 3.0, 3.0, 30.0
 SLOW_S = 1.0  # a call this long met a dead process (Triton's 1 s wait) or is not normal
 WORDS = ["cordless drill", "ceiling fan", "garden hose", "led bulb", "paint roller",
          "door handle", "shower head", "wood screws"]
-VICTIMS = ("ranker", "query_encoder")
+VICTIMS = ("ScoreCandidates", "EncodeQueries")  # the models running these steps
 SERIAL = itertools.count()  # numbers the queries: none repeats in a run, none is cached
 COLUMNS = ["repository", "killed stub of", "SDK retries", "calls after the kill", "failed calls",
            "errors", "model reloaded after, s", "seconds until normal",
@@ -150,7 +150,8 @@ def main() -> int:
     for repository in args.repositories:
         hashing += hashing_cost(repository)
         with serving(repository) as served:
-            for model in VICTIMS:
+            models = dict.fromkeys(model_of_step(repository, "search", step) for step in VICTIMS)
+            for model in models:
                 for retries in (True, False):
                     result = {"repository": str(repository), **scenario(served, model, retries)}
                     print(result, flush=True)

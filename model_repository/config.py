@@ -65,6 +65,20 @@ def read_config(repository: str | Path, model: str) -> mc.ModelConfig:
     return text_format.Parse(path.read_text(encoding="utf-8"), mc.ModelConfig())
 
 
+def model_of_step(repository: str | Path, ensemble: str, step: str) -> str:
+    """The model of `ensemble` that runs the step class named `step` ("ScoreCandidates"), alone
+    or in a chain: found the same way whatever the ensemble's layout."""
+    for member in read_config(repository, ensemble).ensemble_scheduling.step:
+        parameters = read_config(repository, member.model_name).parameters
+        paths = [parameters["step"].string_value] if "step" in parameters else []
+        if CHAIN_PARAMETER in parameters:
+            paths += [link["step"] for link in json.loads(
+                parameters[CHAIN_PARAMETER].string_value)]
+        if any(path.rpartition(":")[2] == step for path in paths):
+            return member.model_name
+    raise ValueError(f"no model of the {ensemble} ensemble in {repository} runs {step}")
+
+
 def step_path(step: type) -> str:
     """"module:Class", as the `step` parameter of a model's config records it."""
     return f"{step.__module__}:{step.__qualname__}"

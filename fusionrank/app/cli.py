@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from fusionrank.app import deploy, recommend, search, sentiment, web
-from fusionrank.model_repository.search.ensemble import ServingOptions
+from fusionrank.model_repository.search.ensemble import LAYOUTS, ServingOptions
 
 DEFAULT_BUILD = Path("build")
 DEFAULT_CACHE_MIB = 256
@@ -84,9 +84,9 @@ def add_build(commands: argparse._SubParsersAction) -> None:
                         default=ServingOptions.ranker_instances,
                         help="copies of the ranker model (retrieval, candidates, features, "
                              "feedback head, fusion)")
-    parser.add_argument("--separate-steps", action="store_true",
-                        help="serve each search step as a model of its own (slower; for "
-                             "comparison)")
+    parser.add_argument("--layout", choices=LAYOUTS, default=ServingOptions.layout,
+                        help="how the search steps are grouped into models: two (query_encoder "
+                             "and ranker), one (all in one model), steps (a model each)")
     parser.add_argument("--no-response-cache", action="store_true",
                         help="leave the search ensemble out of Triton's response cache")
     parser.add_argument("--max-queue-size", type=int, default=ServingOptions.max_queue_size,
@@ -135,7 +135,7 @@ def run_build(args: argparse.Namespace) -> int:
                                                 args.out / "artefacts" / "reviews")
     options = ServingOptions(encoder_instances=args.encoder_instances,
                              ranker_instances=args.ranker_instances,
-                             separate_steps=args.separate_steps,
+                             layout=args.layout,
                              onnx_threads=args.threads, precision=args.precision,
                              max_queue_delay_us=args.max_queue_delay_us,
                              response_cache=not args.no_response_cache,

@@ -1,12 +1,14 @@
 """The `search` ensemble: query text in, ranked products out.
 
-    QUERY, K >> query_encoder (Tokenize, EncodeQueries)
-             >> ranker (Retrieve, ScoreCandidates, Rank)      ScoreCandidates: trained runs only
+    QUERY, K >> search_steps (Tokenize, EncodeQueries, Retrieve, ScoreCandidates, Rank)
+                                                      ScoreCandidates: trained runs only
 
-Two models, each running consecutive steps of `steps.py` in one process (`config.merged`):
-a hop between Python-backend models costs a process crossing and a queue, and only the
-encoder and the ranker gain from copies of their own. `ServingOptions.separate_steps` serves
-one model per step instead (what the sweep in benchmarks/reports/search_sweep.md measures).
+One model running the steps of `steps.py` one after the other in one process
+(`config.merged`), in two copies: a hop between Python-backend models costs a process
+crossing and a queue, and two copies of the whole pipeline keep both cores of the measured
+machine busy. `ServingOptions.layout` serves two models instead ("two": query_encoder =
+Tokenize, EncodeQueries; ranker = Retrieve, ScoreCandidates, Rank) or one model per step
+("steps"); the sweep in benchmarks/reports/search_sweep.md measures all three.
 
 With `ServingOptions.device == "gpu"` (`fusionrank build --device gpu`), the graphs run
 natively on the GPU and only text work stays in Python models (`gpu_search_ensemble`):
@@ -58,6 +60,8 @@ DENSE = (TensorSpec("DENSE_CANDIDATES", "INT64", (-1,)),
          TensorSpec("DENSE_SIMILARITY", "FP32", (-1,)))
 SIGNALS = {name: TensorSpec(tensor, "FP32", (-1,)) for name, tensor in SIGNAL_TENSORS.items()}
 QUERY, K = SEARCH_INPUTS
+LAYOUTS = ("one", "two", "steps")  # ServingOptions.layout
+SEARCH_STEPS = "search_steps"  # layout one's model: every step of the pipeline
 # The scoring step's spelling correction, which the ranker answers as CORRECTED (an optional
 # input: a pretrained pipeline has no speller).
 CORRECTION = TensorSpec("CORRECTION", "BYTES", (1,))
@@ -67,9 +71,10 @@ CORRECTION = TensorSpec("CORRECTION", "BYTES", (1,))
 class ServingOptions:
     """How the server runs the models: copies per model, batching delay, threads per copy."""
 
-    encoder_instances: int = 1  # copies of query_encoder (tokenizer + encoder)
-    # Copies of ranker (retrieval, candidates, features, feedback head, fusion): the costliest
-    # model; two let it use both cores of the measured machine while the encoder runs.
+    encoder_instances: int = 1  # copies of query_encoder (tokenizer + encoder), layouts two, steps
+    # Copies of the model that ranks: SEARCH_STEPS (layout one: every step) or ranker (layout
+    # two: retrieval, candidates, features, feedback head, fusion): two use both cores of the
+    # measured machine.
     ranker_instances: int = 2
     max_queue_delay_us: int = 0  # the sweep: waiting to fill a batch only adds latency here
     # Overload: with max_queue_size > 0 each model holds at most that many waiting requests
@@ -82,10 +87,12 @@ class ServingOptions:
     onnx_threads: int = 2  # per copy; the sweep (benchmarks/reports/search_sweep.md)
     candidates: int = MAX_K
     lexical_candidates: int = LEXICAL_CANDIDATES  # BM25 candidates added (the fitted pool)
-    # One model per step (tokenizer, query_encoder, retrieval, scoring, ranker) instead of two
-    # merged ones: each hop between Python-backend models costs a process crossing, so this is
-    # slower (benchmarks/reports/search_sweep.md); kept to measure exactly that.
-    separate_steps: bool = False
+    # How the CPU pipeline's steps are grouped into Triton models (LAYOUTS): "one" (every step
+    # in one model, SEARCH_STEPS, `ranker_instances` copies), "two" (the query_encoder and the
+    # ranker) or "steps" (one model per step). Each hop between Python-backend models costs a
+    # process crossing and a queue; on the measured 2 cores one model with two copies served
+    # 22 % more than two models, with a lower p99 and less memory (search_sweep.md).
+    layout: str = "one"
     # The query encoder's precision; the catalogue is embedded in FP32 either way. INT8
     # (export/quantize.py: 8-bit weights, int8 arithmetic, each token's activations quantised
     # on their own, so a query's embedding does not depend on its batch) encodes a query 2.6×
@@ -109,6 +116,8 @@ class ServingOptions:
     def __post_init__(self) -> None:
         if self.precision not in ("fp32", "int8"):
             raise ValueError(f"precision must be fp32 or int8, not {self.precision!r}")
+        if self.layout not in LAYOUTS:
+            raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, not {self.layout!r}")
         if self.device not in ("cpu", "gpu"):
             raise ValueError(f"device must be cpu or gpu, not {self.device!r}")
         if self.tensorrt_engine and self.device != "gpu":
@@ -139,8 +148,8 @@ class SearchArtefacts:
 
 
 def search_ensemble(files: SearchArtefacts, options: ServingOptions) -> Ensemble:
-    """The search pipeline's steps, served as two models (`query_encoder`, `ranker`) or, with
-    `options.separate_steps`, as one model each; on the GPU, `gpu_search_ensemble`."""
+    """The search pipeline's steps, served as one model (SEARCH_STEPS), as two (`query_encoder`,
+    `ranker`) or as one model each (`options.layout`); on the GPU, `gpu_search_ensemble`."""
     if options.device == "gpu":
         return gpu_search_ensemble(files, options)
     threads = {"threads": str(options.onnx_threads)}
@@ -160,9 +169,12 @@ def search_ensemble(files: SearchArtefacts, options: ServingOptions) -> Ensemble
         tensor_names={"CANDIDATES": "DENSE_CANDIDATES", "SIMILARITY": "DENSE_SIMILARITY"}
         if fused else {})
     scoring, rank = ranking_models(files, options)
-    if options.separate_steps:
+    if options.layout == "steps":
         models = [replace(model, **queue) for model in (tokenize, encode, retrieve, *scoring,
                                                          rank)]
+    elif options.layout == "one":
+        models = [merged(SEARCH_STEPS, tokenize, encode, retrieve, *scoring, rank,
+                         instances=options.ranker_instances, max_queue_delay_us=delay, **queue)]
     else:
         models = [merged("query_encoder", tokenize, encode, instances=options.encoder_instances,
                          max_queue_delay_us=delay, **queue),

@@ -5,7 +5,6 @@ weights. The served ranking equals the one the offline path computes (the search
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,6 +17,7 @@ from fusionrank.core.search.contract import search_request
 from fusionrank.core.search.runtime import SearchRuntime
 from fusionrank.model_repository.config import served_version
 from fusionrank.model_repository.runner import InProcessEnsemble, read_config
+from fusionrank.model_repository.search.ensemble import SEARCH_STEPS
 from tests.support.catalogue import ANCHORS
 
 pytestmark = pytest.mark.server
@@ -31,26 +31,26 @@ def test_repository_serves_the_trained_run(served_repository, trained_run):
     assert set(manifest["ensembles"]) == {"recommend", "sentiment"}
     steps = [s.model_name for s in read_config(served_repository,
                                                "search").ensemble_scheduling.step]
-    assert steps == ["query_encoder", "ranker"]
-    ranker = read_config(served_repository, "ranker")
+    assert steps == [SEARCH_STEPS]
+    model = read_config(served_repository, SEARCH_STEPS)
     assert [link["step"].rpartition(":")[2] for link in json.loads(
-        ranker.parameters["chain"].string_value)] == ["Retrieve", "ScoreCandidates", "Rank"]
+        model.parameters["chain"].string_value)] == [
+        "Tokenize", "EncodeQueries", "Retrieve", "ScoreCandidates", "Rank"]
     # The title structures were computed at build, for the ranker to read at load.
-    assert (served_version(served_repository, "ranker") / artefacts.TITLE_FEATURES).is_file()
+    assert (served_version(served_repository, SEARCH_STEPS) / artefacts.TITLE_FEATURES).is_file()
 
 
 def test_served_ranking_equals_the_offline_one(triton_server, served_repository, trained_run,
                                                tiny_catalogue):
     queries = [*ANCHORS, *trained_run.queries[:14]]
     # The offline path, from the files the steps serve: encode, then the search runtime.
-    def served(model: str) -> Path:
-        return served_version(served_repository, model)
+    folder = served_version(served_repository, SEARCH_STEPS)
 
     encoder = TextEncoder(
-        TextTokenizer(served("query_encoder") / artefacts.TOKENIZER, MAX_QUERY_TOKENS),
-        OnnxEncoder(served("query_encoder") / artefacts.ENCODER, threads=1))
-    runtime = SearchRuntime.load(served("ranker"), threads=1)
-    runtime.weights = FusionWeights.load(served("ranker") / artefacts.FUSION_WEIGHTS)
+        TextTokenizer(folder / artefacts.TOKENIZER, MAX_QUERY_TOKENS),
+        OnnxEncoder(folder / artefacts.ENCODER, threads=1))
+    runtime = SearchRuntime.load(folder, threads=1)
+    runtime.weights = FusionWeights.load(folder / artefacts.FUSION_WEIGHTS)
     rows, scores = runtime.search(queries, encoder.encode(queries), k=10)
     offline = [[tiny_catalogue.ids[r] for r in query_rows] for query_rows in rows]
 

@@ -18,6 +18,7 @@ from fusionrank.app.stub_watch import RELOAD_PARAMETER, StubWatch, live_stubs
 from fusionrank.client import FusionRankClient, FusionRankError, ModelProcessError, RetryPolicy
 from fusionrank.core import artefacts
 from fusionrank.model_repository.config import served_version
+from fusionrank.model_repository.search.ensemble import SEARCH_STEPS
 from tests.support.catalogue import running_server
 
 pytestmark = pytest.mark.server
@@ -51,8 +52,8 @@ def test_a_killed_model_process_is_replaced_and_callers_see_no_failure(served_re
 
     with running_server(repository, tmp_path / "tritonserver.log") as server, \
             StubWatch(server, say=said.append) as watch:
-        before = live_stubs(server.process.pid, "ranker")
-        assert len(before) == 2  # the ranker's two instances
+        before = live_stubs(server.process.pid, SEARCH_STEPS)
+        assert len(before) == 2  # the pipeline model's two instances
         callers = [threading.Thread(target=caller, args=(i,)) for i in range(2)]
         for thread in callers:
             thread.start()
@@ -72,11 +73,12 @@ def test_a_killed_model_process_is_replaced_and_callers_see_no_failure(served_re
         assert errors == []
         # One reload, whether the watch saw both deaths in one look or the second after it.
         (reload,) = watch.reloads
-        assert reload.model == "ranker" and reload.error is None, said
+        assert reload.model == SEARCH_STEPS and reload.error is None, said
         assert set(reload.dead_pids) <= set(before) and reload.dead_pids, said
-        assert set(live_stubs(server.process.pid, "ranker")) - set(before)  # new processes serve it
+        # New processes serve it.
+        assert set(live_stubs(server.process.pid, SEARCH_STEPS)) - set(before)
         with grpcclient.InferenceServerClient(server.grpc_url) as client:
-            config = client.get_model_config("ranker", as_json=True)["config"]
+            config = client.get_model_config(SEARCH_STEPS, as_json=True)["config"]
         assert RELOAD_PARAMETER in config["parameters"]
         with FusionRankClient(server.grpc_url, timeout_s=10) as client:
             assert client.search("ceiling fan", k=1)[0].product_id == "A-FAN"

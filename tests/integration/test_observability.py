@@ -45,4 +45,4 @@ def test_every_metric_the_page_names_is_exposed_with_its_model_labels(triton_ser
     named = set(re.findall(r"\bnv_[a-z_]+", PAGE.read_text(encoding="utf-8")))
     assert len(named) >= 10
     assert named <= exposed, sorted(named - exposed)
-    assert re.search(r'^nv_inference_queue_duration_us\{model="ranker"', text, re.MULTILINE)
+    assert re.search(r'^nv_inference_queue_duration_us\{model="search_steps"', text, re.MULTILINE)

@@ -18,6 +18,7 @@ from fusionrank.client import (
     ServerOverloadedError,
 )
 from fusionrank.model_repository.search.ensemble import (
+    SEARCH_STEPS,
     SearchArtefacts,
     ServingOptions,
     search_ensemble,
@@ -41,7 +42,7 @@ def tight_repository(search_repository, tmp_path_factory):
 
 
 def test_the_queue_policy_is_in_every_search_model(tight_repository):
-    for name in ("query_encoder", "ranker"):
+    for name in (SEARCH_STEPS,):
         config = text_format.Parse((tight_repository / name / "config.pbtxt").read_text(),
                                    mc.ModelConfig())
         policy = config.dynamic_batching.default_queue_policy

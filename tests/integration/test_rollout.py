@@ -19,6 +19,7 @@ from fusionrank.app.cli import main
 from fusionrank.app.deploy import ROLLOUT_LOG, deploy, versions
 from fusionrank.client import FusionRankClient, RetryPolicy
 from fusionrank.core.catalogue import Catalogue, Product
+from fusionrank.model_repository.search.ensemble import SEARCH_STEPS
 from tests.support.catalogue import ANCHORS, running_server
 from tests.support.served import build_served_repository
 
@@ -77,14 +78,15 @@ def test_a_rollout_whose_artefacts_fail_to_load_is_refused_and_the_old_version_s
     server, repository = live
     broken = tmp_path / "broken"
     shutil.copytree(next_build, broken, copy_function=shutil.copy)
-    (embeddings,) = broken.glob("ranker/*/embeddings.npy")
+    (embeddings,) = broken.glob(f"{SEARCH_STEPS}/*/embeddings.npy")
     embeddings.write_bytes(b"\x93NUMPY truncated")
     before_files = serving_versions(repository)
     with FusionRankClient(server.grpc_url, retry=NO_RETRY) as client:
         before = answer(client, "cordless drill")
         record = deploy(server.grpc_url, repository, broken, drain_s=0.5)
         assert record.outcome == "refused"
-        assert record.reason.startswith("ranker version ") and "failed to load" in record.reason
+        assert record.reason.startswith(f"{SEARCH_STEPS} version ")
+        assert "failed to load" in record.reason
         assert answer(client, "cordless drill") == before
         assert client.recommend([], k=3).items and client.sentiment(["great"])
     assert serving_versions(repository) == before_files  # the staged versions are gone
@@ -158,11 +160,11 @@ def test_a_rollout_under_load_fails_no_request_and_mixes_no_versions(live, next_
     assert mixed == []
     assert any(same(got, old[q][:k]) for q, k, got in seen if q in differ)
     assert any(same(got, new[q][:k]) for q, k, got in seen if q in differ)
-    assert set(record.models) == {"query_encoder", "ranker", "search"}  # recommend untouched
+    assert set(record.models) == {SEARCH_STEPS, "search"}  # recommend untouched
     assert other_calls["recommend"] > 0 and other_calls["sentiment"] > 0
 
     after = serving_versions(repository)
-    for model in ("query_encoder", "ranker", "search"):
+    for model in (SEARCH_STEPS, "search"):
         assert after[model] == [record.version] != old_versions[model]
     assert after["recommend"] == old_versions["recommend"]
     assert after["recommend_history"] == old_versions["recommend_history"]

@@ -19,6 +19,7 @@ from fusionrank.core.search.contract import search_request
 from fusionrank.core.search.runtime import SearchRuntime
 from fusionrank.model_repository.config import served_version
 from fusionrank.model_repository.runner import InProcessEnsemble
+from fusionrank.model_repository.search.ensemble import SEARCH_STEPS
 from fusionrank.training.embeddings import Embedder, exported_encoder, weights_digest
 from tests.support.catalogue import ANCHORS, running_server
 
@@ -59,7 +60,7 @@ def test_the_student_encodes_queries_and_the_teacher_the_catalogue(
         == weights_digest(teacher_dir)
     assert manifest["query_encoder"]["source"] == str(trained_student)
     assert manifest["encoder"]["source"] == str(teacher_dir)
-    served = served_version(student_repository, "query_encoder")
+    served = served_version(student_repository, SEARCH_STEPS)
     titles = tiny_catalogue.titles[:32]
     student = offline_embedder(trained_student, tmp_path / "student", titles)
     teacher = offline_embedder(teacher_dir, tmp_path / "teacher", titles)
@@ -80,7 +81,7 @@ def test_served_student_ranking_equals_the_offline_one(student_server, student_r
     student = offline_embedder(trained_student, tmp_path / "student", tiny_catalogue.titles[:32])
     teacher = offline_embedder(trained_run.run / "encoder" / "best", tmp_path / "teacher",
                                tiny_catalogue.titles[:32])
-    ranker = served_version(student_repository, "ranker")
+    ranker = served_version(student_repository, SEARCH_STEPS)
     runtime = SearchRuntime.load(ranker, threads=1)
     runtime.weights = FusionWeights.load(ranker / artefacts.FUSION_WEIGHTS)
     rows, scores = runtime.search(queries, student.encode_queries(queries), k=10)

@@ -22,7 +22,7 @@ Every query gets the same shapes (P candidates against JUDGEMENT_WINDOW judgemen
 query's features are does not depend on the batch it arrives in: the server and the offline
 evaluator batch differently and the head's trees split on these values (tested bit for bit).
 The graph runs on one thread for the same reason. Built from the arrays at load, so it always
-matches the memory beside it; `FeatureGraph.model` is the ONNX model, for other runtimes.
+matches the memory beside it.
 """
 
 from __future__ import annotations
@@ -63,15 +63,15 @@ class _Builder:
 
 
 def feature_model(query_vectors: np.ndarray, folds: np.ndarray, offsets: np.ndarray,
-                  product_vectors: np.ndarray, product_rows: np.ndarray,
-                  grades: np.ndarray) -> onnx.ModelProto:
-    """The graph for a judgement memory's arrays (see `JudgementMemory`)."""
+                  product_rows: np.ndarray, grades: np.ndarray) -> onnx.ModelProto:
+    """The graph for a judgement memory's arrays (see `JudgementMemory`). The judged products'
+    vectors, its largest array, are an input (`memory_vectors`): ONNX Runtime reads the
+    memory's own array, not a copy."""
     queries, dim = query_vectors.shape
     judgements = len(grades)
     counts = np.diff(offsets)
     span = max(int(counts.max()), 1)
-    # spans[i, s]: query i's s-th judgement, or `judgements`: a blank one (zero vector, grade 0,
-    # row -2, which no candidate has).
+    # spans[i, s]: query i's s-th judgement, or `judgements` (a blank: past the last one).
     spans = np.full((queries, span), judgements, dtype=np.int64)
     spans[np.repeat(np.arange(queries), counts),
           np.arange(judgements) - np.repeat(offsets[:-1], counts)] = np.arange(judgements)
@@ -83,12 +83,10 @@ def feature_model(query_vectors: np.ndarray, folds: np.ndarray, offsets: np.ndar
     queries_t = c("memory/queries_t", np.ascontiguousarray(query_vectors.T, dtype=np.float32))
     fold_of = c("memory/folds", folds.astype(np.int64))
     spans_c = c("memory/spans", spans)
-    vectors = c("memory/product_vectors", np.concatenate(
-        [product_vectors.astype(np.float16), np.zeros((1, dim), np.float16)]))
-    rows_c = c("memory/product_rows", np.concatenate([product_rows.astype(np.int64), [-2]]))
-    grades_c = c("memory/grades", np.concatenate([grades.astype(np.float32), [0.0]]
-                                                  ).astype(np.float32))
+    rows_c = c("memory/product_rows", product_rows.astype(np.int64))
+    grades_c = c("memory/grades", grades.astype(np.float32))
     blank = c("blank", np.array(judgements, dtype=np.int64))
+    last_judgement = c("last_judgement", np.array(judgements - 1, dtype=np.int64))
     k = c("neighbours", np.array([neighbours], dtype=np.int64))
     w = c("window", np.array([window], dtype=np.int64))
     flat = c("flat", np.array([0, neighbours * span], dtype=np.int64))
@@ -117,14 +115,16 @@ def feature_model(query_vectors: np.ndarray, folds: np.ndarray, offsets: np.ndar
     valid_flat = op("Reshape", valid, flat)  # [B, K·S]
     key = op("Where", valid_flat, positions, op("Add", positions, beyond))
     _, order = op("TopK", key, w, outputs=2, axis=1, largest=0, sorted=1)  # [B, W]
-    judged = op("GatherElements", op("Reshape", slots, flat), order, axis=1)
+    # Blanks (masked below) read the last judgement rather than past the end.
+    judged = op("Min", op("GatherElements", op("Reshape", slots, flat), order, axis=1),
+                last_judgement)
     judged_valid = op("GatherElements", valid_flat, order, axis=1)
     judged_sim = op("GatherElements", op("Reshape", slot_sim, flat), order, axis=1)
     judged_grades = op("Unsqueeze", op("Gather", grades_c, judged), axis1)  # [B, 1, W]
     mask = op("Unsqueeze", judged_valid, axis1)  # [B, 1, W]
 
     # Each candidate against each judgement: cos(p, p') + cos(q, q').
-    judged_vectors = op("Cast", op("Gather", vectors, judged), to=TensorProto.FLOAT)
+    judged_vectors = op("Cast", op("Gather", "memory_vectors", judged), to=TensorProto.FLOAT)
     joint = op("Add", op("MatMul", "product", op("Transpose", judged_vectors, perm=[0, 2, 1])),
                op("Unsqueeze", judged_sim, axis1))  # [B, P, W]
     joint = op("Where", mask, joint, minus_inf)
@@ -171,7 +171,9 @@ def feature_model(query_vectors: np.ndarray, folds: np.ndarray, offsets: np.ndar
               helper.make_tensor_value_info("product", TensorProto.FLOAT, ["B", "P", dim]),
               helper.make_tensor_value_info("row", TensorProto.INT64, ["B", "P"]),
               helper.make_tensor_value_info("prior", TensorProto.FLOAT, ["B", "P", 2]),
-              helper.make_tensor_value_info("hidden_fold", TensorProto.INT64, ["B"])]
+              helper.make_tensor_value_info("hidden_fold", TensorProto.INT64, ["B"]),
+              helper.make_tensor_value_info("memory_vectors", TensorProto.FLOAT16,
+                                            [judgements, dim])]
     output = helper.make_tensor_value_info("numeric", TensorProto.FLOAT,
                                            ["B", "P", len(GRAPH_FEATURES)])
     model = helper.make_model(helper.make_graph(g.nodes, "features", inputs, [output],
@@ -185,9 +187,9 @@ def feature_model(query_vectors: np.ndarray, folds: np.ndarray, offsets: np.ndar
 class FeatureGraph:
     """The numeric features graph of a judgement memory, run by ONNX Runtime on one thread."""
 
-    def __init__(self, model: onnx.ModelProto):
-        self.model = model
+    def __init__(self, model: onnx.ModelProto, memory_vectors: np.ndarray):
         self.session = onnx_session(model.SerializeToString(), threads=1)
+        self.memory_vectors = np.ascontiguousarray(memory_vectors, dtype=np.float16)
 
     def __call__(self, query: np.ndarray, product: np.ndarray, row: np.ndarray,
                  prior: np.ndarray, hidden_fold: np.ndarray) -> np.ndarray:
@@ -197,4 +199,5 @@ class FeatureGraph:
             np.ascontiguousarray(row, dtype=np.int64),
             np.ascontiguousarray(prior, dtype=np.float32),
             np.ascontiguousarray(hidden_fold, dtype=np.int64)), strict=True))
+        feeds["memory_vectors"] = self.memory_vectors
         return self.session.run(["numeric"], feeds)[0]

@@ -147,7 +147,7 @@ class JudgementMemory:
         """The numeric features graph holding this memory (built once, ~0.5 s for 47k
         judgements)."""
         return FeatureGraph(feature_model(self.query_vectors, self.folds, self.offsets,
-                                          self.product_vectors, self.product_rows, self.grades))
+                                          self.product_rows, self.grades), self.product_vectors)
 
     def aligned(self, row_map: np.ndarray) -> JudgementMemory:
         """The same memory over another catalogue: `row_map[r]` is the new row of old row r

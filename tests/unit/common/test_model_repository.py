@@ -18,10 +18,17 @@ from fusionrank.core.search.contract import (
     SEARCH_OUTPUTS,
     search_request,
 )
-from fusionrank.model_repository.config import PythonModel, merged, served_version
+from fusionrank.model_repository.config import (
+    PythonModel,
+    merged,
+    model_of_step,
+    served_version,
+    write_config,
+)
 from fusionrank.model_repository.ensemble import Inputs
 from fusionrank.model_repository.runner import InProcessEnsemble, load_step
 from fusionrank.model_repository.search.ensemble import (
+    SEARCH_STEPS,
     SearchArtefacts,
     ServingOptions,
     search_ensemble,
@@ -37,12 +44,11 @@ def read_config(repository, name) -> mc.ModelConfig:
 def test_repository_holds_the_search_pipeline(search_repository):
     search = read_config(search_repository, "search")
     assert search.platform == "ensemble"
-    assert [s.model_name for s in search.ensemble_scheduling.step] == [
-        "query_encoder", "ranker"]
+    assert [s.model_name for s in search.ensemble_scheduling.step] == [SEARCH_STEPS]
     assert [i.name for i in search.input] == [t.name for t in SEARCH_INPUTS]
     assert [o.name for o in search.output] == [t.name for t in (*SEARCH_OUTPUTS,
                                                                  *EXPLAIN_OUTPUTS)]
-    chains = {"query_encoder": ["Tokenize", "EncodeQueries"], "ranker": ["Retrieve", "Rank"]}
+    chains = {SEARCH_STEPS: ["Tokenize", "EncodeQueries", "Retrieve", "Rank"]}
     for name, chain in chains.items():
         config = read_config(search_repository, name)
         assert config.backend == "python" and config.HasField("dynamic_batching")
@@ -55,33 +61,45 @@ def test_repository_holds_the_search_pipeline(search_repository):
         assert [type(step).__name__ for step, _ in load_step(search_repository, name).steps
                 ] == chain
     # The pretrained ranker has no speller: its optional CORRECTION input is left unmapped.
-    ranker_step = search.ensemble_scheduling.step[1]
+    ranker_step = search.ensemble_scheduling.step[0]
     assert "CORRECTION" not in ranker_step.input_map
-    assert set(ranker_step.input_map) == {"EMBEDDING", "K"}
+    assert set(ranker_step.input_map) == {"QUERY", "K"}
     manifest = json.loads((search_repository / "fusionrank.json").read_text())
     assert manifest["encoder"]["parity_min_cosine"] >= 0.9999
     assert manifest["index"]["products"] > 300
 
 
-def test_separate_steps_serve_one_model_per_step(tmp_path):
+def test_layouts_group_the_steps_into_five_two_or_one_models(tmp_path):
     FusionWeights().save(tmp_path / "ranking.json")
     files = SearchArtefacts(tmp_path, tmp_path, run=tmp_path)
-    ensemble = search_ensemble(files, ServingOptions(separate_steps=True))
+    ensemble = search_ensemble(files, ServingOptions(layout="steps"))
     steps = ensemble.config().ensemble_scheduling.step
     assert [s.model_name for s in steps] == [
         "tokenizer", "query_encoder", "retrieval", "scoring", "ranker"]
     assert dict(steps[2].output_map) == {"CANDIDATES": "DENSE_CANDIDATES",
                                          "SIMILARITY": "DENSE_SIMILARITY"}
     assert steps[4].input_map["CORRECTION"] == "CORRECTION"
-    merged_steps = search_ensemble(files, ServingOptions()).config().ensemble_scheduling.step
+    merged_steps = search_ensemble(files, ServingOptions(layout="two")
+                                   ).config().ensemble_scheduling.step
     assert [s.model_name for s in merged_steps] == ["query_encoder", "ranker"]
     assert set(merged_steps[1].input_map) == {"EMBEDDING", "K", "QUERY"}
+    one = search_ensemble(files, ServingOptions(ranker_instances=3))  # layout one: the default
+    (step,) = one.config().ensemble_scheduling.step
+    assert step.model_name == SEARCH_STEPS and set(step.input_map) == {"QUERY", "K"}
+    model = next(m for m in one.pipeline.steps if m.name == SEARCH_STEPS).config()
+    assert [link["step"].rpartition(":")[2] for link in json.loads(
+        model.parameters["chain"].string_value)] == [
+        "Tokenize", "EncodeQueries", "Retrieve", "ScoreCandidates", "Rank"]
+    assert model.instance_group[0].count == 3
+    with pytest.raises(ValueError, match="layout must be one of one, two, steps"):
+        ServingOptions(layout="three")
 
 
 def test_instance_counts_and_threads_are_configurable(tmp_path):
     FusionWeights().save(tmp_path / "ranking.json")
     ensemble = search_ensemble(SearchArtefacts(tmp_path, tmp_path),
-                               ServingOptions(encoder_instances=3, onnx_threads=1))
+                               ServingOptions(layout="two", encoder_instances=3,
+                                              onnx_threads=1))
     encoder = next(s for s in ensemble.pipeline.steps if s.name == "query_encoder")
     config = encoder.config()
     assert config.instance_group[0].count == 3
@@ -100,7 +118,7 @@ def test_ensemble_wiring_errors_are_caught_before_the_server():
 
 
 def test_tokenizer_step_rejects_each_bad_row_and_serves_the_rest(search_repository):
-    step = Tokenize(served_version(search_repository, "query_encoder"), {})
+    step = Tokenize(served_version(search_repository, SEARCH_STEPS), {})
     good = {"QUERY": np.array([[b"drill"]], dtype=object)}
     bad = {"QUERY": np.array([[b"drill"], [b"\xc3"]], dtype=object)}
     results = step([good, bad])
@@ -127,7 +145,7 @@ def test_fusion_weights_round_trip_and_reject_unknown_signals(tmp_path):
 
 
 def test_ranker_orders_candidates_and_attaches_their_metadata(search_repository):
-    ranker = Rank(served_version(search_repository, "ranker"), {})
+    ranker = Rank(served_version(search_repository, SEARCH_STEPS), {})
     (result,) = ranker([{"CANDIDATES": np.array([[0, 1]]), "SIMILARITY": np.array([[0.2, 0.9]]),
                          "K": np.array([[5]], dtype=np.int32)}])
     assert result["PRODUCT_IDS"].shape == (1, 2)  # k = 5, but only two candidates
@@ -139,14 +157,14 @@ def test_ranker_orders_candidates_and_attaches_their_metadata(search_repository)
 def test_in_process_runner_chains_the_configured_steps_and_raises_request_errors(
         search_repository):
     search = InProcessEnsemble(search_repository, "search")
-    assert [type(step).__name__ for step, _, _ in search.steps] == ["Chain", "Chain"]
+    assert [type(step).__name__ for step, _, _ in search.steps] == ["Chain"]
     answer = search(search_request(["ceiling fan", "teapot"], 2))
     assert set(answer) == {t.name for t in (*SEARCH_OUTPUTS, *EXPLAIN_OUTPUTS)}
     assert answer["PRODUCT_IDS"][:, 0].tolist() == [b"A-FAN", b"A-TEAPOT"]
     with pytest.raises(RequestError, match="K = 0"):
         search(search_request(["ceiling fan"], 0))
     with pytest.raises(ValueError, match="not an ensemble"):
-        InProcessEnsemble(search_repository, "ranker")
+        InProcessEnsemble(search_repository, SEARCH_STEPS)
     with pytest.raises(FileNotFoundError, match=r"config\.pbtxt not found"):
         InProcessEnsemble(search_repository, "recommend")
 
@@ -218,7 +236,7 @@ def test_merged_models_run_their_steps_in_one_chain_and_fail_requests_alone(tmp_
 def test_ranker_explains_each_score_by_its_weighted_signals(tmp_path, search_repository):
     folder = tmp_path / "ranker"
     folder.mkdir()
-    products = served_version(search_repository, "ranker") / "products.jsonl"
+    products = served_version(search_repository, SEARCH_STEPS) / "products.jsonl"
     (folder / products.name).write_bytes(products.read_bytes())
     catalogue_ids = [json.loads(line)["product_id"] for line in products.read_text().splitlines()]
     FusionWeights({"similarity": 0.7, "feedback": 0.25, "lexical": 0.05}).save(
@@ -241,3 +259,20 @@ def test_ranker_explains_each_score_by_its_weighted_signals(tmp_path, search_rep
                                                                      "LEXICAL")]
         total = sum(w * float(v) for w, v in zip([0.7, 0.25, 0.05], values, strict=True))
         assert np.float32(total) == result["SCORES"][0, place]
+
+
+def test_the_model_of_a_step_is_found_whatever_the_layout(tmp_path):
+    FusionWeights().save(tmp_path / "ranking.json")
+    files = SearchArtefacts(tmp_path, tmp_path, run=tmp_path)
+    expected = {"one": {"Tokenize": SEARCH_STEPS, "ScoreCandidates": SEARCH_STEPS},
+                "two": {"Tokenize": "query_encoder", "ScoreCandidates": "ranker"},
+                "steps": {"Tokenize": "tokenizer", "ScoreCandidates": "scoring"}}
+    for layout, models in expected.items():
+        repository = tmp_path / layout
+        ensemble = search_ensemble(files, ServingOptions(layout=layout))
+        for config in (ensemble.config(), *(m.config() for m in ensemble.pipeline.steps)):
+            write_config(config, repository, 1)  # the configs alone: no artefacts needed
+        for step, model in models.items():
+            assert model_of_step(repository, "search", step) == model
+    with pytest.raises(ValueError, match=r"no model of the search ensemble .* runs Translate"):
+        model_of_step(tmp_path / "one", "search", "Translate")
