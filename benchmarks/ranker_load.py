@@ -93,6 +93,12 @@ def main() -> int:
                                     artefacts.load_array(folder / artefacts.EMBEDDINGS))
                 row["save_s"] = round(time.perf_counter() - started, 2)
                 row["file_mb"] = round(saved.stat().st_size / 1e6, 1)
+            # The manifest (a hard link to the build's: replaced, not written through) lists
+            # the files this variant has.
+            manifest = folder / artefacts.SHA256_MANIFEST
+            listed = json.loads(manifest.read_text(encoding="utf-8"))
+            manifest.unlink()
+            artefacts.write_manifest(folder, [n for n in listed if (folder / n).is_file()])
             row |= runtime_load(folder, args.runs)
             row |= triton_load(copy, Path(scratch) / f"{variant.replace(' ', '_')}.log")
             results.append(row)
@@ -118,12 +124,13 @@ def markdown(report: dict) -> str:
 - Machine: {report['machine']}
 - Date: {report['date']}
 - Repository: `{report['repository']}` (hard-linked copies; the saved variant gets
-  `title_features.npz` in its ranker version folder, written by `save_title_features`, as
-  `fusionrank build` writes it)
-- SearchRuntime.load: median of fresh processes (its import apart), what the `ranker`'s
-  ScoreCandidates step runs at each load. Triton: `tritonserver` started on the copy (every
-  model, the ranker's 2 instances among them) until ready, then the ranker reloaded with a
-  changed config, as `fusionrank serve`'s watch reloads it after a model process died.
+  `title_features.npz` in the version folder of the model running ScoreCandidates (the ranker:
+  `search_steps` by default), written by `save_title_features`, as `fusionrank build` writes it)
+- SearchRuntime.load: median of fresh processes (its import apart), what the ranker's
+  ScoreCandidates step runs at each load (its features graph built too). Triton: `tritonserver`
+  started on the copy (every model, the ranker's 2 instances among them) until ready, then the
+  ranker reloaded with a changed config, as `fusionrank serve`'s watch reloads it after a
+  model process died.
 
 | {" | ".join(header)} |
 |{" --- |" * len(header)}

@@ -114,8 +114,9 @@ def main() -> int:
 | --- | --- | --- |
 {rows}
 
-The time is the restart: the server's start and every model's load (the Home Depot ranker
-builds its title features, about 7 s a copy).
+The time is the restart: the server's start and every model's load (the Home Depot search
+model reads its title features saved at build and builds its features graph: about 1 s a copy,
+benchmarks/reports/ranker_load.md).
 """
     save_report("serve_recovery", report, markdown)
     return 0

@@ -2,7 +2,8 @@
 `fusionrank serve` runs the repository, 8 callers search through the SDK without pause (each
 query new, so the response cache answers none), one stub of a model is killed (SIGKILL), and the
 server's model-process watch reloads that model (fusionrank/app/stub_watch.py). Once with the
-SDK's retries, once without, for the ranker and for the query encoder.
+SDK's retries, once without, for the model that scores the candidates and for the one that
+encodes the queries (one and the same model, `search_steps`, in the default layout).
 
     .venv/bin/python benchmarks/stub_recovery.py build/model_repository \
         build/homedepot_fused/model_repository
@@ -187,8 +188,9 @@ def main() -> int:
   with INTERNAL "Stub process '<instance>' is not healthy." (the SDK's ModelProcessError, retried
   as UNAVAILABLE is). `fusionrank serve`'s watch sees the zombie stub within 0.5 s and reloads
   the model (its config with a `reloaded_at` parameter, so Triton does not skip the load); the
-  new instances serve once loaded (the ranker loads two copies, each reading its catalogue's
-  files, title_features.npz among them, while the 8 callers take the same 2 vCPU).
+  new instances serve once loaded (the search model loads two copies, each reading its
+  catalogue's files, title_features.npz among them, and building its features graph, while
+  the 8 callers take the same 2 vCPU).
 - Model reloaded after: from the kill to the watch's "reloaded" line (the new instances
   serve from then on). Seconds until normal: from the kill to the end of the last call that
   failed or took {SLOW_S:.0f} s or more (what meeting a dead process costs); the calls that slow
