@@ -109,14 +109,15 @@ class JudgementMemory:
     queries most like this one said about the products most like this one.
 
     For a query vector q and a candidate product p, every judgement (q', p', grade) of the
-    training queries nearest to q is weighted by softmax(SHARPNESS · (cos(q, q') + cos(p, p')))
-    (`feature_graph`, which computes them). Features (MEMORY_FEATURES):
+    training queries nearest to q (30 of them, at most 256 judgements) is weighted by
+    softmax(20 · (cos(q, q') + cos(p, p'))): `feature_graph`, which computes them, has the
+    constants. Features (MEMORY_FEATURES):
       neighbour_grade  the weighted mean grade, minus 2
       neighbour_match  the best cos(q, q') + cos(p, p'), minus 2
       nearest_grade    the grade of that best judgement, minus 2
       judged_before    1 if p itself was judged for one of those queries
-      judged_grade     its grades there, weighted by exp(SHARPNESS · (cos(q, q') − 1)), / 3
-                       (0 if none)
+      judged_grade     its grades there, weighted by exp(20 · (cos(q, q') − 1)), / 3 (0 if
+                       none)
       nearest_query    cos(q, nearest training query)
     Product vectors are stored as float16 (half the size; the server and the trainer read the
     same rounded values).
