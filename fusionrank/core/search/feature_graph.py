@@ -110,8 +110,8 @@ def feature_model(query_vectors: np.ndarray, folds: np.ndarray, offsets: np.ndar
     # Their judgements in order, the visible ones first, cut to the window.
     slots = op("Gather", spans_c, nearest)  # [B, K, S]
     valid = op("And", op("Not", op("Equal", slots, blank)), op("Unsqueeze", visible, axis2))
-    slot_sim = op("Mul", op("Unsqueeze", near_sim, axis2),
-                  op("Cast", op("Not", op("Equal", slots, blank)), to=TensorProto.FLOAT))
+    # cos(q, q') of each valid slot; 0 elsewhere (not -inf · 0: NaN would reach the sums).
+    slot_sim = op("Where", valid, op("Unsqueeze", near_sim, axis2), zero)
     valid_flat = op("Reshape", valid, flat)  # [B, K·S]
     key = op("Where", valid_flat, positions, op("Add", positions, beyond))
     _, order = op("TopK", key, w, outputs=2, axis=1, largest=0, sorted=1)  # [B, W]

@@ -101,3 +101,23 @@ def test_a_querys_features_do_not_depend_on_its_batch(memory):
     np.testing.assert_allclose(ragged[12:], graph_features(
         memory.graph, vectors[1:2], [5], rows[12:17], catalogue[rows[12:17]], priors[1:2],
         folds[1:2]), atol=1e-6)
+
+
+def test_a_memory_with_fewer_visible_queries_than_neighbours_gives_finite_features():
+    """Hiding a fold of a small memory leaves fewer than NEIGHBOUR_QUERIES queries to consult,
+    and blank judgement slots beside them: still the definition, and no NaN."""
+    rng = np.random.default_rng(6)
+    catalogue = _unit(rng.normal(size=(12, 8)))
+    queries = [f"q{i}" for i in range(8)]
+    judged = [rng.choice(12, size=rng.integers(1, 4), replace=False) for _ in queries]
+    memory = JudgementMemory.fit(queries, _unit(rng.normal(size=(8, 8))), judged,
+                                 [np.full(len(j), 2.5) for j in judged], catalogue)
+    rows = np.arange(12)[None]
+    vectors = _unit(rng.normal(size=(1, 8)))
+    for fold in sorted(set(memory.folds.tolist())):
+        numeric = memory.graph(vectors, catalogue[rows], rows, np.zeros((1, 12, 2)),
+                               np.array([fold]))
+        assert np.isfinite(numeric).all()
+        np.testing.assert_allclose(numeric[0, :, 3:], reference(
+            memory, vectors[0].astype(np.float64), catalogue[rows[0]].astype(np.float64),
+            rows[0], fold), atol=2e-5)
