@@ -70,7 +70,8 @@ def add_build(commands: argparse._SubParsersAction) -> None:
                         help="serve search only, without the recommend ensemble")
     parser.add_argument("--encoder-instances", type=int,
                         default=ServingOptions.encoder_instances,
-                        help="copies of the query_encoder model (tokenizer + encoder)")
+                        help="copies of the query_encoder model (tokenizer + encoder; layouts "
+                             "two and steps)")
     parser.add_argument("--max-queue-delay-us", type=int,
                         default=ServingOptions.max_queue_delay_us,
                         help="how long the dynamic batcher waits to fill a batch")
@@ -82,11 +83,13 @@ def add_build(commands: argparse._SubParsersAction) -> None:
                         help="ONNX Runtime threads per model copy")
     parser.add_argument("--ranker-instances", type=int,
                         default=ServingOptions.ranker_instances,
-                        help="copies of the ranker model (retrieval, candidates, features, "
-                             "feedback head, fusion)")
+                        help="copies of the model that ranks: search_steps (layout one: the "
+                             "whole pipeline) or ranker (layout two: retrieval, candidates, "
+                             "features, feedback head, fusion)")
     parser.add_argument("--layout", choices=LAYOUTS, default=ServingOptions.layout,
-                        help="how the search steps are grouped into models: two (query_encoder "
-                             "and ranker), one (all in one model), steps (a model each)")
+                        help="how the search steps are grouped into models: one (all in "
+                             "search_steps, the default), two (query_encoder and ranker), "
+                             "steps (a model each)")
     parser.add_argument("--no-response-cache", action="store_true",
                         help="leave the search ensemble out of Triton's response cache")
     parser.add_argument("--max-queue-size", type=int, default=ServingOptions.max_queue_size,
