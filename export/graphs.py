@@ -11,7 +11,8 @@ import numpy as np
 import torch
 from torch import nn
 
-ONNX_OPSET = 17
+from fusionrank.core.encoding import ONNX_OPSET
+
 TOKEN_INPUTS = ("input_ids", "attention_mask")
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+ONNX_OPSET = 17  # every ONNX graph the project writes (exports and the features graph)
 MAX_QUERY_TOKENS = 32
 MAX_TITLE_TOKENS = 64
 

@@ -33,15 +33,15 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from fusionrank.core.encoding import onnx_session
+from fusionrank.core.encoding import ONNX_OPSET, onnx_session
 
-ONNX_OPSET = 17
 NEIGHBOUR_QUERIES = 30  # training queries consulted per query
 JUDGEMENT_WINDOW = 256  # judgements of those queries compared with every candidate
 SHARPNESS = 20.0  # softmax inverse temperature over cos(query) + cos(product)
 GRAPH_INPUTS = ("query", "product", "row", "prior", "hidden_fold")
-GRAPH_FEATURES = ("similarity", "prior", "prior_count", "neighbour_grade", "neighbour_match",
-                  "nearest_grade", "judged_before", "judged_grade", "nearest_query")
+MEMORY_FEATURES = ("neighbour_grade", "neighbour_match", "nearest_grade", "judged_before",
+                   "judged_grade", "nearest_query")  # JudgementMemory describes them
+GRAPH_FEATURES = ("similarity", "prior", "prior_count", *MEMORY_FEATURES)
 
 
 class _Builder:
@@ -56,8 +56,11 @@ class _Builder:
         self.initialisers.append(numpy_helper.from_array(np.asarray(value), name))
         return name
 
-    def op(self, op_type: str, *inputs: str, outputs: int = 1, **attributes) -> str | list[str]:
-        names = [f"{op_type.lower()}_{next(self._names)}" for _ in range(outputs)]
+    def op(self, op_type: str, *inputs: str, outputs: int = 1, named: str | None = None,
+           **attributes) -> str | list[str]:
+        """`named`: the name of its (single) output, for a graph output."""
+        names = [named] if named else [f"{op_type.lower()}_{next(self._names)}"
+                                       for _ in range(outputs)]
         self.nodes.append(helper.make_node(op_type, list(inputs), names, **attributes))
         return names[0] if outputs == 1 else names
 
@@ -140,10 +143,10 @@ def feature_model(query_vectors: np.ndarray, folds: np.ndarray, offsets: np.ndar
     # The candidate itself among the judgements, weighted by its query's similarity.
     same = op("And", op("Equal", op("Unsqueeze", "row", axis2),
                         op("Unsqueeze", op("Gather", rows_c, judged), axis1)), mask)
-    same_weight = op("Mul", op("Cast", same, to=TensorProto.FLOAT), op("Unsqueeze", op(
+    same = op("Cast", same, to=TensorProto.FLOAT)
+    same_weight = op("Mul", same, op("Unsqueeze", op(
         "Exp", op("Mul", sharpness, op("Sub", judged_sim, one))), axis1))
-    judged_before = op("Cast", op("ReduceMax", op("Cast", same, to=TensorProto.FLOAT),
-                                  axes=[2], keepdims=1), to=TensorProto.FLOAT)
+    judged_before = op("ReduceMax", same, axes=[2], keepdims=1)
     judged_grade = op("Where", op("Greater", judged_before, zero), op("Div", op("Div", op(
         "ReduceSum", op("Mul", same_weight, judged_grades), last, keepdims=1), op(
         "Max", op("ReduceSum", same_weight, last, keepdims=1), tiny)), three), zero)
@@ -164,8 +167,7 @@ def feature_model(query_vectors: np.ndarray, folds: np.ndarray, offsets: np.ndar
     mean, count = op("Split", "prior", axis=2, outputs=2)
     prior = op("Sub", mean, two)
     prior_count = op("Div", op("Log", op("Add", count, one)), three)
-    op("Concat", cosine, prior, prior_count, memory, axis=2)
-    g.nodes[-1].output[0] = "numeric"
+    op("Concat", cosine, prior, prior_count, memory, axis=2, named="numeric")
 
     inputs = [helper.make_tensor_value_info("query", TensorProto.FLOAT, ["B", dim]),
               helper.make_tensor_value_info("product", TensorProto.FLOAT, ["B", "P", dim]),

@@ -48,7 +48,12 @@ from scipy import sparse
 from threadpoolctl import ThreadpoolController
 
 from fusionrank.core import artefacts
-from fusionrank.core.search.feature_graph import GRAPH_FEATURES, FeatureGraph, feature_model
+from fusionrank.core.search.feature_graph import (
+    GRAPH_FEATURES,
+    MEMORY_FEATURES,
+    FeatureGraph,
+    feature_model,
+)
 from fusionrank.core.search.text import STOPWORDS, lexical_tokens, light_stem, query_words
 
 HEAD_FEATURES = ("brand_match", "kind_match", "kind_pair", "all_found", "missing_terms",
@@ -56,8 +61,6 @@ HEAD_FEATURES = ("brand_match", "kind_match", "kind_pair", "all_found", "missing
 TERM_VECTOR_FEATURES = ("weakest_term", "term_match", "kind_similarity", "last_term_match",
                         "first_term_match", "weak_terms", "idf_term_match", "head_cover",
                         "second_weakest")
-MEMORY_FEATURES = ("neighbour_grade", "neighbour_match", "nearest_grade", "judged_before",
-                   "judged_grade", "nearest_query")
 FEATURES = ("similarity", "lexical", "overlap", "title_cover", "query_terms", "prior",
             "prior_count", "last_term", "first_term", "bigrams", "numbers", "title_terms",
             "char_cosine", *HEAD_FEATURES, *TERM_VECTOR_FEATURES, *MEMORY_FEATURES)
@@ -610,18 +613,19 @@ def graph_features(graph: FeatureGraph, query_vectors: np.ndarray, sizes: Sequen
     if n == 0:
         return np.zeros((0, len(GRAPH_FEATURES)), dtype=np.float32)
     width = max(sizes)
-    owner = np.repeat(np.arange(queries), sizes)
-    slot = np.arange(n) - np.repeat(np.concatenate([[0], np.cumsum(sizes)[:-1]]), sizes)
     if len({id(p) for p in priors}) == 1:  # served and evaluated queries: the same priors
         prior = np.stack([priors[0].mean[rows], priors[0].count[rows]], axis=1)
     else:
         prior = np.concatenate([np.stack([p.mean[r], p.count[r]], axis=1) for p, r in zip(
             priors, np.split(rows, np.cumsum(sizes)[:-1]), strict=True)])
-    if n == queries * width:  # the served case: every query has the same pool
+    ragged = n != queries * width  # training's pools; served ones have one size
+    if not ragged:
         padded_rows = rows.reshape(queries, width)
         padded_products = product_vectors.reshape(queries, width, -1)
         padded_priors = prior.reshape(queries, width, 2)
     else:
+        owner = np.repeat(np.arange(queries), sizes)
+        slot = np.arange(n) - np.repeat(np.concatenate([[0], np.cumsum(sizes)[:-1]]), sizes)
         padded_rows = np.full((queries, width), -1, dtype=np.int64)
         padded_rows[owner, slot] = rows
         padded_products = np.zeros((queries, width, product_vectors.shape[1]), np.float32)
@@ -634,4 +638,4 @@ def graph_features(graph: FeatureGraph, query_vectors: np.ndarray, sizes: Sequen
         graph(query_vectors[part], padded_products[part], padded_rows[part],
               padded_priors[part], folds[part])
         for part in (slice(start, start + chunk) for start in range(0, queries, chunk))])
-    return out.reshape(n, -1) if n == queries * width else out[owner, slot]
+    return out[owner, slot] if ragged else out.reshape(n, -1)
