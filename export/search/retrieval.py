@@ -1,6 +1,11 @@
 """The retrieval step's index as an ONNX graph: MatMul against the catalogue embeddings (held as
 an initialiser), then TopK. ONNX Runtime runs it on CPU; the same graph runs on Triton's
-onnxruntime or TensorRT backends on a GPU."""
+onnxruntime or TensorRT backends on a GPU.
+
+`int8_retrieval_graph` is the CPU's faster twin with the same answers: a shortlist by an 8-bit
+product, rescored exactly. At a few queries a call, retrieval costs what reading the catalogue
+costs (70 MB of float32 for 45,782 products); 8-bit reads a quarter of it.
+"""
 
 from __future__ import annotations
 
@@ -36,6 +41,79 @@ def retrieval_graph(embeddings: np.ndarray, path: str | Path, k: int | None = No
         "retrieval", inputs,
         [helper.make_tensor_value_info("similarity", TensorProto.FLOAT, ["batch", pool]),
          helper.make_tensor_value_info("rows", TensorProto.INT64, ["batch", pool])],
+        constants)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", ONNX_OPSET)])
+    helper.set_model_props(model, {"products": str(products)})
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+
+
+SHORTLIST = 3  # int8_retrieval_graph rescores SHORTLIST · k products by their exact cosine
+
+
+def int8_retrieval_graph(embeddings: np.ndarray, path: str | Path) -> None:
+    """query [batch, dim] float32, k [1] int64, catalogue [products, dim] float32 (the
+    embeddings themselves, fed memory-mapped rather than copied into the graph) → similarity,
+    rows [batch, k], best first, as `retrieval_graph` gives them.
+
+    The graph holds the catalogue in int8, each product with its own scale. Each query is
+    quantised on its own (symmetric, its own scale: a query's shortlist does not depend on its
+    batch), its int8 products with the whole catalogue (MatMulInteger) pick its SHORTLIST · k
+    best, and those are rescored exactly against the float32 catalogue. The exact top k is
+    missed only if one of its products falls below rank SHORTLIST · k by the 8-bit product:
+    on the 2,000 benchmark queries over Home Depot, the deepest the exact top 100 reached was
+    rank 110 of the 300 (search_fused.md reports the served candidates against exact ones)."""
+    products, dim = embeddings.shape
+    catalogue = np.asarray(embeddings, dtype=np.float32)
+    scale = np.maximum(np.abs(catalogue).max(axis=1), 1e-12) / 127.0
+    quantised = np.clip(np.round(catalogue / scale[:, None]), -127, 127).astype(np.int8)
+    constants = [numpy_helper.from_array(value, name) for name, value in {
+        "catalogue_int8_t": np.ascontiguousarray(quantised.T),
+        "catalogue_scale": scale.astype(np.float32)[None, :],
+        "shortlist_factor": np.array([SHORTLIST], dtype=np.int64),
+        "products": np.array([products], dtype=np.int64),
+        "zero_point": np.array(128, dtype=np.uint8),
+        "levels": np.array(127.0, dtype=np.float32), "offset": np.array(128.0, np.float32),
+        "low": np.array(-127.0, dtype=np.float32), "high": np.array(127.0, dtype=np.float32),
+        "tiny": np.array(1e-12, dtype=np.float32),
+        "last_axis": np.array([-1], dtype=np.int64), "middle": np.array([1], dtype=np.int64),
+    }.items()]
+    node = helper.make_node
+    nodes = [
+        # Each query as uint8 around 128, its own scale: max |component| / 127.
+        node("Abs", ["query"], ["magnitude"]),
+        node("ReduceMax", ["magnitude"], ["largest"], axes=[1], keepdims=1),
+        node("Max", ["largest", "tiny"], ["bounded"]),
+        node("Div", ["bounded", "levels"], ["query_scale"]),
+        node("Div", ["query", "query_scale"], ["scaled"]),
+        node("Round", ["scaled"], ["rounded"]),
+        node("Clip", ["rounded", "low", "high"], ["clipped"]),
+        node("Add", ["clipped", "offset"], ["shifted"]),
+        node("Cast", ["shifted"], ["query_uint8"], to=TensorProto.UINT8),
+        # The 8-bit products with every product, back to cosine units.
+        node("MatMulInteger", ["query_uint8", "catalogue_int8_t", "zero_point"], ["counts"]),
+        node("Cast", ["counts"], ["counts_float"], to=TensorProto.FLOAT),
+        node("Mul", ["counts_float", "query_scale"], ["partly_scaled"]),
+        node("Mul", ["partly_scaled", "catalogue_scale"], ["approximate"]),
+        # The shortlist (ties by the lower row), rescored exactly: elementwise, per query.
+        node("Mul", ["k", "shortlist_factor"], ["wanted"]),
+        node("Min", ["wanted", "products"], ["shortlist"]),
+        node("TopK", ["approximate", "shortlist"], ["_", "shortlisted"], axis=1, largest=1,
+             sorted=1),
+        node("Gather", ["catalogue", "shortlisted"], ["vectors"], axis=0),
+        node("Unsqueeze", ["query", "middle"], ["query_row"]),
+        node("Mul", ["vectors", "query_row"], ["terms"]),
+        node("ReduceSum", ["terms", "last_axis"], ["exact"], keepdims=0),
+        node("TopK", ["exact", "k"], ["similarity", "places"], axis=1, largest=1, sorted=1),
+        node("GatherElements", ["shortlisted", "places"], ["rows"], axis=1),
+    ]
+    graph = helper.make_graph(
+        nodes, "int8_retrieval",
+        [helper.make_tensor_value_info("query", TensorProto.FLOAT, ["batch", dim]),
+         helper.make_tensor_value_info("k", TensorProto.INT64, [1]),
+         helper.make_tensor_value_info("catalogue", TensorProto.FLOAT, [products, dim])],
+        [helper.make_tensor_value_info("similarity", TensorProto.FLOAT, ["batch", "k"]),
+         helper.make_tensor_value_info("rows", TensorProto.INT64, ["batch", "k"])],
         constants)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", ONNX_OPSET)])
     helper.set_model_props(model, {"products": str(products)})

@@ -3,6 +3,7 @@
     build/
       artefacts/encoder/   encoder.onnx (+ encoder.int8.onnx), tokenizer.json
       artefacts/index/     embeddings.npy, products.jsonl, manifest.json, retrieval.onnx
+                           (+ retrieval.int8.onnx)
       artefacts/ranking/   a trained run's search files, aligned with the catalogue
       model_repository/    search (+ recommend, sentiment) ensembles and their steps,
                            fusionrank.json (what is served, from what, built when)
@@ -30,7 +31,7 @@ from fusionrank.core.fusion import FusionWeights
 from fusionrank.export.encoder import ExportedEncoder
 from fusionrank.export.index import build_index, load_embeddings
 from fusionrank.export.quantize import quantise_encoder
-from fusionrank.export.search.retrieval import retrieval_graph
+from fusionrank.export.search.retrieval import int8_retrieval_graph, retrieval_graph
 from fusionrank.model_repository.ensemble import Ensemble
 from fusionrank.model_repository.recommend.ensemble import recommend_ensemble
 from fusionrank.model_repository.search.ensemble import (
@@ -82,6 +83,8 @@ def build_search_repository(catalogue: Catalogue, model_dir: Path, out_dir: Path
     index = build_index(catalogue, encoder, files.index)
     embeddings = load_embeddings(files.index)
     retrieval_graph(embeddings, files.index / names.RETRIEVAL)
+    if quantised is not None:
+        int8_retrieval_graph(embeddings, files.index / names.RETRIEVAL_INT8)
     if options.device == "gpu":  # a native model: K is a constant of the graph
         retrieval_graph(embeddings, files.index / names.RETRIEVAL_FIXED_K,
                         k=min(options.candidates, len(embeddings)))

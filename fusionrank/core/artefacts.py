@@ -31,6 +31,7 @@ REPOSITORY_MANIFEST = "fusionrank.json"  # what a built model repository serves,
 # Search: a `fusionrank train` run folder, and the search models' version folders.
 RUN_MANIFEST = "run.json"  # data, split, configuration and results of a training run
 RETRIEVAL = "retrieval.onnx"  # catalogue MatMul + TopK
+RETRIEVAL_INT8 = "retrieval.int8.onnx"  # its INT8 twin, rescored exactly (CPU, precision int8)
 RETRIEVAL_FIXED_K = "retrieval.fixed_k.onnx"  # the same, K a constant (GPU repository)
 LEXICAL = "lexical.npz"  # BM25 over the titles (LexicalIndex)
 PRIORS = "priors.npy"  # per product: smoothed mean grade and judgement count (ProductPriors)

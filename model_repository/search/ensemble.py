@@ -97,7 +97,9 @@ class ServingOptions:
     # (export/quantize.py: 8-bit weights, int8 arithmetic, each token's activations quantised
     # on their own, so a query's embedding does not depend on its batch) encodes a query 2.6×
     # faster; `fusionrank evaluate` measured its fused test NDCG@10 / Recall@100 against FP32's
-    # (benchmarks/reports/search_fused.md): no loss, so it is the CPU default.
+    # (benchmarks/reports/search_fused.md): no loss, so it is the CPU default. INT8 also
+    # retrieves from an 8-bit copy of the catalogue, rescored exactly (RETRIEVAL_INT8:
+    # export/search/retrieval.py), 3.7× faster for one query a call and the same candidates.
     precision: str = "int8"
     # The `search` ensemble's answers go to Triton's response cache (`fusionrank serve
     # --cache-mib`, on by default): a repeated query is answered without running a step.
@@ -126,6 +128,12 @@ class ServingOptions:
     @property
     def encoder_file(self) -> str:
         return names.ENCODER_INT8 if self.precision == "int8" else names.ENCODER
+
+    @property
+    def retrieval_files(self) -> tuple[str, ...]:
+        """The retrieval step's files: its INT8 graph reads the float32 embeddings too."""
+        return (names.RETRIEVAL_INT8, names.EMBEDDINGS) if self.precision == "int8" else (
+            names.RETRIEVAL,)
 
 
 @dataclass(frozen=True)
@@ -163,7 +171,7 @@ def search_ensemble(files: SearchArtefacts, options: ServingOptions) -> Ensemble
         parameters=threads, instances=options.encoder_instances, max_queue_delay_us=delay)
     retrieve = PythonModel(
         "retrieval", steps.Retrieve, (EMBEDDING, K), CANDIDATES,
-        artefacts={names.RETRIEVAL: files.index / names.RETRIEVAL},
+        artefacts={name: files.index / name for name in options.retrieval_files},
         parameters={**threads, "candidates": str(options.candidates)}, max_queue_delay_us=delay,
         # With BM25 candidates to merge, retrieval's pool is the dense part of the final one.
         tensor_names={"CANDIDATES": "DENSE_CANDIDATES", "SIMILARITY": "DENSE_SIMILARITY"}

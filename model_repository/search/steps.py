@@ -55,12 +55,19 @@ class Retrieve:
     """Query embeddings → the catalogue's most similar products (cosine, top-K). The index is an
     ONNX graph run by ONNX Runtime: its MLAS kernels handle a dynamic batch of queries far
     faster than numpy's BLAS here, and the same graph runs unchanged on Triton's onnxruntime or
-    TensorRT backends on a GPU."""
+    TensorRT backends on a GPU. Where the model holds RETRIEVAL_INT8 (precision int8), that
+    graph runs instead, fed the memory-mapped embeddings it rescores its shortlist with."""
 
     def __init__(self, folder: Path, parameters: Mapping[str, str]):
         threads = int(parameters.get("threads", "0"))
-        self.session = onnx_session(folder / artefacts.RETRIEVAL, threads=threads or None)
+        int8 = (folder / artefacts.RETRIEVAL_INT8).is_file()
+        self.session = onnx_session(folder / (artefacts.RETRIEVAL_INT8 if int8 else
+                                              artefacts.RETRIEVAL), threads=threads or None)
         self.catalogue_size = int(self.session.get_modelmeta().custom_metadata_map["products"])
+        # Memory-mapped: the pages are shared with the scoring step and the other copies.
+        self.feeds = {"catalogue": artefacts.load_array(
+            folder / artefacts.EMBEDDINGS, shape=(self.catalogue_size, None), mmap=True)
+        } if int8 else {}
         self.pool = min(int(parameters.get("candidates", str(MAX_K))), self.catalogue_size)
 
     def __call__(self, requests: list[Tensors]) -> list[Tensors | RequestError]:
@@ -69,7 +76,7 @@ class Retrieve:
             return results
         queries = np.concatenate([requests[i]["EMBEDDING"] for i in valid]).astype(np.float32)
         similarity, rows = self.session.run(
-            None, {"query": queries, "k": np.array([self.pool], dtype=np.int64)})
+            None, {"query": queries, "k": np.array([self.pool], dtype=np.int64), **self.feeds})
         sizes = [len(requests[i]["EMBEDDING"]) for i in valid]
         for i, sim, row in zip(valid, split_rows(similarity, sizes), split_rows(rows, sizes),
                                strict=True):

@@ -68,6 +68,7 @@ CHAR_BUCKETS = 1 << 20  # trigrams are hashed (crc32, stable across processes) i
 PRIOR_SMOOTHING = 3.0  # pseudo-judgements at the global mean: one rating says little
 FOLDS = 5  # out-of-fold features for training pairs
 HEAD_END = re.compile(r"\s(?:in|with|for|by|-)\s|\(|,", re.IGNORECASE)
+TABLE_LIMIT = 1 << 22  # _distinct marks a table of at most this many keys
 WEAK_MATCH = 0.6  # a query term whose nearest title term is further than this is "weak"
 
 
@@ -234,30 +235,47 @@ class Ragged:
     def gather(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The entries of `rows`, row after row: (their positions in the flat arrays, the
         index in `rows` each entry belongs to)."""
-        starts, lengths = self.indptr[rows], np.diff(self.indptr)[rows]
+        starts = self.indptr[rows]
+        lengths = self.indptr[rows + 1] - starts
         owner = np.repeat(np.arange(len(rows)), lengths)
-        first = np.concatenate([[0], np.cumsum(lengths)[:-1]]) if len(rows) else starts
-        return starts[owner] + np.arange(len(owner)) - first[owner], owner
+        shift = np.repeat(starts - (np.cumsum(lengths) - lengths), lengths)
+        return np.arange(len(owner)) + shift, owner
 
 
-class QueryIds:
-    """Which ids each query of a batch holds, to look up many (query, id) pairs at once."""
+class PairTable:
+    """Values of the (query, id) pairs of a batch, to look up many pairs at once: a dense
+    [queries, ids] table where that is small (served batches), sorted keys otherwise."""
 
-    def __init__(self, per_query: Sequence[Sequence[int]]):
-        flat = [i for ids in per_query for i in ids]
-        self.unique = np.unique(np.array(flat, dtype=np.int64))
-        # One column per id any query holds, and a last one that no query holds.
-        self.table = np.zeros((len(per_query), len(self.unique) + 1), dtype=bool)
-        for query, ids in enumerate(per_query):
-            self.table[query, np.searchsorted(self.unique, np.array(ids, dtype=np.int64))] = True
+    def __init__(self, query: np.ndarray, ids: np.ndarray, values: np.ndarray, queries: int,
+                 space: int):
+        """`values[j]` of pair (query[j], ids[j]); ids in [0, space)."""
+        self.space, self.dense = space, queries * space <= TABLE_LIMIT
+        keys = np.asarray(query, dtype=np.int64) * space + np.asarray(ids, dtype=np.int64)
+        values = np.asarray(values)
+        if self.dense:  # one more entry: where pairs with id -1 look
+            self.table = np.zeros(queries * space + 1, dtype=values.dtype)
+            self.table[keys] = values
+        else:
+            self.keys, first = np.unique(keys, return_index=True)
+            self.values = np.concatenate([values[first], np.zeros(1, values.dtype)])
 
-    def holds(self, query: np.ndarray, ids: np.ndarray) -> np.ndarray:
-        """bool [len(ids)]: whether query[j] holds ids[j]."""
-        position = np.searchsorted(self.unique, ids)
-        inside = position < len(self.unique)
-        known = np.zeros(len(ids), dtype=bool)
-        known[inside] = self.unique[position[inside]] == ids[inside]
-        return self.table[query, np.where(known, position, len(self.unique))]
+    @classmethod
+    def holding(cls, per_query: Sequence[Sequence[int]], space: int) -> PairTable:
+        """Which ids each query holds (True; False for any other pair)."""
+        query = np.repeat(np.arange(len(per_query)), [len(ids) for ids in per_query])
+        ids = np.fromiter((i for ids in per_query for i in ids), dtype=np.int64,
+                          count=len(query))
+        return cls(query, ids, np.ones(len(ids), dtype=bool), len(per_query), space)
+
+    def __call__(self, query: np.ndarray, ids: np.ndarray) -> np.ndarray:
+        """The value of each pair (query[j], ids[j]); 0 / False where the batch has none, or
+        ids[j] is -1."""
+        keys = np.where(ids >= 0, query * self.space + ids, -1)
+        if self.dense:
+            return self.table[keys]
+        position = np.minimum(np.searchsorted(self.keys, keys), len(self.keys) - 1)
+        found = (self.keys[position] == keys) if len(self.keys) else np.zeros(len(keys), bool)
+        return self.values[np.where(found, position, -1)]
 
 
 class TitleTerms:
@@ -308,8 +326,15 @@ class TitleTerms:
                          minlength=CHAR_BUCKETS)
         self.idf = np.log((1 + len(titles)) / (1 + df)).astype(np.float32) + 1.0
         vectors = _sparse_rows([_tfidf(gs, self.idf) for gs in grams])
-        self.char_vectors = Ragged(vectors.indptr.astype(np.int64),
-                                   vectors.indices.astype(np.int64), vectors.data)
+        self._keep_char_vectors(Ragged(vectors.indptr.astype(np.int64),
+                                       vectors.indices.astype(np.int64), vectors.data))
+
+    def _keep_char_vectors(self, vectors: Ragged) -> None:
+        """The titles' trigram vectors with each bucket as its column among the buckets the
+        titles hold (`char_buckets`, ~15k of the 2²⁰): a query trigram is then looked up in a
+        table that small."""
+        self.char_buckets, columns = np.unique(vectors.ids, return_inverse=True)
+        self.char_vectors = Ragged(vectors.indptr, columns.astype(np.int32), vectors.weights)
 
     def arrays(self) -> dict[str, np.ndarray]:
         """The SAVED arrays: strings as unicode arrays, `surface` as two parallel ones."""
@@ -319,6 +344,7 @@ class TitleTerms:
         out |= {name: getattr(self, name) for name in self.ARRAYS}
         for name in self.RAGGED:
             out |= getattr(self, name).arrays(name)
+        out["char_vectors.ids"] = self.char_buckets[self.char_vectors.ids]  # as buckets
         return out
 
     @classmethod
@@ -333,6 +359,7 @@ class TitleTerms:
             setattr(self, name, saved[name])
         for name in cls.RAGGED:
             setattr(self, name, Ragged.from_arrays(saved, name))
+        self._keep_char_vectors(self.char_vectors)
         return self
 
     @property
@@ -374,19 +401,19 @@ class TitleTerms:
         """float32 [len(rows)]: cosine of each candidate's title and its query (`owner`) in
         character-trigram TF-IDF space, which still matches misspelt or run-together words."""
         query_vectors = [_tfidf(char_trigrams(q), self.idf) for q in queries]
-        # Every (query, bucket) of the batch as one sorted key, with its weight.
-        keys = np.array([q * CHAR_BUCKETS + g for q, v in enumerate(query_vectors) for g in v],
-                        dtype=np.int64)
-        weights = np.array([w for v in query_vectors for w in v.values()], dtype=np.float64)
-        order = np.argsort(keys)
-        keys, weights = keys[order], np.concatenate([weights[order], [0.0]])
+        buckets = np.fromiter((g for v in query_vectors for g in v), dtype=np.int64)
+        weights = np.fromiter((w for v in query_vectors for w in v.values()), dtype=np.float64,
+                              count=len(buckets))
+        query = np.repeat(np.arange(len(queries)), [len(v) for v in query_vectors])
+        # The query trigrams some title holds, by their column of char_vectors.
+        column = np.minimum(np.searchsorted(self.char_buckets, buckets),
+                            len(self.char_buckets) - 1)
+        held = self.char_buckets[column] == buckets
+        table = PairTable(query[held], column[held], weights[held], len(queries),
+                          len(self.char_buckets))
         entries, candidate = self.char_vectors.gather(rows)
-        wanted = owner[candidate] * CHAR_BUCKETS + self.char_vectors.ids[entries]
-        position = np.minimum(np.searchsorted(keys, wanted), len(keys) - 1) if len(keys) \
-            else np.zeros(len(wanted), dtype=np.int64)
-        found = (keys[position] == wanted) if len(keys) else np.zeros(len(wanted), bool)
-        products = self.char_vectors.weights[entries] * weights[np.where(found, position,
-                                                                           len(keys))]
+        products = self.char_vectors.weights[entries] * table(owner[candidate],
+                                                              self.char_vectors.ids[entries])
         return np.bincount(candidate, weights=products, minlength=len(rows)).astype(np.float32)
 
     def term_features(self, tokens: Sequence[list[str]], rows: np.ndarray,
@@ -398,11 +425,14 @@ class TitleTerms:
         index, n = self.index, len(rows)
         distinct = [set(t) for t in tokens]
         query_size = np.array([len(d) for d in distinct], dtype=np.int64)[owner]
-        terms = QueryIds([[index[t] for t in d if t in index] for d in distinct])
+        terms = PairTable.holding([[index[t] for t in d if t in index] for d in distinct],
+                                  len(index))
         numbers = [{t for t in d if any(c.isdigit() for c in t)} for d in distinct]
-        numeric = QueryIds([[index[t] for t in d if t in index] for d in numbers])
+        numeric = PairTable.holding([[index[t] for t in d if t in index] for d in numbers],
+                                    len(index))
         pairs = [set(pairwise(t)) for t in tokens]
-        bigrams = QueryIds([self.bigram_id_list(d) for d in pairs])
+        bigrams = PairTable.holding([self.bigram_id_list(d) for d in pairs],
+                                    len(self.bigram_keys))
 
         def gathered(ragged: Ragged) -> tuple[np.ndarray, np.ndarray]:
             """The ids every candidate holds, flat, and the candidate of each."""
@@ -412,9 +442,9 @@ class TitleTerms:
         title, head, bigram = (gathered(r) for r in (self.title_ids, self.head_ids,
                                                       self.bigram_ids))
 
-        def count(held_ids: tuple[np.ndarray, np.ndarray], queries: QueryIds) -> np.ndarray:
+        def count(held_ids: tuple[np.ndarray, np.ndarray], queries: PairTable) -> np.ndarray:
             ids, candidate = held_ids
-            held = queries.holds(owner[candidate], ids)
+            held = queries(owner[candidate], ids)
             return np.bincount(candidate, weights=held, minlength=n)
 
         def single(term_of_query: list[int]) -> np.ndarray:
@@ -431,8 +461,8 @@ class TitleTerms:
                 np.float32) / pair_count, 0.0).astype(np.float32)
             number_share = np.where(number_count > 0, count(title, numeric).astype(
                 np.float32) / number_count, 1.0).astype(np.float32)
-        kind = terms.holds(owner, self.kind_id[rows])
-        kind_before = terms.holds(owner, self.kind_before_id[rows])
+        kind = terms(owner, self.kind_id[rows])
+        kind_before = terms(owner, self.kind_before_id[rows])
         pair_size = np.maximum(np.minimum(self.head_sizes[rows], 2), 1)
         found_all = found.astype(np.int64)
         return {
@@ -444,7 +474,7 @@ class TitleTerms:
             "bigrams": bigram_share,
             "numbers": number_share,
             "title_terms": self.title_sizes[rows] / 20.0,
-            "brand_match": terms.holds(owner, self.first_id[rows]).astype(np.float32),
+            "brand_match": terms(owner, self.first_id[rows]).astype(np.float32),
             "kind_match": kind.astype(np.float32),
             "kind_pair": ((kind.astype(np.float64) + kind_before) / pair_size).astype(np.float32),
             "all_found": ((query_size > 0) & (found_all == query_size)).astype(np.float32),
@@ -501,45 +531,91 @@ class TermVectors:
                    saved["vectors"], saved["idf"], Ragged.from_arrays(saved, "title_terms"),
                    Ragged.from_arrays(saved, "head_terms"))
 
-    def features(self, query_terms: list[str], rows: np.ndarray) -> np.ndarray:
-        """float32 [len(rows), len(TERM_VECTOR_FEATURES)] for the query's (corrected) terms.
-        All candidates at once: one product of the query's term vectors with every distinct
-        term of their titles, then reduced per title."""
-        out = np.zeros((len(rows), len(TERM_VECTOR_FEATURES)), dtype=np.float32)
-        terms = list(dict.fromkeys(query_terms))
-        if not terms or len(rows) == 0:
-            return out
-        known = np.array([self.index.get(t, -1) for t in terms])
-        query = np.where(known[:, None] >= 0, self.vectors[known], 0.0).astype(np.float32)
-        unseen = np.log1p(len(self.title_terms.indptr) - 1)  # the idf of a term no title holds
-        weight = np.where(known >= 0, self.idf[known], unseen).astype(np.float32)
-
-        title_entries, _ = self.title_terms.gather(rows)
-        head_entries, _ = self.head_terms.gather(rows)
+    def features(self, tokens: Sequence[list[str]], rows: np.ndarray,
+                 sizes: Sequence[int]) -> np.ndarray:
+        """float32 [len(rows), len(TERM_VECTOR_FEATURES)] for the candidates of a batch of
+        queries: query i's (corrected) terms are `tokens[i]`, its candidates the next
+        `sizes[i]` catalogue `rows`. Array operations over the whole batch, but for one
+        matrix product per query: its term vectors against every distinct term its candidates'
+        titles hold. That product has the same operands whatever the batch, so a query's
+        features do not depend on the queries beside it, bit for bit (the head's trees split
+        on them)."""
+        n, width = len(rows), len(TERM_VECTOR_FEATURES)
+        terms = [list(dict.fromkeys(t)) for t in tokens]
+        term_count = np.array([len(t) for t in terms], dtype=np.int64)
+        longest = int(term_count.max(initial=0))
+        if n == 0 or longest == 0:
+            return np.zeros((n, width), dtype=np.float32)
+        bounds = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+        owner = np.repeat(np.arange(len(terms)), sizes)
+        title_entries, title_owner = self.title_terms.gather(rows)
+        head_entries, head_owner = self.head_terms.gather(rows)
         held = np.diff(self.title_terms.indptr)[rows]
         head_size = np.diff(self.head_terms.indptr)[rows]
         kind = np.where(head_size > 0, self.head_terms.ids[np.maximum(
             self.head_terms.indptr[rows + 1] - 1, 0)], 0)
-        # Every distinct term the candidates hold, compared with the query's once.
+        # Every distinct (query, term) among the candidates' titles, head phrases and kinds,
+        # as a key sorted by query, then term (each query's terms as np.unique of its own
+        # would give them), and each entry's key.
         wanted = np.concatenate([self.title_terms.ids[title_entries],
                                  self.head_terms.ids[head_entries], kind])
-        distinct, position = np.unique(wanted, return_inverse=True)
-        cosine = (query @ self.vectors[distinct].T)[:, position]
-        title_part = cosine[:, :len(title_entries)]
-        head_part = cosine[:, len(title_entries):len(title_entries) + len(head_entries)]
-        kind_part = cosine[:, len(title_entries) + len(head_entries):]
-        best = _segment_reduce(np.maximum, title_part, held)  # [query terms, rows]
-        ordered = np.sort(best, axis=0)
+        wanted_owner = np.concatenate([owner[title_owner], owner[head_owner], owner])
+        keys, position = _distinct(wanted_owner * len(self.vectors) + wanted,
+                                   len(terms) * len(self.vectors))
+        key_owner, key_term = np.divmod(keys, len(self.vectors))
+        key_bounds = np.searchsorted(key_owner, np.arange(len(terms) + 1))
+        # cosine[t, key]: query term t against the key's term; -inf below a query's last term.
+        cosine = np.full((longest, len(keys)), -np.inf, dtype=np.float32)
+        unseen = np.log1p(len(self.title_terms.indptr) - 1)  # the idf of a term no title holds
+        weights = []
+        for i, query_terms in enumerate(terms):
+            known = np.array([self.index.get(t, -1) for t in query_terms], dtype=np.int64)
+            weights.append(np.where(known >= 0, self.idf[known], unseen).astype(np.float32))
+            part = slice(key_bounds[i], key_bounds[i + 1])
+            if len(known) and part.start < part.stop:
+                query = np.where(known[:, None] >= 0, self.vectors[known], 0.0
+                                 ).astype(np.float32)
+                cosine[:len(known), part] = query @ self.vectors[key_term[part]].T
+        title_keys, head_keys, kind_keys = np.split(
+            position, np.cumsum([len(title_entries), len(head_entries)]))
+        nearest = cosine.max(axis=0)  # each key's nearest query term
+        best = _segment_reduce(np.maximum, cosine[:, title_keys], held)  # [longest, candidates]
+        count = term_count[owner]
+        valid = np.arange(longest)[:, None] < count
+        ordered = np.sort(np.where(valid, best, np.inf), axis=0)
+        found = np.where(valid, best, 0.0)
+        columns = np.arange(n)
+        last = np.maximum(count - 1, 0)
         # Each head term's nearest query term, averaged over the head.
-        head_best = head_part.max(axis=0, keepdims=True)
-        head_cover = _segment_reduce(np.add, head_best, head_size)[0] / np.maximum(head_size, 1)
-        kind_similarity = np.where(head_size > 0, kind_part.max(axis=0), 0)
-        out[:] = np.stack([ordered[0], best.mean(axis=0), kind_similarity, best[-1], best[0],
-                           (best < WEAK_MATCH).mean(axis=0),
-                           weight @ best / max(float(weight.sum()), 1e-6), head_cover,
-                           ordered[min(1, len(terms) - 1)]], axis=1)
-        out[held == 0] = 0.0  # a title without terms matches nothing
+        head_cover = _segment_reduce(np.add, nearest[head_keys][None], head_size)[0] / \
+            np.maximum(head_size, 1)
+        with np.errstate(invalid="ignore", divide="ignore"):  # queries without terms: zeroed
+            divisor = count.astype(np.float32)
+            idf_match = np.concatenate([
+                weights[i] @ np.ascontiguousarray(best[:term_count[i], bounds[i]:bounds[i + 1]])
+                / max(float(weights[i].sum()), 1e-6) for i in range(len(terms))])
+            out = np.stack([ordered[0], found.sum(axis=0) / divisor,
+                            np.where(head_size > 0, nearest[kind_keys], 0),
+                            best[last, columns], best[0],
+                            ((best < WEAK_MATCH) & valid).sum(axis=0) / count,
+                            idf_match, head_cover, ordered[np.minimum(1, last), columns]],
+                           axis=1).astype(np.float32)
+        out[(held == 0) | (count == 0)] = 0.0  # a title without terms matches nothing
         return out
+
+
+def _distinct(keys: np.ndarray, space: int) -> tuple[np.ndarray, np.ndarray]:
+    """np.unique(keys, return_inverse=True) for keys in [0, space): by marking a table rather
+    than sorting where the table is small (a few times faster for the ~30k keys of a served
+    batch), by sorting for the millions of keys of every training query at once."""
+    if space > TABLE_LIMIT:
+        return np.unique(keys, return_inverse=True)
+    marked = np.zeros(space, dtype=bool)
+    marked[keys] = True
+    distinct = np.flatnonzero(marked)
+    place = np.empty(space, dtype=np.int32)
+    place[distinct] = np.arange(len(distinct))
+    return distinct, place[keys]
 
 
 def _segment_reduce(ufunc: np.ufunc, values: np.ndarray, sizes: np.ndarray) -> np.ndarray:
@@ -581,18 +657,14 @@ def batch_features(queries: Sequence[str], tokens: Sequence[list[str]],
 
     The cosine, the priors and the memory come from the memory's ONNX graph, over the whole
     batch; the term features are array operations over the whole batch. The term vectors'
-    products run query by query on one BLAS thread: like the graph's, a query's features then
-    do not depend on the batch it arrives in, bit for bit (the head's trees split on them, and
-    the server and the evaluator batch differently)."""
-    n, bounds = len(rows), np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+    products run query by query (`TermVectors.features`) on one BLAS thread: like the
+    graph's, a query's features then do not depend on the batch it arrives in, bit for bit
+    (the head's trees split on them, and the server and the evaluator batch differently)."""
     owner = np.repeat(np.arange(len(queries)), sizes)
     numeric = graph_features(memory.graph, np.asarray(query_vectors, dtype=np.float32), sizes,
                              rows, product_vectors, priors, hidden_folds)
-    term_matches = np.empty((n, len(TERM_VECTOR_FEATURES)), dtype=np.float32)
     with one_blas_thread():
-        for i, query_terms in enumerate(tokens):
-            part = slice(bounds[i], bounds[i + 1])
-            term_matches[part] = term_vectors.features(query_terms, rows[part])
+        term_matches = term_vectors.features(tokens, rows, sizes)
     columns = (titles.term_features(tokens, rows, owner)
                | dict(zip(GRAPH_FEATURES, numeric.T, strict=True))
                | dict(zip(TERM_VECTOR_FEATURES, term_matches.T, strict=True))

@@ -95,7 +95,15 @@ def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     k = min(k, len(scores))
     if k <= 0:
         return np.zeros(0, dtype=np.int64), scores[:0]
-    part = np.argpartition(-scores, k - 1)[:k] if k < len(scores) else np.arange(len(scores))
+    # BM25 scores most rows 0: when k rows score above 0, the k best are among them, and the
+    # partition needs to see only those.
+    positive = np.flatnonzero(scores > 0)
+    if k <= len(positive) <= len(scores) // 4:
+        part = positive[np.argpartition(-scores[positive], k - 1)[:k]] \
+            if k < len(positive) else positive
+    else:
+        part = np.argpartition(-scores, k - 1)[:k] if k < len(scores) else \
+            np.arange(len(scores))
     # argpartition picks arbitrarily among tied scores at the boundary: keep every row above
     # the boundary score, then the lowest rows that tie with it.
     edge = scores[part].min()
@@ -122,5 +130,7 @@ def merge_candidates(dense_rows: np.ndarray, scores: np.ndarray, extra: int) -> 
     if extra <= 0:
         return dense_rows.astype(np.int64)
     best, _ = top_k(scores, len(dense_rows) + extra)
-    added = best[~np.isin(best, dense_rows)][:extra]
+    dense = np.zeros(len(scores), dtype=bool)
+    dense[dense_rows] = True
+    added = best[~dense[best]][:extra]
     return np.concatenate([dense_rows.astype(np.int64), added])

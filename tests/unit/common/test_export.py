@@ -15,7 +15,7 @@ from fusionrank.core.encoding import onnx_session
 from fusionrank.core.model_folders import check_model_folder
 from fusionrank.export.graphs import check_parity
 from fusionrank.export.index import build_index, load_embeddings
-from fusionrank.export.search.retrieval import retrieval_graph
+from fusionrank.export.search.retrieval import int8_retrieval_graph, retrieval_graph
 from fusionrank.training.encoder import export_model_folder
 
 
@@ -84,6 +84,41 @@ def test_retrieval_graph_equals_brute_force(tmp_path):
     np.testing.assert_array_equal(rows, expected)
     np.testing.assert_allclose(similarity, np.take_along_axis(queries @ catalogue.T, expected, 1),
                                rtol=1e-5)
+
+
+def test_int8_retrieval_gives_the_exact_top_k_whatever_the_batch(tmp_path):
+    # Unit vectors in tight clusters (near neighbours only 8-bit rounding apart) and exact
+    # duplicates (ties, broken by the lower row), as real catalogues have them.
+    rng = np.random.default_rng(3)
+    centres = rng.standard_normal((20, 32))
+    catalogue = centres[rng.integers(0, 20, 3000)] + 0.15 * rng.standard_normal((3000, 32))
+    catalogue[2000:2100] = catalogue[:100]
+    catalogue = (catalogue / np.linalg.norm(catalogue, axis=1, keepdims=True)).astype(np.float32)
+    int8_retrieval_graph(catalogue, tmp_path / "r8.onnx")
+    session = onnx_session(tmp_path / "r8.onnx", threads=1)
+    queries = catalogue[rng.integers(0, 3000, 40)] + 0.05 * rng.standard_normal((40, 32))
+    queries = (queries / np.linalg.norm(queries, axis=1, keepdims=True)).astype(np.float32)
+    exact = queries.astype(np.float64) @ catalogue.T.astype(np.float64)
+    for k in (10, 100, 1500):  # 3 · 1500 > 3000: the shortlist is the whole catalogue
+        similarity, rows = session.run(None, {"query": queries, "k": np.array([k]),
+                                              "catalogue": catalogue})
+        expected = np.lexsort((np.broadcast_to(np.arange(3000), exact.shape), -exact))[:, :k]
+        # The same products; in the same order but where two cosines are within float32
+        # rounding of each other.
+        assert all(set(a) == set(b) for a, b in zip(rows.tolist(), expected.tolist(),
+                                                   strict=True))
+        np.testing.assert_allclose(similarity, np.take_along_axis(exact, rows, 1), atol=1e-6)
+        assert (np.diff(similarity, axis=1) <= 0).all()
+        one_by_one = [session.run(None, {"query": q[None], "k": np.array([k]),
+                                         "catalogue": catalogue}) for q in queries[:5]]
+        np.testing.assert_array_equal(np.concatenate([r for _, r in one_by_one]), rows[:5])
+        np.testing.assert_array_equal(np.concatenate([s for s, _ in one_by_one]),
+                                      similarity[:5])
+    # An exact duplicate ties with its original: the lower row comes first.
+    _, rows = session.run(None, {"query": catalogue[:1], "k": np.array([2]),
+                                 "catalogue": catalogue})
+    assert rows.tolist() == [[0, 2000]]
+    assert (tmp_path / "r8.onnx").stat().st_size < catalogue.nbytes / 3  # 8-bit, not a copy
 
 
 def test_not_a_model_folder_is_a_clear_error(tmp_path):

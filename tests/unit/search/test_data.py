@@ -238,14 +238,38 @@ def test_title_heads_and_term_vectors_describe_close_words():
     # "tap" (title 3 only) is close to "faucet" (titles 3 and 4): it matches title 4, which
     # does not hold it, better than the garden hose; an unknown word matches nothing.
     tap = dict(zip(TERM_VECTOR_FEATURES,
-                   vectors.features(["tap"], np.array([4, 2])).T, strict=True))
+                   vectors.features([["tap"]], np.array([4, 2]), [2]).T, strict=True))
     assert tap["term_match"][0] > tap["term_match"][1]
-    unknown = vectors.features(["zzzz"], np.array([0, 4]))
+    unknown = vectors.features([["zzzz"]], np.array([0, 4]), [2])
     assert unknown.shape == (2, len(TERM_VECTOR_FEATURES)) and unknown.dtype == np.float32
     assert (unknown[:, TERM_VECTOR_FEATURES.index("term_match")] == 0).all()
     assert (unknown[:, TERM_VECTOR_FEATURES.index("weak_terms")] == 1).all()
-    assert not vectors.features(["faucet"], np.array([5])).any()  # a title without terms
+    assert not vectors.features([["faucet"]], np.array([5]), [1]).any()  # no title terms
     assert len(set(FEATURES)) == len(FEATURES)
+
+
+def test_term_vector_features_of_a_query_do_not_depend_on_its_batch():
+    titles = ["Makita Cordless Drill Kit with Battery", "DeWalt Drill Driver (Tool Only)",
+              "Garden Hose in Green", "Faucet Tap in Chrome", "Kitchen Faucet, Brushed", "()",
+              "Cordless Garden Hose Reel", "Chrome Kitchen Tap with Hose"]
+    rng = np.random.default_rng(2)
+    vectors = TermVectors.fit(TitleTerms(titles), _unit(rng.normal(size=(len(titles), 16))))
+    tokens = [["kitchen", "tap", "chrome"], ["zzzz"], [], ["drill", "makita", "drill", "kit"],
+              ["hose"]]
+    rows = [np.array([7, 3, 4, 5]), np.array([0, 2]), np.array([1, 6, 7]),
+            np.array([0, 1, 6, 5, 3]), np.array([2])]
+    batch = vectors.features(tokens, np.concatenate(rows), [len(r) for r in rows])
+    alone = np.concatenate([vectors.features([t], r, [len(r)]) for t, r in zip(tokens, rows,
+                                                                              strict=True)])
+    np.testing.assert_array_equal(batch, alone)  # bit for bit
+    assert not alone[6:9].any()  # the third query, without terms, matches nothing
+    # The first query against "Chrome Kitchen Tap with Hose", which holds all its terms: every
+    # term's nearest title term is itself, and the head phrase is "chrome kitchen tap".
+    first = dict(zip(TERM_VECTOR_FEATURES, alone[0], strict=True))
+    for name in ("weakest_term", "term_match", "last_term_match", "first_term_match",
+                 "idf_term_match", "second_weakest", "head_cover", "kind_similarity"):
+        assert first[name] == pytest.approx(1.0, abs=1e-5), name
+    assert first["weak_terms"] == 0.0
 
 
 def test_term_features_of_a_batch_are_the_set_comparisons_they_describe():

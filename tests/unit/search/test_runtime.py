@@ -196,6 +196,20 @@ def test_top_k_breaks_ties_by_row():
     assert rows.tolist() == [1, 3, 0] and scores.tolist() == [0.9, 0.9, 0.5]
 
 
+@pytest.mark.parametrize("positive", [3, 40, 200, 900])
+def test_top_k_of_mostly_zero_scores_is_the_sorted_order(positive):
+    # BM25-like: most rows 0, and ties (scores on a coarse grid) among the rest; the k best
+    # are the first k of every row sorted by score, then row, whichever path top_k takes.
+    rng = np.random.default_rng(positive)
+    scores = np.zeros(1000, dtype=np.float32)
+    scores[rng.choice(1000, positive, replace=False)] = rng.integers(1, 6, positive) / 2
+    for k in (1, 5, 50, 200):
+        expected = np.lexsort((np.arange(1000), -scores))[:k]
+        rows, best = top_k(scores, k)
+        np.testing.assert_array_equal(rows, expected)
+        np.testing.assert_array_equal(best, scores[expected])
+
+
 def test_a_corrected_query_is_shown_in_the_catalogue_s_own_words(runtime):
     assert runtime.corrected_text("cordlss driil") == "cordless drill"
     assert runtime.corrected_text("the cordlss drill") == "the cordless drill"  # stopword kept
