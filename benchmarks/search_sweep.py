@@ -35,26 +35,22 @@ from fusionrank.core.datasets import homedepot_catalogue
 from fusionrank.core.model_folders import bundled_model_path
 from fusionrank.model_repository.search.ensemble import ServingOptions
 
-# Each row: what it changes from BASE (the first row is BASE itself).
-BASE = {"layout": "two", "precision": "int8", "encoder_instances": 1,
+# Each row: what it changes from BASE (the first row is BASE itself, the served default).
+BASE = {"layout": "one", "precision": "int8", "encoder_instances": 1,
         "ranker_instances": 2, "onnx_threads": 1, "max_queue_delay_us": 0}
 SETTINGS: list[dict] = [
     {},
-    {"layout": "steps"},
-    {"layout": "steps", "precision": "fp32"},
-    {"layout": "one"},
-    {"layout": "one", "ranker_instances": 3},
-    {"layout": "one", "onnx_threads": 2},
-    {"precision": "fp32"},
-    {"ranker_instances": 1},
-    {"ranker_instances": 3},
-    {"encoder_instances": 2},
-    {"encoder_instances": 2, "ranker_instances": 1},
-    {"encoder_instances": 2, "ranker_instances": 3},
     {"onnx_threads": 2},
+    {"ranker_instances": 1},
     {"ranker_instances": 1, "onnx_threads": 2},
+    {"ranker_instances": 3},
     {"max_queue_delay_us": 200},
     {"max_queue_delay_us": 1000},
+    {"precision": "fp32"},
+    {"layout": "two"},
+    {"layout": "two", "onnx_threads": 2},
+    {"layout": "two", "encoder_instances": 2, "ranker_instances": 1},
+    {"layout": "steps"},
 ]
 SWEPT = ("layout", "precision", "encoder_instances", "ranker_instances", "onnx_threads",
          "max_queue_delay_us")

@@ -84,7 +84,9 @@ class ServingOptions:
     # fewer queries with a worse p99 than no bound (benchmarks/reports/search_overload.md).
     max_queue_size: int = 0
     queue_timeout_ms: int = 0
-    onnx_threads: int = 2  # per copy; the sweep (benchmarks/reports/search_sweep.md)
+    # ONNX Runtime threads per copy. With two copies on two cores, a second thread only waits
+    # for the core the other copy computes on (the sweep: benchmarks/reports/search_sweep.md).
+    onnx_threads: int = 1
     candidates: int = MAX_K
     lexical_candidates: int = LEXICAL_CANDIDATES  # BM25 candidates added (the fitted pool)
     # How the CPU pipeline's steps are grouped into Triton models (LAYOUTS): "one" (every step
