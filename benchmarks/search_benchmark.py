@@ -29,6 +29,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
+from google.protobuf import json_format
 
 from fusionrank.app.build import build_search_repository
 from fusionrank.app.serve import TritonServer
@@ -136,6 +137,47 @@ def step_ceilings(pipeline: InProcessEnsemble, queries: list[str],
             rows.setdefault(step, {"step": step})[f"ms_per_query_batch{batch}"] = round(
                 seconds / len(queries) * 1e3, 3)
     return list(rows.values())
+
+
+def retrieval_agreement(repository: Path, queries: list[str], batch: int = 8) -> dict:
+    """The served retrieval step's candidates (the INT8 shortlist rescored, with precision
+    int8) against the exact ones the offline evaluator computes (`dense_candidates`: numpy,
+    float32), for the same query vectors, `batch` queries a call."""
+    from fusionrank.core import artefacts
+    from fusionrank.core.encoding import (
+        MAX_QUERY_TOKENS,
+        OnnxEncoder,
+        TextEncoder,
+        TextTokenizer,
+    )
+    from fusionrank.core.search.runtime import dense_candidates
+    from fusionrank.model_repository.config import model_of_step, served_version
+    from fusionrank.model_repository.search.steps import Retrieve
+    from fusionrank.model_repository.step import config_parameters
+
+    encoding = served_version(repository, model_of_step(repository, SEARCH_MODEL,
+                                                        "EncodeQueries"))
+    vectors = TextEncoder(TextTokenizer(encoding / artefacts.TOKENIZER, MAX_QUERY_TOKENS),
+                          OnnxEncoder(encoding / artefacts.ENCODER)).encode(queries)
+    model = model_of_step(repository, SEARCH_MODEL, "Retrieve")
+    parameters = config_parameters(json_format.MessageToDict(
+        read_config(repository, model), preserving_proto_field_name=True))
+    retrieve = Retrieve(served_version(repository, model), parameters)
+    served = [retrieve([{"EMBEDDING": vectors[i:i + batch],
+                         "K": np.full((len(vectors[i:i + batch]), 1), K, np.int32)}])[0]
+              for i in range(0, len(vectors), batch)]
+    rows = np.concatenate([s["CANDIDATES"] for s in served])
+    similarity = np.concatenate([s["SIMILARITY"] for s in served])
+    manifest = json.loads((repository / artefacts.REPOSITORY_MANIFEST).read_text())
+    embeddings = artefacts.load_array(manifest["index"]["embeddings"], mmap=True)
+    exact_rows, exact_similarity = dense_candidates(embeddings, vectors, rows.shape[1])
+    return {"graph": sorted(p.name for p in served_version(repository, model).glob(
+                "retrieval*.onnx")),
+            "queries": len(queries), "candidates": int(rows.shape[1]),
+            "same_products": int(sum(set(a) == set(b) for a, b in zip(
+                rows.tolist(), exact_rows.tolist(), strict=True))),
+            "same_order": int((rows == exact_rows).all(axis=1).sum()),
+            "max_cosine_difference": float(np.abs(similarity - exact_similarity).max())}
 
 
 def at(results: list[LoadResult], mode: str) -> LoadResult:
@@ -357,6 +399,7 @@ def main() -> int:
     reference = [in_process(pipeline, queries, batch, args.seconds) for batch in (1, 8)]
     ceilings = step_ceilings(pipeline, queries[:512])
     del pipeline
+    agreement = retrieval_agreement(repository, queries)
 
     results: list[LoadResult] = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -408,6 +451,7 @@ def main() -> int:
                  "distinct_in_replay": len(set(replay)), "cache_mib": args.cache_mib, **cache},
         f"steps_at_c{levels[-1]}": steps,
         "step_ceilings": ceilings,
+        "retrieval_agreement": agreement,
         "server_rss_idle_mib": round(idle_mib, 1),
         "server_rss_peak_mib": round(peak_mib, 1),
         "c8_over_in_process_one_by_one": round(at(results, "distinct c=8").throughput_qps
@@ -516,6 +560,15 @@ def markdown(s: dict) -> str:
                    f"`fusionrank evaluate` run: `{s['quality']['source']}`):\n\n"
                    "| split | system | NDCG@10 | Recall@100 |\n| --- | --- | --- | --- |\n"
                    f"{measured}\n")
+    a = s.get("retrieval_agreement")
+    if a:
+        quality += (f"Served retrieval (`{', '.join(a['graph'])}`) against the exact float32 "
+                    f"top {a['candidates']} by cosine that `fusionrank evaluate` computes, for "
+                    f"the same {a['queries']} query vectors, 8 a call: the same products for "
+                    f"**{a['same_products']}** of them, in the same order for "
+                    f"{a['same_order']} (elsewhere two cosines within float32 rounding of "
+                    "each other swap places); largest cosine difference "
+                    f"{a['max_cosine_difference']:.1e}.\n\n")
     goals = ("Issue 10's targets for the fused pipeline:\n\n| target | measured | met |\n"
              "| --- | --- | --- |\n"
              + "".join(f"| {target} | {measured} | {'yes' if met else '**no**'} |\n"

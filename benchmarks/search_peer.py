@@ -42,12 +42,16 @@ class PeerSearch:
     def __init__(self, run: Path, build: Path):
         import torch
         from sentence_transformers import SentenceTransformer
+        from threadpoolctl import threadpool_limits
 
         from fusionrank.core.fusion import FusionWeights
         from fusionrank.core.search.runtime import SearchRuntime
         from fusionrank.model_repository.config import model_of_step, served_version
 
+        # One core a worker, for numpy's BLAS as for torch: as for Triton's model copies,
+        # BLAS threads would busy-wait on the cores the other workers compute on.
         torch.set_num_threads(1)
+        threadpool_limits(limits=1, user_api="blas")
         self.model = SentenceTransformer(str(run / "encoder" / "best"), device="cpu")
         self.model.max_seq_length = 32  # fusionrank's MAX_QUERY_TOKENS
         repository = build / "model_repository"
@@ -262,10 +266,10 @@ def markdown(r: dict) -> str:
   (its response cache off), HTTP/JSON for the peer.
 
 The peer: FastAPI + uvicorn (×N: N worker processes; {', '.join(workers)} loaded in turn), the
-fine-tuned encoder through sentence-transformers / PyTorch (1 thread a worker), and the same
-catalogue embeddings, BM25, candidates, feedback head and fusion weights through fusionrank's
-search runtime. Ours: the Triton repository as built, served without a response cache, so both
-compute every answer.
+fine-tuned encoder through sentence-transformers / PyTorch (one thread a worker, for torch and
+numpy's BLAS alike), and the same catalogue embeddings, BM25, candidates, feedback head and
+fusion weights through fusionrank's search runtime. Ours: the Triton repository as built,
+served without a response cache, so both compute every answer.
 
 Dev quality over the full catalogue (the peer must be within 0.005 of the served path):
 

@@ -68,7 +68,7 @@ CHAR_BUCKETS = 1 << 20  # trigrams are hashed (crc32, stable across processes) i
 PRIOR_SMOOTHING = 3.0  # pseudo-judgements at the global mean: one rating says little
 FOLDS = 5  # out-of-fold features for training pairs
 HEAD_END = re.compile(r"\s(?:in|with|for|by|-)\s|\(|,", re.IGNORECASE)
-TABLE_LIMIT = 1 << 22  # _distinct marks a table of at most this many keys
+TABLE_LIMIT = 1 << 22  # entries of a dense lookup table at most (PairTable, _distinct)
 WEAK_MATCH = 0.6  # a query term whose nearest title term is further than this is "weak"
 
 
