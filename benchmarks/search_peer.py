@@ -80,6 +80,7 @@ def create_app():
         k: int = Field(default=K, ge=1, le=100)
 
     peer = PeerSearch(Path(os.environ["PEER_RUN"]), Path(os.environ["PEER_BUILD"]))
+    (Path(os.environ["PEER_READY"]) / str(os.getpid())).touch()  # this worker has loaded
     app = FastAPI()
 
     def search(request: Query) -> dict:
@@ -199,13 +200,16 @@ def main() -> int:
         for workers in [int(w) for w in args.peer_workers.split(",")]:
             port = args.port or free_port()
             log = (Path(tmp) / f"peer{workers}.log").open("w")
+            ready = Path(tmp) / f"ready{workers}"
+            ready.mkdir()
             peer = subprocess.Popen([sys.executable, "-m", "uvicorn", "search_peer:create_app",
                                      "--factory", "--host", "127.0.0.1", "--port", str(port),
                                      "--workers", str(workers), "--log-level", "warning"],
-                                    env=env, stdout=log, stderr=subprocess.STDOUT)
+                                    env=env | {"PEER_READY": str(ready)}, stdout=log,
+                                    stderr=subprocess.STDOUT)
             try:
                 url = f"http://127.0.0.1:{port}"
-                wait_for_peer(url, peer)
+                wait_for_peer(url, peer, ready, workers)
                 peers[str(workers)] = asyncio.run(load_peer(url, queries, levels, args.seconds))
             finally:
                 peer.terminate()
@@ -227,7 +231,10 @@ def main() -> int:
     return 0
 
 
-def wait_for_peer(url: str, process: subprocess.Popen, timeout_s: float = 300) -> None:
+def wait_for_peer(url: str, process: subprocess.Popen, ready: Path, workers: int,
+                  timeout_s: float = 300) -> None:
+    """Until every worker has loaded (each marks `ready`: one that is still loading would
+    take the cores the first measurements need) and the peer answers."""
     import httpx
 
     deadline = time.monotonic() + timeout_s
@@ -235,7 +242,8 @@ def wait_for_peer(url: str, process: subprocess.Popen, timeout_s: float = 300) -
         if process.poll() is not None:
             raise RuntimeError("the peer exited before it answered")
         try:
-            if httpx.post(f"{url}/search", json={"query": "drill", "k": 1}).status_code == 200:
+            if len(list(ready.iterdir())) >= workers and httpx.post(
+                    f"{url}/search", json={"query": "drill", "k": 1}).status_code == 200:
                 return
         except httpx.TransportError:
             pass

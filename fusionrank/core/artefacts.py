@@ -7,6 +7,7 @@ under the same names. A Python-backend model's version folder holds the files it
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import zipfile
@@ -113,7 +114,11 @@ def load_array(path: str | Path, shape: tuple[int | None, ...] | None = None,
     that axis); an ArtefactError naming the file where it is unreadable or of another shape."""
     path = Path(path)
     try:
-        array = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+        if mmap:
+            status = path.stat()
+            array = _mapped(str(path), status.st_dev, status.st_ino, status.st_mtime_ns)
+        else:
+            array = np.load(path, allow_pickle=False)
     except (OSError, ValueError, EOFError) as error:
         raise ArtefactError(f"{path} is not a readable .npy array ({error}); rebuild it"
                             ) from error
@@ -122,6 +127,15 @@ def load_array(path: str | Path, shape: tuple[int | None, ...] | None = None,
         raise ArtefactError(f"{path} holds an array of shape {list(array.shape)}; expected "
                             f"{['any' if n is None else n for n in shape]}")
     return array
+
+
+@functools.lru_cache(maxsize=32)
+def _mapped(path: str, device: int, inode: int, modified_ns: int) -> np.ndarray:
+    """One read-only mapping per file and process: two steps of one model process that read
+    the same file (the catalogue embeddings: retrieval and scoring) then share its pages, and
+    the process's resident size counts them once. Keyed by the file itself, so a file replaced
+    at the same path is mapped anew."""
+    return np.load(path, mmap_mode="r", allow_pickle=False)
 
 
 def load_arrays(path: str | Path, names: Iterable[str]) -> dict[str, np.ndarray]:
