@@ -550,8 +550,8 @@ class TermVectors:
         owner = np.repeat(np.arange(len(terms)), sizes)
         title_entries, title_owner = self.title_terms.gather(rows)
         head_entries, head_owner = self.head_terms.gather(rows)
-        held = np.diff(self.title_terms.indptr)[rows]
-        head_size = np.diff(self.head_terms.indptr)[rows]
+        held = self.title_terms.indptr[rows + 1] - self.title_terms.indptr[rows]
+        head_size = self.head_terms.indptr[rows + 1] - self.head_terms.indptr[rows]
         kind = np.where(head_size > 0, self.head_terms.ids[np.maximum(
             self.head_terms.indptr[rows + 1] - 1, 0)], 0)
         # Every distinct (query, term) among the candidates' titles, head phrases and kinds,
@@ -594,6 +594,9 @@ class TermVectors:
             idf_match = np.concatenate([
                 weights[i] @ np.ascontiguousarray(best[:term_count[i], bounds[i]:bounds[i + 1]])
                 / max(float(weights[i].sum()), 1e-6) for i in range(len(terms))])
+            # In TERM_VECTOR_FEATURES order: weakest_term, term_match, kind_similarity,
+            # last_term_match, first_term_match, weak_terms, idf_term_match, head_cover,
+            # second_weakest.
             out = np.stack([ordered[0], found.sum(axis=0) / divisor,
                             np.where(head_size > 0, nearest[kind_keys], 0),
                             best[last, columns], best[0],
