@@ -29,7 +29,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
-from google.protobuf import json_format
 
 from fusionrank.app.build import build_search_repository
 from fusionrank.app.serve import TritonServer
@@ -152,17 +151,16 @@ def retrieval_agreement(repository: Path, queries: list[str], batch: int = 8) ->
     )
     from fusionrank.core.search.runtime import dense_candidates
     from fusionrank.model_repository.config import model_of_step, served_version
+    from fusionrank.model_repository.runner import step_parameters
     from fusionrank.model_repository.search.steps import Retrieve
-    from fusionrank.model_repository.step import config_parameters
 
     encoding = served_version(repository, model_of_step(repository, SEARCH_MODEL,
                                                         "EncodeQueries"))
     vectors = TextEncoder(TextTokenizer(encoding / artefacts.TOKENIZER, MAX_QUERY_TOKENS),
                           OnnxEncoder(encoding / artefacts.ENCODER)).encode(queries)
     model = model_of_step(repository, SEARCH_MODEL, "Retrieve")
-    parameters = config_parameters(json_format.MessageToDict(
-        read_config(repository, model), preserving_proto_field_name=True))
-    retrieve = Retrieve(served_version(repository, model), parameters)
+    retrieve = Retrieve(served_version(repository, model),
+                        step_parameters(read_config(repository, model)))
     served = [retrieve([{"EMBEDDING": vectors[i:i + batch],
                          "K": np.full((len(vectors[i:i + batch]), 1), K, np.int32)}])[0]
               for i in range(0, len(vectors), batch)]

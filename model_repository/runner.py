@@ -51,6 +51,11 @@ class OnnxGraph:
                 for request in requests]
 
 
+def step_parameters(config: mc.ModelConfig) -> dict[str, str]:
+    """A Python-backend model's parameters, as Triton hands them to its step."""
+    return config_parameters(json_format.MessageToDict(config, preserving_proto_field_name=True))
+
+
 def load_step(repository: str | Path, model: str) -> Step:
     """The step a model of the repository runs, built as the server builds it."""
     message = read_config(repository, model)
@@ -59,8 +64,7 @@ def load_step(repository: str | Path, model: str) -> Step:
     if message.backend != "python":
         raise ValueError(f"{model} runs on Triton's {message.platform or message.backend} "
                          "backend, on a GPU: the in-process runner cannot run it")
-    config = json_format.MessageToDict(message, preserving_proto_field_name=True)
-    parameters = config_parameters(config)
+    parameters = step_parameters(message)
     step = load_step_class(parameters[STEP_PARAMETER])
     folder = served_version(repository, model)
     check_manifest(folder)  # as the server's load checks it

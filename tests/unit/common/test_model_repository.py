@@ -7,7 +7,7 @@ import json
 
 import numpy as np
 import pytest
-from google.protobuf import json_format, text_format
+from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from fusionrank.core.contract import RequestError, TensorSpec
@@ -26,7 +26,7 @@ from fusionrank.model_repository.config import (
     write_config,
 )
 from fusionrank.model_repository.ensemble import Inputs
-from fusionrank.model_repository.runner import InProcessEnsemble, load_step
+from fusionrank.model_repository.runner import InProcessEnsemble, load_step, step_parameters
 from fusionrank.model_repository.search.ensemble import (
     SEARCH_STEPS,
     SearchArtefacts,
@@ -34,7 +34,7 @@ from fusionrank.model_repository.search.ensemble import (
     search_ensemble,
 )
 from fusionrank.model_repository.search.steps import Rank, Tokenize
-from fusionrank.model_repository.step import config_parameters, load_step_class
+from fusionrank.model_repository.step import load_step_class
 
 
 def read_config(repository, name) -> mc.ModelConfig:
@@ -219,8 +219,7 @@ def test_merged_models_run_their_steps_in_one_chain_and_fail_requests_alone(tmp_
     assert config.instance_group[0].count == 2
     (Inputs(X) >> model).ensemble("e", (Z,)).config()  # wires as one step
     chain = load_step_class(config.parameters["step"].string_value)(
-        tmp_path, config_parameters(json_format.MessageToDict(
-            config, preserving_proto_field_name=True)))
+        tmp_path, step_parameters(config))
     answers = chain([{"X": np.array([[1.0]])}, {"X": np.array([[-1.0]])},
                      {"X": np.array([[2.0]])}])
     assert answers[0]["Z"].tolist() == [[4.0]] and answers[2]["Z"].tolist() == [[6.0]]
