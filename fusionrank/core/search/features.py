@@ -273,9 +273,16 @@ class PairTable:
         keys = np.where(ids >= 0, query * self.space + ids, -1)
         if self.dense:
             return self.table[keys]
-        position = np.minimum(np.searchsorted(self.keys, keys), len(self.keys) - 1)
-        found = (self.keys[position] == keys) if len(self.keys) else np.zeros(len(keys), bool)
+        position, found = _find(self.keys, keys)
         return self.values[np.where(found, position, -1)]
+
+
+def _find(ordered: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Where each of `values` is in the sorted array `ordered`, and whether it is there at all
+    (where not, the position is meaningless)."""
+    position = np.minimum(np.searchsorted(ordered, values), max(len(ordered) - 1, 0))
+    found = (ordered[position] == values) if len(ordered) else np.zeros(len(values), bool)
+    return position, found
 
 
 class TitleTerms:
@@ -390,10 +397,7 @@ class TitleTerms:
         """The ids of the pairs some title holds (the others match nothing)."""
         keys = np.array([self.index[a] * len(self.index) + self.index[b] for a, b in pairs
                          if a in self.index and b in self.index], dtype=np.int64)
-        position = np.searchsorted(self.bigram_keys, keys)
-        inside = position < len(self.bigram_keys)
-        held = np.zeros(len(keys), dtype=bool)
-        held[inside] = self.bigram_keys[position[inside]] == keys[inside]
+        position, held = _find(self.bigram_keys, keys)
         return position[held].tolist()
 
     def char_cosine(self, queries: Sequence[str], rows: np.ndarray,
@@ -406,9 +410,7 @@ class TitleTerms:
                               count=len(buckets))
         query = np.repeat(np.arange(len(queries)), [len(v) for v in query_vectors])
         # The query trigrams some title holds, by their column of char_vectors.
-        column = np.minimum(np.searchsorted(self.char_buckets, buckets),
-                            len(self.char_buckets) - 1)
-        held = self.char_buckets[column] == buckets
+        column, held = _find(self.char_buckets, buckets)
         table = PairTable(query[held], column[held], weights[held], len(queries),
                           len(self.char_buckets))
         entries, candidate = self.char_vectors.gather(rows)
