@@ -134,8 +134,9 @@ def _mapped(path: str, device: int, inode: int, modified_ns: int) -> np.ndarray:
     """One read-only mapping per file and process: two steps of one model process that read
     the same file (the catalogue embeddings: retrieval and scoring) then share its pages, and
     the process's resident size counts them once. Keyed by the file itself, so a file replaced
-    at the same path is mapped anew."""
-    return np.load(path, mmap_mode="r", allow_pickle=False)
+    at the same path is mapped anew. A plain ndarray over the mapping: np.memmap's own
+    indexing costs Python calls on every gather of the serving path."""
+    return np.load(path, mmap_mode="r", allow_pickle=False).view(np.ndarray)
 
 
 def load_arrays(path: str | Path, names: Iterable[str]) -> dict[str, np.ndarray]:
