@@ -113,7 +113,8 @@ def create_app():
 
 
 async def load(send, queries: list[str], concurrency: int, seconds: float) -> dict:
-    """A closed loop of `concurrency` callers for `seconds` (after one warm-up pass of them)."""
+    """A closed loop of `concurrency` callers for `seconds` (after one warm-up pass of them).
+    `send(query)` makes one call and returns its decoded answer."""
     latencies: list[float] = []
     position = 0
 
@@ -137,11 +138,23 @@ async def load(send, queries: list[str], concurrency: int, seconds: float) -> di
 
 
 async def load_triton(url: str, queries: list[str], levels: list[int], seconds: float):
-    from fusionrank.client import AsyncFusionRankClient
+    """Each call asks for what the peer answers, the K product ids and their scores, and
+    decodes them (the SDK's `search` asks for every output, the explanation too, and parses
+    each product's metadata: client work the peer's callers would not do)."""
+    import tritonclient.grpc.aio as grpcaio
 
-    async with AsyncFusionRankClient(url, timeout_s=60) as client:
-        return [await load(lambda q: client.search(q, k=K), queries, c, seconds)
-                for c in levels]
+    from fusionrank.client.search import search_inputs
+    from fusionrank.core.search.contract import SEARCH_MODEL
+
+    wanted = [grpcaio.InferRequestedOutput(name) for name in ("PRODUCT_IDS", "SCORES")]
+    async with grpcaio.InferenceServerClient(url) as client:
+        async def send(query: str) -> tuple[list[str], list[float]]:
+            result = await client.infer(SEARCH_MODEL, search_inputs([query], K, module=grpcaio),
+                                        outputs=wanted, client_timeout=60)
+            return ([i.decode("utf-8") for i in result.as_numpy("PRODUCT_IDS")[0]],
+                    result.as_numpy("SCORES")[0].tolist())
+
+        return [await load(send, queries, c, seconds) for c in levels]
 
 
 async def load_peer(url: str, queries: list[str], levels: list[int], seconds: float):
@@ -153,9 +166,11 @@ async def load_peer(url: str, queries: list[str], levels: list[int], seconds: fl
         limits=httpx.Limits(max_connections=max(levels)),
         socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)])
     async with httpx.AsyncClient(base_url=url, timeout=60, transport=transport) as client:
-        async def send(query: str) -> None:
+        async def send(query: str) -> tuple[list[str], list[float]]:
             answer = await client.post("/search", json={"query": query, "k": K})
             answer.raise_for_status()
+            decoded = answer.json()
+            return decoded["product_ids"], decoded["scores"]
 
         return [await load(send, queries, c, seconds) for c in levels]
 
@@ -288,7 +303,8 @@ def markdown(r: dict) -> str:
 - Date: {r['date']}
 - {r['queries']} distinct real Home Depot search terms, K = {r['k']}, one query per request;
   one client program (a closed loop of callers per concurrency, 1 s warm-up): gRPC for Triton
-  (its response cache off), HTTP/JSON for the peer.
+  (its response cache off), HTTP/JSON for the peer. Every call asks both for the same answer,
+  the K product ids and their scores, and decodes it.
 
 The peer: FastAPI + uvicorn (×N: N worker processes; {', '.join(workers)} loaded in turn), the
 fine-tuned encoder through sentence-transformers / PyTorch (one thread a worker, for torch and
