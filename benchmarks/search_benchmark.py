@@ -626,6 +626,11 @@ The ceiling these set: two cores running every step with no server at all would 
 needs at most 4 ms of core time a query, server included), and one query alone takes
 **{total1:.1f} ms** in process before any server work (against a p50 target of 5 ms).
 
+Why each step costs what it does, kernel by kernel (ONNX Runtime's profiler, the matrix
+products' work against what one core reaches), and what that leaves for the server:
+[search_kernels.md](search_kernels.md), from `python benchmarks/search_kernels.py` run after
+this benchmark on the same build.
+
 In-process rows run the model repository's own steps, as its config wires them
 (`InProcessEnsemble`), in one Python process with no server; latency there is per call (a call
 carries `batch` queries).
