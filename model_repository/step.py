@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import sys
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -138,6 +139,11 @@ def triton_model(factory: StepFactory) -> type:
             # numpy's BLAS threads would busy-wait on the cores the other copies compute on
             # (a 100-row matrix-vector product then took 10 % of a copy's time under load).
             threadpool_limits(limits=1, user_api="blas")
+            # No model process needs numba, but bm25s imports it wherever it is installed (ranx
+            # installs it, for the evaluation) though we run its numpy backend: that loaded
+            # ~57 MB of LLVM into every search model copy. Now its import fails, as bm25s
+            # allows for.
+            sys.modules.setdefault("numba", None)
             self._pb = pb_utils
             config = json.loads(args["model_config"])
             self._outputs = {o["name"]: pb_utils.triton_string_to_numpy(o["data_type"])
