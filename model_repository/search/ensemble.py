@@ -93,7 +93,7 @@ class ServingOptions:
     # in one model, SEARCH_STEPS, `ranker_instances` copies), "two" (the query_encoder and the
     # ranker) or "steps" (one model per step). Each hop between Python-backend models costs a
     # process crossing and a queue; on the measured 2 cores one model with two copies served
-    # 31 % more than two models, with a lower p99 and less memory (search_sweep.md).
+    # 18 % more than two models, with a lower p99 (search_sweep.md).
     layout: str = "one"
     # The query encoder's precision; the catalogue is embedded in FP32 either way. INT8
     # (export/quantize.py: 8-bit weights, int8 arithmetic, each token's activations quantised
