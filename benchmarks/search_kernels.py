@@ -28,7 +28,10 @@ import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 from threadpoolctl import threadpool_limits
 
+from fusionrank.core import artefacts
+from fusionrank.core.encoding import ONNX_OPSET, onnx_session
 from fusionrank.core.search.contract import SEARCH_MODEL, search_request
+from fusionrank.export.quantize import ACCURACY_LEVEL, BITS, BLOCK
 from fusionrank.model_repository.runner import InProcessEnsemble
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -42,8 +45,8 @@ INT8_PRODUCTS = ("MatMulNBits", "MatMulInteger", "MatMulIntegerToFloat",
 TREES = ("TreeEnsembleRegressor", "TreeEnsemble", "TreeEnsembleClassifier")
 # Where each served graph runs (its file in the version folder; the features graph is built
 # from memory.npz at load, so it has no file).
-GRAPH_STEP = {"encoder.onnx": "EncodeQueries", "retrieval.onnx": "Retrieve",
-              "retrieval.int8.onnx": "Retrieve", "feedback_head.onnx": "ScoreCandidates",
+GRAPH_STEP = {artefacts.ENCODER: "EncodeQueries", artefacts.RETRIEVAL: "Retrieve",
+              artefacts.RETRIEVAL_INT8: "Retrieve", artefacts.FEEDBACK_HEAD: "ScoreCandidates",
               "features graph": "ScoreCandidates"}
 
 
@@ -113,14 +116,6 @@ def kernel_profile(path: str) -> dict:
     return out
 
 
-def _session(model: onnx.ModelProto) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.intra_op_num_threads = options.inter_op_num_threads = 1
-    return ort.InferenceSession(model.SerializeToString(), options,
-                                providers=["CPUExecutionProvider"])
-
-
 def reference_rates(rows: int = 256, size: int = 1024, seconds: float = 2.0) -> dict:
     """What one core reaches: multiply-adds a second of a large matrix product in float32 and
     with 8-bit weights (MatMulNBits, int8 arithmetic, as the served encoder), and bytes a
@@ -128,18 +123,24 @@ def reference_rates(rows: int = 256, size: int = 1024, seconds: float = 2.0) -> 
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
     weight = np.random.default_rng(0).standard_normal((size, size)).astype(np.float32)
-    graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "w"], ["y"])], "reference",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [rows, size])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [rows, size])],
-        [numpy_helper.from_array(weight, "w")])
-    fp32 = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    quantiser = MatMulNBitsQuantizer(fp32, bits=8, block_size=32, is_symmetric=True,
-                                     accuracy_level=4)
+
+    def matmul() -> onnx.ModelProto:
+        graph = helper.make_graph(
+            [helper.make_node("MatMul", ["x", "w"], ["y"])], "reference",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, [rows, size])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, [rows, size])],
+            [numpy_helper.from_array(weight, "w")])
+        return helper.make_model(graph, opset_imports=[helper.make_opsetid("", ONNX_OPSET)])
+
+    # Quantised as the served encoder is (export/quantize.py); the quantiser rewrites the
+    # model it is given, so it gets its own.
+    quantiser = MatMulNBitsQuantizer(matmul(), bits=BITS, block_size=BLOCK, is_symmetric=True,
+                                     accuracy_level=ACCURACY_LEVEL)
     quantiser.process()
     x = np.random.default_rng(1).standard_normal((rows, size)).astype(np.float32)
 
-    def rate(session: ort.InferenceSession) -> float:
+    def rate(model: onnx.ModelProto) -> float:
+        session = onnx_session(model.SerializeToString(), threads=1)
         session.run(None, {"x": x})
         calls, start = 0, time.perf_counter()
         while time.perf_counter() - start < seconds:
@@ -154,8 +155,8 @@ def reference_rates(rows: int = 256, size: int = 1024, seconds: float = 2.0) -> 
     for _ in range(scans):
         scanned.max()
     bandwidth = scans * scanned.nbytes / (time.perf_counter() - start)
-    return {"fp32_macs_per_s": rate(_session(fp32)),
-            "int8_macs_per_s": rate(_session(quantiser.model.model)),
+    return {"fp32_macs_per_s": rate(matmul()),
+            "int8_macs_per_s": rate(quantiser.model.model),
             "memory_bytes_per_s": bandwidth,
             "shape": f"[{rows}, {size}] × [{size}, {size}]"}
 
@@ -303,6 +304,11 @@ def served_paragraph(r: dict) -> str:
     budget = 4 - share
     kernels = sum(step["other_kernels_ms"] for step in r["steps"])
     python = sum(step["numpy_python_ms"] for step in r["steps"])
+    rest = (f"the other ONNX kernels (attention, top-K, the memory's softmax; {kernels:.2f} ms "
+            f"today) and the numpy and Python work (the feature arrays, BM25, the tokenizer, the "
+            f"glue; {python:.2f} ms today), **{kernels + python:.2f} ms** together")
+    left = (f"which would leave {budget - floor:.2f} ms for everything else: {rest}"
+            if budget > floor else f"more than that already, before everything else: {rest}")
     return text + f"""
 
 Served (`search_fused.json`, {served['date']}): {served['c8_qps']:.0f} queries/s at concurrency
@@ -311,10 +317,8 @@ process. That share is the server's: dynamic batches smaller than 8 (each call's
 shared by fewer queries), the Python backend's hand-over of tensors, Triton, gRPC, and
 perf_analyzer on the same two cores. 500 queries/s needs at most 4.00 ms a query; with the
 server's share as measured, the steps would have to fit in **{budget:.2f} ms**. Their matrix
-products at the reference rates and the trees alone take **{floor:.2f} ms**, which would leave
-{budget - floor:.2f} ms for everything else: the other ONNX kernels (attention, top-K, the
-memory's softmax; {kernels:.2f} ms today) and the numpy and Python work (the feature arrays,
-BM25, the tokenizer, the glue; {python:.2f} ms today), **{kernels + python:.2f} ms** together."""
+products at the reference rates and the trees alone take **{floor:.2f} ms**, {left}."""
+
 
 if __name__ == "__main__":
     sys.exit(main())
