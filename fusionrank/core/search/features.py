@@ -232,11 +232,14 @@ class Ragged:
     def from_arrays(cls, saved: Mapping[str, np.ndarray], name: str) -> Ragged:
         return cls(saved[f"{name}.indptr"], saved[f"{name}.ids"], saved.get(f"{name}.weights"))
 
+    def lengths(self, rows: np.ndarray) -> np.ndarray:
+        """How many entries each of `rows` holds."""
+        return self.indptr[rows + 1] - self.indptr[rows]
+
     def gather(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The entries of `rows`, row after row: (their positions in the flat arrays, the
         index in `rows` each entry belongs to)."""
-        starts = self.indptr[rows]
-        lengths = self.indptr[rows + 1] - starts
+        starts, lengths = self.indptr[rows], self.lengths(rows)
         owner = np.repeat(np.arange(len(rows)), lengths)
         shift = np.repeat(starts - (np.cumsum(lengths) - lengths), lengths)
         return np.arange(len(owner)) + shift, owner
@@ -552,8 +555,7 @@ class TermVectors:
         owner = np.repeat(np.arange(len(terms)), sizes)
         title_entries, title_owner = self.title_terms.gather(rows)
         head_entries, head_owner = self.head_terms.gather(rows)
-        held = self.title_terms.indptr[rows + 1] - self.title_terms.indptr[rows]
-        head_size = self.head_terms.indptr[rows + 1] - self.head_terms.indptr[rows]
+        held, head_size = self.title_terms.lengths(rows), self.head_terms.lengths(rows)
         kind = np.where(head_size > 0, self.head_terms.ids[np.maximum(
             self.head_terms.indptr[rows + 1] - 1, 0)], 0)
         # Every distinct (query, term) among the candidates' titles, head phrases and kinds,
