@@ -35,9 +35,10 @@ from fusionrank.core.datasets import homedepot_catalogue
 from fusionrank.core.model_folders import bundled_model_path
 from fusionrank.model_repository.search.ensemble import ServingOptions
 
-# Each row: what it changes from BASE (the first row is BASE itself, the served default).
-BASE = {"layout": "one", "precision": "int8", "encoder_instances": 1,
-        "ranker_instances": 2, "onnx_threads": 1, "max_queue_delay_us": 0}
+SWEPT = ("layout", "precision", "encoder_instances", "ranker_instances", "onnx_threads",
+         "max_queue_delay_us")
+# Each row: what it changes from BASE, the served default (the first row is BASE itself).
+BASE = {name: getattr(ServingOptions(), name) for name in SWEPT}
 SETTINGS: list[dict] = [
     {},
     {"onnx_threads": 2},
@@ -52,8 +53,6 @@ SETTINGS: list[dict] = [
     {"layout": "two", "encoder_instances": 2, "ranker_instances": 1},
     {"layout": "steps"},
 ]
-SWEPT = ("layout", "precision", "encoder_instances", "ranker_instances", "onnx_threads",
-         "max_queue_delay_us")
 
 
 @dataclass
