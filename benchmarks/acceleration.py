@@ -4,7 +4,7 @@ figure is typed by hand; and the GPU section's place.
 
     .venv/bin/fusionrank distil --run runs/relevance
     .venv/bin/fusionrank evaluate --run runs/relevance --student runs/relevance/student/best
-    .venv/bin/python benchmarks/acceleration.py [--evaluation runs/relevance/evaluation]
+    .venv/bin/python -m benchmarks.acceleration [--evaluation runs/relevance/evaluation]
                                                 [--student runs/relevance/student]
 
 Writes benchmarks/reports/acceleration.md and .json.
@@ -15,11 +15,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from datetime import UTC, datetime
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
-from search_benchmark import REPORTS, machine, save_report
+from benchmarks.harness import REPORTS, command, machine, now, save_report
 
 RUN = Path("runs/relevance")
 PRECISIONS = ("fp32", "int8")
@@ -119,9 +117,7 @@ def main() -> int:
         raise SystemExit(f"{args.evaluation}/evaluation.json has no student section: run "
                          "`fusionrank evaluate --student RUN/student/best` first")
     distil = json.loads((args.student / "distil.json").read_text())
-    report = {"written_at": datetime.now(UTC).isoformat(timespec="seconds"),
-              "machine": machine(),
-              "command": "python benchmarks/acceleration.py " + " ".join(sys.argv[1:]),
+    report = {"written_at": now(), "machine": machine(), "command": command(),
               "distillation": distil, "evaluation": {k: evaluation[k] for k in (
                   "command", "run", "queries", "catalogue_products", "student")},
               "gpu": {"report": "gpu_check.md",
@@ -129,8 +125,8 @@ def main() -> int:
     text = "\n".join([
         "# Acceleration: a distilled query encoder (and the GPU)", "",
         f"Machine: {report['machine']} (no GPU; shared with other jobs, so compare figures "
-        "within one run). Written by `benchmarks/acceleration.py` from the files the commands "
-        f"below wrote ({report['written_at']}).", "",
+        "within one run). Written by `python -m benchmarks.acceleration` from the files the "
+        f"commands below wrote ({report['written_at']}).", "",
         distillation_section(evaluation, distil), gpu_section()])
     save_report("acceleration", report, text)
     return 0

@@ -5,8 +5,8 @@ Two halves, because the GPU machine (scripts/gpu_check.sh; PyTorch with CUDA, no
 environment, only 64 MiB of working tree travels) cannot hold the FP32 weights (87 MiB) or
 the datasets:
 
-    .venv/bin/python benchmarks/gpu_check.py prepare   # here, on the CPU: build/gpu_check/
-    python3 benchmarks/gpu_check.py measure            # there (scripts/gpu_check.sh)
+    .venv/bin/python -m benchmarks.gpu_check prepare   # here, on the CPU: build/gpu_check/
+    python3 -m benchmarks.gpu_check measure            # there (scripts/gpu_check.sh)
 
 `prepare` writes the encoder's weights in FP16 (46 MB), its tokenizer, 512 Home Depot search
 terms and 512 product titles, and their embeddings by the exported FP32 ONNX encoder on this
@@ -24,16 +24,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shlex
 import sys
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 
+from benchmarks.harness import latency_percentiles, now, table
 from fusionrank.core.encoding import MAX_QUERY_TOKENS, MAX_TITLE_TOKENS, TextTokenizer, pad
+from fusionrank.core.machine import describe_machine
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLE = ROOT / "build" / "gpu_check"
@@ -83,8 +83,8 @@ def prepare(args: argparse.Namespace) -> int:
     (out / "texts.json").write_text(json.dumps(texts, ensure_ascii=False))
     (out / "bundle.json").write_text(json.dumps({
         "model": str(model_dir), "onnx_sha256": onnx_sha256, "torch": torch.__version__,
-        "reference": "ONNX Runtime FP32 on the CPU", "machine": machine_cpu(),
-        "made_at": datetime.now(UTC).isoformat(timespec="seconds")}, indent=2) + "\n")
+        "reference": "ONNX Runtime FP32 on the CPU", "machine": describe_machine(),
+        "made_at": now()}, indent=2) + "\n")
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
     print(f"gpu_check bundle written to {out} ({size / 2**20:.1f} MiB)")
     return 0
@@ -96,11 +96,6 @@ def embed(texts: list[str], max_tokens: int, bundle: Path, encode) -> np.ndarray
     ids = tokenizer.token_ids(texts)
     return np.concatenate([np.asarray(encode(pad(ids[i:i + CHUNK])), dtype=np.float32)
                            for i in range(0, len(ids), CHUNK)])
-
-
-def machine_cpu() -> str:
-    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, " \
-           f"{platform.platform()}"
 
 
 def measure(args: argparse.Namespace) -> int:
@@ -138,7 +133,7 @@ def measure(args: argparse.Namespace) -> int:
         "padding": f"queries padded to {MAX_QUERY_TOKENS} tokens (the GPU repository's)",
         "parity_min_cosine_target": MIN_COSINE, "parity": parity, "parity_passed": passed,
         "throughput": sweep, "seconds": round(time.perf_counter() - started, 1),
-        "measured_at": datetime.now(UTC).isoformat(timespec="seconds")}
+        "measured_at": now()}
     out = Path(os.environ["OUT"]) if os.environ.get("OUT") else REPORTS
     out.mkdir(parents=True, exist_ok=True)
     (out / "gpu_check.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -190,10 +185,9 @@ def throughput(module, precision: str, tokenizer: TextTokenizer, queries: list[s
         start = time.perf_counter()
         run(module, tokens, args.device)
         times.append(time.perf_counter() - start)
-    p50, p95 = np.percentile(times, [50, 95])
-    return {"precision": precision, "batch": batch, "batches_timed": len(times),
-            "p50_ms": round(float(p50) * 1e3, 3), "p95_ms": round(float(p95) * 1e3, 3),
-            "queries_per_s": round(batch / float(p50), 1)}
+    p = latency_percentiles([t * 1e3 for t in times], (50, 95), digits=3)
+    return {"precision": precision, "batch": batch, "batches_timed": len(times), **p,
+            "queries_per_s": round(batch / float(np.median(times)), 1)}
 
 
 def machine_gpu(device: str) -> dict[str, str]:
@@ -203,7 +197,7 @@ def machine_gpu(device: str) -> dict[str, str]:
     gpu = torch.cuda.get_device_name(0) if device == "cuda" else "no GPU (CPU rehearsal)"
     return {"gpu": gpu, "torch": torch.__version__,
             "cuda": str(torch.version.cuda), "transformers": transformers.__version__,
-            "host": machine_cpu()}
+            "host": describe_machine()}
 
 
 def markdown(report: dict) -> str:
@@ -213,26 +207,25 @@ def markdown(report: dict) -> str:
              f"{report['measured_at']}. {report['padding']}; each batch timed from token ids "
              "in host memory to embeddings in host memory.", "",
              f"## Parity with the CPU ONNX embeddings (target: cosine >= {MIN_COSINE})", "",
-             "| precision | texts | rows | min cosine | mean cosine |",
-             "| --- | --- | --- | --- | --- |"]
-    for precision, kinds in report["parity"].items():
-        for kind, c in kinds.items():
-            lines.append(f"| {precision} | {kind} | {c['rows']} | {c['min']:.6f} | "
-                         f"{c['mean']:.6f} |")
+             table(["precision", "texts", "rows", "min cosine", "mean cosine"],
+                   [[precision, kind, c["rows"], f"{c['min']:.6f}", f"{c['mean']:.6f}"]
+                    for precision, kinds in report["parity"].items()
+                    for kind, c in kinds.items()])]
     passed = "yes" if report["parity_passed"] else "NO"
     lines += ["", f"Passed: {passed}. FP32 runs the FP16-stored weights in FP32 (the "
               "bundle's; a bound on the FP32 weights' parity).", "",
-              "## Throughput (queries/s; p50 and p95 ms per batch)", "",
-              "| batch | FP32 q/s | FP32 p50 ms | FP32 p95 ms | FP16 q/s | FP16 p50 ms | "
-              "FP16 p95 ms |", "| --- | --- | --- | --- | --- | --- | --- |"]
-    rows = {(r["precision"], r["batch"]): r for r in report["throughput"]}
+              "## Throughput (queries/s; p50 and p95 ms per batch)", ""]
+    measured = {(r["precision"], r["batch"]): r for r in report["throughput"]}
+    rows = []
     for batch in sorted({r["batch"] for r in report["throughput"]}):
         cells = []
         for precision in ("fp32", "fp16"):
-            r = rows.get((precision, batch))
+            r = measured.get((precision, batch))
             cells += [f"{r['queries_per_s']:,.0f}", f"{r['p50_ms']:.2f}", f"{r['p95_ms']:.2f}"] \
                 if r else ["-"] * 3
-        lines.append(f"| {batch} | " + " | ".join(cells) + " |")
+        rows.append([batch, *cells])
+    lines.append(table(["batch", "FP32 q/s", "FP32 p50 ms", "FP32 p95 ms", "FP16 q/s",
+                        "FP16 p50 ms", "FP16 p95 ms"], rows))
     return "\n".join(lines) + "\n"
 
 

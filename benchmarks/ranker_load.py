@@ -3,7 +3,7 @@ before TITLE_FEATURES existed) and read from `title_features.npz` (as `fusionran
 writes it): `SearchRuntime.load` in a fresh process, and Triton loading the whole repository and
 reloading the ranker (the reload `fusionrank serve`'s watch makes after a model process died).
 
-    .venv/bin/python benchmarks/ranker_load.py build/homedepot_fused/model_repository
+    .venv/bin/python -m benchmarks.ranker_load build/homedepot_fused/model_repository
 
 The repository is not changed: each variant is a hard-linked copy in a temporary folder, the
 saved variant with TITLE_FEATURES computed into its ranker version folder. Writes
@@ -21,12 +21,9 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
-from search_benchmark import machine, save_report
-
+from benchmarks.harness import heading, save_report, stamp, table
 from fusionrank.app.serve import TritonServer
 from fusionrank.app.stub_watch import StubWatch
 from fusionrank.core import artefacts
@@ -103,39 +100,29 @@ def main() -> int:
             row |= triton_load(copy, Path(scratch) / f"{variant.replace(' ', '_')}.log")
             results.append(row)
             print(row, flush=True)
-    report = {"command": f"python benchmarks/ranker_load.py {args.repository} "
-                         f"--runs {args.runs}",
-              "machine": machine(), "date": datetime.now(UTC).isoformat(timespec="seconds"),
-              "repository": str(args.repository), "results": results}
+    report = {**stamp(), "repository": str(args.repository), "results": results}
     save_report("ranker_load", report, markdown(report))
     return 0
 
 
 def markdown(report: dict) -> str:
-    header = ["title structures", "import, s", "SearchRuntime.load, s (runs)",
-              "Triton ready, s", "ranker reload, s", "file, MB"]
-    rows = "\n".join(
-        f"| {r['variant']} | {r['import_s']} | {r['load_s']} "
-        f"({', '.join(map(str, r['load_runs_s']))}) | {r['server_ready_s']} | "
-        f"{r['ranker_reload_s']} | {r.get('file_mb', '-')} |" for r in report["results"])
-    return f"""# Loading the search ranker: title structures computed at load or saved at build
-
-- Command: `{report['command']}`
-- Machine: {report['machine']}
-- Date: {report['date']}
-- Repository: `{report['repository']}` (hard-linked copies; the saved variant gets
-  `title_features.npz` in the version folder of the model running ScoreCandidates (the ranker:
-  `search_steps` by default), written by `save_title_features`, as `fusionrank build` writes it)
-- SearchRuntime.load: median of fresh processes (its import apart), what the ranker's
-  ScoreCandidates step runs at each load (its features graph built too). Triton: `tritonserver`
-  started on the copy (every model, the ranker's 2 instances among them) until ready, then the
-  ranker reloaded with a changed config, as `fusionrank serve`'s watch reloads it after a
-  model process died.
-
-| {" | ".join(header)} |
-|{" --- |" * len(header)}
-{rows}
-"""
+    rows = table(["title structures", "import, s", "SearchRuntime.load, s (runs)",
+                  "Triton ready, s", "ranker reload, s", "file, MB"],
+                 [[r["variant"], r["import_s"],
+                   f"{r['load_s']} ({', '.join(map(str, r['load_runs_s']))})",
+                   r["server_ready_s"], r["ranker_reload_s"], r.get("file_mb", "-")]
+                  for r in report["results"]])
+    return heading(
+        "Loading the search ranker: title structures computed at load or saved at build", report,
+        f"Repository: `{report['repository']}` (hard-linked copies; the saved variant gets\n"
+        "  `title_features.npz` in the version folder of the model running ScoreCandidates (the "
+        "ranker:\n  `search_steps` by default), written by `save_title_features`, as "
+        "`fusionrank build` writes it)",
+        "SearchRuntime.load: median of fresh processes (its import apart), what the ranker's\n"
+        "  ScoreCandidates step runs at each load (its features graph built too). Triton: "
+        "`tritonserver`\n  started on the copy (every model, the ranker's 2 instances among "
+        "them) until ready, then the\n  ranker reloaded with a changed config, as `fusionrank "
+        "serve`'s watch reloads it after a\n  model process died.") + f"\n{rows}\n"
 
 
 if __name__ == "__main__":

@@ -1,13 +1,15 @@
-"""Issue 11's reliability figures in one report, each with the command that measured it.
+"""The reliability figures in one report, each with the command that measured it: issue 11's
+(rollouts, faults, overload, bad input, a soak) and issue 21's operator safety
+(benchmarks/reliability_operator.py: a section per defect, its probe, figure and tests).
 
-    .venv/bin/python benchmarks/reliability.py
+    .venv/bin/python -m benchmarks.reliability
 
 Reads the reports of the benchmarks that measure each part (run them first; each says its own
 command and date): soak.json (the soak, with a catalogue rollout under load in the middle),
 stub_recovery.json (a killed model process), serve_recovery.json (a killed tritonserver),
 search_overload.json (bounded queues at 64 callers and above capacity), and runs the fuzz suite
 (tests/integration/test_fuzz.py, a real server) itself to count its cases. Writes
-benchmarks/reports/reliability.md and .json; the targets are issue 11's.
+benchmarks/reports/reliability.md and .json (`--out`: another folder).
 """
 
 from __future__ import annotations
@@ -18,11 +20,10 @@ import subprocess
 import sys
 import tempfile
 import xml.etree.ElementTree as ElementTree
-from datetime import UTC, datetime
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
-from search_benchmark import REPORTS, machine, save_report
+from benchmarks import reliability_operator
+from benchmarks.harness import REPORTS, heading, save_report, stamp, table
 
 FUZZ_TESTS = "tests/integration/test_fuzz.py"
 RECOVERY_TARGET_S = 10.0
@@ -32,7 +33,7 @@ MEMORY_GROWTH_TARGET = 5.0  # per cent, after warm-up
 def source(name: str) -> dict:
     path = REPORTS / f"{name}.json"
     if not path.is_file():
-        raise SystemExit(f"{path} is missing: run benchmarks/{name}.py first")
+        raise SystemExit(f"{path} is missing: run `python -m benchmarks.{name}` first")
     return json.loads(path.read_text())
 
 
@@ -56,8 +57,7 @@ def collect(run_fuzz: bool) -> dict:
     rollout = soak["rollout"]
     with_retries = [r for r in stub["results"] if r["retries"]]
     return {
-        "date": datetime.now(UTC).isoformat(timespec="seconds"), "machine": machine(),
-        "command": "python " + " ".join(sys.argv),
+        **stamp(),
         "rollout": {"command": soak["command"], "date": soak["date"],
                     "outcome": rollout["outcome"], "models": rollout["models"],
                     "seconds": rollout.get("seconds"),
@@ -86,6 +86,9 @@ def collect(run_fuzz: bool) -> dict:
                  "memory_growth_percent": soak["memory_growth_after_warmup_percent"],
                  "per_minute": soak["per_minute"]},
         "fuzz": fuzz() if run_fuzz else None,
+        "operator_safety": reliability_operator.collect({name: source(name) for name in (
+            "operator_safety", "rebuild_safety", "process_leaks", "serve_recovery", "web",
+            "search_answer_cost")}),
     }
 
 
@@ -113,10 +116,6 @@ def targets(r: dict) -> list[tuple[str, str, bool]]:
 
 
 def markdown(r: dict) -> str:
-    def table(header: list[str], rows: list[list]) -> str:
-        lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
-        return "\n".join(lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows])
-
     stub, overload, soak = r["model_process_killed"], r["overload"], r["soak"]
     target_rows = table(["target", "measured", "met"],
                         [[t, m, "yes" if ok else "**no**"] for t, m, ok in targets(r)])
@@ -149,11 +148,8 @@ def markdown(r: dict) -> str:
                  f"{fuzz['errors']} errors, {fuzz['skipped']} skipped of {fuzz['tests']}"
                  if fuzz else "not run (`--no-fuzz`)")
     rollout = r["rollout"]
-    return f"""# Reliability: rollouts, faults, overload, bad input, a soak
-
-- Command: `{r['command']}` (collects the reports below; each part's own command is given)
-- Machine: {r['machine']}
-- Date: {r['date']}
+    return heading("Reliability: rollouts, faults, overload, bad input, a soak", r) + f"""
+The command collects the reports below; each part's own command is given.
 
 {target_rows}
 
@@ -204,16 +200,19 @@ An open stream of requests above capacity (a queue with no bound grows while it 
 after warm-up (%): {json.dumps(soak['memory_growth_percent'])}.
 
 {minute_rows}
-"""
+
+""" + reliability_operator.markdown(r["operator_safety"])
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--no-fuzz", action="store_true", help="do not run the fuzz suite")
+    parser.add_argument("--out", type=Path, default=REPORTS,
+                        help="the folder to write reliability.md and .json to")
     args = parser.parse_args()
     report = collect(run_fuzz=not args.no_fuzz)
     report["targets"] = [{"target": t, "measured": m, "met": ok} for t, m, ok in targets(report)]
-    save_report("reliability", report, markdown(report))
+    save_report("reliability", report, markdown(report), args.out)
     return 0
 
 

@@ -3,12 +3,14 @@ concurrency, with distinct queries (response cache off) and with a Zipf replay o
 queries (response cache on); the same queries through the in-process runner as the reference;
 where the time goes per step (Triton's per-model statistics); the server's resident memory.
 
-    .venv/bin/python benchmarks/search_benchmark.py                  # pretrained encoder, dense
-    .venv/bin/python benchmarks/search_benchmark.py --run runs/relevance  # a trained, fused run
-    .venv/bin/python benchmarks/search_benchmark.py --queries 200 --seconds 3  # quick look
+    .venv/bin/python -m benchmarks.search_benchmark                  # pretrained encoder, dense
+    .venv/bin/python -m benchmarks.search_benchmark --run runs/relevance  # a trained, fused run
+    .venv/bin/python -m benchmarks.search_benchmark --queries 200 --seconds 3  # quick look
 
 Writes benchmarks/reports/search.md, .json and .png (search_fused.* with --run). Compare
-figures within one run: the machine is shared and noisy.
+figures within one run: the machine is shared and noisy. Three stages: `build` (the model
+repositories, where missing), `measure` (in process, then through Triton) and `summarise` /
+`write_report`.
 """
 
 from __future__ import annotations
@@ -17,28 +19,36 @@ import argparse
 import csv
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import asdict, dataclass, replace
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 
+from benchmarks.harness import (
+    REPORTS,
+    PeakMemory,
+    benchmark_queries,
+    heading,
+    latency_percentiles,
+    process_tree_rss_mib,
+    save_report,
+    stamp,
+    table,
+    zipf_replay,
+)
 from fusionrank.app.build import build_search_repository
 from fusionrank.app.serve import TritonServer
-from fusionrank.core.datasets import homedepot_catalogue, read_homedepot
+from fusionrank.core.datasets import homedepot_catalogue
 from fusionrank.core.model_folders import bundled_model_path
 from fusionrank.core.search.contract import SEARCH_MODEL, search_request
 from fusionrank.model_repository.runner import InProcessEnsemble, read_config
 from fusionrank.model_repository.search.ensemble import LAYOUTS, ServingOptions
 
-REPORTS = Path(__file__).parent / "reports"
 K = 10
 
 
@@ -51,19 +61,6 @@ class LoadResult:
     p99_ms: float
 
 
-def benchmark_queries(count: int, seed: int = 0) -> list[str]:
-    """Distinct real Home Depot search terms, in a fixed random order."""
-    terms = read_homedepot().search_term.str.strip().drop_duplicates().tolist()
-    rng = np.random.default_rng(seed)
-    return [terms[i] for i in rng.permutation(len(terms))[:count]]
-
-
-def zipf_replay(queries: list[str], requests: int, exponent: float, seed: int = 1) -> list[str]:
-    """`requests` queries drawn with P(the query of popularity rank r) ∝ r^-exponent: the
-    head of a real query log repeats, its tail does not."""
-    weights = 1.0 / np.arange(1, len(queries) + 1) ** exponent
-    rng = np.random.default_rng(seed)
-    return [queries[i] for i in rng.choice(len(queries), size=requests, p=weights / weights.sum())]
 
 
 def perf_analyzer_input(queries: list[str], path: Path) -> Path:
@@ -103,23 +100,26 @@ def perf_analyzer(url: str, data: Path, concurrency: int, seconds: float,
                       int(row["p99 latency"]) / 1e3)
 
 
+
+
 def in_process(pipeline: InProcessEnsemble, queries: list[str], batch: int, seconds: float
                ) -> LoadResult:
     """Queries through the in-process pipeline, `batch` per call, for about `seconds`."""
-    latencies: list[float] = []
+    latencies_ms: list[float] = []
     served = 0
     start = time.perf_counter()
     while time.perf_counter() - start < seconds:
         for i in range(0, len(queries), batch):
             tick = time.perf_counter()
             pipeline(search_request(queries[i:i + batch], K))
-            latencies.append(time.perf_counter() - tick)
+            latencies_ms.append((time.perf_counter() - tick) * 1e3)
             served += len(queries[i:i + batch])
             if time.perf_counter() - start >= seconds:
                 break
     elapsed = time.perf_counter() - start
-    p50, p95, p99 = np.percentile(np.array(latencies) * 1e3, [50, 95, 99])
-    return LoadResult(f"in-process batch={batch}", served / elapsed, p50, p95, p99)
+    p = latency_percentiles(latencies_ms, digits=6)
+    return LoadResult(f"in-process batch={batch}", served / elapsed, p["p50_ms"], p["p95_ms"],
+                      p["p99_ms"])
 
 
 def step_ceilings(pipeline: InProcessEnsemble, queries: list[str],
@@ -272,60 +272,10 @@ def plot(s: dict, path: Path) -> None:
     plt.close(figure)
 
 
-def process_tree_rss_mib(root: int) -> float:
-    """Resident memory of a process and all its descendants (Triton's model stubs)."""
-    return process_rss_mib(root)[1]
+# --- build ------------------------------------------------------------------------------------
 
 
-def process_rss_mib(root: int) -> tuple[float, float]:
-    """Resident memory of a process alone, and with all its descendants, from one look at
-    /proc."""
-    children: dict[int, list[int]] = {}
-    rss: dict[int, int] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            status = (entry / "status").read_text()
-        except OSError:
-            continue
-        fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
-        pid = int(entry.name)
-        children.setdefault(int(fields["PPid"]), []).append(pid)
-        rss[pid] = int(fields.get("VmRSS", "0 kB").split()[0])
-    total, todo = 0, [root]
-    while todo:
-        pid = todo.pop()
-        total += rss.get(pid, 0)
-        todo.extend(children.get(pid, []))
-    return rss.get(root, 0) / 1024, total / 1024
-
-
-class PeakMemory(threading.Thread):
-    def __init__(self, pid: int):
-        super().__init__(daemon=True)
-        self.pid, self.peak_mib, self._stop_event = pid, 0.0, threading.Event()
-
-    def run(self) -> None:
-        while not self._stop_event.wait(0.5):
-            self.peak_mib = max(self.peak_mib, process_tree_rss_mib(self.pid))
-
-    def stop(self) -> float:
-        self._stop_event.set()
-        self.join()
-        return self.peak_mib
-
-
-def machine() -> str:
-    lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    model = next((line.split(":", 1)[1].strip() for line in lscpu.splitlines()
-                  if line.startswith("Model name")), platform.processor())
-    memory_kib = int(next(line.split()[1] for line in Path("/proc/meminfo").read_text().splitlines()
-                          if line.startswith("MemTotal")))
-    return f"{model}, {os.cpu_count()} vCPU, {memory_kib / 2**20:.0f} GiB, {platform.platform()}"
-
-
-def main() -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--run", type=Path,
                         help="serve this trained run (fused pipeline) instead of the pretrained "
@@ -362,24 +312,22 @@ def main() -> int:
                         help="the response cache of the Zipf replay's server")
     parser.add_argument("--refresh-peer", action="store_true",
                         help="only rewrite search_fused.md/.png with the peer's latest report "
-                             "(after benchmarks/search_peer.py ran)")
-    args = parser.parse_args()
-    if args.refresh_peer:
-        summary = json.loads((REPORTS / "search_fused.json").read_text())
-        summary["peer"] = peer_summary()
-        write_report(summary, "search_fused")
-        return 0
+                             "(after python -m benchmarks.search_peer ran)")
+    return parser.parse_args(argv)
 
-    build = args.build or Path("build/homedepot_fused" if args.run else "build/homedepot")
-    repository = build / "model_repository"
+
+def build(args: argparse.Namespace) -> list[Path]:
+    """The model repositories to load, built first where missing (or with --rebuild): the one
+    measured, and with --compare-precision the same with the other query encoder."""
+    folder = args.build or Path("build/homedepot_fused" if args.run else "build/homedepot")
     options = ServingOptions(max_queue_delay_us=args.max_queue_delay_us,
                              onnx_threads=args.onnx_threads,
                              encoder_instances=args.encoder_instances,
                              ranker_instances=args.ranker_instances,
                              layout=args.layout, precision=args.precision)
-    builds = [(build, options)]
+    builds = [(folder, options)]
     if args.compare_precision:
-        builds.append((build.with_name(f"{build.name}_{args.compare_precision}"),
+        builds.append((folder.with_name(f"{folder.name}_{args.compare_precision}"),
                        replace(options, precision=args.compare_precision)))
     catalogue = None
     for folder, folder_options in builds:
@@ -389,73 +337,111 @@ def main() -> int:
                 print(report.summary(), file=sys.stderr)
             build_search_repository(catalogue, bundled_model_path(), folder, folder_options,
                                     run_dir=args.run)
-    manifest = json.loads((repository / "fusionrank.json").read_text())
-    queries = benchmark_queries(args.queries)
-    levels = [int(c) for c in args.concurrency.split(",")]
+    return [folder / "model_repository" for folder, _ in builds]
 
+
+# --- measure ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Measured:
+    """Everything one run measures, before it is summarised."""
+
+    reference: list[LoadResult]  # in process, one query a call and 8
+    ceilings: list[dict]  # each step alone, in process
+    agreement: dict  # served retrieval against the exact one
+    results: list[LoadResult]  # through Triton: distinct queries, then the Zipf replay
+    steps: list[dict]  # per model, at the highest concurrency, distinct queries
+    idle_mib: float
+    peak_mib: float
+    replay: list[str]
+    cache: dict
+
+
+def measure_in_process(repository: Path, queries: list[str], seconds: float
+                       ) -> tuple[list[LoadResult], list[dict], dict]:
+    """The in-process reference (batch 1 and 8), each step's ceiling and the retrieval check."""
     pipeline = InProcessEnsemble(repository, SEARCH_MODEL)
-    reference = [in_process(pipeline, queries, batch, args.seconds) for batch in (1, 8)]
+    reference = [in_process(pipeline, queries, batch, seconds) for batch in (1, 8)]
     ceilings = step_ceilings(pipeline, queries[:512])
-    del pipeline
-    agreement = retrieval_agreement(repository, queries)
+    del pipeline  # its models' memory, before a server loads them again
+    return reference, ceilings, retrieval_agreement(repository, queries)
 
-    results: list[LoadResult] = []
+
+def load_levels(server: TritonServer, data: Path, levels: list[int], seconds: float,
+                mode: str) -> list[LoadResult]:
+    """perf_analyzer at each concurrency, the rows named `{mode} c=N`."""
+    results = []
+    for concurrency in levels:
+        results.append(perf_analyzer(server.grpc_url, data, concurrency, seconds,
+                                     f"{mode} c={concurrency}"))
+        print(results[-1], file=sys.stderr)
+    return results
+
+
+def measure_served(args: argparse.Namespace, repositories: list[Path], queries: list[str],
+                   tmp: Path) -> tuple[list[LoadResult], dict]:
+    """Through Triton: distinct queries without a cache (what computing an answer costs; the
+    other precision's build too, with --compare-precision), then the Zipf replay of the same
+    queries through the response cache. The rows, and the figures beside them."""
+    levels = [int(c) for c in args.concurrency.split(",")]
+    data = perf_analyzer_input(queries, tmp / "queries.json")
+    with (tmp / "triton.log").open("w") as log, \
+            TritonServer(repositories[0], log=log, cache_mib=0) as server:
+        figures = {"idle_mib": process_tree_rss_mib(server.process.pid)}
+        memory = PeakMemory(server.process.pid)
+        memory.start()
+        results = load_levels(server, data, levels[:-1], args.seconds, "distinct")
+        before = model_statistics(server.grpc_url)  # the last level's window
+        results += load_levels(server, data, levels[-1:], args.seconds, "distinct")
+        figures["steps"] = step_times(before, model_statistics(server.grpc_url))
+        figures["peak_mib"] = memory.stop()
+    for other in repositories[1:]:
+        with (tmp / "triton_other.log").open("w") as log, \
+                TritonServer(other, log=log, cache_mib=0) as server:
+            results += load_levels(server, data, levels, args.seconds,
+                                   f"{args.compare_precision} distinct")
+    figures["replay"] = zipf_replay(queries, args.zipf_requests, args.zipf)
+    with (tmp / "triton_cached.log").open("w") as log, \
+            TritonServer(repositories[0], log=log, cache_mib=args.cache_mib) as server:
+        data = perf_analyzer_input(figures["replay"], tmp / "zipf.json")
+        before = model_statistics(server.grpc_url)
+        results += load_levels(server, data, levels, args.seconds, "zipf cached")
+        figures["cache"] = cache_hit_rate(before, model_statistics(server.grpc_url))
+    return results, figures
+
+
+def measure(args: argparse.Namespace, repositories: list[Path], queries: list[str]
+            ) -> Measured:
+    reference, ceilings, agreement = measure_in_process(repositories[0], queries, args.seconds)
     with tempfile.TemporaryDirectory() as tmp:
-        # Distinct queries, no cache: what computing an answer costs.
-        with (Path(tmp) / "triton.log").open("w") as log, \
-                TritonServer(repository, log=log, cache_mib=0) as server:
-            idle_mib = process_tree_rss_mib(server.process.pid)
-            data = perf_analyzer_input(queries, Path(tmp) / "queries.json")
-            memory = PeakMemory(server.process.pid)
-            memory.start()
-            for concurrency in levels:
-                before = model_statistics(server.grpc_url)
-                results.append(perf_analyzer(server.grpc_url, data, concurrency, args.seconds,
-                                             f"distinct c={concurrency}"))
-                print(results[-1], file=sys.stderr)
-            steps = step_times(before, model_statistics(server.grpc_url))  # the last level's
-            peak_mib = memory.stop()
-        if args.compare_precision:  # the same distinct queries, the other encoder
-            other = builds[1][0] / "model_repository"
-            with (Path(tmp) / "triton_other.log").open("w") as log, \
-                    TritonServer(other, log=log, cache_mib=0) as server:
-                for concurrency in levels:
-                    results.append(perf_analyzer(
-                        server.grpc_url, data, concurrency, args.seconds,
-                        f"{args.compare_precision} distinct c={concurrency}"))
-                    print(results[-1], file=sys.stderr)
-        # A Zipf replay of the same queries, through the response cache.
-        replay = zipf_replay(queries, args.zipf_requests, args.zipf)
-        with (Path(tmp) / "triton_cached.log").open("w") as log, \
-                TritonServer(repository, log=log, cache_mib=args.cache_mib) as server:
-            data = perf_analyzer_input(replay, Path(tmp) / "zipf.json")
-            before = model_statistics(server.grpc_url)
-            for concurrency in levels:
-                results.append(perf_analyzer(server.grpc_url, data, concurrency, args.seconds,
-                                             f"zipf cached c={concurrency}"))
-                print(results[-1], file=sys.stderr)
-            cache = cache_hit_rate(before, model_statistics(server.grpc_url))
+        results, figures = measure_served(args, repositories, queries, Path(tmp))
+    return Measured(reference, ceilings, agreement, results, **figures)
 
-    best_reference = max(r.throughput_qps for r in reference)
+
+# --- report -----------------------------------------------------------------------------------
+
+
+def summarise(args: argparse.Namespace, repository: Path, queries: list[str], m: Measured
+              ) -> dict:
+    manifest = json.loads((repository / "fusionrank.json").read_text())
+    c8 = at(m.results, "distinct c=8").throughput_qps
     summary = {
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "command": "python " + " ".join(sys.argv),
-        "machine": machine(),
+        **stamp(),
         "catalogue_products": manifest["index"]["products"],
         "queries": len(queries), "k": K,
         "serving": manifest["serving"],
-        "results": [asdict(r) for r in [*results, *reference]],
-        "zipf": {"exponent": args.zipf, "requests": len(replay),
-                 "distinct_in_replay": len(set(replay)), "cache_mib": args.cache_mib, **cache},
-        f"steps_at_c{levels[-1]}": steps,
-        "step_ceilings": ceilings,
-        "retrieval_agreement": agreement,
-        "server_rss_idle_mib": round(idle_mib, 1),
-        "server_rss_peak_mib": round(peak_mib, 1),
-        "c8_over_in_process_one_by_one": round(at(results, "distinct c=8").throughput_qps
-                                               / reference[0].throughput_qps, 3),
-        "c8_over_best_in_process": round(at(results, "distinct c=8").throughput_qps
-                                         / best_reference, 3),
+        "results": [asdict(r) for r in [*m.results, *m.reference]],
+        "zipf": {"exponent": args.zipf, "requests": len(m.replay),
+                 "distinct_in_replay": len(set(m.replay)), "cache_mib": args.cache_mib,
+                 **m.cache},
+        f"steps_at_c{int(args.concurrency.split(',')[-1])}": m.steps,
+        "step_ceilings": m.ceilings,
+        "retrieval_agreement": m.agreement,
+        "server_rss_idle_mib": round(m.idle_mib, 1),
+        "server_rss_peak_mib": round(m.peak_mib, 1),
+        "c8_over_in_process_one_by_one": round(c8 / m.reference[0].throughput_qps, 3),
+        "c8_over_best_in_process": round(c8 / max(r.throughput_qps for r in m.reference), 3),
     }
     if args.evaluation:
         evaluation = json.loads(args.evaluation.read_text())
@@ -469,9 +455,25 @@ def main() -> int:
     summary["pipeline"] = " → ".join(s.model_name for s in
                                      read_config(repository, "search").ensemble_scheduling.step)
     summary["training_run"] = manifest.get("training_run")
-    name = "search_fused" if manifest.get("training_run") else "search"
-    summary["plot"] = f"{name}.png"
-    write_report(summary, name)
+    summary["plot"] = f"{report_name(summary)}.png"
+    return summary
+
+
+def report_name(summary: dict) -> str:
+    return "search_fused" if summary.get("training_run") else "search"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.refresh_peer:
+        summary = json.loads((REPORTS / "search_fused.json").read_text())
+        summary["peer"] = peer_summary()
+    else:
+        repositories = build(args)
+        queries = benchmark_queries(args.queries)
+        summary = summarise(args, repositories[0], queries,
+                            measure(args, repositories, queries))
+    write_report(summary, report_name(summary))
     return 0
 
 
@@ -492,14 +494,6 @@ def peer_summary() -> dict | None:
 def write_report(summary: dict, name: str) -> None:
     save_report(name, summary, markdown(summary))
     plot(summary, REPORTS / f"{name}.png")
-
-
-def save_report(name: str, report: dict, text: str, folder: Path = REPORTS) -> None:
-    """A benchmark's figures as `name`.json and its report as `name`.md (printed too)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / f"{name}.json").write_text(json.dumps(report, indent=2) + "\n")
-    (folder / f"{name}.md").write_text(text)
-    print(text)
 
 
 def served_model(s: dict) -> str:
@@ -537,56 +531,61 @@ def targets(s: dict) -> list[tuple[str, str, bool]]:
     return rows
 
 
-def markdown(s: dict) -> str:
-    rows = "\n".join(f"| {r['mode']} | {r['throughput_qps']:.1f} | {r['p50_ms']:.2f} | "
-                     f"{r['p95_ms']:.2f} | {r['p99_ms']:.2f} |" for r in s["results"])
-    step_key = next(k for k in s if k.startswith("steps_at_c"))
-    steps = "\n".join(f"| {r['model']} | {r['requests']} | {r['executions']} | "
-                      f"{r['mean_batch']} | {r['queue_ms_per_request']} | "
-                      f"{r['compute_ms_per_execution']} | {r['compute_ms_per_query']} |"
-                      for r in s[step_key])
-    ceilings = "\n".join(f"| {r['step']} | {r['ms_per_query_batch1']} | "
-                         f"{r['ms_per_query_batch8']} |" for r in s["step_ceilings"])
-    total1 = sum(r["ms_per_query_batch1"] for r in s["step_ceilings"])
-    total8 = sum(r["ms_per_query_batch8"] for r in s["step_ceilings"])
-    quality = ""
+
+
+def quality_section(s: dict) -> str:
+    """The served run's ranking quality (with --evaluation) and the retrieval check."""
+    text = ""
     if s.get("quality"):
-        measured = "".join(f"| {split} | {name} | {m['ndcg@10']:.4f} | {m['recall@100']:.4f} |\n"
-                           for split, systems in s["quality"]["splits"].items()
-                           for name, m in systems.items())
-        quality = ("Ranking quality of the served run, FP32 against INT8 query encoder (one "
-                   f"`fusionrank evaluate` run: `{s['quality']['source']}`):\n\n"
-                   "| split | system | NDCG@10 | Recall@100 |\n| --- | --- | --- | --- |\n"
-                   f"{measured}\n")
+        rows = [[split, name, f"{m['ndcg@10']:.4f}", f"{m['recall@100']:.4f}"]
+                for split, systems in s["quality"]["splits"].items()
+                for name, m in systems.items()]
+        text = ("Ranking quality of the served run, FP32 against INT8 query encoder (one "
+                f"`fusionrank evaluate` run: `{s['quality']['source']}`):\n\n"
+                + table(["split", "system", "NDCG@10", "Recall@100"], rows) + "\n\n")
     a = s.get("retrieval_agreement")
     if a:
-        quality += (f"Served retrieval (`{', '.join(a['graph'])}`) against the exact float32 "
-                    f"top {a['candidates']} by cosine that `fusionrank evaluate` computes, for "
-                    f"the same {a['queries']} query vectors, 8 a call: the same products for "
-                    f"**{a['same_products']}** of them, in the same order for "
-                    f"{a['same_order']} (elsewhere two cosines within float32 rounding of "
-                    "each other swap places); largest cosine difference "
-                    f"{a['max_cosine_difference']:.1e}.\n\n")
-    goals = ("Issue 10's targets for the fused pipeline:\n\n| target | measured | met |\n"
-             "| --- | --- | --- |\n"
-             + "".join(f"| {target} | {measured} | {'yes' if met else '**no**'} |\n"
-                       for target, measured, met in targets(s)) + "\n"
-             ) if s.get("training_run") else ""
-    return f"""# Search serving benchmark
+        text += (f"Served retrieval (`{', '.join(a['graph'])}`) against the exact float32 "
+                 f"top {a['candidates']} by cosine that `fusionrank evaluate` computes, for "
+                 f"the same {a['queries']} query vectors, 8 a call: the same products for "
+                 f"**{a['same_products']}** of them, in the same order for "
+                 f"{a['same_order']} (elsewhere two cosines within float32 rounding of "
+                 "each other swap places); largest cosine difference "
+                 f"{a['max_cosine_difference']:.1e}.\n\n")
+    if s.get("training_run"):
+        rows = [[target, measured, "yes" if met else "**no**"]
+                for target, measured, met in targets(s)]
+        text += ("Issue 10's targets for the fused pipeline:\n\n"
+                 + table(["target", "measured", "met"], rows) + "\n\n")
+    return text
 
-- Command: `{s['command']}`
-- Machine: {s['machine']}
-- Date: {s['date']}
-- Catalogue: {s['catalogue_products']} Home Depot products; {s['queries']} distinct real search
-  terms, K = {s['k']}; perf_analyzer over gRPC against the `search` ensemble.
-- Pipeline: {s['pipeline']} ({served_model(s)})
-- Serving options: `{json.dumps(s['serving'])}`
 
-| mode | queries / s | p50 ms | p95 ms | p99 ms |
-| --- | --- | --- | --- | --- |
-{rows}
+def markdown(s: dict) -> str:
+    results = table(["mode", "queries / s", "p50 ms", "p95 ms", "p99 ms"],
+                    [[r["mode"], f"{r['throughput_qps']:.1f}", f"{r['p50_ms']:.2f}",
+                      f"{r['p95_ms']:.2f}", f"{r['p99_ms']:.2f}"] for r in s["results"]])
+    step_key = next(k for k in s if k.startswith("steps_at_c"))
+    steps = table(["model", "requests", "executions", "mean batch", "queue ms / request",
+                   "compute ms / batch", "compute ms / query"],
+                  [[r["model"], r["requests"], r["executions"], r["mean_batch"],
+                    r["queue_ms_per_request"], r["compute_ms_per_execution"],
+                    r["compute_ms_per_query"]] for r in s[step_key]])
+    total1 = sum(r["ms_per_query_batch1"] for r in s["step_ceilings"])
+    total8 = sum(r["ms_per_query_batch8"] for r in s["step_ceilings"])
+    ceilings = table(["step", "ms / query, batch 1", "ms / query, batch 8"],
+                     [[r["step"], r["ms_per_query_batch1"], r["ms_per_query_batch8"]]
+                      for r in s["step_ceilings"]]
+                     + [["**all steps**", f"**{total1:.3f}**", f"**{total8:.3f}**"]])
+    zipf = s["zipf"]
+    return heading(
+        "Search serving benchmark", s,
+        f"Catalogue: {s['catalogue_products']} Home Depot products; {s['queries']} distinct real "
+        f"search\n  terms, K = {s['k']}; perf_analyzer over gRPC against the `search` ensemble.",
+        f"Pipeline: {s['pipeline']} ({served_model(s)})",
+        f"Serving options: `{json.dumps(s['serving'])}`") + f"""
+{results}
 
-{quality}{goals}Throughput at concurrency 8 over the in-process pipeline's:
+{quality_section(s)}Throughput at concurrency 8 over the in-process pipeline's:
 **{s['c8_over_in_process_one_by_one']:.2f}** against one query per call (a stream of single
 queries),
 **{s['c8_over_best_in_process']:.2f}** against its best, 8 queries per call.
@@ -594,13 +593,13 @@ queries),
 Resident memory of tritonserver with all its model processes: {s['server_rss_idle_mib']:.0f} MiB
 when ready, {s['server_rss_peak_mib']:.0f} MiB at peak under load.
 
-The Zipf replay: {s['zipf']['requests']} requests drawn from the {s['queries']} queries with
-P(rank r) ∝ r^-{s['zipf']['exponent']} ({s['zipf']['distinct_in_replay']} distinct), against a
-server with a {s['zipf']['cache_mib']} MiB response cache: hit rate
-**{s['zipf']['hit_rate']:.1%}** ({s['zipf']['cache_hits']} hits, {s['zipf']['cache_misses']}
+The Zipf replay: {zipf['requests']} requests drawn from the {s['queries']} queries with
+P(rank r) ∝ r^-{zipf['exponent']} ({zipf['distinct_in_replay']} distinct), against a
+server with a {zipf['cache_mib']} MiB response cache: hit rate
+**{zipf['hit_rate']:.1%}** ({zipf['cache_hits']} hits, {zipf['cache_misses']}
 misses over all its concurrency levels). perf_analyzer loops over the replay, so after its first
 pass every query of it is cached; one pass alone would miss once per distinct query
-({1 - s['zipf']['distinct_in_replay'] / s['zipf']['requests']:.1%} hits). Distinct-query rows
+({1 - zipf['distinct_in_replay'] / zipf['requests']:.1%} hits). Distinct-query rows
 ran with the cache off.
 
 ![throughput and p99 against concurrency]({s['plot']})
@@ -608,18 +607,12 @@ ran with the cache off.
 Where the time goes at the highest concurrency, distinct queries (Triton's per-model
 statistics; an execution is one dynamic batch):
 
-| model | requests | executions | mean batch | queue ms / request | compute ms / batch | \
-compute ms / query |
-| --- | --- | --- | --- | --- | --- | --- |
 {steps}
 
 Each step alone, in process (the ceiling it sets: one core gives it at most 1000 / ms
 queries a second; two cores at most twice that, for all steps together):
 
-| step | ms / query, batch 1 | ms / query, batch 8 |
-| --- | --- | --- |
 {ceilings}
-| **all steps** | **{total1:.3f}** | **{total8:.3f}** |
 
 The ceiling these set: two cores running every step with no server at all would serve at most
 2 × 1000 / {total8:.2f} = **{2000 / total8:.0f} queries/s** at 8 queries a call (500 queries/s
@@ -628,7 +621,7 @@ needs at most 4 ms of core time a query, server included), and one query alone t
 
 Why each step costs what it does, kernel by kernel (ONNX Runtime's profiler, the matrix
 products' work against what one core reaches), and what that leaves for the server:
-[search_kernels.md](search_kernels.md), from `python benchmarks/search_kernels.py` run after
+[search_kernels.md](search_kernels.md), from `python -m benchmarks.search_kernels` run after
 this benchmark on the same build.
 
 In-process rows run the model repository's own steps, as its config wires them

@@ -3,7 +3,7 @@ kernels by kind (matrix products, trees, the rest) from ONNX Runtime's own profi
 of the matrix products (multiply-adds a query), and the rate they reach against what one core
 of this machine reaches on a large matrix product of the same kind.
 
-    .venv/bin/python benchmarks/search_kernels.py --build build/homedepot_fused
+    .venv/bin/python -m benchmarks.search_kernels --build build/homedepot_fused
 
 Writes benchmarks/reports/search_kernels.md and .json. Everything runs on one thread, 8 real
 queries a call, as each copy of the served model runs them (`onnx_threads` 1).
@@ -19,7 +19,6 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -28,14 +27,13 @@ import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 from threadpoolctl import threadpool_limits
 
+from benchmarks.harness import REPORTS, benchmark_queries, heading, save_report, stamp, table
+from benchmarks.search_benchmark import K
 from fusionrank.core import artefacts
 from fusionrank.core.encoding import ONNX_OPSET, onnx_session
 from fusionrank.core.search.contract import SEARCH_MODEL, search_request
 from fusionrank.export.quantize import ACCURACY_LEVEL, BITS, BLOCK
 from fusionrank.model_repository.runner import InProcessEnsemble
-
-sys.path.insert(0, str(Path(__file__).parent))
-from search_benchmark import REPORTS, K, benchmark_queries, machine, save_report
 
 BATCH = 8
 PRODUCTS = ("MatMul", "Gemm", "FusedMatMul", "MatMulNBits", "MatMulInteger",
@@ -230,10 +228,7 @@ def main() -> int:
     products = sum(g["products_ms"] for g in graphs)
     products_floor = sum(g["products_at_reference_ms"] for g in graphs)
     report = {
-        "command": "python benchmarks/search_kernels.py --build " + str(args.build)
-                   + (f" --queries {args.queries}" if args.queries != 400 else ""),
-        "machine": machine(), "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "queries": len(queries), "batch": BATCH, "reference": rates, "steps": rows,
+        **stamp(), "queries": len(queries), "batch": BATCH, "reference": rates, "steps": rows,
         "graphs": graphs, "total_ms_per_query": round(total, 3),
         "products_ms_per_query": round(products, 3),
         "products_at_reference_ms_per_query": round(products_floor, 3),
@@ -245,33 +240,31 @@ def main() -> int:
 
 def markdown(r: dict) -> str:
     ref = r["reference"]
-    steps = "\n".join(
-        f"| {s['step']} | {s['ms_per_query']:.3f} | {s['products_ms']:.3f} | {s['trees_ms']:.3f} "
-        f"| {s['other_kernels_ms']:.3f} | {s['numpy_python_ms']:.3f} |" for s in r["steps"])
-    graphs = "\n".join(
-        f"| {g['graph']} ({g['step']}) | {g['ms_per_query']:.3f} | "
-        f"{g['products_mmacs_per_query']['int8']:.1f} | "
-        f"{g['products_mmacs_per_query']['fp32']:.1f} | {g['products_ms']:.3f} | "
-        f"{g['achieved_gmacs'] or 0:.1f} | {g['products_at_reference_ms']:.3f} | "
-        f"{', '.join(g['top_kernels'])} |" for g in r["graphs"])
     total, served = r["total_ms_per_query"], served_paragraph(r)
+    steps = table(["step", "all", "matrix products", "trees", "other ONNX kernels",
+                   "numpy and Python"],
+                  [[s["step"], *(f"{s[key]:.3f}" for key in (
+                      "ms_per_query", "products_ms", "trees_ms", "other_kernels_ms",
+                      "numpy_python_ms"))] for s in r["steps"]]
+                  + [["**all**", f"**{total:.3f}**", "", "", "", ""]])
+    graphs = table(["graph (step)", "ms / query", "M int8", "M fp32", "products ms",
+                    "achieved G/s", "products at the reference rate, ms", "heaviest kernels"],
+                   [[f"{g['graph']} ({g['step']})", f"{g['ms_per_query']:.3f}",
+                     f"{g['products_mmacs_per_query']['int8']:.1f}",
+                     f"{g['products_mmacs_per_query']['fp32']:.1f}", f"{g['products_ms']:.3f}",
+                     f"{g['achieved_gmacs'] or 0:.1f}", f"{g['products_at_reference_ms']:.3f}",
+                     ", ".join(g["top_kernels"])] for g in r["graphs"]])
     fp32, int8 = ref["fp32_macs_per_s"] / 1e9, ref["int8_macs_per_s"] / 1e9
-    return f"""# Search steps at the kernel level: where each query's core time goes
-
-- Command: `{r['command']}`
-- Machine: {r['machine']}
-- Date: {r['date']}
-- {r['queries']} distinct real Home Depot search terms, {r['batch']} a call, K = 10, through
-  the served model repository's own steps in one process (`InProcessEnsemble`), one thread
-  (ONNX Runtime and BLAS), as each served copy runs. ONNX Runtime's profiler splits each
-  graph's kernel time by kind; the split is applied to the graph's unprofiled time.
-
+    return heading(
+        "Search steps at the kernel level: where each query's core time goes", r,
+        f"{r['queries']} distinct real Home Depot search terms, {r['batch']} a call, K = 10, "
+        "through\n  the served model repository's own steps in one process "
+        "(`InProcessEnsemble`), one thread\n  (ONNX Runtime and BLAS), as each served copy "
+        "runs. ONNX Runtime's profiler splits each\n  graph's kernel time by kind; the split "
+        "is applied to the graph's unprofiled time.") + f"""
 Each step, ms of one core a query:
 
-| step | all | matrix products | trees | other ONNX kernels | numpy and Python |
-| --- | --- | --- | --- | --- | --- |
 {steps}
-| **all** | **{total:.3f}** | | | | |
 
 Each ONNX graph: its matrix products' work (million multiply-adds a query, 8-bit and float32),
 the rate they reach (billion a second), and the time they would take at the rate one core
@@ -279,9 +272,6 @@ reaches on a large product of the same kind ({ref['shape']}, one thread: float32
 **{fp32:.1f}**, 8-bit weights with int8 arithmetic (MatMulNBits, as the encoder) **{int8:.1f}**
 billion multiply-adds a second; memory reads at **{ref['memory_bytes_per_s'] / 1e9:.1f} GB/s**):
 
-| graph (step) | ms / query | M int8 | M fp32 | products ms | achieved G/s \
-| products at the reference rate, ms | heaviest kernels |
-| --- | --- | --- | --- | --- | --- | --- | --- |
 {graphs}
 
 {served}

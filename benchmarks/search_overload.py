@@ -2,7 +2,7 @@
 bounded queue (each model holds at most `--max-queue-size` waiting requests and refuses more
 at once: `fusionrank build --max-queue-size`) and without one (the default).
 
-    .venv/bin/python benchmarks/search_overload.py --build build/homedepot_fused --seconds 10
+    .venv/bin/python -m benchmarks.search_overload --build build/homedepot_fused --seconds 10
 
 `--build`: a `fusionrank build` output of a trained run over the Home Depot catalogue (its
 `artefacts/` are served again, under each policy). Two kinds of load, through the SDK with
@@ -22,14 +22,17 @@ import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field, replace
-from datetime import UTC, datetime
 from pathlib import Path
 
-import numpy as np
-
-sys.path.insert(0, str(Path(__file__).parent))
-from search_benchmark import benchmark_queries, machine, save_report
-
+from benchmarks.harness import (
+    benchmark_queries,
+    closed_loops_async,
+    heading,
+    latency_percentiles,
+    save_report,
+    stamp,
+    table,
+)
 from fusionrank.app.serve import TritonServer
 from fusionrank.client import (
     AsyncFusionRankClient,
@@ -73,36 +76,26 @@ class Outcomes:
 
     def summary(self, elapsed: float) -> dict:
         calls = len(self.served) + len(self.refused) + self.timed_out + len(self.other)
+        served = latency_percentiles([s * 1e3 for s in self.served], (50, 99), digits=1)
+        refused = latency_percentiles([s * 1e3 for s in self.refused], (99,), digits=1)
         return {"served_qps": round(len(self.served) / elapsed, 1),
                 "refused_share": round(len(self.refused) / max(calls, 1), 4),
                 "timed_out_share": round(self.timed_out / max(calls, 1), 4),
-                "served_p50_ms": _ms(self.served, 50), "served_p99_ms": _ms(self.served, 99),
-                "refused_p99_ms": _ms(self.refused, 99), "other_errors": len(self.other),
+                "served_p50_ms": served.get("p50_ms"), "served_p99_ms": served.get("p99_ms"),
+                "refused_p99_ms": refused.get("p99_ms"), "other_errors": len(self.other),
                 "other_examples": self.other[:3]}
-
-
-def _ms(values: list[float], q: float) -> float | None:
-    return round(float(np.percentile(np.array(values) * 1e3, q)), 1) if values else None
 
 
 async def load(url: str, queries: list[str], concurrency: int, seconds: float) -> dict:
     """`concurrency` callers in closed loops for `seconds` (after a second's warm-up)."""
-    position = 0
+    warm_up, outcomes = Outcomes(), Outcomes()
     async with AsyncFusionRankClient(url, timeout_s=60, retry=RetryPolicy(attempts=1)) as client:
-        async def caller(outcomes: Outcomes, deadline: float) -> None:
-            nonlocal position
-            while time.perf_counter() < deadline:
-                position += 1
-                if not await outcomes.call(client, queries[position % len(queries)]):
-                    await asyncio.sleep(REFUSED_PAUSE_S)  # a refused caller comes back later
+        async def send(query: str, measured: bool) -> None:
+            if not await (outcomes if measured else warm_up).call(client, query):
+                await asyncio.sleep(REFUSED_PAUSE_S)  # a refused caller comes back later
 
-        warm_up = Outcomes()
-        await asyncio.gather(*(caller(warm_up, time.perf_counter() + 1.0)
-                               for _ in range(concurrency)))
-        outcomes, start = Outcomes(), time.perf_counter()
-        await asyncio.gather(*(caller(outcomes, start + seconds) for _ in range(concurrency)))
-        return {"concurrency": concurrency,
-                **outcomes.summary(time.perf_counter() - start)}
+        elapsed = await closed_loops_async(send, queries, concurrency, seconds)
+        return {"concurrency": concurrency, **outcomes.summary(elapsed)}
 
 
 async def stream(url: str, queries: list[str], rate: float, seconds: float,
@@ -122,30 +115,25 @@ async def stream(url: str, queries: list[str], rate: float, seconds: float,
 
 
 def markdown(report: dict) -> str:
-    rows = "\n".join(
-        f"| {policy} | {r['concurrency']} | {r['served_qps']} | {r['served_p50_ms']} | "
-        f"{r['served_p99_ms']} | {r['refused_share']:.1%} | {r['refused_p99_ms']} | "
-        f"{r['other_errors']} |"
-        for policy, results in report["policies"].items() for r in results)
-    streams = "\n".join(
-        f"| {policy} | {r['rate']:g} | {r['served_qps']} | {r['served_p50_ms']} | "
-        f"{r['served_p99_ms']} | {r['refused_share']:.1%} | {r['refused_p99_ms']} | "
-        f"{r['timed_out_share']:.1%} | {r['other_errors']} |"
-        for policy, r in report.get("streams", {}).items())
-    return f"""# Search under overload: bounded queues against unbounded ones
-
-- Command: `{report['command']}`
-- Machine: {report['machine']}
-- Date: {report['date']}
-- The build `{report['build']}` served again under each policy; {report['queries']} distinct real
-  Home Depot search terms, K = {K}; closed loops of callers through the SDK with retries off,
-  response cache off, {report['seconds']} s per row.
-- bounded: `{json.dumps(report['bounded'])}` (per model, `fusionrank build --max-queue-size`);
-  unbounded: no queue limit, no timeout (the default).
-
-| policy | callers | served q/s | served p50 ms | served p99 ms | refused | refused p99 ms | \
-other errors |
-| --- | --- | --- | --- | --- | --- | --- | --- |
+    rows = table(["policy", "callers", "served q/s", "served p50 ms", "served p99 ms", "refused",
+                  "refused p99 ms", "other errors"],
+                 [[policy, r["concurrency"], r["served_qps"], r["served_p50_ms"],
+                   r["served_p99_ms"], f"{r['refused_share']:.1%}", r["refused_p99_ms"],
+                   r["other_errors"]]
+                  for policy, results in report["policies"].items() for r in results])
+    streams = table(["policy", "offered q/s", "served q/s", "served p50 ms", "served p99 ms",
+                     "refused", "refused p99 ms", "timed out", "other errors"],
+                    [[policy, f"{r['rate']:g}", r["served_qps"], r["served_p50_ms"],
+                      r["served_p99_ms"], f"{r['refused_share']:.1%}", r["refused_p99_ms"],
+                      f"{r['timed_out_share']:.1%}", r["other_errors"]]
+                     for policy, r in report.get("streams", {}).items()])
+    return heading(
+        "Search under overload: bounded queues against unbounded ones", report,
+        f"The build `{report['build']}` served again under each policy; {report['queries']} "
+        f"distinct real\n  Home Depot search terms, K = {K}; closed loops of callers through "
+        f"the SDK with retries off,\n  response cache off, {report['seconds']} s per row.",
+        f"bounded: `{json.dumps(report['bounded'])}` (per model, `fusionrank build "
+        "--max-queue-size`);\n  unbounded: no queue limit, no timeout (the default).") + f"""
 {rows}
 
 A refused call is answered at once with UNAVAILABLE "Exceeds maximum queue size" (the SDK's
@@ -157,9 +145,6 @@ A refused call is answered at once with UNAVAILABLE "Exceeds maximum queue size"
 {report.get('stream_seconds')} s of requests arriving at a fixed rate whatever the server does, each
 with a {report.get('stream_timeout_s')} s deadline (a call past it counts as timed out).
 
-| policy | offered q/s | served q/s | served p50 ms | served p99 ms | refused | refused p99 ms | \
-timed out | other errors |
-| --- | --- | --- | --- | --- | --- | --- | --- | --- |
 {streams}
 """
 
@@ -202,9 +187,7 @@ def main() -> int:
                                                        args.stream_seconds,
                                                        args.stream_timeout_s))
                     print(name, streams[name], file=sys.stderr)
-    report = {"date": datetime.now(UTC).isoformat(timespec="seconds"),
-              "command": "python " + " ".join(sys.argv), "machine": machine(),
-              "build": str(args.build), "queries": len(queries), "seconds": args.seconds,
+    report = {**stamp(), "build": str(args.build), "queries": len(queries), "seconds": args.seconds,
               "bounded": {k: v for k, v in asdict(bounded).items()
                           if k in ("max_queue_size", "queue_timeout_ms")},
               "policies": results, "streams": streams, "stream_seconds": args.stream_seconds,

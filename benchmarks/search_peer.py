@@ -7,7 +7,7 @@ runtime. Ours: the Triton model repository `fusionrank build` wrote. Both are lo
 client program at the same concurrencies: HTTP/JSON for the peer, gRPC for Triton.
 
     .venv/bin/pip install -e '.[peer]'
-    .venv/bin/python benchmarks/search_peer.py --run runs/relevance \
+    .venv/bin/python -m benchmarks.search_peer --run runs/relevance \
         --build build/homedepot_fused --queries 2000 --seconds 10
 
 Writes benchmarks/reports/search_peer.md and .json. First checks the peer's quality: its
@@ -25,14 +25,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).parent))
-from search_benchmark import benchmark_queries, machine, save_report
+from benchmarks import harness
 
+ROOT = Path(__file__).resolve().parents[1]
 K = 10
 
 
@@ -115,42 +114,34 @@ def create_app():
 async def load(send, queries: list[str], concurrency: int, seconds: float) -> dict:
     """A closed loop of `concurrency` callers for `seconds` (after one warm-up pass of them).
     `send(query)` makes one call and returns its decoded answer."""
-    latencies: list[float] = []
-    position = 0
+    latencies_ms: list[float] = []
 
-    async def caller(deadline: float, record: bool) -> None:
-        nonlocal position
-        while time.perf_counter() < deadline:
-            query = queries[position % len(queries)]
-            position += 1
-            tick = time.perf_counter()
-            await send(query)
-            if record:
-                latencies.append(time.perf_counter() - tick)
+    async def timed(query: str, measured: bool) -> None:
+        tick = time.perf_counter()
+        await send(query)
+        if measured:
+            latencies_ms.append((time.perf_counter() - tick) * 1e3)
 
-    await asyncio.gather(*(caller(time.perf_counter() + 1.0, False) for _ in range(concurrency)))
-    start = time.perf_counter()
-    await asyncio.gather(*(caller(start + seconds, True) for _ in range(concurrency)))
-    elapsed = time.perf_counter() - start
-    p50, p99 = np.percentile(np.array(latencies) * 1e3, [50, 99])
-    return {"concurrency": concurrency, "throughput_qps": round(len(latencies) / elapsed, 1),
-            "p50_ms": round(float(p50), 2), "p99_ms": round(float(p99), 2)}
+    elapsed = await harness.closed_loops_async(timed, queries, concurrency, seconds)
+    return {"concurrency": concurrency,
+            "throughput_qps": round(len(latencies_ms) / elapsed, 1),
+            **harness.latency_percentiles(latencies_ms, (50, 99))}
 
 
 async def load_triton(url: str, queries: list[str], levels: list[int], seconds: float):
     """Each call asks for what the peer answers, the K product ids and their scores, and
-    decodes them (the SDK's `search` asks for every output, the explanation too, and parses
-    each product's metadata: client work the peer's callers would not do)."""
+    decodes them: the request the SDK's plain `search` sends (DETAIL ids)."""
     import tritonclient.grpc.aio as grpcaio
 
     from fusionrank.client.search import search_inputs
-    from fusionrank.core.search.contract import SEARCH_MODEL
+    from fusionrank.core.search.contract import SEARCH_MODEL, Detail
 
-    wanted = [grpcaio.InferRequestedOutput(name) for name in ("PRODUCT_IDS", "SCORES")]
+    wanted = [grpcaio.InferRequestedOutput(spec.name) for spec in Detail.IDS.outputs]
     async with grpcaio.InferenceServerClient(url) as client:
         async def send(query: str) -> tuple[list[str], list[float]]:
-            result = await client.infer(SEARCH_MODEL, search_inputs([query], K, module=grpcaio),
-                                        outputs=wanted, client_timeout=60)
+            inputs = search_inputs([query], K, Detail.IDS, module=grpcaio)
+            result = await client.infer(SEARCH_MODEL, inputs, outputs=wanted,
+                                        client_timeout=60)
             return ([i.decode("utf-8") for i in result.as_numpy("PRODUCT_IDS")[0]],
                     result.as_numpy("SCORES")[0].tolist())
 
@@ -221,12 +212,12 @@ def main() -> int:
     from fusionrank.app.serve import TritonServer, free_port
 
     levels = [int(c) for c in args.concurrency.split(",")]
-    queries = benchmark_queries(args.queries)
+    queries = harness.benchmark_queries(args.queries)
     quality = dev_quality(args.run, args.build, PeerSearch(args.run, args.build))
     print(json.dumps(quality, indent=1), file=sys.stderr)
 
     env = dict(os.environ, PEER_RUN=str(args.run.resolve()), PEER_BUILD=str(args.build.resolve()),
-               PYTHONPATH=str(Path(__file__).parent))
+               PYTHONPATH=str(ROOT))
     peers: dict[str, list[dict]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for workers in [int(w) for w in args.peer_workers.split(",")]:
@@ -234,8 +225,9 @@ def main() -> int:
             log = (Path(tmp) / f"peer{workers}.log").open("w")
             ready = Path(tmp) / f"ready{workers}"
             ready.mkdir()
-            peer = subprocess.Popen([sys.executable, "-m", "uvicorn", "search_peer:create_app",
-                                     "--factory", "--host", "127.0.0.1", "--port", str(port),
+            peer = subprocess.Popen([sys.executable, "-m", "uvicorn",
+                                     "benchmarks.search_peer:create_app", "--factory",
+                                     "--host", "127.0.0.1", "--port", str(port),
                                      "--workers", str(workers), "--log-level", "warning"],
                                     env=env | {"PEER_READY": str(ready)}, stdout=log,
                                     stderr=subprocess.STDOUT)
@@ -254,12 +246,10 @@ def main() -> int:
     compare_at = 8 if 8 in levels else levels[-1]
     best = max(peers, key=lambda w: next(r["throughput_qps"] for r in peers[w]
                                          if r["concurrency"] == compare_at))
-    report = {"date": datetime.now(UTC).isoformat(timespec="seconds"),
-              "command": "python " + " ".join(sys.argv), "machine": machine(),
-              "queries": len(queries), "k": K, "dev_quality": quality,
+    report = {**harness.stamp(), "queries": len(queries), "k": K, "dev_quality": quality,
               "peer_workers": int(best), "peers": peers,
               "triton": triton_results, "peer": peers[best]}
-    save_report("search_peer", report, markdown(report))
+    harness.save_report("search_peer", report, markdown(report))
     return 0
 
 
@@ -284,28 +274,26 @@ def wait_for_peer(url: str, process: subprocess.Popen, ready: Path, workers: int
 
 
 def markdown(r: dict) -> str:
-    quality = "\n".join(f"| {name} | {m['ndcg@10']:.4f} | {m['recall@100']:.4f} |"
-                        for name, m in r["dev_quality"].items() if "ndcg@10" in m)
+    quality = harness.table(["query vectors", "NDCG@10", "Recall@100"],
+                            [[name, f"{m['ndcg@10']:.4f}", f"{m['recall@100']:.4f}"]
+                             for name, m in r["dev_quality"].items() if "ndcg@10" in m])
     cosine = r["dev_quality"]["query_vector_cosine"]
     workers = list(r["peers"])
-    rows = "\n".join(
-        f"| {t['concurrency']} | {t['throughput_qps']} | {t['p50_ms']} | {t['p99_ms']} | "
-        + "".join(f"{r['peers'][w][i]['throughput_qps']} | {r['peers'][w][i]['p50_ms']} | "
-                  f"{r['peers'][w][i]['p99_ms']} | " for w in workers)
-        + f"{t['throughput_qps'] / r['peer'][i]['throughput_qps']:.2f} |"
-        for i, t in enumerate(r["triton"]))
-    peer_columns = "".join(f"peer ×{w} q/s | p50 ms | p99 ms | " for w in workers)
-    rules = "--- | " * (3 * len(workers))
-    return f"""# Search: Triton against a FastAPI + PyTorch peer
-
-- Command: `{r['command']}`
-- Machine: {r['machine']}
-- Date: {r['date']}
-- {r['queries']} distinct real Home Depot search terms, K = {r['k']}, one query per request;
-  one client program (a closed loop of callers per concurrency, 1 s warm-up): gRPC for Triton
-  (its response cache off), HTTP/JSON for the peer. Every call asks both for the same answer,
-  the K product ids and their scores, and decodes it.
-
+    measured = ("throughput_qps", "p50_ms", "p99_ms")
+    rows = harness.table(
+        ["concurrency", "Triton q/s", "p50 ms", "p99 ms",
+         *(column for w in workers for column in (f"peer ×{w} q/s", "p50 ms", "p99 ms")),
+         f"Triton / peer ×{r['peer_workers']}"],
+        [[t["concurrency"], *(t[key] for key in measured),
+          *(r["peers"][w][i][key] for w in workers for key in measured),
+          f"{t['throughput_qps'] / r['peer'][i]['throughput_qps']:.2f}"]
+         for i, t in enumerate(r["triton"])])
+    return harness.heading(
+        "Search: Triton against a FastAPI + PyTorch peer", r,
+        f"{r['queries']} distinct real Home Depot search terms, K = {r['k']}, one query per "
+        "request;\n  one client program (a closed loop of callers per concurrency, 1 s warm-up): "
+        "gRPC for Triton\n  (its response cache off), HTTP/JSON for the peer. Every call asks "
+        "both for the same answer,\n  the K product ids and their scores, and decodes it.") + f"""
 The peer: FastAPI + uvicorn (×N: N worker processes; {', '.join(workers)} loaded in turn), the
 fine-tuned encoder through sentence-transformers / PyTorch (one thread a worker, for torch and
 numpy's BLAS alike), and the same catalogue embeddings, BM25, candidates, feedback head and
@@ -314,15 +302,11 @@ served without a response cache, so both compute every answer.
 
 Dev quality over the full catalogue (the peer must be within 0.005 of the served path):
 
-| query vectors | NDCG@10 | Recall@100 |
-| --- | --- | --- |
 {quality}
 
 (PyTorch and ONNX query vectors agree to a cosine of {cosine['min']:.6f} at worst,
 {cosine['mean']:.6f} on average.)
 
-| concurrency | Triton q/s | p50 ms | p99 ms | {peer_columns}Triton / peer ×{r['peer_workers']} |
-| --- | --- | --- | --- | {rules}--- |
 {rows}
 
 Triton / peer compares with the peer's best worker count at concurrency 8

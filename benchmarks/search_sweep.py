@@ -2,7 +2,7 @@
 the same trained run over the Home Depot catalogue, loaded by perf_analyzer over gRPC with
 distinct real queries (response cache off) at concurrency 1 and 8.
 
-    .venv/bin/python benchmarks/search_sweep.py --run runs/relevance --queries 300 --seconds 3
+    .venv/bin/python -m benchmarks.search_sweep --run runs/relevance --queries 300 --seconds 3
 
 Writes benchmarks/reports/search_sweep.md and .json. The rows run one after the other on the
 same machine; the defaults of `ServingOptions` are chosen from this table.
@@ -15,20 +15,18 @@ import json
 import sys
 import tempfile
 from dataclasses import asdict, dataclass, replace
-from datetime import UTC, datetime
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
-from search_benchmark import (
+from benchmarks.harness import (
     REPORTS,
     PeakMemory,
     benchmark_queries,
-    machine,
-    perf_analyzer,
-    perf_analyzer_input,
+    heading,
     save_report,
+    stamp,
+    table,
 )
-
+from benchmarks.search_benchmark import perf_analyzer, perf_analyzer_input
 from fusionrank.app.build import build_search_repository
 from fusionrank.app.serve import TritonServer
 from fusionrank.core.datasets import homedepot_catalogue
@@ -80,32 +78,25 @@ def markdown(report: dict) -> str:
     """The table, each row's changes from BASE in bold, and the row `fusionrank build` serves
     by default (ServingOptions now) marked."""
     defaults = ServingOptions()
-    header = " | ".join(SWEPT)
-    lines = []
+    rows = []
     for row in report["rows"]:
         options = row["options"]
-        cells = " | ".join(f"**{options[k]}**" if options[k] != BASE[k] else str(options[k])
-                           for k in SWEPT)
+        cells = [f"**{options[k]}**" if options[k] != BASE[k] else str(options[k])
+                 for k in SWEPT]
         if all(options[k] == getattr(defaults, k) for k in SWEPT):
-            cells = "(default) " + cells
-        lines.append(f"| {cells} | {row['c1_qps']:.1f} | {row['c1_p50_ms']:.1f} | "
-                     f"{row['c8_qps']:.1f} | {row['c8_p99_ms']:.1f} | {row['peak_mib']:.0f} |")
-    table = "\n".join(lines)
-    return f"""# Serving options sweep of the fused search pipeline
-
-- Command: `{report['command']}`
-- Machine: {report['machine']}
-- Date: {report['date']}
-- Each row: a fresh `fusionrank build` of the trained run `{report['run']}` over the
-  {report['products']} Home Depot products with the settings in bold changed from the first
-  row's, loaded by perf_analyzer over gRPC with {report['queries']} distinct real queries,
-  K = 10, response cache off, {report['seconds']} s windows. Rows ran one after the other on
-  the otherwise idle machine; repeated rows differ by up to ~10 %: smaller differences are
-  noise.
-
-| {header} | c=1 q/s | c=1 p50 ms | c=8 q/s | c=8 p99 ms | peak MiB |
-| {' | '.join('---' for _ in SWEPT)} | --- | --- | --- | --- | --- |
-{table}
+            cells[0] = "(default) " + cells[0]
+        rows.append([*cells, f"{row['c1_qps']:.1f}", f"{row['c1_p50_ms']:.1f}",
+                     f"{row['c8_qps']:.1f}", f"{row['c8_p99_ms']:.1f}", f"{row['peak_mib']:.0f}"])
+    header = [*SWEPT, "c=1 q/s", "c=1 p50 ms", "c=8 q/s", "c=8 p99 ms", "peak MiB"]
+    return heading(
+        "Serving options sweep of the fused search pipeline", report,
+        f"Each row: a fresh `fusionrank build` of the trained run `{report['run']}` over the\n"
+        f"  {report['products']} Home Depot products with the settings in bold changed from the "
+        "first\n  row's, loaded by perf_analyzer over gRPC with "
+        f"{report['queries']} distinct real queries,\n  K = 10, response cache off, "
+        f"{report['seconds']} s windows. Rows ran one after the other on\n  the otherwise idle "
+        "machine; repeated rows differ by up to ~10 %: smaller differences are\n  noise.") + f"""
+{table(header, rows)}
 
 The row marked (default) is what `fusionrank build` serves (`ServingOptions`).
 """
@@ -144,10 +135,8 @@ def main() -> int:
                       *measure(args.build / "model_repository", data, args.seconds))
             print(row, file=sys.stderr)
             rows.append(asdict(row))
-    report = {"date": datetime.now(UTC).isoformat(timespec="seconds"),
-              "command": "python " + " ".join(sys.argv), "machine": machine(),
-              "run": str(args.run), "products": len(catalogue.ids), "queries": len(queries),
-              "seconds": args.seconds, "rows": rows}
+    report = {**stamp(), "run": str(args.run), "products": len(catalogue.ids),
+              "queries": len(queries), "seconds": args.seconds, "rows": rows}
     save_report("search_sweep", report, markdown(report))
     return 0
 

@@ -1,8 +1,8 @@
 """Soak: a real server under a steady mix of calls for a bounded time, one catalogue rollout in
 the middle, its memory and Triton's metrics sampled every 10 s.
 
-    .venv/bin/python benchmarks/soak.py                      # 10 minutes on build/model_repository
-    .venv/bin/python benchmarks/soak.py --seconds 60         # the short form
+    .venv/bin/python -m benchmarks.soak                  # 10 minutes on build/model_repository
+    .venv/bin/python -m benchmarks.soak --seconds 60     # the short form
 
 Serves a copy of the repository (`--repository`, built by `fusionrank build` with all three
 ensembles) on free loopback ports, with `fusionrank serve`'s response cache; 8 callers
@@ -24,13 +24,21 @@ import tempfile
 import threading
 import time
 import urllib.request
-from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
-from search_benchmark import benchmark_queries, machine, process_rss_mib, save_report
 
+from benchmarks.harness import (
+    Call,
+    ClosedLoop,
+    benchmark_queries,
+    heading,
+    latency_percentiles,
+    process_rss_mib,
+    save_report,
+    stamp,
+    table,
+)
 from fusionrank.app.deploy import deploy, only_version
 from fusionrank.app.serve import TritonServer
 from fusionrank.client import FusionRankClient, RetryPolicy
@@ -46,14 +54,6 @@ CACHE_MIB = 256  # `fusionrank serve`'s default
 METRICS = ("nv_inference_request_success", "nv_inference_request_failure",
            "nv_inference_pending_request_count", "nv_cache_num_hits_per_model",
            "nv_cache_num_entries")
-
-
-@dataclass
-class Call:
-    at_s: float  # when it ended, from the soak's start
-    kind: str
-    ms: float
-    error: str = ""
 
 
 def histories(count: int) -> list[list[tuple[str, int]]]:
@@ -117,45 +117,36 @@ def metric_totals(url: str) -> dict[str, float]:
 
 
 def percentiles(ms: list[float]) -> dict[str, float]:
-    if not ms:
-        return {}
-    p50, p95, p99 = np.percentile(ms, [50, 95, 99])
-    return {"calls": len(ms), "p50_ms": round(p50, 2), "p95_ms": round(p95, 2),
-            "p99_ms": round(p99, 2)}
+    """The calls and their latency percentiles; empty where there were none."""
+    return {"calls": len(ms), **latency_percentiles(ms)} if ms else {}
 
 
 def soak(args: argparse.Namespace, serving: Path, source: Path, log: Path) -> dict:
     queries = benchmark_queries(20_000)
     customers, texts = histories(2_000), reviews(500)
-    calls: list[Call] = []
     samples: list[dict] = []
     rollout: dict = {}
     stop = threading.Event()
     next_query = iter(range(10**9))
+    seeds = iter(range(args.concurrency))  # one random stream a caller
     with log.open("w") as server_log, TritonServer(serving, cache_mib=CACHE_MIB,
                                                    log=server_log) as server:
         start = time.monotonic()
         metrics_url = f"http://127.0.0.1:{server.ports.metrics}/metrics"
 
-        def caller(seed: int) -> None:
-            rng = np.random.default_rng(seed)
+        def caller(loop: ClosedLoop) -> None:
+            rng = np.random.default_rng(next(seeds))
             kinds, weights = list(MIX), list(MIX.values())
             with FusionRankClient(server.grpc_url, retry=RetryPolicy(attempts=1)) as client:
-                while not stop.is_set():
+                while loop.running:
                     kind = kinds[rng.choice(len(kinds), p=weights)]
-                    began = time.monotonic()
-                    error = ""
-                    try:
+                    with loop.call(kind):  # every failure is counted and reported
                         if kind == "search":
                             client.search(queries[next(next_query) % len(queries)], k=K)
                         elif kind == "recommend":
                             client.recommend(customers[rng.integers(len(customers))], k=K)
                         else:
                             client.sentiment([texts[rng.integers(len(texts))]])
-                    except Exception as failure:  # every failure is counted and reported
-                        error = f"{type(failure).__name__}: {failure}"
-                    done = time.monotonic()
-                    calls.append(Call(done - start, kind, (done - began) * 1000, error))
 
         def sampler() -> None:
             while not stop.is_set():
@@ -173,34 +164,36 @@ def soak(args: argparse.Namespace, serving: Path, source: Path, log: Path) -> di
                 rollout.update(vars(record) | {"began_at_s": round(began, 1),
                                                "ended_at_s": round(time.monotonic() - start, 1)})
 
-        threads = [threading.Thread(target=caller, args=(seed,))
-                   for seed in range(args.concurrency)]
-        threads += [threading.Thread(target=sampler), threading.Thread(target=roll_out)]
-        for thread in threads:
-            thread.start()
-        stop.wait(args.seconds)
-        stop.set()
-        for thread in threads:
+        watchers = [threading.Thread(target=sampler), threading.Thread(target=roll_out)]
+        with ClosedLoop(args.concurrency, caller) as loop:
+            for thread in watchers:
+                thread.start()
+            stop.wait(args.seconds)
+            stop.set()
+        for thread in watchers:
             thread.join()
-    return summarise(args, calls, samples, rollout)
+    return summarise(args, loop.calls, start, samples, rollout)
 
 
-def summarise(args: argparse.Namespace, calls: list[Call], samples: list[dict],
+def summarise(args: argparse.Namespace, calls: list[Call], start: float, samples: list[dict],
               rollout: dict) -> dict:
+    """`start`: the soak's start (time.monotonic()); the times in the report count from it."""
+    def at_s(call: Call) -> float:  # when it ended
+        return call.end - start
+
     failures = [c for c in calls if c.error]
     minutes = []
     for minute in range(int(np.ceil(args.seconds / 60))):
-        window = [c for c in calls if minute * 60 <= c.at_s < (minute + 1) * 60 and not c.error]
+        window = [c for c in calls if minute * 60 <= at_s(c) < (minute + 1) * 60 and not c.error]
         minutes.append({"minute": minute + 1, **{kind: percentiles(
-            [c.ms for c in window if c.kind == kind]) for kind in MIX}})
+            [c.seconds * 1000 for c in window if c.kind == kind]) for kind in MIX}})
     warm = [s for s in samples if s["at_s"] >= args.warmup_s] or samples
     growth = {key: round(100 * (warm[-1][key] - warm[0][key]) / warm[0][key], 2)
               for key in ("tritonserver_rss_mib", "with_models_rss_mib")}
-    during = [c for c in calls if rollout and rollout["began_at_s"] <= c.at_s
+    during = [c for c in calls if rollout and rollout["began_at_s"] <= at_s(c)
               <= rollout["ended_at_s"]]
-    return {"date": datetime.now(UTC).isoformat(timespec="seconds"),
-            "command": "python " + " ".join(sys.argv), "machine": machine(),
-            "seconds": args.seconds, "concurrency": args.concurrency, "warmup_s": args.warmup_s,
+    return {**stamp(), "seconds": args.seconds, "concurrency": args.concurrency,
+            "warmup_s": args.warmup_s,
             "calls": {kind: sum(c.kind == kind for c in calls) for kind in MIX},
             "calls_per_s": round(len(calls) / args.seconds, 1),
             "failures": len(failures), "failure_examples": [c.error for c in failures[:5]],
@@ -213,26 +206,22 @@ def summarise(args: argparse.Namespace, calls: list[Call], samples: list[dict],
 def markdown(report: dict, source: str) -> str:
     r = report["rollout"]
     phases = ", ".join(f"{k} {v:.2f} s" for k, v in r.get("seconds", {}).items())
-    rows = "\n".join(
-        f"| {m['minute']} | " + " | ".join(
-            f"{m[kind].get('p50_ms', '–')} / {m[kind].get('p95_ms', '–')} / "
-            f"{m[kind].get('p99_ms', '–')} ({m[kind].get('calls', 0)})" for kind in MIX) + " |"
-        for m in report["per_minute"])
+    rows = table(["minute", *MIX], [
+        [m["minute"], *(f"{m[kind].get('p50_ms', '–')} / {m[kind].get('p95_ms', '–')} / "
+                        f"{m[kind].get('p99_ms', '–')} ({m[kind].get('calls', 0)})"
+                        for kind in MIX)] for m in report["per_minute"]])
     first, last = report["samples"][0], report["samples"][-1]
     growth = report["memory_growth_after_warmup_percent"]
-    memory_rows = "\n".join(
-        f"| {label}, MiB | {first[key]} | {last[key]} | {growth[key]} % |"
-        for label, key in (("tritonserver RSS", "tritonserver_rss_mib"),
-                           ("with its model processes", "with_models_rss_mib")))
-    return f"""# Soak: search, recommend and sentiment for {report['seconds']} s, one rollout
-
-- Command: `{report['command']}`
-- Machine: {report['machine']}
-- Date: {report['date']}
-- {report['concurrency']} callers through the SDK with no retries (every failure counts),
-  mix {', '.join(f'{k} {v:.0%}' for k, v in MIX.items())}; response cache {CACHE_MIB} MiB.
-- Rollout source: {source}
-
+    memory_rows = table(
+        ["", "first sample", "last sample", f"growth after the {report['warmup_s']:.0f} s warm-up"],
+        [[f"{label}, MiB", first[key], last[key], f"{growth[key]} %"]
+         for label, key in (("tritonserver RSS", "tritonserver_rss_mib"),
+                            ("with its model processes", "with_models_rss_mib"))])
+    return heading(
+        f"Soak: search, recommend and sentiment for {report['seconds']} s, one rollout", report,
+        f"{report['concurrency']} callers through the SDK with no retries (every failure "
+        f"counts),\n  mix {', '.join(f'{k} {v:.0%}' for k, v in MIX.items())}; response cache "
+        f"{CACHE_MIB} MiB.", f"Rollout source: {source}") + f"""
 **Failed calls: {report['failures']}** of {sum(report['calls'].values())}
 ({report['calls_per_s']} calls/s; {report['calls']}).
 {''.join(f'{chr(10)}- {e}' for e in report['failure_examples'])}
@@ -246,8 +235,6 @@ Calls while it ran: {report['calls_during_rollout']}, of which failed:
 
 ## Memory (sampled every 10 s)
 
-| | first sample | last sample | growth after the {report['warmup_s']:.0f} s warm-up |
-| --- | --- | --- | --- |
 {memory_rows}
 
 tritonserver's own memory holds the response cache, which fills as distinct queries come
@@ -256,8 +243,6 @@ tritonserver's own memory holds the response cache, which fills as distinct quer
 
 ## Latency per minute: p50 / p95 / p99 ms (calls)
 
-| minute | {' | '.join(MIX)} |
-| --- | {' | '.join('---' for _ in MIX)} |
 {rows}
 """
 

@@ -4,6 +4,7 @@ from fusionrank.client.aio import AsyncFusionRankClient
 from fusionrank.client.errors import (
     FusionRankError,
     InvalidRequestError,
+    ModelNotServedError,
     ModelProcessError,
     RequestTimeoutError,
     ServerOverloadedError,
@@ -11,6 +12,7 @@ from fusionrank.client.errors import (
 )
 from fusionrank.client.recommend import Recommendations, RecommendedProduct
 from fusionrank.client.retry import RetryPolicy
+from fusionrank.client.routing import ModelNames
 from fusionrank.client.search import ExplainedHit, ScorePart, SearchAnswer, SearchHit
 from fusionrank.client.sentiment import SentimentResult
 from fusionrank.client.sync import FusionRankClient
@@ -21,6 +23,8 @@ __all__ = [
     "FusionRankClient",
     "FusionRankError",
     "InvalidRequestError",
+    "ModelNames",
+    "ModelNotServedError",
     "ModelProcessError",
     "Recommendations",
     "RecommendedProduct",

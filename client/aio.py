@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import tritonclient.grpc.aio as grpcaio
 from tritonclient.utils import InferenceServerException
@@ -15,26 +15,31 @@ from fusionrank.client.recommend import (
     recommend_inputs,
 )
 from fusionrank.client.retry import DEFAULT_RETRY, Replicas, RetryPolicy
+from fusionrank.client.routing import ModelNames
 from fusionrank.client.search import (
-    SEARCH_RESPONSE,
     SearchAnswer,
     SearchHit,
+    hits_detail,
     parse_explained,
     parse_hits,
     search_inputs,
 )
 from fusionrank.client.sentiment import SentimentResult, parse_results, sentiment_inputs
 from fusionrank.core.contract import DEFAULT_K
-from fusionrank.core.recommend.contract import RECOMMEND_MODEL, RECOMMEND_OUTPUTS
-from fusionrank.core.search.contract import SEARCH_MODEL
-from fusionrank.core.sentiment.contract import PROBABILITIES, SENTIMENT_MODEL
+from fusionrank.core.recommend.contract import RECOMMEND_OUTPUTS
+from fusionrank.core.search.contract import Detail
+from fusionrank.core.sentiment.contract import PROBABILITIES
 
 
 class AsyncFusionRankClient:
     """The asyncio twin of FusionRankClient: same methods, awaitable."""
 
+    models = ModelNames()
+
     def __init__(self, url: str | Sequence[str] = "127.0.0.1:8001", timeout_s: float = 10.0,
-                 retry: RetryPolicy = DEFAULT_RETRY):
+                 retry: RetryPolicy = DEFAULT_RETRY, *, models: Mapping[str, str] | None = None):
+        """The options of FusionRankClient's, `models` included."""
+        self.models = ModelNames.of(models)
         self._replicas = Replicas(url, grpcaio.InferenceServerClient, retry, timeout_s)
         self.urls, self.url, self.timeout_s = self._replicas.urls, self._replicas.urls[0], timeout_s
 
@@ -57,32 +62,35 @@ class AsyncFusionRankClient:
                 return result
             await asyncio.sleep(self._replicas.wait_after(attempts, failed))
 
-    async def search(self, query: str, k: int = DEFAULT_K) -> list[SearchHit]:
-        return (await self.search_batch([query], k))[0]
+    async def search(self, query: str, k: int = DEFAULT_K, *,
+                     products: bool = False) -> list[SearchHit]:
+        return (await self.search_batch([query], k, products=products))[0]
 
-    async def search_batch(self, queries: Sequence[str],
-                           k: int = DEFAULT_K) -> list[list[SearchHit]]:
-        inputs = search_inputs(queries, k, module=grpcaio)
-        return parse_hits(await self._infer(SEARCH_MODEL, inputs, SEARCH_RESPONSE))
+    async def search_batch(self, queries: Sequence[str], k: int = DEFAULT_K, *,
+                           products: bool = False) -> list[list[SearchHit]]:
+        detail = hits_detail(products)
+        inputs = search_inputs(queries, k, detail, module=grpcaio)
+        return parse_hits(await self._infer(self.models.search, inputs, detail.outputs), detail)
 
     async def explain(self, query: str, k: int = DEFAULT_K) -> SearchAnswer:
         return (await self.explain_batch([query], k))[0]
 
     async def explain_batch(self, queries: Sequence[str],
                             k: int = DEFAULT_K) -> list[SearchAnswer]:
-        inputs = search_inputs(queries, k, module=grpcaio)
-        return parse_explained(queries, await self._infer(SEARCH_MODEL, inputs,
-                                                          SEARCH_RESPONSE))
+        inputs = search_inputs(queries, k, Detail.EXPLAIN, module=grpcaio)
+        return parse_explained(queries, await self._infer(self.models.search, inputs,
+                                                          Detail.EXPLAIN.outputs))
 
     async def recommend(self, history: Sequence[Purchase], k: int = DEFAULT_K,
                         exclude_purchased: bool = False) -> Recommendations:
         inputs = recommend_inputs(history, k, exclude_purchased, module=grpcaio)
-        return parse_recommendations(await self._infer(RECOMMEND_MODEL, inputs, RECOMMEND_OUTPUTS))
+        return parse_recommendations(await self._infer(self.models.recommend, inputs,
+                                                       RECOMMEND_OUTPUTS))
 
     async def sentiment(self, texts: Sequence[str]) -> list[SentimentResult]:
         texts = [texts] if isinstance(texts, str) else list(texts)
-        result = await self._infer(SENTIMENT_MODEL, sentiment_inputs(texts, module=grpcaio),
-                                   (PROBABILITIES,))
+        result = await self._infer(self.models.sentiment,
+                                   sentiment_inputs(texts, module=grpcaio), (PROBABILITIES,))
         return parse_results(texts, result.as_numpy(PROBABILITIES.name))
 
     async def close(self) -> None:

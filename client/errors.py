@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 
 class FusionRankError(Exception):
     """Any failure of a fusionrank call."""
@@ -24,6 +26,15 @@ class ServerOverloadedError(FusionRankError):
     full, or the request waited longer than the queue allows): try again later, or elsewhere."""
 
 
+class ModelNotServedError(FusionRankError):
+    """The server answers but serves no model of this name (its repository was built without
+    it, or the model was unloaded). Not retried: asking again gets the same answer."""
+
+    def __init__(self, model: str, where: str):
+        super().__init__(f"{where} serves no '{model}' model")
+        self.model = model
+
+
 # What Triton says when a model's queue policy refuses a request (gRPC UNAVAILABLE).
 OVERLOAD_MESSAGES = ("Exceeds maximum queue size", "Request timeout expired")
 
@@ -35,8 +46,12 @@ class ModelProcessError(ServerUnavailableError):
 
 # What Triton 2.51's Python backend answers (INTERNAL) for a request given to a model instance
 # whose stub process is gone: "Stub process 'ranker_0_1' is not healthy." (Triton does not
-# restart it; fusionrank/app/stub_watch.py reloads the model.)
+# restart it; app/stub_watch.py reloads the model.)
 DEAD_PROCESS_MESSAGES = ("Stub process", "Failed to obtain the health mutex")
+
+# Triton 2.51's NOT_FOUND for a model it does not serve:
+# "Request for unknown model: 'sentiment' is not found".
+UNKNOWN_MODEL = re.compile(r"unknown model: '([^']+)'")
 
 
 def from_triton(error: Exception, url: str) -> FusionRankError:
@@ -51,6 +66,8 @@ def from_triton(error: Exception, url: str) -> FusionRankError:
         return ServerOverloadedError(f"{url} is overloaded and refused the request: {message}")
     if "UNAVAILABLE" in status:
         return ServerUnavailableError(f"cannot reach a Triton server at {url}: {message}")
+    if "NOT_FOUND" in status and (unknown := UNKNOWN_MODEL.search(message)):
+        return ModelNotServedError(unknown.group(1), f"the server at {url}")
     if "INTERNAL" in status and any(m in message for m in DEAD_PROCESS_MESSAGES):
         return ModelProcessError(f"a model process of {url} died under the request: {message}")
     return FusionRankError(f"{status or 'error'} from {url}: {message}")

@@ -1,10 +1,13 @@
 """Retries and fail-over of the SDK's calls: every fusionrank call is a read (search, recommend,
 sentiment), so one that met an unreachable or overloaded server, or a model process that died
-under it (ModelProcessError), is tried again, on the next address, after a bounded exponential
-back-off with jitter, within the caller's deadline.
-Bad input (INVALID_ARGUMENT) and a spent deadline are never retried.
+under it (ModelProcessError), is tried again, on the next address, after a capped exponential
+back-off with jitter, for as long as the call's deadline (`timeout_s`) leaves time. A server
+that `fusionrank serve` restarts (about 5 s) is thus waited for by a call with a 10 s deadline
+instead of failing it. Bad input (INVALID_ARGUMENT), a model the server does not serve and a
+spent deadline are never retried, and no wait runs past the deadline.
 
     with FusionRankClient(["10.0.0.5:8001", "10.0.0.6:8001"], timeout_s=2) as client: ...
+    FusionRankClient(url, retry=RetryPolicy(attempts=1))     # never retry: see every failure
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
+from tritonclient.grpc import MAX_GRPC_MESSAGE_SIZE, KeepAliveOptions
+
 from fusionrank.client.errors import (
     FusionRankError,
     RequestTimeoutError,
@@ -23,41 +28,82 @@ from fusionrank.client.errors import (
     from_triton,
 )
 
-RETRYABLE = (ServerUnavailableError, ServerOverloadedError)
+RETRYABLE = (ServerUnavailableError, ServerOverloadedError)  # ModelProcessError is the former
 Client = TypeVar("Client")
+Clock = Callable[[], float]
+
+# A retry is only worth making if the try itself still has this long before the deadline: the
+# last back-off is shortened to leave it (a refused connection fails in about a millisecond).
+LAST_TRY_S = 0.05
 
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    attempts: int = 4  # tries in all, across the addresses; 1 = never retry
+    """How a call that failed in a retryable way is tried again.
+
+    The wait before retry n is min(max_backoff_s, first_backoff_s × multiplier^n), shortened
+    by a random share of up to `jitter` (so callers that failed together do not come back
+    together). `attempts=None` (the default) retries until the call's deadline; a number caps
+    the tries, and 1 never retries."""
+
+    attempts: int | None = None  # tries in all, across the addresses; None: until the deadline
     first_backoff_s: float = 0.05
-    max_backoff_s: float = 1.0
+    max_backoff_s: float = 0.5  # a restarted server is found at most this late
     multiplier: float = 2.0
-    jitter: float = 0.5  # each back-off is shortened by a random share of up to this much
+    jitter: float = 0.5
 
     def __post_init__(self) -> None:
-        if self.attempts < 1:
-            raise ValueError(f"attempts must be at least 1, not {self.attempts}")
+        if self.attempts is not None and self.attempts < 1:
+            raise ValueError(f"attempts must be at least 1 (or None: until the deadline), "
+                             f"not {self.attempts}")
+        if not 0 < self.first_backoff_s <= self.max_backoff_s:
+            raise ValueError(f"first_backoff_s must be above 0 and at most max_backoff_s "
+                             f"({self.max_backoff_s}), not {self.first_backoff_s}")
+        if self.multiplier < 1:
+            raise ValueError(f"multiplier must be at least 1, not {self.multiplier}")
+        if not 0 <= self.jitter <= 1:
+            raise ValueError(f"jitter must be between 0 and 1, not {self.jitter}")
+
+    def allows(self, tries: int) -> bool:
+        """Whether a call that has made `tries` tries may make another (deadline aside)."""
+        return self.attempts is None or tries < self.attempts
 
     def backoff_s(self, retry: int, rng: random.Random) -> float:
         """The wait before retry number `retry` (0 = the first retry)."""
-        full = min(self.max_backoff_s, self.first_backoff_s * self.multiplier ** retry)
+        # The exponent is bounded so that a long retry series never overflows a float.
+        full = min(self.max_backoff_s, self.first_backoff_s * self.multiplier ** min(retry, 64))
         return full * (1.0 - self.jitter * rng.random())
 
 
 DEFAULT_RETRY = RetryPolicy()
+
+# gRPC's own reconnection back-off (1 s growing 1.6× to 120 s) would keep a channel failing
+# fast for up to 4 s after a restarted server is back; capped like the retries' back-off, the
+# channel is reconnected by the time a retry comes. The rest are tritonclient's defaults, which
+# passing any channel argument replaces.
+_KEEPALIVE = KeepAliveOptions()
+CHANNEL_ARGS = [
+    ("grpc.max_send_message_length", MAX_GRPC_MESSAGE_SIZE),
+    ("grpc.max_receive_message_length", MAX_GRPC_MESSAGE_SIZE),
+    ("grpc.keepalive_time_ms", _KEEPALIVE.keepalive_time_ms),
+    ("grpc.keepalive_timeout_ms", _KEEPALIVE.keepalive_timeout_ms),
+    ("grpc.keepalive_permit_without_calls", _KEEPALIVE.keepalive_permit_without_calls),
+    ("grpc.http2.max_pings_without_data", _KEEPALIVE.http2_max_pings_without_data),
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 500),
+]
 
 
 class Replicas(Generic[Client]):
     """A client's server addresses, a tritonclient client for each, and the one that answered
     last (where the next call goes first)."""
 
-    def __init__(self, url: str | Sequence[str], connect: Callable[[str], Client],
+    def __init__(self, url: str | Sequence[str], connect: Callable[..., Client],
                  retry: RetryPolicy, timeout_s: float):
         self.urls = [url] if isinstance(url, str) else list(url)
         if not self.urls:
             raise ValueError("at least one server address is needed")
-        self.clients = [connect(u) for u in self.urls]
+        self.clients = [connect(u, channel_args=CHANNEL_ARGS) for u in self.urls]
         self.retry, self.timeout_s = retry, timeout_s
         self.current = 0
         self._rng = random.Random()
@@ -79,27 +125,31 @@ class Replicas(Generic[Client]):
 
 class Attempts:
     """One call's course: which address each try goes to, how long it may take, and whether
-    a failure is worth another try (and after how long)."""
+    a failure is worth another try (and after how long). `clock` is time.monotonic but in
+    tests of the arithmetic."""
 
     def __init__(self, policy: RetryPolicy, count: int, first: int, timeout_s: float,
-                 rng: random.Random):
-        self.policy, self.count, self.rng = policy, count, rng
-        self.deadline = time.monotonic() + timeout_s
+                 rng: random.Random, clock: Clock = time.monotonic):
+        self.policy, self.count, self.rng, self.clock = policy, count, rng, clock
+        self.deadline = clock() + timeout_s
         self.tries, self.address = 0, first
 
     def remaining_s(self) -> float:
-        left = self.deadline - time.monotonic()
+        left = self.deadline - self.clock()
         if left <= 0:
             raise RequestTimeoutError("the call's deadline passed before the server answered")
         return left
 
     def backoff_after(self, failure: FusionRankError) -> float | None:
-        """The wait before trying again (on the next address), or None to give up."""
+        """The wait before trying again (on the next address), or None to give up: the
+        failure is not retryable, the policy's tries are spent, or the deadline leaves no
+        time for another try after the wait (the last wait is shortened to leave one)."""
         self.tries += 1
-        if not isinstance(failure, RETRYABLE) or self.tries >= self.policy.attempts:
+        if not isinstance(failure, RETRYABLE) or not self.policy.allows(self.tries):
             return None
         wait = self.policy.backoff_s(self.tries - 1, self.rng)
-        if self.deadline - time.monotonic() <= wait:
+        wait = min(wait, self.deadline - self.clock() - LAST_TRY_S)
+        if wait < 0:
             return None
         self.address = (self.address + 1) % self.count
         return wait

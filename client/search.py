@@ -1,5 +1,10 @@
 """The `search` model, seen from a client: typed results, one request per batch of queries,
-and, with `explain`, each result's score broken into its fused signals."""
+and, with `explain`, each result's score broken into its fused signals.
+
+Each call names the answer it wants in the DETAIL input (`Detail`) and asks for exactly that
+level's outputs: a plain search carries ids and scores alone, `products=True` adds each
+product's metadata, `explain` everything. DETAIL is part of the request, so Triton's response
+cache (keyed on the inputs alone) keeps each level's answer apart."""
 
 from __future__ import annotations
 
@@ -13,12 +18,18 @@ from fusionrank.client.errors import InvalidRequestError
 from fusionrank.client.ranked import RankedProduct, ranked_rows
 from fusionrank.core.catalogue import Product
 from fusionrank.core.contract import RequestError, check_batch, check_k
-from fusionrank.core.search.contract import EXPLAIN_OUTPUTS, SEARCH_OUTPUTS, check_query
+from fusionrank.core.search.contract import (
+    EXPLAIN_OUTPUTS,
+    Detail,
+    check_detail,
+    check_query,
+)
 
 SearchHit = RankedProduct
 
 
-def search_inputs(queries: Sequence[str], k: int, module=grpcclient) -> list:
+def search_inputs(queries: Sequence[str], k: int, detail: Detail | str,
+                  module=grpcclient) -> list:
     """The request's input tensors, after the same checks the server makes."""
     if isinstance(queries, str | bytes):
         raise InvalidRequestError("queries must be a list of strings, not one string")
@@ -26,18 +37,29 @@ def search_inputs(queries: Sequence[str], k: int, module=grpcclient) -> list:
         check_batch(len(queries))
         texts = [check_query(q, row) for row, q in enumerate(queries)]
         check_k([k])
+        level = check_detail([detail])
     except RequestError as error:
         raise InvalidRequestError(str(error)) from None
-    query = module.InferInput("QUERY", [len(texts), 1], "BYTES")
+    rows = len(texts)
+    query = module.InferInput("QUERY", [rows, 1], "BYTES")
     query.set_data_from_numpy(np.array([t.encode("utf-8") for t in texts],
                                        dtype=object).reshape(-1, 1))
-    top_k = module.InferInput("K", [len(texts), 1], "INT32")
-    top_k.set_data_from_numpy(np.full((len(texts), 1), k, dtype=np.int32))
-    return [query, top_k]
+    top_k = module.InferInput("K", [rows, 1], "INT32")
+    top_k.set_data_from_numpy(np.full((rows, 1), k, dtype=np.int32))
+    wanted = module.InferInput("DETAIL", [rows, 1], "BYTES")
+    wanted.set_data_from_numpy(np.full((rows, 1), level.value.encode("utf-8"), dtype=object))
+    return [query, top_k, wanted]
 
 
-def parse_hits(result) -> list[list[SearchHit]]:
-    return ranked_rows(*(result.as_numpy(name) for name in ("PRODUCT_IDS", "SCORES", "PRODUCTS")))
+def hits_detail(products: bool) -> Detail:
+    """The level a `search` call asks for: ids and scores, or with the products' metadata."""
+    return Detail.PRODUCTS if products else Detail.IDS
+
+
+def parse_hits(result, detail: Detail) -> list[list[SearchHit]]:
+    """An answer at `detail` as hits (their `product` None where it carries no PRODUCTS)."""
+    return ranked_rows(result.as_numpy("PRODUCT_IDS"), result.as_numpy("SCORES"),
+                       None if detail is Detail.IDS else result.as_numpy("PRODUCTS"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,14 +102,13 @@ class SearchAnswer:
                 "results": [hit.to_dict() for hit in self.hits]}
 
 
-# Every search call asks for every output, `search` as much as `explain`: Triton's response
-# cache keys an answer on the request's inputs alone and answers a repeat with the outputs the
-# first request asked for, so a cached `search` answer would lack the explanation.
-SEARCH_RESPONSE = (*SEARCH_OUTPUTS, *EXPLAIN_OUTPUTS)
+# The whole answer, every output: what a request without DETAIL gets.
+SEARCH_RESPONSE = Detail.EXPLAIN.outputs
 
 
 def parse_explained(queries: Sequence[str], result) -> list[SearchAnswer]:
-    hits = parse_hits(result)
+    """An answer at Detail.EXPLAIN as one SearchAnswer per query."""
+    hits = parse_hits(result, Detail.EXPLAIN)
     names, weights, signals, corrected = (result.as_numpy(spec.name) for spec in EXPLAIN_OUTPUTS)
     answers = []
     for row, query in enumerate(queries):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
@@ -16,19 +16,20 @@ from fusionrank.client.recommend import (
     recommend_inputs,
 )
 from fusionrank.client.retry import DEFAULT_RETRY, Replicas, RetryPolicy
+from fusionrank.client.routing import ModelNames
 from fusionrank.client.search import (
-    SEARCH_RESPONSE,
     SearchAnswer,
     SearchHit,
+    hits_detail,
     parse_explained,
     parse_hits,
     search_inputs,
 )
 from fusionrank.client.sentiment import SentimentResult, parse_results, sentiment_inputs
 from fusionrank.core.contract import DEFAULT_K
-from fusionrank.core.recommend.contract import RECOMMEND_MODEL, RECOMMEND_OUTPUTS
-from fusionrank.core.search.contract import SEARCH_MODEL
-from fusionrank.core.sentiment.contract import PROBABILITIES, SENTIMENT_MODEL
+from fusionrank.core.recommend.contract import RECOMMEND_OUTPUTS
+from fusionrank.core.search.contract import Detail
+from fusionrank.core.sentiment.contract import PROBABILITIES
 
 
 class FusionRankClient:
@@ -36,11 +37,16 @@ class FusionRankClient:
 
     # Where request tensors are built: tritonclient's gRPC module (an in-process twin swaps it).
     transport = grpcclient
+    # The model each feature's calls name (an instance's `models` option replaces it).
+    models = ModelNames()
 
     def __init__(self, url: str | Sequence[str] = "127.0.0.1:8001", timeout_s: float = 10.0,
-                 retry: RetryPolicy = DEFAULT_RETRY):
+                 retry: RetryPolicy = DEFAULT_RETRY, *, models: Mapping[str, str] | None = None):
         """`url`: one server address, or several (replicas: a call fails over between them).
-        `timeout_s`: each call's deadline, retries included. `retry`: see client/retry.py."""
+        `timeout_s`: each call's deadline, retries included. `retry`: see client/retry.py.
+        `models`: {feature: served model name} for calls that go to a model other than the
+        feature's own, e.g. {"search": "search_rollout_probe"} (see client/routing.py)."""
+        self.models = ModelNames.of(models)
         self._replicas = Replicas(url, grpcclient.InferenceServerClient, retry, timeout_s)
         self.urls, self.url, self.timeout_s = self._replicas.urls, self._replicas.urls[0], timeout_s
 
@@ -63,39 +69,47 @@ class FusionRankClient:
                 return result
             time.sleep(self._replicas.wait_after(attempts, failed))
 
-    def search(self, query: str, k: int = DEFAULT_K) -> list[SearchHit]:
-        """The k best products for one query, best first."""
-        return self.search_batch([query], k)[0]
+    def search(self, query: str, k: int = DEFAULT_K, *,
+               products: bool = False) -> list[SearchHit]:
+        """The k best products for one query, best first: ids and scores, and with
+        `products=True` each product's metadata (`hit.product`; None without)."""
+        return self.search_batch([query], k, products=products)[0]
 
-    def search_batch(self, queries: Sequence[str], k: int = DEFAULT_K) -> list[list[SearchHit]]:
+    def search_batch(self, queries: Sequence[str], k: int = DEFAULT_K, *,
+                     products: bool = False) -> list[list[SearchHit]]:
         """One request for several queries (up to the contract's MAX_BATCH)."""
-        return parse_hits(self._infer(SEARCH_MODEL, search_inputs(queries, k, self.transport),
-                                       SEARCH_RESPONSE))
+        detail = hits_detail(products)
+        inputs = search_inputs(queries, k, detail, self.transport)
+        return parse_hits(self._infer(self.models.search, inputs, detail.outputs), detail)
 
     def explain(self, query: str, k: int = DEFAULT_K) -> SearchAnswer:
-        """`search`, with each result's score broken into its fused signals and the query's
-        spelling correction (the same request; Triton's cache answers a repeat)."""
+        """`search` with the products' metadata, each result's score broken into its fused
+        signals and the query's spelling correction (DETAIL explain: the whole answer)."""
         return self.explain_batch([query], k)[0]
 
     def explain_batch(self, queries: Sequence[str], k: int = DEFAULT_K) -> list[SearchAnswer]:
-        inputs = search_inputs(queries, k, self.transport)
-        return parse_explained(queries, self._infer(SEARCH_MODEL, inputs, SEARCH_RESPONSE))
+        inputs = search_inputs(queries, k, Detail.EXPLAIN, self.transport)
+        return parse_explained(queries, self._infer(self.models.search, inputs,
+                                                    Detail.EXPLAIN.outputs))
 
     def recommend(self, history: Sequence[Purchase], k: int = DEFAULT_K,
                   exclude_purchased: bool = False) -> Recommendations:
         """The k products to recommend to a shopper with this purchase history, best first.
         Unknown ids are ignored and counted; an empty history gets the popular products."""
         inputs = recommend_inputs(history, k, exclude_purchased, self.transport)
-        return parse_recommendations(self._infer(RECOMMEND_MODEL, inputs, RECOMMEND_OUTPUTS))
+        return parse_recommendations(self._infer(self.models.recommend, inputs,
+                                                 RECOMMEND_OUTPUTS))
 
     def sentiment(self, texts: Sequence[str]) -> list[SentimentResult]:
         """Each review's class (negative, neutral, positive) and probabilities, in order."""
         texts = [texts] if isinstance(texts, str) else list(texts)
-        result = self._infer(SENTIMENT_MODEL, sentiment_inputs(texts, self.transport),
+        result = self._infer(self.models.sentiment, sentiment_inputs(texts, self.transport),
                              (PROBABILITIES,))
         return parse_results(texts, result.as_numpy(PROBABILITIES.name))
 
-    def wait_ready(self, model: str = SEARCH_MODEL, timeout_s: float = 60.0) -> None:
+    def wait_ready(self, model: str | None = None, timeout_s: float = 60.0) -> None:
+        """Until `model` (default: the one search calls go to) is ready, bounded."""
+        model = model or self.models.search
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             try:

@@ -48,7 +48,21 @@ for config in "$MODEL_REPOSITORY"/*/config.pbtxt; do  # each value after the cac
     sed -n '/key: "trt_engine_cache_path"/{n;s/.*value: "\(.*\)".*/\1/p}' "$config"
 done | while read -r cache; do mkdir -p "$cache"; done
 
-# Explicit model control, everything loaded at start: `fusionrank deploy` adds and drops
-# versions while it serves (docs/operations.md).
-exec "$TRITONSERVER" --model-repository="$MODEL_REPOSITORY" \
-    --model-control-mode=explicit --load-model="*" "$@"
+# Model control (load, unload, uploaded model code) is never open on the served ports. With a
+# key (FUSIONRANK_CONTROL_KEY, or a file such as a Docker secret named by
+# FUSIONRANK_CONTROL_KEY_FILE): explicit model control, everything loaded at start, the
+# model-repository endpoints answering only callers that send the key, as `fusionrank serve`
+# does, so `fusionrank deploy --control-key-file` can add and drop versions
+# (docs/operations.md). Without one: no model control at all (--model-control-mode=none).
+CONTROL_KEY=${FUSIONRANK_CONTROL_KEY:-}
+if [[ -z "$CONTROL_KEY" && -n "${FUSIONRANK_CONTROL_KEY_FILE:-}" ]]; then
+    CONTROL_KEY=$(tr -d '[:space:]' < "$FUSIONRANK_CONTROL_KEY_FILE")
+fi
+if [[ -n "$CONTROL_KEY" ]]; then
+    rule="model-repository:fusionrank-control-key=$CONTROL_KEY"
+    exec "$TRITONSERVER" --model-repository="$MODEL_REPOSITORY" \
+        --model-control-mode=explicit --load-model="*" \
+        --http-restricted-api="$rule" --grpc-restricted-protocol="$rule" "$@"
+fi
+log "no FUSIONRANK_CONTROL_KEY(_FILE): serving without model control (deploy needs a key)"
+exec "$TRITONSERVER" --model-repository="$MODEL_REPOSITORY" --model-control-mode=none "$@"

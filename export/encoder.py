@@ -37,7 +37,8 @@ def export_encoder(module: nn.Module, tokenizer: Path, out_dir: str | Path,
     out_dir.mkdir(parents=True, exist_ok=True)
     onnx_path = export_token_graph(module, out_dir / artefacts.ENCODER, "embedding")
     tokenizer_path = out_dir / artefacts.TOKENIZER
-    shutil.copyfile(tokenizer, tokenizer_path)
+    with artefacts.replacing(tokenizer_path) as temporary:
+        shutil.copyfile(tokenizer, temporary)
     texts = list(check_texts)
     batch = TextTokenizer(tokenizer_path, MAX_TITLE_TOKENS)(texts)
     with torch.no_grad():

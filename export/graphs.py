@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from fusionrank.core.artefacts import replacing
 from fusionrank.core.encoding import ONNX_OPSET
 
 TOKEN_INPUTS = ("input_ids", "attention_mask")
@@ -22,12 +23,12 @@ def export_token_graph(module: nn.Module, onnx_path: Path, output: str) -> Path:
     example = (torch.ones(2, 8, dtype=torch.int64), torch.ones(2, 8, dtype=torch.int64))
     # The tracer warns about Python branches on shapes inside transformers' attention; they do
     # not depend on the batch here (a mask is always given), and the parity checks prove it.
-    with torch.no_grad(), warnings.catch_warnings():
+    with torch.no_grad(), warnings.catch_warnings(), replacing(onnx_path) as temporary:
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         warnings.filterwarnings("ignore", message=".*aten::index.*")
         warnings.simplefilter("ignore", DeprecationWarning)
         torch.onnx.export(
-            module.eval(), example, str(onnx_path), dynamo=False, opset_version=ONNX_OPSET,
+            module.eval(), example, str(temporary), dynamo=False, opset_version=ONNX_OPSET,
             input_names=list(TOKEN_INPUTS), output_names=[output],
             dynamic_axes={"input_ids": {0: "batch", 1: "tokens"},
                           "attention_mask": {0: "batch", 1: "tokens"},

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import shutil
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -41,18 +43,26 @@ def titles_digest(titles: list[str]) -> str:
 
 
 def build_index(catalogue: Catalogue, encoder: ExportedEncoder, out_dir: str | Path,
-                progress: bool = True) -> IndexManifest:
+                progress: bool = True, previous: str | Path | None = None) -> IndexManifest:
+    """Embed the catalogue into `out_dir`. The embeddings of the index in `previous` (default:
+    `out_dir` itself) are reused where it embedded these very titles with this very encoder
+    file: hard-linked into `out_dir` (never written to), not computed again."""
     out_dir = Path(out_dir)
+    previous = out_dir if previous is None else Path(previous)
     out_dir.mkdir(parents=True, exist_ok=True)
     digest = titles_digest(catalogue.titles)
-    reuse = unchanged(out_dir, encoder.sha256, digest)
+    reuse = unchanged(previous, encoder.sha256, digest)
     if reuse:
+        if previous.resolve() != out_dir.resolve():
+            link_or_copy(previous / artefacts.EMBEDDINGS, out_dir / artefacts.EMBEDDINGS)
         embeddings = load_embeddings(out_dir)
     else:
         text_encoder = TextEncoder(TextTokenizer(encoder.tokenizer_path, MAX_TITLE_TOKENS),
                                    OnnxEncoder(encoder.onnx_path))
         embeddings = text_encoder.encode(catalogue.titles, progress=progress)
-        np.save(out_dir / artefacts.EMBEDDINGS, embeddings)
+        with artefacts.replacing(out_dir / artefacts.EMBEDDINGS) as temporary, \
+                temporary.open("wb") as handle:
+            np.save(handle, embeddings)
     catalogue.write_jsonl(out_dir / artefacts.PRODUCTS)
     manifest = IndexManifest(
         encoder_source=encoder.source, encoder_sha256=encoder.sha256,
@@ -60,7 +70,8 @@ def build_index(catalogue: Catalogue, encoder: ExportedEncoder, out_dir: str | P
         dimension=int(embeddings.shape[1]),
         built_at=datetime.now(UTC).isoformat(timespec="seconds"), titles_sha256=digest,
         embeddings_reused=reuse)
-    (out_dir / artefacts.INDEX_MANIFEST).write_text(json.dumps(asdict(manifest), indent=2) + "\n")
+    with artefacts.replacing(out_dir / artefacts.INDEX_MANIFEST) as temporary:
+        temporary.write_text(json.dumps(asdict(manifest), indent=2) + "\n")
     return manifest
 
 
@@ -73,6 +84,16 @@ def unchanged(out_dir: Path, encoder_sha256: str, titles_sha256: str) -> bool:
     return (previous.get("encoder_sha256") == encoder_sha256
             and previous.get("titles_sha256") == titles_sha256
             and (out_dir / artefacts.EMBEDDINGS).is_file())
+
+
+def link_or_copy(source: Path, target: Path) -> None:
+    """`target` as a new name of `source` (a copy across file systems), replacing any file
+    there rather than writing into it."""
+    with artefacts.replacing(target) as temporary:
+        try:
+            os.link(source, temporary)
+        except OSError:
+            shutil.copyfile(source, temporary)
 
 
 def load_embeddings(index_dir: str | Path) -> np.ndarray:

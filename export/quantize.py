@@ -11,6 +11,7 @@ cosine of ~0.9995; the ranking quality it costs is measured by `fusionrank evalu
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from fusionrank.core import artefacts
 from fusionrank.core.encoding import MAX_TITLE_TOKENS, OnnxEncoder, TextTokenizer
 
 BITS, BLOCK, ACCURACY_LEVEL = 8, 32, 4  # accuracy level 4: int8 arithmetic
@@ -43,19 +45,32 @@ def quantised_with_this_method(path: Path) -> bool:
     return metadata.get(METHOD_KEY) == METHOD
 
 
-def quantise_encoder(fp32_path: Path, tokenizer_path: Path, out_path: Path,
-                     check_texts: Sequence[str]) -> QuantisedEncoder:
+def matmul_nbits_quantizer() -> type:
+    """ONNX Runtime's MatMulNBitsQuantizer, imported without its side effect: at import its
+    module calls `logging.basicConfig(level=INFO)`, which sends every library's INFO records to
+    stderr (747 lines of its own "skip to quantize" in one build). The root logger gets back
+    what it had, and the quantiser's logger says warnings and errors only."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
-    quantiser = MatMulNBitsQuantizer(onnx.load(str(fp32_path)), bits=BITS, block_size=BLOCK,
+    for handler in [h for h in root.handlers if h not in handlers]:
+        root.removeHandler(handler)
+    root.setLevel(level)
+    logging.getLogger(MatMulNBitsQuantizer.__module__).setLevel(logging.WARNING)
+    return MatMulNBitsQuantizer
+
+
+def quantise_encoder(fp32_path: Path, tokenizer_path: Path, out_path: Path,
+                     check_texts: Sequence[str]) -> QuantisedEncoder:
+    quantiser = matmul_nbits_quantizer()(onnx.load(str(fp32_path)), bits=BITS, block_size=BLOCK,
                                      is_symmetric=True, accuracy_level=ACCURACY_LEVEL)
     quantiser.process()
     model = quantiser.model.model
     onnx.helper.set_model_props(model, {**{p.key: p.value for p in model.metadata_props},
                                         METHOD_KEY: METHOD})
-    tmp = out_path.with_suffix(".tmp")
-    onnx.save(model, str(tmp))
-    tmp.replace(out_path)
+    with artefacts.replacing(out_path) as temporary:
+        onnx.save(model, str(temporary))
     batch = TextTokenizer(tokenizer_path, MAX_TITLE_TOKENS)(check_texts)
     cosines = np.sum(OnnxEncoder(fp32_path)(batch) * OnnxEncoder(out_path)(batch), axis=1)
     return QuantisedEncoder(out_path, float(cosines.min()), float(cosines.mean()))

@@ -15,7 +15,13 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from fusionrank.core import artefacts
 from fusionrank.core.contract import MAX_BATCH, TensorSpec
-from fusionrank.model_repository.step import CHAIN_OUTPUTS, CHAIN_PARAMETER, Chain
+from fusionrank.model_repository.step import (
+    CHAIN_OUTPUTS,
+    CHAIN_PARAMETER,
+    Chain,
+    StepContract,
+    declared_contract,
+)
 
 DTYPES = {"BYTES": mc.TYPE_STRING, "INT32": mc.TYPE_INT32, "INT64": mc.TYPE_INT64,
           "FP32": mc.TYPE_FP32, "FP64": mc.TYPE_FP64}
@@ -121,12 +127,15 @@ def place(source: Path, target: Path) -> None:
 @dataclass
 class PythonModel:
     """A Python-backend model whose logic is `step`: a class built from the model's version
-    folder and parameters, called with the requests of each dynamically batched call."""
+    folder and parameters, called with the requests of each dynamically batched call. Its
+    inputs and outputs are the ones the step declares (`step.CONTRACT`)."""
 
     name: str
     step: type
-    inputs: tuple[TensorSpec, ...]
-    outputs: tuple[TensorSpec, ...]
+    # None: the step's declared contract. A step whose tensors depend on the build derives its
+    # own (`Rank.fusing(weights)`, `TokenizeText.padded_to(length)`), and `merged` gives a
+    # `Chain` the tensors of the steps it chains.
+    contract: StepContract | None = None
     artefacts: dict[str, Path] = field(default_factory=dict)  # file name in version folder → source
     parameters: dict[str, str] = field(default_factory=dict)
     instances: int = 1
@@ -138,6 +147,18 @@ class PythonModel:
     queue_timeout_us: int = 0
     # How an ensemble names this model's tensors, where it differs (model name → ensemble name).
     tensor_names: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.contract is None:
+            self.contract = declared_contract(self.step)
+
+    @property
+    def inputs(self) -> tuple[TensorSpec, ...]:
+        return self.contract.inputs
+
+    @property
+    def outputs(self) -> tuple[TensorSpec, ...]:
+        return self.contract.outputs
 
     def ensemble_name(self, tensor: str) -> str:
         return self.tensor_names.get(tensor, tensor)
@@ -200,9 +221,9 @@ def merged(name: str, *models: PythonModel, instances: int = 1, max_queue_delay_
     outputs = tuple(replace(spec, name=last.ensemble_name(spec.name)) for spec in last.outputs)
     chain = [{"step": step_path(model.step), "names": model.tensor_names} for model in models]
     return PythonModel(
-        name, Chain, tuple(inputs.values()), outputs, artefacts,
-        {**parameters, CHAIN_PARAMETER: json.dumps(chain),
-         CHAIN_OUTPUTS: ",".join(spec.name for spec in outputs)},
+        name, Chain, StepContract(tuple(inputs.values()), outputs), artefacts=artefacts,
+        parameters={**parameters, CHAIN_PARAMETER: json.dumps(chain),
+                    CHAIN_OUTPUTS: ",".join(spec.name for spec in outputs)},
         instances=instances, max_queue_delay_us=max_queue_delay_us,
         max_queue_size=max_queue_size, queue_timeout_us=queue_timeout_us)
 

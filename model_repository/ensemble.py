@@ -3,8 +3,9 @@
     search = (Inputs(*SEARCH_INPUTS) >> tokenizer >> query_encoder >> retrieval >> ranker
               ).ensemble("search", SEARCH_OUTPUTS)
 
-A step is a Python-backend model (`PythonModel`, its logic a step class) or a graph Triton
-runs natively (`NativeModel`: ONNX Runtime, TensorRT), each declared as a typed config.
+A step is a Python-backend model (`PythonModel`, its logic a step class, whose tensors are the
+ones the class declares: `step.StepContract`) or a graph Triton runs natively (`NativeModel`:
+ONNX Runtime, TensorRT, the graph's tensors), each declared as a typed config.
 
 Tensors flow by name: a step reads each of its inputs from the ensemble's inputs or from an
 earlier step's output of that name (an optional input nothing provides is left out), and the

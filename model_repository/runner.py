@@ -99,4 +99,5 @@ class InProcessEnsemble:
                 raise result
             tensors |= {output_map[own]: value for own, value in result.items()
                         if own in output_map}
-        return {name: tensors[name] for name in self.outputs}
+        # An output the request's options left out (search's DETAIL) is absent, as served.
+        return {name: tensors[name] for name in self.outputs if name in tensors}

@@ -5,6 +5,11 @@ A model's logic is a `Step`: per-request input tensors in, per-request output te
 the tests and the in-process runner call steps directly, and `triton_model` wraps one for
 Triton's Python backend, where a dynamically batched `execute` call hands it several requests
 at once.
+
+Each step class declares the tensors it reads and answers, its `CONTRACT` (a `StepContract`), as
+an operator of NVIDIA Merlin Systems declares its input and output schema: `config.PythonModel`
+declares them to Triton from there, the ensemble wires the steps by them, and the step indexes
+its tensors by the declared specs (`request[EMBEDDING.name]`).
 """
 
 from __future__ import annotations
@@ -15,18 +20,49 @@ import sys
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 
 from fusionrank.core.artefacts import check_manifest
-from fusionrank.core.contract import RequestError
+from fusionrank.core.contract import RequestError, TensorSpec
 
 Tensors = dict[str, np.ndarray]
 
 
+@dataclass(frozen=True)
+class StepContract:
+    """The tensors a step reads (`inputs`) and answers (`outputs`), each by name, dtype and
+    dims (without the batch dimension). An optional input may be absent from a request; an
+    optional output may be absent from an answer (search's Rank leaves out what the request's
+    DETAIL did not ask for)."""
+
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+
+    def __post_init__(self) -> None:
+        for kind, specs in (("input", self.inputs), ("output", self.outputs)):
+            names = [spec.name for spec in specs]
+            twice = sorted({name for name in names if names.count(name) > 1})
+            if twice:
+                raise ValueError(f"the {kind}(s) {twice} are declared twice")
+
+
+def declared_contract(step: type) -> StepContract:
+    """The contract a step class declares (its `CONTRACT` attribute)."""
+    contract = getattr(step, "CONTRACT", None)
+    if not isinstance(contract, StepContract):
+        raise TypeError(f"the step {step.__qualname__} declares no CONTRACT: a step class "
+                        "declares the tensors it reads and answers as a StepContract")
+    return contract
+
+
 class Step(Protocol):
+    """A step class also declares `CONTRACT: StepContract` (`Chain` excepted: its tensors are
+    those of the steps it chains, which `config.merged` computes)."""
+
     def __call__(self, requests: list[Tensors]) -> list[Tensors | RequestError]: ...
 
 
@@ -135,6 +171,11 @@ def triton_model(factory: StepFactory) -> type:
             import triton_python_backend_utils as pb_utils
             from threadpoolctl import threadpool_limits
 
+            from fusionrank.model_repository.stub_process import watch_server
+
+            # A process whose server died (kill -9, a crash) ends itself and removes its
+            # shared-memory file, rather than living on under PID 1 (stub_process.py).
+            watch_server()
             # A model copy is one process on one core; Triton runs the copies side by side.
             # numpy's BLAS threads would busy-wait on the cores the other copies compute on
             # (a 100-row matrix-vector product then took 10 % of a copy's time under load).

@@ -14,8 +14,8 @@ cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 if [[ "${1:-}" == prepare ]]; then
     shift
-    exec .venv/bin/python benchmarks/gpu_check.py prepare "$@"
+    exec .venv/bin/python -m benchmarks.gpu_check prepare "$@"
 fi
 # The GPU machine has no .venv: its own python3 holds PyTorch with CUDA.
 PYTHON=${PYTHON:-$([[ -x .venv/bin/python ]] && echo .venv/bin/python || echo python3)}
-exec timeout 280 "$PYTHON" benchmarks/gpu_check.py measure "$@"
+exec timeout 280 "$PYTHON" -m benchmarks.gpu_check measure "$@"

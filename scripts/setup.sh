@@ -26,7 +26,7 @@ find_python() {
 }
 
 # Triton's Python-backend stub runs on the interpreter's own shared libpython where it has one
-# (pyenv builds with --enable-shared; see fusionrank/app/serve.py), else on the system's libpython3.11.
+# (pyenv builds with --enable-shared; see app/serve.py), else on the system's libpython3.11.
 ensure_libpython() {
     local python=$1
     "$python" -c 'import os, sys, sysconfig as s

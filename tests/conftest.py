@@ -43,6 +43,13 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.slow)
 
 
+def needs_pytorch() -> None:
+    """A fixture that trains or exports a model needs PyTorch (the training and export layers):
+    where it is absent, as on a serving-only install, the tests using that fixture skip and the
+    rest of tests/unit still runs."""
+    pytest.importorskip("torch")
+
+
 @pytest.fixture(scope="session")
 def tiny_catalogue() -> Catalogue:
     return Catalogue([*ANCHORS.values(), *filler_products()], source="tests/tiny")
@@ -57,6 +64,7 @@ def model_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def search_repository(tiny_catalogue, model_dir, tmp_path_factory) -> Path:
+    needs_pytorch()
     from fusionrank.app.build import build_search_repository
     from fusionrank.model_repository.search.ensemble import ServingOptions
 
@@ -75,6 +83,7 @@ class SearchRun:
 
 @pytest.fixture(scope="session")
 def search_run(tmp_path_factory) -> SearchRun | None:
+    needs_pytorch()
     from fusionrank.app.search import train_main
     from tests.support.relevance import HOMEDEPOT, sample_judgements
 
@@ -120,6 +129,7 @@ def trained_student(search_student) -> Path:
 
 @pytest.fixture(scope="session")
 def recommender(tmp_path_factory) -> Path:
+    needs_pytorch()  # no training, but the evaluation code it borrows imports torch
     from tests.support import shop
 
     return shop.analytic_artefacts(tmp_path_factory.mktemp("recommender"))
@@ -134,6 +144,7 @@ def reviews_file(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
+    needs_pytorch()
     from tests.support.reviews import tiny_bert
 
     return tiny_bert(tmp_path_factory.mktemp("tiny_bert"))

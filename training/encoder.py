@@ -36,11 +36,23 @@ class MeanPooledEncoder(nn.Module):
         return nn.functional.normalize(pooled, p=2, dim=1)
 
 
-def load_pooled_encoder(model_dir: str | Path) -> MeanPooledEncoder:
+def load_transformer(model_dir: str | Path) -> nn.Module:
+    """A local Hugging Face model folder's transformer, loaded without transformers' "Loading
+    weights" progress bar: a load takes milliseconds, and its bar is noise in a build's output."""
     from transformers import AutoModel
+    from transformers.utils import logging as transformers_logging
 
-    model = AutoModel.from_pretrained(check_model_folder(model_dir), local_files_only=True)
-    return MeanPooledEncoder(model).eval()
+    shown = transformers_logging.is_progress_bar_enabled()
+    transformers_logging.disable_progress_bar()
+    try:
+        return AutoModel.from_pretrained(check_model_folder(model_dir), local_files_only=True)
+    finally:
+        if shown:
+            transformers_logging.enable_progress_bar()
+
+
+def load_pooled_encoder(model_dir: str | Path) -> MeanPooledEncoder:
+    return MeanPooledEncoder(load_transformer(model_dir)).eval()
 
 
 def export_model_folder(model_dir: str | Path, out_dir: Path,

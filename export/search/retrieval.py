@@ -15,6 +15,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from fusionrank.core import artefacts
 from fusionrank.export.graphs import ONNX_OPSET
 
 
@@ -45,10 +46,16 @@ def retrieval_graph(embeddings: np.ndarray, path: str | Path, k: int | None = No
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", ONNX_OPSET)])
     helper.set_model_props(model, {"products": str(products)})
     onnx.checker.check_model(model)
-    onnx.save(model, str(path))
+    with artefacts.replacing(path) as temporary:
+        onnx.save(model, str(temporary))
 
 
 SHORTLIST = 3  # int8_retrieval_graph rescores SHORTLIST · k products by their exact cosine
+# The query's 7-bit range (uint8 1..127 around 64). On x86 CPUs without VNNI, ONNX Runtime's
+# uint8 × int8 product (VPMADDUBSW) adds two products in saturating 16 bits: 255 · 127 · 2
+# overflows, which silently reorders the shortlist; 127 · 127 · 2 = 32,258 does not. The
+# catalogue keeps its 8 bits. (ONNX Runtime's quantisation docs: "reduce_range" / U8U8.)
+QUERY_LEVELS = 63
 
 
 def int8_retrieval_graph(embeddings: np.ndarray, path: str | Path) -> None:
@@ -57,12 +64,12 @@ def int8_retrieval_graph(embeddings: np.ndarray, path: str | Path) -> None:
     rows [batch, k], best first, as `retrieval_graph` gives them.
 
     The graph holds the catalogue in int8, each product with its own scale. Each query is
-    quantised on its own (symmetric, its own scale: a query's shortlist does not depend on its
-    batch), its int8 products with the whole catalogue (MatMulInteger) pick its SHORTLIST · k
-    best, and those are rescored exactly against the float32 catalogue. The exact top k is
-    missed only if one of its products falls below rank SHORTLIST · k by the 8-bit product:
-    on the 2,000 benchmark queries over Home Depot, the deepest the exact top 100 reached was
-    rank 110 of the 300 (search_fused.md reports the served candidates against exact ones)."""
+    quantised on its own (symmetric, 7 bits: see QUERY_LEVELS; its own scale: a query's
+    shortlist does not depend on its batch), its 8-bit products with the whole catalogue
+    (MatMulInteger) pick its SHORTLIST · k best, and those are rescored exactly against the
+    float32 catalogue. The exact top k is missed only if one of its products falls below rank
+    SHORTLIST · k by the 8-bit product (search_fused.md reports the served candidates against
+    exact ones)."""
     products, dim = embeddings.shape
     catalogue = np.asarray(embeddings, dtype=np.float32)
     scale = np.maximum(np.abs(catalogue).max(axis=1), 1e-12) / 127.0
@@ -72,15 +79,17 @@ def int8_retrieval_graph(embeddings: np.ndarray, path: str | Path) -> None:
         "catalogue_scale": scale.astype(np.float32)[None, :],
         "shortlist_factor": np.array([SHORTLIST], dtype=np.int64),
         "products": np.array([products], dtype=np.int64),
-        "zero_point": np.array(128, dtype=np.uint8),
-        "levels": np.array(127.0, dtype=np.float32), "offset": np.array(128.0, np.float32),
-        "low": np.array(-127.0, dtype=np.float32), "high": np.array(127.0, dtype=np.float32),
+        "zero_point": np.array(QUERY_LEVELS + 1, dtype=np.uint8),
+        "levels": np.array(QUERY_LEVELS, dtype=np.float32),
+        "offset": np.array(QUERY_LEVELS + 1, np.float32),
+        "low": np.array(-QUERY_LEVELS, dtype=np.float32),
+        "high": np.array(QUERY_LEVELS, dtype=np.float32),
         "tiny": np.array(1e-12, dtype=np.float32),
         "last_axis": np.array([-1], dtype=np.int64), "middle": np.array([1], dtype=np.int64),
     }.items()]
     node = helper.make_node
     nodes = [
-        # Each query as uint8 around 128, its own scale: max |component| / 127.
+        # Each query as uint8 around 64, its own scale: max |component| / QUERY_LEVELS.
         node("Abs", ["query"], ["magnitude"]),
         node("ReduceMax", ["magnitude"], ["largest"], axes=[1], keepdims=1),
         node("Max", ["largest", "tiny"], ["bounded"]),
@@ -118,4 +127,5 @@ def int8_retrieval_graph(embeddings: np.ndarray, path: str | Path) -> None:
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", ONNX_OPSET)])
     helper.set_model_props(model, {"products": str(products)})
     onnx.checker.check_model(model)
-    onnx.save(model, str(path))
+    with artefacts.replacing(path) as temporary:
+        onnx.save(model, str(temporary))

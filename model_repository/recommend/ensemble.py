@@ -3,7 +3,8 @@
     recommend = (Inputs(HISTORY, HISTORY_TIMES, K, EXCLUDE_PURCHASED)
                  >> recommend_history >> recommend_ranker).ensemble("recommend", RECOMMEND_OUTPUTS)
 
-HISTORY_TIMES is optional (Triton's `optional: true`, declared in its TensorSpec).
+HISTORY_TIMES is optional (Triton's `optional: true`, declared in its TensorSpec). Each model's
+tensors are the ones its step declares (`steps.py`).
 
 `artefact_dir` is the folder `fusionrank train-recommender` writes (`<out>/serving`): catalogue
 embeddings and metadata, product statistics, the ONNX feedback head, fusion weights, config.
@@ -16,15 +17,9 @@ from pathlib import Path
 
 from fusionrank.core import artefacts
 from fusionrank.core.recommend.contract import (
-    EXCLUDE_PURCHASED,
-    HISTORY,
-    HISTORY_TIMES,
     RECOMMEND_INPUTS,
     RECOMMEND_MODEL,
     RECOMMEND_OUTPUTS,
-    SHOPPER_TENSORS,
-    UNKNOWN_IDS,
-    K,
 )
 from fusionrank.model_repository.config import PythonModel
 from fusionrank.model_repository.ensemble import Ensemble, Inputs
@@ -53,13 +48,11 @@ def recommend_ensemble(artefact_dir: str | Path,
         raise FileNotFoundError(f"{folder} lacks the recommender artefacts {missing}: "
                                 "run `fusionrank train-recommender` first")
     encode = PythonModel(
-        "recommend_history", steps.EncodeHistory, (HISTORY, HISTORY_TIMES),
-        (*SHOPPER_TENSORS, UNKNOWN_IDS),
+        "recommend_history", steps.EncodeHistory,
         artefacts={name: folder / name for name in HISTORY_FILES},
         instances=options.history_instances, max_queue_delay_us=options.max_queue_delay_us)
     rank = PythonModel(
-        "recommend_ranker", steps.RecommendRank, (*SHOPPER_TENSORS, K, EXCLUDE_PURCHASED),
-        RECOMMEND_OUTPUTS[:3],
+        "recommend_ranker", steps.RecommendRank,
         artefacts={name: folder / name for name in artefacts.RECOMMEND_FILES},
         parameters={"threads": str(options.onnx_threads)},
         instances=options.ranker_instances, max_queue_delay_us=options.max_queue_delay_us)

@@ -22,9 +22,27 @@ from pathlib import Path
 import numpy as np
 
 from fusionrank.core.contract import RequestError, check_batch, check_k
-from fusionrank.core.recommend.contract import PAD_ROW, check_exclude, check_history
+from fusionrank.core.recommend.contract import (
+    BOUGHT_COUNTS,
+    BOUGHT_DAYS,
+    BOUGHT_ROWS,
+    EXCLUDE_PURCHASED,
+    HISTORY,
+    HISTORY_TIMES,
+    PAD_ROW,
+    RECOMMEND_OUTPUTS,
+    SHOPPER,
+    SHOPPER_TENSORS,
+    UNKNOWN_IDS,
+    K,
+    check_exclude,
+    check_history,
+)
 from fusionrank.core.recommend.runtime import HistoryEncoder, Recommender, Shopper
-from fusionrank.model_repository.step import Tensors, only_valid
+from fusionrank.model_repository.step import StepContract, Tensors, only_valid
+
+# The ranker's answer; the ensemble's fourth output, UNKNOWN_IDS, is the history step's.
+PRODUCT_IDS, SCORES, PRODUCTS, _ = RECOMMEND_OUTPUTS
 
 
 def shopper_tensors(shoppers: list[Shopper]) -> Tensors:
@@ -36,24 +54,30 @@ def shopper_tensors(shoppers: list[Shopper]) -> Tensors:
     for i, shopper in enumerate(shoppers):
         n = len(shopper.rows)
         rows[i, :n], counts[i, :n], days[i, :n] = shopper.rows, shopper.counts, shopper.days
-    return {"SHOPPER": np.stack([s.vector for s in shoppers]).astype(np.float32),
-            "BOUGHT_ROWS": rows, "BOUGHT_COUNTS": counts, "BOUGHT_DAYS": days,
-            "UNKNOWN_IDS": np.array([[s.unknown] for s in shoppers], dtype=np.int32)}
+    return {SHOPPER.name: np.stack([s.vector for s in shoppers]).astype(np.float32),
+            BOUGHT_ROWS.name: rows, BOUGHT_COUNTS.name: counts, BOUGHT_DAYS.name: days,
+            UNKNOWN_IDS.name: np.array([[s.unknown] for s in shoppers], dtype=np.int32)}
 
 
 def shoppers_from_tensors(tensors: Tensors) -> list[Shopper]:
     """The inverse of `shopper_tensors` (padding dropped)."""
     shoppers = []
-    for i, vector in enumerate(tensors["SHOPPER"]):
-        keep = tensors["BOUGHT_ROWS"][i] != PAD_ROW
-        shoppers.append(Shopper(np.asarray(vector, np.float32),
-                                tensors["BOUGHT_ROWS"][i][keep].astype(np.int64),
-                                tensors["BOUGHT_COUNTS"][i][keep].astype(np.float32),
-                                tensors["BOUGHT_DAYS"][i][keep].astype(np.float32)))
+    rows, counts, days = (tensors[spec.name] for spec in (BOUGHT_ROWS, BOUGHT_COUNTS,
+                                                           BOUGHT_DAYS))
+    for i, vector in enumerate(tensors[SHOPPER.name]):
+        keep = rows[i] != PAD_ROW
+        shoppers.append(Shopper(np.asarray(vector, np.float32), rows[i][keep].astype(np.int64),
+                                counts[i][keep].astype(np.float32),
+                                days[i][keep].astype(np.float32)))
     return shoppers
 
 
 class EncodeHistory:
+    """A request's histories → each shopper's tensors (`shopper_tensors`)."""
+
+    CONTRACT = StepContract(inputs=(HISTORY, HISTORY_TIMES),
+                            outputs=(*SHOPPER_TENSORS, UNKNOWN_IDS))
+
     def __init__(self, folder: Path, parameters: Mapping[str, str]):
         self.encode = HistoryEncoder.load(folder)
 
@@ -67,10 +91,10 @@ class EncodeHistory:
         return results
 
     def shoppers(self, request: Tensors) -> list[Shopper]:
-        ids = np.asarray(request["HISTORY"], dtype=object)
+        ids = np.asarray(request[HISTORY.name], dtype=object)
         ids = ids.reshape(1, -1) if ids.ndim < 2 else ids
         check_batch(len(ids))
-        times = request.get("HISTORY_TIMES")  # optional: absent means "all unknown"
+        times = request.get(HISTORY_TIMES.name)  # optional: absent means "all unknown"
         if times is not None:
             times = np.asarray(times)
             if times.ndim < 2 or len(times) != len(ids):
@@ -82,11 +106,16 @@ class EncodeHistory:
 
 
 def check_options(request: Tensors) -> tuple[int, bool]:
-    k = check_k(np.asarray(request["K"]).reshape(-1).tolist())
-    return k, check_exclude(np.asarray(request["EXCLUDE_PURCHASED"]).reshape(-1).tolist())
+    k = check_k(np.asarray(request[K.name]).reshape(-1).tolist())
+    return k, check_exclude(np.asarray(request[EXCLUDE_PURCHASED.name]).reshape(-1).tolist())
 
 
 class RecommendRank:
+    """Each shopper → the K best products, their scores and metadata (`Recommender.recommend`)."""
+
+    CONTRACT = StepContract(inputs=(*SHOPPER_TENSORS, K, EXCLUDE_PURCHASED),
+                            outputs=(PRODUCT_IDS, SCORES, PRODUCTS))
+
     def __init__(self, folder: Path, parameters: Mapping[str, str]):
         threads = int(parameters.get("threads", "1"))
         self.recommender = Recommender.load(folder, threads=threads)
@@ -114,5 +143,5 @@ class RecommendRank:
             ids[i, :len(rows)] = self.product_ids[rows]
             products[i, :len(rows)] = self.product_json[rows]
             scores[i, :len(rows)] = row_scores
-        return {"PRODUCT_IDS": ids, "SCORES": scores, "PRODUCTS": products}
+        return {PRODUCT_IDS.name: ids, SCORES.name: scores, PRODUCTS.name: products}
 

@@ -1,7 +1,10 @@
 """The `search` ensemble: query text in, ranked products out.
 
-    QUERY, K >> search_steps (Tokenize, EncodeQueries, Retrieve, ScoreCandidates, Rank)
-                                                      ScoreCandidates: trained runs only
+    QUERY, K[, DETAIL] >> search_steps (Tokenize, EncodeQueries, Retrieve, ScoreCandidates,
+                                        Rank)         ScoreCandidates: trained runs only
+
+DETAIL (optional) names the outputs the answer carries; only Rank reads it (it skips what was
+not asked for), and, as an input, it is part of the response cache's key.
 
 One model running the steps of `steps.py` one after the other in one process
 (`config.merged`), in two copies: a hop between Python-backend models costs a process
@@ -18,6 +21,9 @@ natively on the GPU and only text work stays in Python models (`gpu_search_ensem
              >> retrieval (onnxruntime + TensorRT FP16: MatMul + TopK, K fixed)
              >> ranker (Python, CPU: ScoreCandidates, Rank)
 
+Each Python model's tensors are the ones its step declares (`steps.py`); a native model's are
+its graph's, declared here.
+
 `SearchArtefacts` names the folders `fusionrank build` fills: the exported encoder, the
 catalogue index and, for a trained run, the run's search files aligned with the catalogue.
 """
@@ -32,7 +38,7 @@ import numpy as np
 from fusionrank.core import artefacts as names
 from fusionrank.core.contract import MAX_K, TensorSpec
 from fusionrank.core.encoding import MAX_QUERY_TOKENS
-from fusionrank.core.fusion import SIGNAL_TENSORS, FusionWeights
+from fusionrank.core.fusion import FusionWeights
 from fusionrank.core.search.contract import (
     EXPLAIN_OUTPUTS,
     SEARCH_INPUTS,
@@ -51,20 +57,10 @@ from fusionrank.model_repository.config import (
 )
 from fusionrank.model_repository.ensemble import Ensemble, Inputs
 from fusionrank.model_repository.search import steps
+from fusionrank.model_repository.step import StepContract
 
-TOKENS = (TensorSpec("INPUT_IDS", "INT64", (-1,), ragged=True),
-          TensorSpec("ATTENTION_MASK", "INT64", (-1,), ragged=True))
-EMBEDDING = TensorSpec("EMBEDDING", "FP32", (-1,))
-CANDIDATES = (TensorSpec("CANDIDATES", "INT64", (-1,)), TensorSpec("SIMILARITY", "FP32", (-1,)))
-DENSE = (TensorSpec("DENSE_CANDIDATES", "INT64", (-1,)),
-         TensorSpec("DENSE_SIMILARITY", "FP32", (-1,)))
-SIGNALS = {name: TensorSpec(tensor, "FP32", (-1,)) for name, tensor in SIGNAL_TENSORS.items()}
-QUERY, K = SEARCH_INPUTS
 LAYOUTS = ("one", "two", "steps")  # ServingOptions.layout
 SEARCH_STEPS = "search_steps"  # layout one's model: every step of the pipeline
-# The scoring step's spelling correction, which the ranker answers as CORRECTED (an optional
-# input: a pretrained pipeline has no speller).
-CORRECTION = TensorSpec("CORRECTION", "BYTES", (1,))
 
 
 @dataclass
@@ -92,23 +88,22 @@ class ServingOptions:
     # How the CPU pipeline's steps are grouped into Triton models (LAYOUTS): "one" (every step
     # in one model, SEARCH_STEPS, `ranker_instances` copies), "two" (the query_encoder and the
     # ranker) or "steps" (one model per step). Each hop between Python-backend models costs a
-    # process crossing and a queue; on the measured 2 cores one model with two copies served
-    # 18 % more than two models, with a lower p99 (search_sweep.md).
+    # process crossing and a queue, so "one" is the default: search_sweep.md measures the
+    # three side by side.
     layout: str = "one"
     # The query encoder's precision; the catalogue is embedded in FP32 either way. INT8
     # (export/quantize.py: 8-bit weights, int8 arithmetic, each token's activations quantised
-    # on their own, so a query's embedding does not depend on its batch) encodes a query 2.6×
-    # faster; `fusionrank evaluate` measured its fused test NDCG@10 / Recall@100 against FP32's
-    # (benchmarks/reports/search_fused.md): no loss, so it is the CPU default. INT8 also
-    # retrieves from an 8-bit copy of the catalogue, rescored exactly (RETRIEVAL_INT8:
-    # export/search/retrieval.py), 3.7× faster for one query a call and the same candidates.
+    # on their own, so a query's embedding does not depend on its batch) is the CPU default
+    # because `fusionrank evaluate` finds no loss of fused quality against FP32 and it encodes
+    # faster (benchmarks/reports/search_fused.md has both). INT8 also retrieves from an 8-bit
+    # copy of the catalogue, rescored exactly (RETRIEVAL_INT8: export/search/retrieval.py).
     precision: str = "int8"
     # The `search` ensemble's answers go to Triton's response cache (`fusionrank serve
     # --cache-mib`, on by default): a repeated query is answered without running a step.
     response_cache: bool = True
     # Where the search graphs run: "cpu" (the models above) or "gpu" (`gpu_search_ensemble`:
     # the encoder and retrieval as native models on the GPU under TensorRT FP16; `precision`,
-    # `onnx_threads` and `separate_steps` are the CPU repository's).
+    # `onnx_threads` and `layout` are the CPU repository's).
     device: str = "cpu"
     # GPU: a TensorRT engine of the encoder (`fusionrank export-tensorrt`) served as
     # tensorrt_plan; an absolute path not built yet is built at the container's first start
@@ -166,18 +161,17 @@ def search_ensemble(files: SearchArtefacts, options: ServingOptions) -> Ensemble
     delay = options.max_queue_delay_us
     queue = queue_options(options)
     fused = files.run is not None
-    tokenize = tokenizer_model(files, TOKENS)
+    tokenize = tokenizer_model(files, steps.Tokenize.CONTRACT)
     encode = PythonModel(
-        "query_encoder", steps.EncodeQueries, TOKENS, (EMBEDDING,),
+        "query_encoder", steps.EncodeQueries,
         artefacts={names.ENCODER: files.queries / options.encoder_file},
         parameters=threads, instances=options.encoder_instances, max_queue_delay_us=delay)
     retrieve = PythonModel(
-        "retrieval", steps.Retrieve, (EMBEDDING, K), CANDIDATES,
+        "retrieval", steps.Retrieve,
         artefacts={name: files.index / name for name in options.retrieval_files},
         parameters={**threads, "candidates": str(options.candidates)}, max_queue_delay_us=delay,
         # With BM25 candidates to merge, retrieval's pool is the dense part of the final one.
-        tensor_names={"CANDIDATES": "DENSE_CANDIDATES", "SIMILARITY": "DENSE_SIMILARITY"}
-        if fused else {})
+        tensor_names=dense_names(steps.CANDIDATES.name, steps.SIMILARITY.name) if fused else {})
     scoring, rank = ranking_models(files, options)
     if options.layout == "steps":
         models = [replace(model, **queue) for model in (tokenize, encode, retrieve, *scoring,
@@ -198,10 +192,16 @@ def queue_options(options: ServingOptions) -> dict[str, int]:
             "queue_timeout_us": options.queue_timeout_ms * 1000}
 
 
-def tokenizer_model(files: SearchArtefacts, tokens: tuple[TensorSpec, ...],
+def dense_names(candidates: str, similarity: str) -> dict[str, str]:
+    """A retrieval model's outputs (named `candidates`, `similarity`) → the names ScoreCandidates
+    reads them by."""
+    return {candidates: steps.DENSE_CANDIDATES.name, similarity: steps.DENSE_SIMILARITY.name}
+
+
+def tokenizer_model(files: SearchArtefacts, contract: StepContract,
                     parameters: dict[str, str] | None = None) -> PythonModel:
     return PythonModel(
-        "tokenizer", steps.Tokenize, (QUERY,), tokens,
+        "tokenizer", steps.Tokenize, contract,
         artefacts={names.TOKENIZER: files.queries / names.TOKENIZER},
         parameters=parameters or {}, max_queue_delay_us=0)
 
@@ -209,18 +209,15 @@ def tokenizer_model(files: SearchArtefacts, tokens: tuple[TensorSpec, ...],
 def ranking_models(files: SearchArtefacts,
                    options: ServingOptions) -> tuple[list[PythonModel], PythonModel]:
     """The steps after retrieval: ScoreCandidates (a trained run only) and Rank."""
-    signals = tuple(SIGNALS[name] for name in FusionWeights.load(files.weights).weights)
     rank = PythonModel(
-        "ranker", steps.Rank, (CANDIDATES[0], *signals, K, replace(CORRECTION, optional=True)),
-        (*SEARCH_OUTPUTS, *EXPLAIN_OUTPUTS),
+        "ranker", steps.Rank, steps.Rank.fusing(FusionWeights.load(files.weights)),
         artefacts={names.PRODUCTS: files.index / names.PRODUCTS,
                    names.FUSION_WEIGHTS: files.weights}, max_queue_delay_us=0)
     run_files = (names.LEXICAL, names.PRIORS, names.MEMORY, names.FEEDBACK_HEAD)
     if files.run is not None and (files.run / names.TITLE_FEATURES).is_file():
         run_files += (names.TITLE_FEATURES,)  # saves the step computing them at each load
     scoring = [PythonModel(
-        "scoring", steps.ScoreCandidates, (QUERY, EMBEDDING, *DENSE),
-        (*CANDIDATES, SIGNALS["lexical"], SIGNALS["feedback"], CORRECTION),
+        "scoring", steps.ScoreCandidates,
         artefacts={**{name: files.index / name for name in (names.EMBEDDINGS, names.PRODUCTS)},
                    **{name: files.run / name for name in run_files}},
         parameters={"threads": str(options.onnx_threads),
@@ -231,7 +228,7 @@ def ranking_models(files: SearchArtefacts,
 
 
 def search_pipeline(models: list[ServedModel], options: ServingOptions) -> Ensemble:
-    pipeline = Inputs(QUERY, K)
+    pipeline = Inputs(*SEARCH_INPUTS)
     for model in models:
         pipeline = pipeline >> model
     return pipeline.ensemble(SEARCH_MODEL, (*SEARCH_OUTPUTS, *EXPLAIN_OUTPUTS),
@@ -249,13 +246,14 @@ def gpu_search_ensemble(files: SearchArtefacts, options: ServingOptions) -> Ense
     pool = min(options.candidates, products)
     fixed = (MAX_QUERY_TOKENS,)
     tokenize = replace(
-        tokenizer_model(files, tuple(TensorSpec(t.name, t.dtype, fixed) for t in TOKENS),
+        tokenizer_model(files, steps.Tokenize.padded_to(MAX_QUERY_TOKENS),
                         {"pad_to": str(MAX_QUERY_TOKENS)}),
         instances=options.encoder_instances, **queue_options(options))
-    graph_tokens = tuple(TensorSpec(t.name.lower(), t.dtype, fixed) for t in TOKENS)
+    # The encoder graph's tensors: the steps' names in lower case.
+    graph_tokens = tuple(TensorSpec(t.name.lower(), t.dtype, fixed) for t in steps.TOKENS)
     encoder = {"inputs": graph_tokens, "outputs": (TensorSpec("embedding", "FP32", (dim,)),),
-               "tensor_names": {"input_ids": "INPUT_IDS", "attention_mask": "ATTENTION_MASK",
-                                "embedding": EMBEDDING.name},
+               "tensor_names": {**{t.name.lower(): t.name for t in steps.TOKENS},
+                                "embedding": steps.EMBEDDING.name},
                "instances": options.encoder_instances,
                "max_queue_delay_us": options.max_queue_delay_us}
     if options.tensorrt_engine:
@@ -264,13 +262,15 @@ def gpu_search_ensemble(files: SearchArtefacts, options: ServingOptions) -> Ense
     else:
         encode = NativeModel("query_encoder", ONNX_RUNTIME, files.queries / names.ENCODER,
                              tensorrt=engine_cache(options, "query_encoder"), **encoder)
-    dense = DENSE if files.run is not None else CANDIDATES
+    retrieved = {"rows": steps.CANDIDATES.name, "similarity": steps.SIMILARITY.name}
+    if files.run is not None:
+        retrieved = dense_names("rows", "similarity")
     retrieve = NativeModel(
         "retrieval", ONNX_RUNTIME, files.index / names.RETRIEVAL_FIXED_K,
         (TensorSpec("query", "FP32", (dim,)),),
         (TensorSpec("similarity", "FP32", (pool,)), TensorSpec("rows", "INT64", (pool,))),
         tensorrt=engine_cache(options, "retrieval"),
-        tensor_names={"query": EMBEDDING.name, "rows": dense[0].name, "similarity": dense[1].name},
+        tensor_names={"query": steps.EMBEDDING.name, **retrieved},
         max_queue_delay_us=options.max_queue_delay_us)
     scoring, rank = ranking_models(files, options)
     ranker = merged("ranker", *scoring, rank, instances=options.ranker_instances,

@@ -6,27 +6,37 @@
     Retrieve         EMBEDDING → the catalogue's most similar products (ONNX MatMul + TopK)
     ScoreCandidates  adds BM25 candidates and scores every candidate: SIMILARITY, LEXICAL,
                      FEEDBACK (`fusionrank.core.search.runtime.SearchRuntime`, as evaluated)
-    Rank             S = Σ wᵢ·signalᵢ with the fitted weights, product metadata attached
+    Rank             S = Σ wᵢ·signalᵢ with the fitted weights; product metadata and the
+                     explanation attached where the request's DETAIL asks for them
 
-The ensemble (`ensemble.py`) serves them as two models: `query_encoder` (Tokenize,
-EncodeQueries) and `ranker` (Retrieve, ScoreCandidates, Rank), each a `Chain` of its steps.
+Each step declares its tensors (`CONTRACT`); the ensemble (`ensemble.py`) wires the steps by
+them, in one model by default (`search_steps`, a `Chain` of the five).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from fusionrank.core import artefacts
-from fusionrank.core.contract import MAX_K, RequestError, check_batch, check_k
+from fusionrank.core.contract import MAX_K, RequestError, TensorSpec, check_batch, check_k
 from fusionrank.core.encoding import MAX_QUERY_TOKENS, onnx_session
-from fusionrank.core.fusion import FusionWeights, ranked_positions
-from fusionrank.core.search.contract import check_query
+from fusionrank.core.fusion import SIGNAL_TENSORS, FusionWeights, ranked_positions
+from fusionrank.core.search.contract import (
+    EXPLAIN_OUTPUTS,
+    SEARCH_INPUTS,
+    SEARCH_OUTPUTS,
+    Detail,
+    check_detail,
+    check_query,
+)
 from fusionrank.core.search.runtime import LEXICAL_CANDIDATES, SearchRuntime
 from fusionrank.model_repository.step import (
+    StepContract,
     Tensors,
     only_valid,
     return_freed_memory,
@@ -34,21 +44,46 @@ from fusionrank.model_repository.step import (
 )
 from fusionrank.model_repository.text_steps import TokenGraph, TokenizeText
 
+# The ensemble's own tensors (the gRPC contract, fusionrank.core.search.contract)...
+QUERY, K, DETAIL = SEARCH_INPUTS  # DETAIL: optional
+PRODUCT_IDS, SCORES, PRODUCTS = SEARCH_OUTPUTS
+# ...and those between the steps. Each request is padded to its own longest query.
+TOKENS = (TensorSpec("INPUT_IDS", "INT64", (-1,), ragged=True),
+          TensorSpec("ATTENTION_MASK", "INT64", (-1,), ragged=True))
+EMBEDDING = TensorSpec("EMBEDDING", "FP32", (-1,))  # the query's, unit length
+CANDIDATES = TensorSpec("CANDIDATES", "INT64", (-1,))  # catalogue rows
+# The signals Rank can fuse, by their name in `ranking.json` (FusionWeights).
+SIGNAL_INPUTS = {name: TensorSpec(tensor, "FP32", (-1,))
+                 for name, tensor in SIGNAL_TENSORS.items()}
+SIMILARITY, FEEDBACK, LEXICAL = (SIGNAL_INPUTS[name]
+                                 for name in ("similarity", "feedback", "lexical"))
+# Retrieval's candidates where ScoreCandidates adds BM25's to them (a trained run): the
+# ensemble renames Retrieve's outputs to these.
+DENSE_CANDIDATES = replace(CANDIDATES, name="DENSE_CANDIDATES")
+DENSE_SIMILARITY = replace(SIMILARITY, name="DENSE_SIMILARITY")
+# The query as spelling-corrected, which Rank answers as CORRECTED (an optional input of Rank:
+# a pretrained pipeline has no speller).
+CORRECTION = TensorSpec("CORRECTION", "BYTES", (1,))
+
+
+def optional(*specs: TensorSpec) -> tuple[TensorSpec, ...]:
+    return tuple(replace(spec, optional=True) for spec in specs)
+
 
 class Tokenize(TokenizeText):
-    TENSOR = "QUERY"
+    CONTRACT = StepContract(inputs=(QUERY,), outputs=TOKENS)
     MAX_TOKENS = MAX_QUERY_TOKENS
     check_batch = staticmethod(check_batch)
     check_row = staticmethod(check_query)
 
 
 class EncodeQueries(TokenGraph):
+    CONTRACT = StepContract(inputs=TOKENS, outputs=(EMBEDDING,))
     MODEL_FILE = artefacts.ENCODER
-    OUTPUT = "EMBEDDING"
 
 
 def checked_k(request: Tensors) -> int:
-    return check_k(request["K"].reshape(-1).tolist())
+    return check_k(request[K.name].reshape(-1).tolist())
 
 
 class Retrieve:
@@ -57,6 +92,8 @@ class Retrieve:
     faster than numpy's BLAS here, and the same graph runs unchanged on Triton's onnxruntime or
     TensorRT backends on a GPU. Where the model holds RETRIEVAL_INT8 (precision int8), that
     graph runs instead, fed the memory-mapped embeddings it rescores its shortlist with."""
+
+    CONTRACT = StepContract(inputs=(EMBEDDING, K), outputs=(CANDIDATES, SIMILARITY))
 
     def __init__(self, folder: Path, parameters: Mapping[str, str]):
         threads = int(parameters.get("threads", "0"))
@@ -74,14 +111,20 @@ class Retrieve:
         valid, results = only_valid(requests, checked_k)
         if not valid:
             return results
-        queries = np.concatenate([requests[i]["EMBEDDING"] for i in valid]).astype(np.float32)
+        embeddings = [requests[i][EMBEDDING.name] for i in valid]
+        queries = np.concatenate(embeddings).astype(np.float32)
         similarity, rows = self.session.run(
             None, {"query": queries, "k": np.array([self.pool], dtype=np.int64), **self.feeds})
-        sizes = [len(requests[i]["EMBEDDING"]) for i in valid]
+        sizes = [len(embedding) for embedding in embeddings]
         for i, sim, row in zip(valid, split_rows(similarity, sizes), split_rows(rows, sizes),
                                strict=True):
-            results[i] = {"CANDIDATES": row, "SIMILARITY": sim}
+            results[i] = {CANDIDATES.name: row, SIMILARITY.name: sim}
         return results
+
+
+def joined(requests: list[Tensors], spec: TensorSpec) -> np.ndarray:
+    """Every request's rows of one tensor, as one batch."""
+    return np.concatenate([request[spec.name] for request in requests])
 
 
 def query_text(value: bytes | str) -> str:
@@ -97,6 +140,9 @@ class ScoreCandidates:
          corrected, in the catalogue's words: `SearchRuntime.corrected_text`; "" if unchanged).
     The feedback head runs once over every candidate of every request of a batch."""
 
+    CONTRACT = StepContract(inputs=(QUERY, EMBEDDING, DENSE_CANDIDATES, DENSE_SIMILARITY),
+                            outputs=(CANDIDATES, SIMILARITY, LEXICAL, FEEDBACK, CORRECTION))
+
     def __init__(self, folder: Path, parameters: Mapping[str, str]):
         threads = int(parameters.get("threads", "0"))
         extra = int(parameters.get("lexical_candidates", LEXICAL_CANDIDATES))
@@ -104,26 +150,55 @@ class ScoreCandidates:
         return_freed_memory()  # building the title features leaves ~100 MB of temporaries
 
     def __call__(self, requests: list[Tensors]) -> list[Tensors | RequestError]:
-        sizes = [len(request["EMBEDDING"]) for request in requests]
-        queries = [query_text(q) for request in requests for q in request["QUERY"].reshape(-1)]
-        vectors = np.concatenate([request["EMBEDDING"] for request in requests])
-        pool = self.runtime.candidates(
-            queries, vectors, np.concatenate([r["DENSE_CANDIDATES"] for r in requests]),
-            np.concatenate([r["DENSE_SIMILARITY"] for r in requests]))
+        sizes = [len(request[EMBEDDING.name]) for request in requests]
+        queries = [query_text(q) for request in requests for q in request[QUERY.name].reshape(-1)]
+        vectors = joined(requests, EMBEDDING)
+        pool = self.runtime.candidates(queries, vectors, joined(requests, DENSE_CANDIDATES),
+                                       joined(requests, DENSE_SIMILARITY))
         pool.feedback = self.runtime.feedback(pool, vectors, chunk=len(queries))
         corrected = np.array([self.runtime.corrected_text(q).encode("utf-8") for q in queries],
                              dtype=object).reshape(-1, 1)
-        parts = {name: split_rows(value, sizes)
-                 for name, value in (pool.tensors() | {"CORRECTION": corrected}).items()}
+        answer = {CANDIDATES: pool.rows, SIMILARITY: pool.similarity, LEXICAL: pool.lexical,
+                  FEEDBACK: pool.feedback, CORRECTION: corrected}
+        parts = {spec.name: split_rows(value, sizes) for spec, value in answer.items()}
         return [{name: part[i] for name, part in parts.items()} for i in range(len(requests))]
 
 
+def requested_detail(request: Tensors) -> Detail:
+    """The request's DETAIL (optional: without it, the whole answer)."""
+    detail = request.get(DETAIL.name)
+    return check_detail(None if detail is None else detail.reshape(-1).tolist())
+
+
+def checked_rank_request(request: Tensors) -> None:
+    checked_k(request)
+    requested_detail(request)
+
+
+def rank_contract(signals: Iterable[TensorSpec]) -> StepContract:
+    """Rank's tensors, given the signals it fuses. PRODUCT_IDS and SCORES are always answered,
+    the other outputs as the request's DETAIL asks."""
+    return StepContract(inputs=(CANDIDATES, *signals, K, *optional(CORRECTION), DETAIL),
+                        outputs=(PRODUCT_IDS, SCORES, *optional(PRODUCTS, *EXPLAIN_OUTPUTS)))
+
+
 class Rank:
-    """Candidates and their signals → the final ranking S, with product metadata; S is a
-    weighted sum of the signals the ensemble provides, with the weights `ranking.json` records
-    (fitted offline; see fusionrank.core.fusion). Also answers the EXPLAIN_OUTPUTS: each
-    ranked product's signals, their names and weights, and the query's spelling correction
-    (CORRECTED: the optional input CORRECTION; "" without one)."""
+    """Candidates and their signals → the final ranking S; S is a weighted sum of the signals
+    the ensemble provides, with the weights `ranking.json` records (fitted offline; see
+    fusionrank.core.fusion). What else it answers follows the request's DETAIL
+    (`fusionrank.core.search.contract.Detail`): PRODUCTS, each product's metadata, and the
+    EXPLAIN_OUTPUTS: each ranked product's signals, their names and weights, and the query's
+    spelling correction (CORRECTED: the optional input CORRECTION; "" without one). What was
+    not asked for is neither computed nor answered."""
+
+    # Declared with every signal it can fuse; a build's model reads those its weights fuse
+    # (`fusing`).
+    CONTRACT = rank_contract(SIGNAL_INPUTS.values())
+
+    @classmethod
+    def fusing(cls, weights: FusionWeights) -> StepContract:
+        """The contract of a Rank that fuses `weights`' signals, in the weights' order."""
+        return rank_contract(SIGNAL_INPUTS[name] for name in weights.weights)
 
     def __init__(self, folder: Path, parameters: Mapping[str, str]):
         lines = (folder / artefacts.PRODUCTS).read_text(encoding="utf-8").splitlines()
@@ -136,22 +211,32 @@ class Rank:
         self.signal_weights = np.array(list(self.weights.weights.values()), dtype=np.float64)
 
     def __call__(self, requests: list[Tensors]) -> list[Tensors | RequestError]:
-        valid, results = only_valid(requests, checked_k)
+        valid, results = only_valid(requests, checked_rank_request)
         for i in valid:
             request = requests[i]
-            candidates, signals = request["CANDIDATES"], self.weights.signals(request)
+            detail = requested_detail(request)
+            candidates, signals = request[CANDIDATES.name], self.weights.signals(request)
             positions, scores = ranked_positions(candidates, signals, checked_k(request))
             rows = np.take_along_axis(candidates, positions, axis=1)
-            queries = len(candidates)
-            results[i] = {
-                "PRODUCT_IDS": self.product_ids[rows],
-                "SCORES": scores.astype(np.float32),
-                "PRODUCTS": self.product_json[rows],
-                "SIGNAL_NAMES": np.tile(self.signal_names, (queries, 1)),
-                "SIGNAL_WEIGHTS": np.tile(self.signal_weights, (queries, 1)),
-                "SIGNALS": np.stack([np.take_along_axis(np.asarray(values, np.float32),
-                                                        positions, axis=1)
-                                     for _, values in signals], axis=-1),
-                "CORRECTED": request.get("CORRECTION", np.full((queries, 1), b"",
-                                                                dtype=object))}
+            answer = {PRODUCT_IDS.name: self.product_ids[rows],
+                      SCORES.name: scores.astype(np.float32)}
+            if detail is not Detail.IDS:
+                answer[PRODUCTS.name] = self.product_json[rows]
+            if detail is Detail.EXPLAIN:
+                answer |= self.explanation(request, signals, positions)
+            results[i] = answer
         return results
+
+    def explanation(self, request: Tensors, signals: list[tuple[float, np.ndarray]],
+                    positions: np.ndarray) -> Tensors:
+        """The EXPLAIN_OUTPUTS of one request, its ranked products at `positions` of the pool."""
+        names, weights, values, corrected = EXPLAIN_OUTPUTS
+        queries = len(positions)
+        return {
+            names.name: np.tile(self.signal_names, (queries, 1)),
+            weights.name: np.tile(self.signal_weights, (queries, 1)),
+            values.name: np.stack([np.take_along_axis(np.asarray(signal, np.float32), positions,
+                                                      axis=1)
+                                   for _, signal in signals], axis=-1),
+            corrected.name: request.get(CORRECTION.name,
+                                        np.full((queries, 1), b"", dtype=object))}

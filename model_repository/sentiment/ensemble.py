@@ -4,7 +4,8 @@
 
 PROBABILITIES are in SENTIMENT_CLASSES order: negative, neutral, positive. Their arg-max is the
 classifier's decision (the logit offsets tuned on dev for macro-F1 are inside the graph).
-`folder` is what `fusionrank train-sentiment` exported (SENTIMENT_FILES).
+`folder` is what `fusionrank train-sentiment` exported (SENTIMENT_FILES). Each model's tensors
+are the ones its step declares (`steps.py`).
 """
 
 from __future__ import annotations
@@ -15,11 +16,9 @@ from pathlib import Path
 from fusionrank.core import artefacts
 from fusionrank.core.sentiment.contract import (
     MAX_REVIEW_BATCH,
-    PROBABILITIES,
-    REVIEW_TOKENS,
+    SENTIMENT_INPUTS,
     SENTIMENT_MODEL,
     SENTIMENT_OUTPUTS,
-    TEXT,
 )
 from fusionrank.core.sentiment.runtime import SentimentRecord
 from fusionrank.model_repository.config import PythonModel
@@ -42,16 +41,16 @@ def sentiment_ensemble(folder: str | Path, serving: SentimentServing | None = No
     folder = Path(folder)
     record = SentimentRecord.load(folder)  # fails clearly when nothing was exported
     tokenize = PythonModel(
-        "review_tokenizer", steps.TokenizeReviews, (TEXT,), REVIEW_TOKENS,
+        "review_tokenizer", steps.TokenizeReviews,
         artefacts={artefacts.TOKENIZER: folder / artefacts.TOKENIZER},
         parameters={"max_tokens": str(record.max_tokens)},
         instances=serving.tokenizer_instances, max_batch_size=MAX_REVIEW_BATCH,
         max_queue_delay_us=0)
     classify = PythonModel(
-        "sentiment_classifier", steps.ClassifyReviews, REVIEW_TOKENS, (PROBABILITIES,),
+        "sentiment_classifier", steps.ClassifyReviews,
         artefacts={artefacts.SENTIMENT_MODEL: folder / artefacts.SENTIMENT_MODEL},
         parameters={"threads": str(serving.onnx_threads)},
         instances=serving.classifier_instances, max_batch_size=MAX_REVIEW_BATCH,
         max_queue_delay_us=serving.max_queue_delay_us)
-    return (Inputs(TEXT) >> tokenize >> classify).ensemble(
+    return (Inputs(*SENTIMENT_INPUTS) >> tokenize >> classify).ensemble(
         SENTIMENT_MODEL, SENTIMENT_OUTPUTS, max_batch_size=MAX_REVIEW_BATCH)

@@ -15,19 +15,23 @@ from __future__ import annotations
 from fusionrank.core import artefacts
 from fusionrank.core.sentiment.contract import (
     MAX_REVIEW_TOKENS,
+    PROBABILITIES,
+    REVIEW_TOKENS,
+    TEXT,
     check_review,
     check_review_batch,
 )
+from fusionrank.model_repository.step import StepContract
 from fusionrank.model_repository.text_steps import TokenGraph, TokenizeText
 
 
 class TokenizeReviews(TokenizeText):
-    TENSOR = "TEXT"
+    CONTRACT = StepContract(inputs=(TEXT,), outputs=REVIEW_TOKENS)
     MAX_TOKENS = MAX_REVIEW_TOKENS
     check_batch = staticmethod(check_review_batch)
     check_row = staticmethod(check_review)
 
 
 class ClassifyReviews(TokenGraph):
+    CONTRACT = StepContract(inputs=REVIEW_TOKENS, outputs=(PROBABILITIES,))
     MODEL_FILE = artefacts.SENTIMENT_MODEL
-    OUTPUT = "PROBABILITIES"

@@ -11,7 +11,9 @@ import threading
 import time
 
 import pytest
+import tritonclient.grpc as grpcclient
 
+from fusionrank.app.control import control_headers, key_for
 from fusionrank.app.serve import Ports, child_process
 from fusionrank.client import FusionRankClient
 
@@ -75,6 +77,18 @@ def test_serve_starts_answers_and_stops_on_sigterm(search_repository):
             time.sleep(0.2)
         assert any(ready_line in line for line in lines), "no ready line within 120 s"
         with FusionRankClient(f"127.0.0.1:{ports.grpc}") as client:
+            assert client.search("kitchen sink", k=1)[0].product_id == "A-SINK"
+        # A model unloaded (by the key holder: serve's key file) is loaded again, and said so.
+        url = f"127.0.0.1:{ports.grpc}"
+        triton = grpcclient.InferenceServerClient(url)
+        try:
+            triton.unload_model("search", headers=control_headers(key_for(url,
+                                                                          search_repository)))
+        finally:
+            triton.close()
+        wait_for_line(lines, "search is served again", 60)
+        assert any("search is in the repository but not served" in line for line in lines)
+        with FusionRankClient(url) as client:
             assert client.search("kitchen sink", k=1)[0].product_id == "A-SINK"
         server.send_signal(signal.SIGTERM)
         assert server.wait(timeout=60) == 0

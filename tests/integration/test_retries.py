@@ -1,16 +1,18 @@
 """The SDK's retries and fail-over against a real server: an unreachable address is skipped
-for the next, back-off is bounded by the call's deadline, and bad input is never retried."""
+for the next, back-off is bounded by the call's deadline, a call made while no server listens
+is answered by one that comes up within its deadline, and bad input is never retried."""
 
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 
-from fusionrank.app.serve import free_port
+from fusionrank.app.serve import Ports, TritonServer, free_port
 from fusionrank.client import (
     AsyncFusionRankClient,
     FusionRankClient,
@@ -85,3 +87,36 @@ def test_bad_input_the_server_rejects_is_never_retried(triton_server):
                 client._infer("search", [query, k], SEARCH_RESPONSE)
             counted.append(failures(triton_server.grpc_url) - before)
     assert counted[0] >= 1 and counted[1] == counted[0]
+
+
+def test_a_call_waits_for_a_server_that_comes_up_within_its_deadline(search_repository,
+                                                                     tmp_path):
+    """The default policy (no retry settings given): the call starts with nothing listening
+    and is answered once Triton is up on that address, as after `fusionrank serve` restarted
+    it, instead of failing after a few hundred milliseconds."""
+    ports = Ports.free()
+    answers: list[str | Exception] = []
+
+    def call() -> None:
+        with FusionRankClient(f"127.0.0.1:{ports.grpc}", timeout_s=120) as client:
+            try:
+                answers.append(client.search("kitchen sink", k=1)[0].product_id)
+            except Exception as error:  # reported by the assertion below
+                answers.append(error)
+
+    caller = threading.Thread(target=call)
+    caller.start()
+    time.sleep(1.5)
+    assert caller.is_alive() and not answers  # still retrying, not failed
+    with (tmp_path / "tritonserver.log").open("w") as log:
+        server = TritonServer(search_repository, ports=ports, log=log)
+        server.start()
+        try:
+            ready = time.monotonic()
+            caller.join(60)
+            # Found back within a capped back-off, not after gRPC's own reconnection back-off
+            # (up to 120 s) had it been left at its default.
+            assert time.monotonic() - ready < 5.0
+        finally:
+            server.stop()
+    assert answers == ["A-SINK"]

@@ -5,6 +5,8 @@ a rollout whose artefacts fail to load is refused with the old version still ser
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import shutil
 import threading
@@ -14,11 +16,19 @@ from pathlib import Path
 
 import pytest
 import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
 
 from fusionrank.app.cli import main
-from fusionrank.app.deploy import ROLLOUT_LOG, deploy, versions
-from fusionrank.client import FusionRankClient, RetryPolicy
+from fusionrank.app.control import control_headers, key_for
+from fusionrank.app.deploy import ROLLOUT_LOG, deploy
+from fusionrank.client import (
+    AsyncFusionRankClient,
+    FusionRankClient,
+    ModelNotServedError,
+    RetryPolicy,
+)
 from fusionrank.core.catalogue import Catalogue, Product
+from fusionrank.model_repository.config import read_config, versions, write_config
 from fusionrank.model_repository.search.ensemble import SEARCH_STEPS
 from tests.support.catalogue import ANCHORS, running_server
 from tests.support.served import build_served_repository
@@ -59,7 +69,7 @@ def live(served_repository, tmp_path_factory):
 
 def answer(client: FusionRankClient, query: str, k: int = 10, beside: str = "") -> list[tuple]:
     """The query's ranking; `beside`: sent in one batch with that query (its answer dropped)."""
-    hits = client.search_batch([query, beside] if beside else [query], k=k)[0]
+    hits = client.search_batch([query, beside] if beside else [query], k=k, products=True)[0]
     return [(h.product_id, h.score, h.product.price) for h in hits]
 
 
@@ -87,6 +97,9 @@ def test_a_rollout_whose_artefacts_fail_to_load_is_refused_and_the_old_version_s
         assert record.outcome == "refused"
         assert record.reason.startswith(f"{SEARCH_STEPS} version ")
         assert "failed to load" in record.reason
+        # It names the damaged source file and what to do, not the staged copy it loaded.
+        assert str(embeddings) in record.reason and str(repository) not in record.reason
+        assert f"rebuild the source (`fusionrank build --out {tmp_path}`)" in record.reason
         assert answer(client, "cordless drill") == before
         assert client.recommend([], k=3).items and client.sentiment(["great"])
     assert serving_versions(repository) == before_files  # the staged versions are gone
@@ -138,6 +151,11 @@ def test_a_rollout_under_load_fails_no_request_and_mixes_no_versions(live, next_
     callers.append(threading.Thread(target=other_caller))
     for caller in callers:
         caller.start()
+    # The new build's time differs from the serving one's: status must keep the latter for
+    # the models the rollout leaves alone.
+    first_built = json.loads((repository / "fusionrank.json").read_text())["built_at"]
+    manifest = json.loads((next_build / "fusionrank.json").read_text())
+    (next_build / "fusionrank.json").write_text(json.dumps(manifest | {"built_at": "2001"}))
     try:
         time.sleep(1.0)
         record = deploy(server.grpc_url, repository, next_build, drain_s=1.0)
@@ -175,12 +193,11 @@ def test_a_rollout_under_load_fails_no_request_and_mixes_no_versions(live, next_
     assert serving[("search", record.version)]["since"] == record.switched_at
     assert serving[("search", record.version)]["state"] == "READY"
     assert ("search", old_versions["search"][0]) not in serving
-    assert serving[("recommend", old_versions["recommend"][0])]["since"].startswith("build ")
+    assert serving[("recommend", old_versions["recommend"][0])]["since"] == f"build {first_built}"
     assert status["last_rollout"]["outcome"] == "switched"
 
 
 def status_json(url: str, repository: Path) -> dict:
-    import contextlib
     import io
 
     out = io.StringIO()
@@ -197,3 +214,87 @@ def test_status_lists_every_served_model_and_its_version(live, capsys):
     assert lines[0].split() == ["MODEL", "VERSION", "STATE", "SINCE"]
     for model, found in serving_versions(repository).items():
         assert any(line.split()[:3] == [model, str(found[0]), "READY"] for line in lines), model
+
+
+def test_deploy_refuses_a_repository_the_server_does_not_serve(live, next_build, tmp_path,
+                                                               capsys):
+    server, _ = live
+    elsewhere = tmp_path / "model_repository"
+    shutil.copytree(next_build, elsewhere)
+    code = main(["deploy", "--url", server.grpc_url, "--repository", str(elsewhere),
+                 "--source", str(next_build)])
+    assert code == 2
+    error = capsys.readouterr().err
+    assert error.startswith(f"fusionrank deploy: no running `fusionrank serve` serves "
+                            f"{elsewhere}")
+    assert not (elsewhere / ROLLOUT_LOG).exists()  # nothing written into the wrong folder
+    assert not (elsewhere / ".rollout.lock").exists()
+
+
+def test_model_control_refuses_a_wrong_key(live, next_build, monkeypatch, capsys, tmp_path):
+    server, repository = live
+    monkeypatch.setenv("FUSIONRANK_CONTROL_KEY", "not-the-key")
+    assert main(["status", "--url", server.grpc_url]) == 2
+    assert "restricted" in capsys.readouterr().err
+    lines = (repository / ROLLOUT_LOG).read_text().splitlines() if (
+        repository / ROLLOUT_LOG).exists() else []
+    wrong = tmp_path / "key"
+    wrong.write_text("not-the-key\n")
+    assert main(["deploy", "--url", server.grpc_url, "--repository", str(repository),
+                 "--source", str(next_build), "--control-key-file", str(wrong)]) == 2
+    assert "refused model control" in capsys.readouterr().err
+    assert ((repository / ROLLOUT_LOG).read_text().splitlines() if (
+        repository / ROLLOUT_LOG).exists() else []) == lines
+
+
+def test_the_sdk_sends_a_feature_s_calls_to_the_model_its_models_option_names(live):
+    """`models=` (sync and async alike): a copy of the search ensemble under another name
+    answers as search does, and Triton counts the calls on the copy; a name the server lacks
+    is the name the error gives, for each feature."""
+    server, repository = live
+    copy = read_config(repository, "search")
+    copy.name = "search_elsewhere"
+    copy.response_cache.enable = False  # each call runs the copy, so its count is the calls
+    write_config(copy, repository, 1)
+    triton = grpcclient.InferenceServerClient(server.grpc_url)
+    control = control_headers(key_for(server.grpc_url, repository))
+    elsewhere = {"search": "search_elsewhere"}
+
+    async def routed_async(query: str) -> list[tuple]:
+        async with AsyncFusionRankClient(server.grpc_url, retry=NO_RETRY,
+                                         models=elsewhere) as client:
+            hits = (await client.search_batch([query], k=10, products=True))[0]
+            return [(h.product_id, h.score, h.product.price) for h in hits]
+
+    def calls() -> int:
+        (stats,) = triton.get_inference_statistics("search_elsewhere").model_stats
+        return stats.inference_stats.success.count
+
+    try:
+        triton.load_model("search_elsewhere", headers=control)
+        with (FusionRankClient(server.grpc_url, retry=NO_RETRY) as default,
+              FusionRankClient(server.grpc_url, retry=NO_RETRY, models=elsewhere) as routed):
+            assert routed.models.search == "search_elsewhere"
+            assert routed.models.recommend == default.models.recommend == "recommend"
+            before = calls()
+            for query in QUERIES[:3]:
+                assert same(answer(routed, query), answer(default, query)), query
+            assert routed.explain("cordless drill", k=3).hits
+            assert calls() == before + 4
+            assert same(asyncio.run(routed_async("cordless drill")),
+                        answer(default, "cordless drill"))
+            assert calls() == before + 5
+            assert routed.recommend([], k=3).items  # recommend keeps its own model
+        for feature, call in (("search", lambda c: c.search("gift")),
+                              ("recommend", lambda c: c.recommend([], k=3)),
+                              ("sentiment", lambda c: c.sentiment(["great"]))):
+            with FusionRankClient(server.grpc_url, retry=NO_RETRY,
+                                  models={feature: "no_such_model"}) as client:
+                with pytest.raises(ModelNotServedError) as caught:
+                    call(client)
+                assert caught.value.model == "no_such_model", feature
+    finally:
+        with contextlib.suppress(InferenceServerException):
+            triton.unload_model("search_elsewhere", headers=control)
+        triton.close()
+        shutil.rmtree(repository / "search_elsewhere")

@@ -18,6 +18,7 @@ from fusionrank.client import (
     RequestTimeoutError,
     ServerUnavailableError,
 )
+from fusionrank.client.search import search_inputs
 from fusionrank.core.contract import MAX_BATCH, MAX_K
 from fusionrank.core.search.contract import MAX_QUERY_CHARS, search_request
 from fusionrank.model_repository.runner import InProcessEnsemble
@@ -32,23 +33,28 @@ def client(triton_server):
         yield client
 
 
-def raw_search(url: str, queries: list, k: int | list[int]):
-    """A call with plain tritonclient, as docs/grpc_contract.md describes it."""
+def raw_search(url: str, queries: list, k: int | list[int], detail: list[bytes] | None = None):
+    """A call with plain tritonclient, as docs/grpc_contract.md describes it; `detail`, the
+    DETAIL input's rows (None: no DETAIL input)."""
     client = grpcclient.InferenceServerClient(url)
     query = grpcclient.InferInput("QUERY", [len(queries), 1], "BYTES")
     query.set_data_from_numpy(np.array(queries, dtype=object).reshape(-1, 1))
     ks = np.broadcast_to(np.asarray(k, dtype=np.int32).reshape(-1, 1), (len(queries), 1)).copy()
     top_k = grpcclient.InferInput("K", list(ks.shape), "INT32")
     top_k.set_data_from_numpy(ks)
+    inputs = [query, top_k]
+    if detail is not None:
+        inputs.append(grpcclient.InferInput("DETAIL", [len(detail), 1], "BYTES"))
+        inputs[-1].set_data_from_numpy(np.array(detail, dtype=object).reshape(-1, 1))
     try:
-        return client.infer("search", [query, top_k])
+        return client.infer("search", inputs)
     finally:
         client.close()
 
 
 @pytest.mark.parametrize(("query", "expected"), [(q, p.product_id) for q, p in ANCHORS.items()])
 def test_unambiguous_queries_find_their_product_first(client, query, expected):
-    hits = client.search(query, k=5)
+    hits = client.search(query, k=5, products=True)
     assert len(hits) == 5
     assert hits[0].product_id == expected
     assert hits[0].product.title == ANCHORS[query].title
@@ -64,6 +70,43 @@ def test_plain_tritonclient_follows_the_documented_contract(triton_server):
     assert scores.dtype == np.float32
     assert ids[0, 0] == b"A-DRILL" and ids[1, 0] == b"A-SCARF"
     assert b'"title": "Red wool winter scarf"' in products[1, 0]
+    # No DETAIL input: the whole answer, the explanation included (as before DETAIL existed).
+    assert result.as_numpy("SIGNALS").shape[:2] == (2, 3)
+
+
+@pytest.mark.parametrize(("detail", "outputs"), [
+    (b"ids", {"PRODUCT_IDS", "SCORES"}),
+    (b"products", {"PRODUCT_IDS", "SCORES", "PRODUCTS"}),
+    (b"explain", {"PRODUCT_IDS", "SCORES", "PRODUCTS", "SIGNAL_NAMES", "SIGNAL_WEIGHTS",
+                  "SIGNALS", "CORRECTED"})])
+def test_detail_names_the_outputs_an_answer_carries(triton_server, detail, outputs):
+    queries = [b"cordless drill", b"wool scarf"]
+    whole = raw_search(triton_server.grpc_url, queries, 3)
+    # No outputs named: the server answers every output it has for this level, no more.
+    answer = raw_search(triton_server.grpc_url, queries, 3, [detail] * 2)
+    carried = {o.name for o in answer.get_response().outputs}
+    assert carried == outputs
+    for name in outputs:  # the same ranking and values as the whole answer's
+        assert answer.as_numpy(name).tolist() == whole.as_numpy(name).tolist(), name
+
+
+BAD_DETAILS = {
+    "unknown level": ([b"everything"], "DETAIL = 'everything' is not one of ids, products, "
+                                       "explain"),
+    "differing by row": ([b"ids", b"explain"], "DETAIL must be the same for every row"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_DETAILS, ids=list(BAD_DETAILS))
+def test_a_bad_detail_is_invalid_argument_naming_the_input(triton_server, case):
+    detail, message = BAD_DETAILS[case]
+    queries = [b"garden hose"] * len(detail)
+    with pytest.raises(InferenceServerException) as caught:
+        raw_search(triton_server.grpc_url, queries, 2, detail)
+    assert caught.value.status() == "StatusCode.INVALID_ARGUMENT"
+    assert message in caught.value.message()
+    with pytest.raises(InvalidRequestError, match="DETAIL = 'everything'"):  # before sending
+        search_inputs(["garden hose"], 2, "everything")
 
 
 BAD_REQUESTS = {
@@ -94,8 +137,8 @@ def test_served_results_equal_the_in_process_runner(client, served_repository):
     queries = [*ANCHORS, "blue glass vase", "gift for a tea lover", "paper notebook",
                "something to keep plants watered", "warm clothes for winter"]
     expected = InProcessEnsemble(served_repository, "search")(search_request(queries, 20))
-    served = client.search_batch(queries, k=20)
-    one_by_one = [client.search(q, k=20) for q in queries]
+    served = client.search_batch(queries, k=20)  # light: ids and scores alone
+    one_by_one = [client.search(q, k=20, products=True) for q in queries]
     for i, (batch_hits, single_hits) in enumerate(zip(served, one_by_one, strict=True)):
         for hits in (batch_hits, single_hits):
             assert [h.product_id.encode() for h in hits] == expected["PRODUCT_IDS"][i].tolist()

@@ -1,5 +1,6 @@
 """`train-sentiment` end to end on the tiny fixtures: train, export, evaluate against TF-IDF +
-logistic regression, report, product feature."""
+logistic regression, report, product feature; and `fusionrank sentiment` where no sentiment
+model is served, which says how to get one."""
 
 from __future__ import annotations
 
@@ -9,6 +10,10 @@ import pytest
 import torch
 
 from fusionrank.app.cli import main
+from tests.support.catalogue import running_server
+
+HOW = ("serves no 'sentiment' model: train one with `fusionrank train-sentiment` (it goes to "
+       "runs/sentiment, where `fusionrank build` looks for it), then rebuild the repository")
 
 
 @pytest.mark.slow
@@ -37,3 +42,22 @@ def test_missing_reviews_file_is_a_clear_error(tmp_path, capsys):
     status = main(["train-sentiment", "--reviews", str(tmp_path / "nope.csv")])
     assert status == 2
     assert "nope.csv not found" in capsys.readouterr().err
+
+
+@pytest.mark.server
+def test_sentiment_from_a_server_without_the_model_says_how_to_get_one(search_repository,
+                                                                      tmp_path, capsys):
+    with running_server(search_repository, tmp_path / "tritonserver.log") as server:
+        status = main(["sentiment", "Lovely dress", "--url", server.grpc_url])
+    error = capsys.readouterr().err
+    assert status == 2
+    assert f"fusionrank sentiment: the server at {server.grpc_url} {HOW}" in error
+    assert "NOT_FOUND" not in error
+
+
+def test_sentiment_in_process_from_a_repository_without_the_model_says_so(search_repository,
+                                                                         capsys):
+    status = main(["sentiment", "Lovely dress", "--repository", str(search_repository)])
+    error = capsys.readouterr().err
+    assert status == 2
+    assert f"fusionrank sentiment: the repository {search_repository} {HOW}" in error

@@ -1,4 +1,4 @@
-"""The shop in a browser (fusionrank/app/web) on a real Triton server: its JSON endpoints against
+"""The shop in a browser (app/web) on a real Triton server: its JSON endpoints against
 the SDK's own answers and the contract's own messages, the page in headless chromium (results,
 "why this result", a session feeding recommendations across a reload, review sentiment, missing
 models, a stopped server), and `fusionrank web` / `fusionrank serve` starting and stopping it.
@@ -8,16 +8,20 @@ FUSIONRANK_SCREENSHOTS=docs/screenshots saves the page's main states (tests/supp
 
 from __future__ import annotations
 
+import json
 import signal
+import socket
 from collections.abc import Iterator
 from dataclasses import asdict
 
 import httpx
 import numpy as np
 import pytest
+from tritonclient.utils import InferenceServerException
 
 from fusionrank.app.serve import Ports, free_port
 from fusionrank.app.web.app import WebSettings, create_app
+from fusionrank.app.web.bodies import BODY_LIMITS, INLINE_BYTES
 from fusionrank.app.web.errors import from_sdk
 from fusionrank.app.web.server import WebServer
 from fusionrank.client import (
@@ -28,6 +32,7 @@ from fusionrank.client import (
     ServerOverloadedError,
     ServerUnavailableError,
 )
+from fusionrank.client.errors import from_triton
 from fusionrank.core.contract import DEFAULT_K, MAX_K, RequestError, check_k
 from fusionrank.core.recommend.contract import MAX_HISTORY, MAX_PRODUCT_ID_CHARS, check_history
 from fusionrank.core.search.contract import MAX_QUERY_CHARS, check_query
@@ -92,7 +97,7 @@ def ids(items: list[dict]) -> list[str]:
 
 def test_search_explains_every_score_exactly_and_shows_the_correction(api, sdk):
     answer = api.get("/api/search", params={"q": "gardn hose", "k": 5}).json()
-    served = sdk.search("gardn hose", k=5)
+    served = sdk.search("gardn hose", k=5, products=True)
     assert answer["corrected"] == "garden hose"
     assert ids(answer["hits"]) == [hit.product_id for hit in served]
     assert ids(answer["hits"])[0] == "A-HOSE"
@@ -133,10 +138,85 @@ def test_sentiment_equals_the_sdk(api, sdk):
     assert [r["probabilities"] for r in answer["results"]] == [r.probabilities for r in served]
 
 
-def test_health_names_every_served_model(api, triton_server):
-    health = api.get("/api/health").json()
-    assert health == {"url": triton_server.grpc_url, "ready": True, "message": None,
-                      "models": {"search": "ready", "recommend": "ready", "sentiment": "ready"}}
+def test_health_names_every_served_model_and_no_address(api, triton_server):
+    health = api.get("/api/health")
+    assert health.json() == {"ready": True, "message": None, "models": {
+        "search": "ready", "recommend": "ready", "sentiment": "ready"}}
+    port = triton_server.grpc_url.rsplit(":", 1)[1]
+    assert port not in health.text and "127.0.0.1" not in health.text
+
+
+def test_a_large_valid_body_is_parsed_off_the_event_loop_with_the_same_answer(api, sdk):
+    """A history of MAX_HISTORY entries (padded with unknown ids) is over INLINE_BYTES, so the
+    worker process parses and checks it: the answer is the SDK's for the same history."""
+    theme = [pid for pid in shop.product_ids() if shop.theme_of(pid) == 2]
+    history = [theme[0], *(f"UNKNOWN-{n:05d}" for n in range(MAX_HISTORY - 1))]
+    body = {"history": [{"product_id": pid, "time": 0} for pid in history], "k": 4}
+    assert len(json.dumps(body)) > INLINE_BYTES
+    answer = api.post("/api/recommend", json=body).json()
+    expected = sdk.recommend(history, k=4)
+    assert answer["unknown_ids"] == MAX_HISTORY - 1
+    assert ids(answer["items"]) == [item.product_id for item in expected.items]
+    # Bad input found in the worker is the contract's 422, as in place.
+    many = {"history": [{"product_id": "x"}] * (MAX_HISTORY + 1)}
+    assert len(json.dumps(many)) > INLINE_BYTES
+    assert api.post("/api/recommend", json=many).json() == {
+        "error": "invalid_argument", "field": "history", "message": contract_message(
+            check_history, np.array(["x"] * (MAX_HISTORY + 1)), None)}
+
+
+def raw_post(url: str, path: str, headers: dict[str, str], body: bytes = b"") -> tuple[int, dict]:
+    """POST with a socket: only the headers and `body` are sent (a declared Content-Length is
+    not honoured), then the answer's status and JSON are read."""
+    host, port = url.removeprefix("http://").split(":")
+    lines = [f"POST {path} HTTP/1.1", f"Host: {host}", "Content-Type: application/json",
+             *(f"{name}: {value}" for name, value in headers.items()), "", ""]
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall("\r\n".join(lines).encode() + body)
+        answer = b""
+        while b"\r\n\r\n" not in answer or not answer.rstrip().endswith(b"}"):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            answer += chunk
+    head, _, payload = answer.partition(b"\r\n\r\n")
+    return int(head.split()[1]), json.loads(payload)
+
+
+def test_a_100_mb_body_is_refused_413_before_it_is_read(web):
+    status, answer = raw_post(web.url, "/api/recommend", {"Content-Length": str(100_000_000)},
+                              b'{"history": [')
+    assert status == 413
+    limit = BODY_LIMITS["/api/recommend"]
+    assert answer == {"error": "too_large", "field": "body", "message":
+                      f"the request body is over this endpoint's limit of {limit:,} bytes"}
+
+
+def test_a_body_over_the_limit_is_413_with_or_without_content_length(api):
+    limit = BODY_LIMITS["/api/sentiment"]
+    declared = api.post("/api/sentiment", content=b" " * (limit + 1),
+                        headers={"Content-Type": "application/json"})
+    assert declared.status_code == 413 and declared.json()["error"] == "too_large"
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: sent chunked
+        for _ in range(4 * limit // 65536):
+            yield b" " * 65536
+
+    streamed = api.post("/api/sentiment", content=chunks(),
+                        headers={"Content-Type": "application/json"})
+    assert "content-length" not in streamed.request.headers
+    assert streamed.status_code == 413 and streamed.json()["field"] == "body"
+    # Within the limit, the same endpoint answers as before (the connection kept working).
+    assert api.post("/api/sentiment", json={"texts": ["Lovely"]}).status_code == 200
+
+
+def test_the_largest_request_the_contract_allows_is_under_the_limit(api):
+    texts = ["é" * MAX_REVIEW_CHARS] * MAX_REVIEW_BATCH  # json.dumps writes each as 6 bytes
+    body = json.dumps({"texts": texts}).encode()
+    assert len(body) <= BODY_LIMITS["/api/sentiment"]
+    response = api.post("/api/sentiment", content=body,
+                        headers={"Content-Type": "application/json"})
+    assert response.status_code == 200 and len(response.json()["results"]) == MAX_REVIEW_BATCH
 
 
 def contract_message(check, *args) -> str:
@@ -222,11 +302,14 @@ def test_an_unreachable_server_is_503_and_health_says_so(serverless_api):
     search = serverless_api.get("/api/search", params={"q": "teapot"})
     assert search.status_code == 503
     assert search.json()["error"] == "server_unavailable"
-    assert search.json()["message"].startswith("cannot reach a Triton server at 127.0.0.1:")
-    health = serverless_api.get("/api/health").json()
-    assert health["ready"] is False
-    assert health["models"] == dict.fromkeys(("search", "recommend", "sentiment"), "unavailable")
-    assert health["message"].startswith("search: cannot reach a Triton server")
+    assert search.json()["message"].startswith("cannot reach a Triton server: ")
+    assert "127.0.0.1" not in search.text
+    health = serverless_api.get("/api/health")
+    assert health.json()["ready"] is False
+    assert health.json()["models"] == dict.fromkeys(("search", "recommend", "sentiment"),
+                                                    "unavailable")
+    assert health.json()["message"].startswith("search: cannot reach a Triton server")
+    assert "127.0.0.1" not in health.text
     page = serverless_api.get("/")
     assert page.status_code == 200 and 'aria-live="polite"' in page.text
 
@@ -238,6 +321,12 @@ def test_the_limits_are_the_contracts_in_the_openapi_page(api):
     k = next(p for p in schema["paths"]["/api/search"]["get"]["parameters"] if p["name"] == "k")
     assert (k["schema"]["minimum"], k["schema"]["maximum"], k["schema"]["default"]) == \
         (1, MAX_K, DEFAULT_K)
+    # The bodies the routes parse themselves (off the event loop) are still documented.
+    body = schema["paths"]["/api/recommend"]["post"]["requestBody"]["content"]
+    assert body["application/json"]["schema"] == {"$ref": "#/components/schemas/RecommendRequest"}
+    assert {"RecommendRequest", "HistoryEntry", "SentimentRequest"} <= \
+        set(schema["components"]["schemas"])
+    assert "413" in schema["paths"]["/api/sentiment"]["post"]["responses"]
     assert api.get("/docs").status_code == 200
 
 
@@ -247,14 +336,17 @@ def test_sdk_errors_become_the_pages_states():
              (ServerUnavailableError("cannot reach"), 503, "server_unavailable"),
              (ServerOverloadedError("refused: Exceeds maximum queue size"), 503, "overloaded"),
              (RequestTimeoutError("no answer"), 504, "timeout"),
-             (FusionRankError("StatusCode.NOT_FOUND from x: Request for unknown model: "
-                              "'sentiment' is not found"), 503, "model_missing"),
+             (from_triton(InferenceServerException(
+                 "Request for unknown model: 'sentiment' is not found",
+                 status="StatusCode.NOT_FOUND"), url), 503, "model_missing"),
              (FusionRankError("StatusCode.INTERNAL from x: boom"), 502, "server_error")]
     for error, status, kind in cases:
         failure = from_sdk(error, "sentiment", url)
         assert (failure.status, failure.error) == (status, kind)
-    assert from_sdk(cases[4][0], "sentiment", url).message == \
-        f"the server at {url} serves no 'sentiment' model"
+    missing = from_sdk(cases[4][0], "sentiment", url).message
+    assert missing.startswith("the server serves no 'sentiment' model: train one with "
+                              "`fusionrank train-sentiment`")
+    assert url not in missing
 
 
 # ---- the page in a browser ----------------------------------------------------------------------
@@ -380,7 +472,7 @@ def test_missing_models_and_a_stopped_server_are_shown_plainly(browser, search_r
                                                                tmp_path):
     """A second Triton serving search alone (the pretrained encoder), then stopped."""
     with running_server(search_repository, tmp_path / "triton.log") as alone, \
-            WebServer(WebSettings(alone.grpc_url, timeout_s=10), port=0) as web:
+            WebServer(WebSettings(alone.grpc_url, timeout_s=5), port=0) as web:
         page = fresh_page(browser, web.url)
         wait_for(page, lambda d: text_of(d, "server-state") == "ready", "a ready server")
         assert "not served by this server" in text_of(page, "recs-status")
@@ -438,7 +530,7 @@ def test_web_command_serves_the_page_over_a_running_server(triton_server):
     with fusionrank_process("web", "--url", triton_server.grpc_url, "--port", str(port),
                             ready=f"the shop: http://127.0.0.1:{port}") as web:
         page = httpx.get(f"http://127.0.0.1:{port}/", timeout=30)
-        assert page.status_code == 200 and triton_server.grpc_url in page.text
+        assert page.status_code == 200 and triton_server.grpc_url not in page.text
         assert '<label for="q">' in page.text
         web.process.send_signal(signal.SIGTERM)
         assert web.process.wait(timeout=30) == 0

@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import shutil
-import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -28,6 +26,7 @@ import pandas as pd
 
 from fusionrank.core import artefacts
 from fusionrank.core.fusion import FusionWeights, rank
+from fusionrank.core.machine import describe_machine
 from fusionrank.core.recommend.runtime import (
     FEATURE_NAMES,
     OnnxRecommendHead,
@@ -321,19 +320,9 @@ def log(message: str) -> None:
 
 # --- the report -----------------------------------------------------------------------------
 
-def machine() -> str:
-    try:
-        lines = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        keep = ("Architecture", "CPU(s):", "Model name", "Thread(s) per core")
-        wanted = [line.strip() for line in lines.splitlines() if line.startswith(keep)]
-        return "; ".join(" ".join(line.split()) for line in wanted)
-    except (OSError, subprocess.CalledProcessError):
-        return platform.processor() or platform.machine()
-
-
 def write_report(result: EvaluationResult, prefix: Path, command: str) -> None:
     prefix.parent.mkdir(parents=True, exist_ok=True)
-    payload = asdict(result) | {"command": command, "machine": machine()}
+    payload = asdict(result) | {"command": command, "machine": describe_machine()}
     prefix.with_suffix(".json").write_text(json.dumps(payload, indent=2) + "\n")
     plot(result, prefix.with_suffix(".png"))
     prefix.with_suffix(".md").write_text(report_markdown(result, prefix, command))
@@ -379,7 +368,7 @@ def report_markdown(result: EvaluationResult, prefix: Path, command: str) -> str
         "",
         f"Command (from the repository root): `{command}`",
         "",
-        f"Machine: {machine()}; no GPU; shared with other jobs (1-minute load average "
+        f"Machine: {describe_machine()}; no GPU; shared with other jobs (1-minute load average "
         f"{result.load_average_at_start} at the start). Wall time of the whole run (cleaning, "
         f"{embedding}, head training, ONNX export, weight fitting, evaluation): "
         f"**{result.wall_seconds} s**.",
@@ -408,10 +397,11 @@ def report_markdown(result: EvaluationResult, prefix: Path, command: str) -> str
         "## Method",
         "",
         f"- Cleaning ({c['rows_read']} invoice lines → {c['purchases']} purchases; rules in "
-        f"`training/purchases.py`): dropped {c['cancellations']} cancellations, {c['returns']} "
-        f"returns (quantity ≤ 0), {c['non_products']} non-product lines (postage, fees, manual "
-        f"adjustments), {c['guest_orders']} guest-order lines, {c['bad_prices']} lines priced "
-        f"≤ 0, and merged {c['duplicate_lines']} repeated lines of one product on one invoice.",
+        f"`training/recommend/purchases.py`): dropped {c['cancellations']} cancellations, "
+        f"{c['returns']} returns (quantity ≤ 0), {c['non_products']} non-product lines "
+        f"(postage, fees, manual adjustments), {c['guest_orders']} guest-order lines, "
+        f"{c['bad_prices']} lines priced ≤ 0, and merged {c['duplicate_lines']} repeated lines "
+        "of one product on one invoice.",
         f"- Time split, never random: head trained on the windows {', '.join(w['head_training'])}"
         f"; fusion weights fitted on {w['validation'][0]}; test {w['test'][0]}. Each window's "
         "features use only purchases before its cut.",

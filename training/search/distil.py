@@ -62,7 +62,6 @@ from fusionrank.training.search.finetune import (
     adamw_with_warmup,
     optimisation_step,
     plot_curve,
-    set_seed,
     write_model_folder,
 )
 
@@ -217,6 +216,8 @@ class Distiller:
         self.provenance = provenance
         if config.threads:
             torch.set_num_threads(config.threads)
+        from transformers import set_seed
+
         set_seed(config.seed)
         self.model = EncoderWithTokenizer(init_dir)
         self.ranking = ScoreDistillationLoss(config.scale)

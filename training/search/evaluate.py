@@ -40,13 +40,12 @@ import numpy as np
 from fusionrank.core import artefacts
 from fusionrank.core.fusion import FusionWeights
 from fusionrank.core.model_folders import check_model_folder
-from fusionrank.core.search.features import JudgementMemory, ProductPriors
+from fusionrank.core.search.features import FeatureSources, HeadInputs
+from fusionrank.core.search.judgements import JudgementMemory, ProductPriors
 from fusionrank.core.search.lexical import LexicalIndex
 from fusionrank.core.search.runtime import (
     DEPTH,
     CandidatePool,
-    FeatureSources,
-    HeadInputs,
     OnnxFeedbackHead,
     SearchRuntime,
     dense_candidates,

@@ -188,7 +188,7 @@ def train_feedback_heads(train: PairSet, dev: PairSet, config: FeedbackConfig
     heads, histories = [], []
     threads = torch.get_num_threads()
     # The head's matrices are small: a second thread only adds synchronisation, and on a busy
-    # machine its barriers stall (measured: 15x slower with 2 threads while another job ran).
+    # machine its barriers stall (benchmarks/reports/relevance.md, "Feedback head").
     torch.set_num_threads(1)
     try:
         for i in range(config.ensemble):

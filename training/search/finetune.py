@@ -1,10 +1,12 @@
 """Fine-tune the sentence encoder on graded query–product judgements.
 
-    model (training/models.py) + loss (training/losses.py) + dev evaluator (training/evaluators.py)
+    model (training/encoder.py) + loss (training/losses.py) + dev evaluator
+    (training/search/evaluators.py)
 
 One epoch visits every training query once, with one of its positives (grade ≥ the positive
-threshold) drawn at random and one hard negative (training/negatives.py). The draw depends
-only on (seed, epoch), so a resumed run sees the very batches the interrupted one would have.
+threshold) drawn at random and one hard negative (training/search/negatives.py). The draw
+depends only on (seed, epoch), so a resumed run sees the very batches the interrupted one would
+have.
 
 Output folder:
     best/        Hugging Face folder of the best dev checkpoint + checkpoint.json (its manifest)
@@ -18,7 +20,6 @@ from __future__ import annotations
 
 import json
 import math
-import random
 import shutil
 import sys
 import time
@@ -51,8 +52,8 @@ class FinetuneConfig:
     # grade above 1 as relevant, and the low ones were what it missed most when only grades
     # from 2.33 up were positives.
     positive_threshold: float = 1.3
-    # None (or 0): one pair per training query and epoch, 235 steps; 4 epochs take about 17 min
-    # on 2 idle CPU cores (1.05 s a step).
+    # None (or 0): one pair per training query and epoch (the full run's steps and time:
+    # benchmarks/reports/relevance.md).
     pairs_per_epoch: int | None = None
     max_query_tokens: int = 16  # queries average 6 word pieces
     max_title_tokens: int = 32  # titles average 20 word pieces with [CLS]/[SEP]; 94% fit in 32
@@ -115,22 +116,15 @@ def write_model_folder(model: EncoderWithTokenizer, target: Path,
     shutil.rmtree(old, ignore_errors=True)
 
 
-def set_seed(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
 def adamw_with_warmup(parameters, learning_rate: float, weight_decay: float, total_steps: int,
                       warmup_fraction: float):
-    """AdamW and its schedule: linear warm-up over `warmup_fraction` of the steps, then linear
-    decay to zero at the last step."""
+    """AdamW and transformers' linear schedule: warm-up over `warmup_fraction` of the steps
+    (at least one), then linear decay to zero at the last step."""
+    from transformers import get_linear_schedule_with_warmup
+
     optimizer = torch.optim.AdamW(parameters, lr=learning_rate, weight_decay=weight_decay)
     warmup = max(1, int(total_steps * warmup_fraction))
-    decay = max(1, total_steps - warmup)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min((s + 1) / warmup, max(0.0, (total_steps - s) / decay)))
-    return optimizer, scheduler
+    return optimizer, get_linear_schedule_with_warmup(optimizer, warmup, total_steps)
 
 
 def optimisation_step(loss: torch.Tensor, module: torch.nn.Module, optimizer, scheduler) -> None:
@@ -194,6 +188,8 @@ class Finetuner:
             self.pairs_by_query.setdefault(pair.query, []).append(pair)
         if config.threads:
             torch.set_num_threads(config.threads)
+        from transformers import set_seed
+
         set_seed(config.seed)
         self.model = EncoderWithTokenizer(init_model)
         self.loss = GradedMultipleNegativesLoss(config.scale)

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 import numpy as np
 from tqdm import tqdm
 
-from fusionrank.core.search.features import TitleTerms
 from fusionrank.core.search.lexical import LexicalIndex, top_k
 from fusionrank.core.search.runtime import dense_candidates
+from fusionrank.core.search.title_terms import TitleTerms
 
 
 @dataclass(frozen=True)

@@ -9,9 +9,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fusionrank.core.search.features import ProductPriors, query_fold
+from fusionrank.core.search.features import FeatureSources
+from fusionrank.core.search.judgements import ProductPriors, query_fold
 from fusionrank.core.search.lexical import LexicalIndex, normalised
-from fusionrank.core.search.runtime import FeatureSources
 from fusionrank.training.search.data import Judgements
 from fusionrank.training.search.feedback import PairSet
 

@@ -27,22 +27,18 @@ import torch
 
 from fusionrank.core import artefacts
 from fusionrank.core.model_folders import bundled_model_path, check_model_folder
-from fusionrank.core.search.features import (
-    JudgementMemory,
-    ProductPriors,
-    TermVectors,
-    TitleTerms,
-    query_fold,
-)
+from fusionrank.core.search.features import FeatureSources
+from fusionrank.core.search.judgements import JudgementMemory, ProductPriors, query_fold
 from fusionrank.core.search.lexical import LexicalIndex
 from fusionrank.core.search.runtime import (
     DENSE_CANDIDATES,
     LEXICAL_CANDIDATES,
-    FeatureSources,
     OnnxFeedbackHead,
     SearchRuntime,
     dense_candidates,
 )
+from fusionrank.core.search.term_vectors import TermVectors
+from fusionrank.core.search.title_terms import TitleTerms
 from fusionrank.export.search.feedback_head import export_feedback_head
 from fusionrank.training.embeddings import Embedder, catalogue_embeddings
 from fusionrank.training.search.data import Judgements, SplitConfig, load_judgements, positives

@@ -22,7 +22,7 @@ import numpy as np
 
 from fusionrank.core import artefacts
 from fusionrank.core.catalogue import Catalogue
-from fusionrank.core.search.features import JudgementMemory, ProductPriors
+from fusionrank.core.search.judgements import JudgementMemory, ProductPriors
 from fusionrank.core.search.lexical import LexicalIndex
 from fusionrank.core.search.title_features import save_title_features
 

@@ -8,14 +8,13 @@ served steps run, so the numbers are those of what is served.
 from __future__ import annotations
 
 import json
-import platform
-import subprocess
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from fusionrank.core.machine import describe_machine
 from fusionrank.core.sentiment.contract import SENTIMENT_CLASSES
 from fusionrank.training.sentiment.data import SPLITS, ReviewSet
 
@@ -120,17 +119,6 @@ def plot_confusions(named: dict[str, Scores], path: Path) -> Path:
     return path
 
 
-def machine_description() -> str:
-    """The first lines of `lscpu` (architecture, CPU count, model), or the platform name."""
-    try:
-        lines = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10,
-                               check=True).stdout.splitlines()
-    except (OSError, subprocess.SubprocessError):
-        return platform.platform()
-    keep = ("Architecture", "CPU(s):", "Model name", "Thread(s) per core", "Core(s) per socket")
-    return "; ".join(" ".join(line.split()) for line in lines if line.startswith(keep))
-
-
 def token_length_percentiles(lengths: Sequence[int]) -> dict[str, float]:
     values = np.asarray(lengths)
     return {f"p{p}": float(np.percentile(values, p)) for p in (50, 75, 90, 95, 99)} | {
@@ -146,7 +134,7 @@ def write_report(out_dir: str | Path, evaluation: SentimentEvaluation, training:
     png = plot_confusions({"fine-tuned MiniLM (ONNX)": evaluation.classifier,
                            "TF-IDF + logistic regression": evaluation.tfidf_logreg},
                           out_dir / f"{REPORT_NAME}_confusion.png")
-    machine = machine_description()
+    machine = describe_machine()
     record = {"command": command, "machine": machine, "wall_seconds": round(wall_seconds, 1),
               "evaluation": asdict(evaluation), "training": training, "export": export,
               "token_lengths_train": token_lengths}

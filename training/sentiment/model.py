@@ -15,10 +15,8 @@ and kept in memory ("bottom" states, about 2 GB in float32 for the full data). E
 step then runs only the top layers, forward and backward: with 2 of 6 layers frozen an epoch
 costs about two forward passes of the whole encoder instead of about 2.3 without the cache (and
 3 when every layer trains). Sequences are truncated to `max_tokens`, and batches group reviews
-of similar length so little of the work is padding. A first full run that trained only the top
-2 layers (learning rate 5e-5, 2 planned epochs) reached dev macro-F1 0.64 after one epoch, short
-of the target: hence 4 trainable layers at a higher rate, for 2.5 epochs (about 17 minutes on
-2 cores).
+of similar length so little of the work is padding. How the defaults (4 trainable layers, 2.5
+epochs) were chosen, run by run, is in benchmarks/reports/sentiment.md.
 
 Checkpoint folder:
     encoder/        Hugging Face model folder (config, weights, tokenizer files)
@@ -31,7 +29,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import random
 import shutil
 import time
 from collections.abc import Callable, Sequence
@@ -66,7 +63,7 @@ class SentimentConfig:
 
     model_dir: str | None = None  # None: the bundled all-MiniLM-L6-v2
     max_tokens: int = MAX_REVIEW_TOKENS
-    epochs: float = 2.5  # 1.25 epochs stopped at test macro-F1 0.680; 2.5 reached 0.727
+    epochs: float = 2.5  # why 2.5: benchmarks/reports/sentiment.md, "History"
     batch_size: int = 32
     encoder_lr: float = 1e-4
     # The head starts from random weights on a unit-length embedding: it needs larger steps.
@@ -197,12 +194,6 @@ def save_classifier(model: SentimentClassifier, manifest: SentimentManifest,
     torch.save(model.head.state_dict(), checkpoint / HEAD_FILE)
     manifest.save(checkpoint / MANIFEST_FILE)
     return checkpoint
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
 
 
 def class_weights(labels: Sequence[int], power: float) -> np.ndarray:
@@ -338,12 +329,6 @@ class TrainResult:
     manifest: SentimentManifest
 
 
-def warmup_then_linear(step: int, total: int, warmup: int) -> float:
-    if step < warmup:
-        return (step + 1) / max(warmup, 1)
-    return max(0.0, (total - step) / max(total - warmup, 1))
-
-
 @dataclass
 class CachedSplits:
     """Train and dev reviews as frozen-part states (see `bottom_states`) with their labels."""
@@ -372,16 +357,17 @@ def cache_splits(model: SentimentClassifier, reviews: ReviewSet, config: Sentime
 
 def make_optimiser(model: SentimentClassifier, config: SentimentConfig, total_steps: int
                    ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
-    """AdamW over the unfrozen parameters (the head at its own rate), warm-up then linear decay."""
+    """AdamW over the unfrozen parameters (the head at its own rate), and transformers' linear
+    schedule: warm-up over `warmup_fraction` of the steps, then linear decay to zero."""
+    from transformers import get_linear_schedule_with_warmup
+
     encoder_params = [p for p in model.encoder.parameters() if p.requires_grad]
     optimiser = torch.optim.AdamW(
         [{"params": encoder_params, "lr": config.encoder_lr},
          {"params": model.head.parameters(), "lr": config.head_lr}],
         weight_decay=config.weight_decay)
     warmup = int(total_steps * config.warmup_fraction)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimiser, lambda step: warmup_then_linear(step, total_steps, warmup))
-    return optimiser, scheduler
+    return optimiser, get_linear_schedule_with_warmup(optimiser, warmup, total_steps)
 
 
 @dataclass
@@ -441,8 +427,10 @@ def train_sentiment(reviews: ReviewSet, config: SentimentConfig, out_dir: str | 
                     progress: bool = True) -> TrainResult:
     """Fine-tune on the train split, keep the step with the best dev macro-F1, tune the logit
     offsets on dev, and save the checkpoint into `out_dir`."""
+    from transformers import set_seed
+
     started = time.monotonic()
-    seed_everything(config.seed)
+    set_seed(config.seed)
     if config.threads:
         torch.set_num_threads(config.threads)
     source = check_model_folder(config.model_dir or bundled_model_path())

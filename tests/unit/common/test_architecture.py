@@ -12,7 +12,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[3]
 LINT_IMPORTS = Path(sys.executable).parent / "lint-imports"
-LAYERS = ("fusionrank", "training", "export", "model_repository", "client")
+LAYERS = ("fusionrank", "core", "app", "training", "export", "model_repository", "client")
 
 
 def lint(source_root: Path) -> subprocess.CompletedProcess:
@@ -33,10 +33,10 @@ def test_the_layer_contracts_are_kept():
 
 @pytest.mark.parametrize(("module", "crossing"), [
     ("model_repository/search/steps.py", "import fusionrank.training.search.data"),
-    ("fusionrank/core/search/runtime.py", "import fusionrank.model_repository.step"),
+    ("core/search/runtime.py", "import fusionrank.model_repository.step"),
     ("export/search/feedback_head.py", "import fusionrank.training.search.feedback"),
     ("client/search.py", "import torch"),
-    ("fusionrank/core/recommend/runtime.py", "import fusionrank.core.search.lexical"),
+    ("core/recommend/runtime.py", "import fusionrank.core.search.lexical"),
 ])
 def test_an_import_across_the_layers_breaks_a_contract(tmp_path, module, crossing):
     for layer in LAYERS:  # the links in fusionrank/ stay links, to the copied layers

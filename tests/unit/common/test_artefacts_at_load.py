@@ -70,7 +70,7 @@ def version_folder(tmp_path) -> Path:
     sources.mkdir()
     np.save(sources / "table.npy", np.arange(12, dtype=np.float32).reshape(4, 3))
     (sources / "weights.json").write_text('{"bm25": 0.5}')
-    model = PythonModel("m", EncodeHistory, (), (),
+    model = PythonModel("m", EncodeHistory,
                         artefacts={name: sources / name for name in ("table.npy", "weights.json")})
     return model.export(tmp_path / "repository", version=3) / "3"
 

@@ -16,6 +16,7 @@ from fusionrank.core.search.contract import (
     EXPLAIN_OUTPUTS,
     SEARCH_INPUTS,
     SEARCH_OUTPUTS,
+    Detail,
     search_request,
 )
 from fusionrank.model_repository.config import (
@@ -34,7 +35,7 @@ from fusionrank.model_repository.search.ensemble import (
     search_ensemble,
 )
 from fusionrank.model_repository.search.steps import Rank, Tokenize
-from fusionrank.model_repository.step import load_step_class
+from fusionrank.model_repository.step import StepContract, load_step_class
 
 
 def read_config(repository, name) -> mc.ModelConfig:
@@ -63,7 +64,7 @@ def test_repository_holds_the_search_pipeline(search_repository):
     # The pretrained ranker has no speller: its optional CORRECTION input is left unmapped.
     ranker_step = search.ensemble_scheduling.step[0]
     assert "CORRECTION" not in ranker_step.input_map
-    assert set(ranker_step.input_map) == {"QUERY", "K"}
+    assert set(ranker_step.input_map) == {"QUERY", "K", "DETAIL"}
     manifest = json.loads((search_repository / "fusionrank.json").read_text())
     assert manifest["encoder"]["parity_min_cosine"] >= 0.9999
     assert manifest["index"]["products"] > 300
@@ -82,10 +83,11 @@ def test_layouts_group_the_steps_into_five_two_or_one_models(tmp_path):
     merged_steps = search_ensemble(files, ServingOptions(layout="two")
                                    ).config().ensemble_scheduling.step
     assert [s.model_name for s in merged_steps] == ["query_encoder", "ranker"]
-    assert set(merged_steps[1].input_map) == {"EMBEDDING", "K", "QUERY"}
+    assert set(merged_steps[1].input_map) == {"EMBEDDING", "K", "QUERY", "DETAIL"}
     one = search_ensemble(files, ServingOptions(ranker_instances=3))  # layout one: the default
     (step,) = one.config().ensemble_scheduling.step
-    assert step.model_name == SEARCH_STEPS and set(step.input_map) == {"QUERY", "K"}
+    assert step.model_name == SEARCH_STEPS and set(step.input_map) == {"QUERY", "K",
+                                                                         "DETAIL"}
     model = next(m for m in one.pipeline.steps if m.name == SEARCH_STEPS).config()
     assert [link["step"].rpartition(":")[2] for link in json.loads(
         model.parameters["chain"].string_value)] == [
@@ -107,11 +109,12 @@ def test_instance_counts_and_threads_are_configurable(tmp_path):
 
 
 def test_ensemble_wiring_errors_are_caught_before_the_server():
-    orphan = PythonModel("needs_x", Rank, (TensorSpec("X", "FP32", (-1,)),),
-                         (TensorSpec("Y", "FP32", (-1,)),))
+    orphan = PythonModel("needs_x", Rank, StepContract((TensorSpec("X", "FP32", (-1,)),),
+                                                       (TensorSpec("Y", "FP32", (-1,)),)))
     with pytest.raises(ValueError, match=r"step needs_x needs \['X'\]"):
         (Inputs(*SEARCH_INPUTS) >> orphan).ensemble("broken", ()).config()
-    echo = PythonModel("echo", Rank, (SEARCH_INPUTS[1],), (TensorSpec("Y", "FP32", (-1,)),))
+    echo = PythonModel("echo", Rank, StepContract((SEARCH_INPUTS[1],),
+                                                  (TensorSpec("Y", "FP32", (-1,)),)))
     with pytest.raises(ValueError, match=r"no step produces the outputs \['Z'\]"):
         (Inputs(*SEARCH_INPUTS) >> echo).ensemble("broken", (TensorSpec("Z", "FP32", (1,)),)
                                                   ).config()
@@ -171,6 +174,7 @@ def test_in_process_runner_chains_the_configured_steps_and_raises_request_errors
 
 @pytest.mark.slow
 def test_each_build_serves_a_new_version(tiny_catalogue, model_dir, tmp_path):
+    pytest.importorskip("torch")  # a build exports the encoder (the export layer)
     from fusionrank.app.build import build_search_repository
 
     versions = []
@@ -191,6 +195,8 @@ OUT = TensorSpec("OUT", "FP32", (-1,))
 class AddStep:
     """X → OUT = X + `by`; rejects a request holding a negative X."""
 
+    CONTRACT = StepContract(inputs=(X,), outputs=(OUT,))
+
     def __init__(self, folder, parameters):
         self.by = float(parameters["by"])
 
@@ -202,6 +208,8 @@ class AddStep:
 class DoubleStep:
     """Y → Z = 2·Y."""
 
+    CONTRACT = StepContract(inputs=(Y,), outputs=(Z,))
+
     def __init__(self, folder, parameters):
         pass
 
@@ -210,9 +218,8 @@ class DoubleStep:
 
 
 def test_merged_models_run_their_steps_in_one_chain_and_fail_requests_alone(tmp_path):
-    add = PythonModel("add", AddStep, (X,), (OUT,), parameters={"by": "1"},
-                      tensor_names={"OUT": "Y"})
-    double = PythonModel("double", DoubleStep, (Y,), (Z,))
+    add = PythonModel("add", AddStep, parameters={"by": "1"}, tensor_names={"OUT": "Y"})
+    double = PythonModel("double", DoubleStep)
     model = merged("add_double", add, double, instances=2)
     config = model.config()
     assert [i.name for i in config.input] == ["X"] and [o.name for o in config.output] == ["Z"]
@@ -227,9 +234,33 @@ def test_merged_models_run_their_steps_in_one_chain_and_fail_requests_alone(tmp_
     assert isinstance(answers[1], RequestError) and "negative" in str(answers[1])
     (alone,) = chain([{"X": np.array([[-3.0]])}])  # the later steps never see an empty call
     assert isinstance(alone, RequestError)
-    clash = PythonModel("add2", AddStep, (Y,), (Z,), parameters={"by": "2"})
+    clash = PythonModel("add2", AddStep, StepContract((Y,), (Z,)), parameters={"by": "2"})
     with pytest.raises(ValueError, match=r"add2 sets the parameter\(s\) \['by'\] differently"):
         merged("bad", add, clash)
+
+
+def test_a_model_declares_the_tensors_its_step_declares():
+    config = PythonModel("add", AddStep, parameters={"by": "1"}).config()
+    assert [i.name for i in config.input] == ["X"] and [o.name for o in config.output] == ["OUT"]
+
+    class Undeclared:
+        pass
+
+    with pytest.raises(TypeError, match=r"the step .*Undeclared declares no CONTRACT"):
+        PythonModel("undeclared", Undeclared)
+    with pytest.raises(ValueError, match=r"the input\(s\) \['X'\] are declared twice"):
+        StepContract((X, X), (OUT,))
+
+
+def test_the_ranker_reads_the_signals_its_weights_fuse_in_their_order():
+    contract = Rank.fusing(FusionWeights({"lexical": 0.3, "similarity": 0.7}))
+    assert [spec.name for spec in contract.inputs] == [
+        "CANDIDATES", "LEXICAL", "SIMILARITY", "K", "CORRECTION", "DETAIL"]
+    assert [spec.name for spec in contract.inputs if spec.optional] == ["CORRECTION", "DETAIL"]
+    assert contract.outputs == Rank.CONTRACT.outputs
+    # What a search answer always carries; the rest follows the request's DETAIL.
+    assert [spec.name for spec in contract.outputs if not spec.optional] == [
+        spec.name for spec in Detail.IDS.outputs]
 
 
 def test_ranker_explains_each_score_by_its_weighted_signals(tmp_path, search_repository):

@@ -1,5 +1,5 @@
-"""Shopper vectors, recency weighting, candidates and features, and the feedback head trained on
-a tiny synthetic shop (with its ONNX export checked against PyTorch)."""
+"""Shopper vectors, recency weighting, candidates and features: the recommender's runtime
+(tests/training/recommend/test_head.py trains its feedback head)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,6 @@ from fusionrank.core.recommend.runtime import (
     days_before,
     recency_weights,
 )
-from tests.support import shop
 
 
 def unit(*values: float) -> np.ndarray:
@@ -93,61 +92,3 @@ def test_features_describe_the_shoppers_own_purchases():
     assert column["bought_log_count"] == pytest.approx(np.log1p([0, 2, 1]))
     assert column["bought_recency"] == pytest.approx([0.0, 0.5, 1.0])
     assert column["bought_share"] == pytest.approx([0, 2 / 3, 1 / 3])
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """The tiny shop's recommender with a trained head (tests that use it are slow)."""
-    return shop.trained_artefacts(tmp_path_factory.mktemp("recommender"))
-
-
-@pytest.mark.slow
-def test_the_head_learns_the_shops_themes(trained):
-    recommender = shop.load(trained)
-    # A new shopper who bought two theme-2 products: theme 2 should fill the top of the list.
-    history = [pid for pid in shop.product_ids() if shop.theme_of(pid) == 2][:2]
-    shopper = recommender.shopper(history, np.zeros(len(history), np.int64))
-    rows, scores = recommender.recommend(shopper, k=4)
-    top = [recommender.product_ids[r] for r in rows]
-    assert np.all(np.diff(scores) <= 1e-6)
-    assert sum(shop.theme_of(pid) == 2 for pid in top) >= 3
-
-
-@pytest.mark.slow
-def test_the_trained_recommender_beats_popularity_on_the_held_out_window(trained):
-    from fusionrank.training.recommend.evaluate import (
-        metrics,
-        model_ranking,
-        popularity_ranking,
-        returning_targets,
-    )
-    from fusionrank.training.recommend.head import window_shoppers
-    from fusionrank.training.recommend.purchases import clean_purchases, last_window, split
-
-    recommender = shop.load(trained)
-    purchases, _ = clean_purchases(shop.transactions())
-    before, after = split(purchases, last_window(purchases, days=14))
-    targets = returning_targets(before, after)
-    shoppers = window_shoppers(recommender, before, sorted(targets))
-    ours = metrics(model_ranking(recommender, shoppers, 50), targets, 24, set())
-    popular = metrics(popularity_ranking(recommender, list(shoppers), 50), targets, 24, set())
-    assert ours["recall@5"] > popular["recall@5"] + 0.2
-    assert 0 < ours["coverage@20"] <= 1
-
-
-@pytest.mark.slow
-def test_fusion_weights_are_fitted_on_validation_and_recorded(trained):
-    from fusionrank.training.recommend.evaluate import SIMILARITY_GRID, fit_fusion_weights
-    from fusionrank.training.recommend.head import returning_targets, window_shoppers
-    from fusionrank.training.recommend.purchases import clean_purchases, last_window, split
-
-    recommender = shop.load(trained)
-    purchases, _ = clean_purchases(shop.transactions())
-    validation = last_window(purchases, days=14).shifted(14)
-    before, after = split(purchases, validation)
-    targets = returning_targets(before, after)
-    weights, grid = fit_fusion_weights(recommender, window_shoppers(recommender, before,
-                                                                    sorted(targets)), targets)
-    assert set(grid) == {str(w) for w in SIMILARITY_GRID}
-    assert weights.weights["feedback"] == 1.0
-    assert "validation" in weights.provenance

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from fusionrank.core.search.feature_graph import GRAPH_FEATURES, NEIGHBOUR_QUERIES, SHARPNESS
-from fusionrank.core.search.features import JudgementMemory, ProductPriors, graph_features
+from fusionrank.core.search.features import graph_features
+from fusionrank.core.search.judgements import JudgementMemory, ProductPriors
 
 
 def _unit(rows: np.ndarray) -> np.ndarray:

@@ -5,19 +5,17 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
-from sklearn.ensemble import HistGradientBoostingRegressor
 
 from fusionrank.core import artefacts as names
 from fusionrank.core.catalogue import Catalogue, Product, load_catalogue
 from fusionrank.core.fusion import FusionWeights
-from fusionrank.core.search.features import FEATURES, JudgementMemory, ProductPriors, TitleTerms
+from fusionrank.core.search.features import FEATURES
+from fusionrank.core.search.judgements import JudgementMemory, ProductPriors
 from fusionrank.core.search.lexical import LexicalIndex, top_k
 from fusionrank.core.search.runtime import SearchRuntime, dense_candidates
 from fusionrank.core.search.title_features import save_title_features
-from fusionrank.export.search.feedback_head import export_feedback_head
+from fusionrank.core.search.title_terms import TitleTerms
 from fusionrank.model_repository.search.steps import ScoreCandidates
-from fusionrank.training.search.feedback import AveragedHeads, FeedbackModel, FeedbackNetwork
 
 DIM, DENSE, EXTRA = 16, 8, 12
 WORDS = ["drill", "saw", "hammer", "cordless", "blue", "red", "steel", "pipe", "valve", "hose",
@@ -46,15 +44,28 @@ def folder(tmp_path_factory):
                         [rng.integers(0, len(titles), size=5) for _ in range(10)],
                         [rng.uniform(1, 3, size=5) for _ in range(10)], embeddings
                         ).save(folder / names.MEMORY)
+    export_small_head(folder, embeddings, rng)
+    FusionWeights({"similarity": 0.5, "feedback": 0.3, "lexical": 0.2}).save(
+        folder / names.FUSION_WEIGHTS)
+    return folder
+
+
+def export_small_head(folder, embeddings: np.ndarray, rng: np.random.Generator) -> None:
+    """A real feedback head (an untrained network and a few boosted trees), exported to ONNX.
+    Building one takes the training and export layers, hence PyTorch: without it the tests
+    that need a runtime skip, and the rest of this module still runs."""
+    torch = pytest.importorskip("torch")
+    from sklearn.ensemble import HistGradientBoostingRegressor
+
+    from fusionrank.export.search.feedback_head import export_feedback_head
+    from fusionrank.training.search.feedback import AveragedHeads, FeedbackModel, FeedbackNetwork
+
     torch.manual_seed(0)
     trees = HistGradientBoostingRegressor(max_iter=5, max_leaf_nodes=4, min_samples_leaf=2)
     trees.fit(rng.normal(size=(40, len(FEATURES))), rng.uniform(1, 3, size=40))
     head = FeedbackModel(AveragedHeads([FeedbackNetwork(DIM)]), trees, tree_share=0.4)
     check = (embeddings[:8], embeddings[8:16], rng.normal(size=(8, len(FEATURES))))
     assert export_feedback_head(head, folder / names.FEEDBACK_HEAD, check) < 1e-4
-    FusionWeights({"similarity": 0.5, "feedback": 0.3, "lexical": 0.2}).save(
-        folder / names.FUSION_WEIGHTS)
-    return folder
 
 
 @pytest.fixture(scope="module")

@@ -6,10 +6,10 @@ from __future__ import annotations
 import numpy as np
 
 from fusionrank.core.search import spelling
-from fusionrank.core.search.features import TitleTerms
 from fusionrank.core.search.lexical import LexicalIndex
 from fusionrank.core.search.spelling import QuerySpeller
 from fusionrank.core.search.text import lexical_tokens
+from fusionrank.core.search.title_terms import TitleTerms
 
 TITLES = ["Aluminum Step Ladder 16 ft.", "Garden Hose 100 feet", "Wall Shelf 12 in. White",
           "Metal Pipe 1 inch", "Aluminum Shelf Bracket", "Cordless Drill 18V"]

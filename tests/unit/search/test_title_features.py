@@ -8,13 +8,15 @@ import numpy as np
 import pytest
 
 from fusionrank.core import artefacts
-from fusionrank.core.search.features import JudgementMemory, ProductPriors, TitleTerms
+from fusionrank.core.search.features import FeatureSources
+from fusionrank.core.search.judgements import JudgementMemory, ProductPriors
 from fusionrank.core.search.lexical import LexicalIndex, normalised, top_k
-from fusionrank.core.search.runtime import FeatureSources, SearchRuntime
+from fusionrank.core.search.runtime import SearchRuntime
 from fusionrank.core.search.title_features import (
     load_title_features,
     save_title_features,
 )
+from fusionrank.core.search.title_terms import TitleTerms
 
 DIM = 16
 # Beside the tiny catalogue: titles with a head phrase cut inside a word, stopwords only,

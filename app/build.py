@@ -1,0 +1,251 @@
+"""`fusionrank build`: export, index and write a Triton model repository serving every feature.
+
+    build/
+      artefacts/encoder/   encoder.onnx (+ encoder.int8.onnx), tokenizer.json
+      artefacts/index/     embeddings.npy, products.jsonl, manifest.json, retrieval.onnx
+                           (+ retrieval.int8.onnx)
+      artefacts/ranking/   a trained run's search files, aligned with the catalogue
+      model_repository/    search (+ recommend, sentiment) ensembles and their steps,
+                           fusionrank.json (what is served, from what, built when)
+
+`fusionrank build` writes all of it into a fresh folder beside --out and switches that in
+whole once complete (app/staging.py): a server deployed from the old --out keeps its
+files, and a failed build leaves the old --out as it was.
+
+`--device gpu` writes the search ensemble for Triton's GPU container instead (its graphs on
+the onnxruntime / tensorrt backends: model_repository/search/ensemble.py); recommend and
+sentiment stay Python-backend models on the CPU.
+
+The app layer: the only one that imports every other (training and export make the artefacts,
+model_repository declares the models that serve them).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from dataclasses import asdict, replace
+from datetime import UTC, datetime
+from pathlib import Path
+
+from fusionrank.core import artefacts as names
+from fusionrank.core.catalogue import Catalogue
+from fusionrank.core.fusion import FusionWeights
+from fusionrank.export.encoder import ExportedEncoder
+from fusionrank.export.index import build_index, load_embeddings
+from fusionrank.export.quantize import quantise_encoder
+from fusionrank.export.search.retrieval import int8_retrieval_graph, retrieval_graph
+from fusionrank.model_repository.ensemble import Ensemble
+from fusionrank.model_repository.recommend.ensemble import recommend_ensemble
+from fusionrank.model_repository.search.ensemble import (
+    SearchArtefacts,
+    ServingOptions,
+    search_ensemble,
+)
+from fusionrank.model_repository.sentiment.ensemble import sentiment_ensemble
+from fusionrank.training.encoder import export_model_folder
+
+PARITY_TEXTS = 256
+RUNS = Path("runs")
+DEFAULT_RUN = RUNS / "relevance"
+SHORT_RUN_STEPS = 60
+
+
+class BuildError(Exception):
+    """A build that cannot go on, for a reason the user can fix (printed as one line)."""
+
+
+def build_search_repository(catalogue: Catalogue, model_dir: Path, out_dir: Path,
+                            options: ServingOptions | None = None,
+                            run_dir: Path | None = None,
+                            student_dir: Path | None = None,
+                            final_out: Path | None = None) -> Path:
+    """Export the encoder, embed the catalogue and write the model repository; returns it.
+    With `run_dir` (a finished `fusionrank train` run) its fine-tuned encoder, BM25 candidates,
+    feedback head and fusion weights are served; `model_dir` is then ignored. With
+    `student_dir` (a `fusionrank distil` student of that run's encoder) the student encodes the
+    queries while the index keeps the run's encoder's embeddings (artefacts/query_encoder/).
+
+    `final_out`: where `out_dir`, a staging folder (`staged_output`), will be switched in
+    (default: `out_dir` itself, built in place). The build there before is what this one
+    reuses (its catalogue embeddings, where the encoder and the titles are the same) and numbers
+    its version above, and the manifest names the files where they will be."""
+    from fusionrank.training.search.serving import search_artefacts
+
+    options = options or ServingOptions()
+    out_dir = Path(out_dir)
+    final_out = out_dir if final_out is None else Path(final_out)
+
+    def final(path: Path) -> Path:  # where a file of out_dir will be once switched in
+        return final_out / path.relative_to(out_dir)
+
+    if student_dir is not None and run_dir is None:
+        raise BuildError("a student query encoder needs the trained run it was distilled from")
+    files = SearchArtefacts(out_dir / "artefacts" / "encoder", out_dir / "artefacts" / "index",
+                            out_dir / "artefacts" / "ranking" if run_dir is not None else None,
+                            out_dir / "artefacts" / "query_encoder" if student_dir else None)
+    if run_dir is not None:
+        model_dir = Path(run_dir) / "encoder" / "best"
+    encoder = export_model_folder(model_dir, files.encoder, catalogue.titles[:PARITY_TEXTS])
+    queries = encoder if student_dir is None else export_student(
+        Path(student_dir), model_dir, encoder, files.queries, catalogue.titles[:PARITY_TEXTS])
+    quantised = None
+    if options.precision == "int8" and options.device == "cpu":  # TensorRT runs the FP32 graph
+        quantised = quantise_encoder(queries.onnx_path, queries.tokenizer_path,
+                                     files.queries / names.ENCODER_INT8,
+                                     catalogue.titles[:PARITY_TEXTS])
+    index = build_index(catalogue, encoder, files.index, previous=final(files.index))
+    embeddings = load_embeddings(files.index)
+    retrieval_graph(embeddings, files.index / names.RETRIEVAL)
+    if quantised is not None:
+        int8_retrieval_graph(embeddings, files.index / names.RETRIEVAL_INT8)
+    if options.device == "gpu":  # a native model: K is a constant of the graph
+        retrieval_graph(embeddings, files.index / names.RETRIEVAL_FIXED_K,
+                        k=min(options.candidates, len(embeddings)))
+    FusionWeights().save(files.index / names.FUSION_WEIGHTS)
+    if files.run is not None:
+        search_artefacts(run_dir, catalogue, files.run, embeddings)
+
+    repository = out_dir / "model_repository"
+    built = datetime.now(UTC)
+    # Every model of a build gets the build's own version number (its time in seconds, above
+    # any earlier build's here): Triton keys cached answers on (model, version, inputs), so no
+    # later build, loaded beside or instead of this one, is answered from this one's cache.
+    version = max(int(built.timestamp()), previous_version(final(repository)) + 1)
+    if repository.exists():
+        shutil.rmtree(repository)  # a stale model left from another build would be served
+    repository.mkdir(parents=True)
+    search_ensemble(files, options).export(repository, version)
+    int8 = asdict(quantised) | {"onnx_path": str(final(quantised.onnx_path))} if quantised else None
+    served = {
+        "built_at": built.isoformat(timespec="seconds"),
+        "version": version,
+        "encoder": {"source": encoder.source, "onnx_sha256": encoder.sha256,
+                    "parity_min_cosine": encoder.min_cosine,
+                    "int8": int8 if student_dir is None else None},
+        # The student that encodes the queries (None: the encoder above does).
+        "query_encoder": None if student_dir is None else {
+            "source": queries.source, "onnx_sha256": queries.sha256,
+            "parity_min_cosine": queries.min_cosine, "int8": int8,
+            "distillation": json.loads((Path(student_dir) / "checkpoint.json").read_text())},
+        "training_run": run_provenance(Path(run_dir)) if run_dir is not None else None,
+        "index": asdict(index) | {"embeddings": str(final(files.index / names.EMBEDDINGS))},
+        "ranking": asdict(FusionWeights.load(files.weights)),
+        "serving": asdict(options),
+    }
+    (repository / names.REPOSITORY_MANIFEST).write_text(json.dumps(served, indent=2) + "\n")
+    return repository
+
+
+def export_student(student_dir: Path, teacher_dir: Path, teacher: ExportedEncoder,
+                   out_dir: Path, check_texts: list[str]) -> ExportedEncoder:
+    """The student query encoder exported to ONNX (parity-checked), after checking it belongs
+    with the teacher that embeds the catalogue: distilled from these very weights, the same
+    tokenizer, the same embedding size."""
+    from fusionrank.core.encoding import OnnxEncoder
+    from fusionrank.training.embeddings import weights_digest
+
+    manifest = student_dir / "checkpoint.json"
+    if not manifest.is_file():
+        raise BuildError(f"--student {student_dir} is not a `fusionrank distil` checkpoint "
+                         "(no checkpoint.json)")
+    distilled_from = json.loads(manifest.read_text()).get("teacher_weights")
+    if distilled_from != weights_digest(teacher_dir):
+        raise BuildError(f"--student {student_dir} was distilled from other weights than the "
+                         f"served encoder {teacher_dir}: distil it from this run")
+    student = export_model_folder(student_dir, out_dir, check_texts)
+    if student.tokenizer_path.read_bytes() != teacher.tokenizer_path.read_bytes():
+        raise BuildError(f"--student {student_dir} tokenises differently from {teacher_dir}")
+    sizes = OnnxEncoder(student.onnx_path).dimension, OnnxEncoder(teacher.onnx_path).dimension
+    if sizes[0] != sizes[1]:
+        raise BuildError(f"--student {student_dir} embeds {sizes[0]}-d queries, the catalogue "
+                         f"is embedded in {sizes[1]}-d")
+    return student
+
+
+def previous_version(repository: Path) -> int:
+    """The version an earlier build wrote into `repository` (0 if none)."""
+    try:
+        return int(json.loads((repository / names.REPOSITORY_MANIFEST).read_text())["version"])
+    except (OSError, ValueError, KeyError):
+        return 0
+
+
+def run_provenance(run_dir: Path) -> dict:
+    """Which checkpoint, trained on which data, the repository serves."""
+    run = json.loads((run_dir / names.RUN_MANIFEST).read_text())
+    checkpoint = run_dir / "encoder" / "best" / "checkpoint.json"
+    return {"run": str(run_dir.resolve()), "data_file": run.get("data_file"),
+            "data_sha256": run.get("data_sha256"),
+            "checkpoint": json.loads(checkpoint.read_text()) if checkpoint.is_file() else None}
+
+
+def add_ensemble(repository: Path, ensemble: Ensemble, provenance: dict) -> None:
+    """Export another ensemble (recommend, sentiment) into a built repository and record what
+    it serves in the repository's manifest."""
+    manifest_path = repository / names.REPOSITORY_MANIFEST
+    served = json.loads(manifest_path.read_text())
+    ensemble.export(repository, served["version"])
+    served.setdefault("ensembles", {})[ensemble.name] = provenance
+    manifest_path.write_text(json.dumps(served, indent=2) + "\n")
+
+
+def newest_run() -> Path | None:
+    """The most recently finished `fusionrank train` run under runs/."""
+    finished = sorted(RUNS.glob(f"*/{names.RUN_MANIFEST}"), key=lambda p: p.stat().st_mtime)
+    return finished[-1].parent if finished else None
+
+
+def train_default_run() -> Path:
+    from fusionrank.app.search import train_main
+
+    print(f"no trained run under {RUNS}/: training a short default run ({SHORT_RUN_STEPS} "
+          f"fine-tuning steps, about 5 minutes on 2 cores) into {DEFAULT_RUN} first; "
+          "`fusionrank train` makes the full one", file=sys.stderr)
+    if train_main(["--out", str(DEFAULT_RUN), "--max-steps", str(SHORT_RUN_STEPS)]) != 0:
+        raise BuildError("the default training run failed")
+    return DEFAULT_RUN
+
+
+def add_sentiment_model(repository: Path, trained: Path) -> None:
+    exported = trained / names.SENTIMENT_EXPORT
+    if not exported.is_dir():
+        print(f"no trained sentiment model in {trained}: the sentiment ensemble is left out "
+              "(`fusionrank train-sentiment` trains one)", file=sys.stderr)
+        return
+    add_ensemble(repository, sentiment_ensemble(exported), {"artefacts": str(exported.resolve())})
+
+
+def with_review_sentiment(catalogue: Catalogue, trained: Path, reviews: Path,
+                          out: Path) -> Catalogue:
+    """The catalogue with each product's review sentiment (by product id) as a feature."""
+    from fusionrank.training.sentiment.products import (
+        build_product_sentiment,
+        load_product_sentiment,
+    )
+
+    if not (trained / names.SENTIMENT_EXPORT).is_dir():
+        raise BuildError(f"--reviews needs a trained sentiment model in {trained}: "
+                         "run `fusionrank train-sentiment` first")
+    report = build_product_sentiment(trained / names.SENTIMENT_EXPORT, out, reviews)
+    feature = load_product_sentiment(report.path)
+    products = [replace(p, review_count=feature.review_count(p.product_id),
+                        review_sentiment=feature.score(p.product_id)
+                        if feature.review_count(p.product_id) else None)
+                for p in catalogue]
+    matched = sum(1 for p in products if p.review_count)
+    print(f"review sentiment: {matched} of {len(products)} products have reviews in {reviews}",
+          file=sys.stderr)
+    return Catalogue(products, source=catalogue.source)
+
+
+def add_recommender(repository: Path, trained: Path) -> None:
+    from fusionrank.training.recommend.evaluate import run as train_recommender
+
+    serving = trained / names.RECOMMEND_SERVING_LATEST
+    if not serving.is_dir():
+        print(f"no trained recommender in {trained}: training one now (a few minutes; "
+              "`fusionrank train-recommender` does this on its own)", file=sys.stderr)
+        train_recommender(trained, serve_latest=True)
+    add_ensemble(repository, recommend_ensemble(serving), {"artefacts": str(serving.resolve())})

@@ -1,0 +1,47 @@
+"""Character-trigram TF-IDF vectors (the `char_cosine` feature), which still match misspelt or
+run-together words ("toliet", "2x4x8") where whole terms do not."""
+
+from __future__ import annotations
+
+import zlib
+
+import numpy as np
+from scipy import sparse
+
+CHAR_BUCKETS = 1 << 20  # trigrams are hashed (crc32, stable across processes) into buckets
+
+
+def char_trigrams(text: str) -> list[int]:
+    """Hashed character trigrams of each word padded with spaces (" drill " → " dr", "dri", …)."""
+    grams = []
+    for word in text.lower().split():
+        padded = f" {word} "
+        grams.extend(zlib.crc32(padded[i:i + 3].encode()) % CHAR_BUCKETS
+                     for i in range(len(padded) - 2))
+    return grams
+
+
+def tfidf(grams: list[int], idf: np.ndarray) -> dict[int, float]:
+    """Sub-linear TF × IDF, L2-normalised, as {bucket: weight}."""
+    counts: dict[int, int] = {}
+    for g in grams:
+        counts[g] = counts.get(g, 0) + 1
+    weights = {g: (1.0 + np.log(c)) * float(idf[g]) for g, c in counts.items()}
+    norm = float(np.sqrt(sum(w * w for w in weights.values()))) or 1.0
+    return {g: w / norm for g, w in weights.items()}
+
+
+def sparse_rows(vectors: list[dict[int, float]]) -> sparse.csr_matrix:
+    """{bucket: weight} vectors as the rows of one CSR matrix [len(vectors), CHAR_BUCKETS]."""
+    indptr = np.cumsum([0] + [len(v) for v in vectors])
+    indices = np.fromiter((g for v in vectors for g in v), dtype=np.int64, count=indptr[-1])
+    data = np.fromiter((w for v in vectors for w in v.values()), dtype=np.float64,
+                       count=indptr[-1])
+    return sparse.csr_matrix((data, indices, indptr), shape=(len(vectors), CHAR_BUCKETS))
+
+
+def idf_of(grams: list[list[int]]) -> np.ndarray:
+    """float32 [CHAR_BUCKETS]: smoothed IDF of each bucket over these documents' trigrams."""
+    df = np.bincount(np.fromiter((g for gs in grams for g in set(gs)), dtype=np.int64),
+                     minlength=CHAR_BUCKETS)
+    return np.log((1 + len(grams)) / (1 + df)).astype(np.float32) + 1.0
