@@ -165,9 +165,10 @@ Model reloaded after: from the kill to the watch's "reloaded" line (the new inst
   failed or took {SLOW_S:.0f} s or more (what meeting a dead process costs); the calls that slow
   before the kill show the machine's own noise (other work shares its 2 vCPU).""", """\
 Stubs before → after: the model's live stub processes. Where the dead instance took requests,
-  Triton 2.51 never finishes unloading the replaced version: its healthy stub (and that copy of
-  the model's memory) stays, and the server's shutdown then waits for `fusionrank serve`'s
-  SIGKILL after 30 s. Only a restart of the server frees it.""") + f"""
+  Triton 2.51 never finishes unloading the replaced version (it leaks the dead instance's
+  response factories), so the watch retires it: it stops the replaced copy's live stub and
+  removes that copy's shared memory once the new copies serve, and the model keeps the copies
+  its config asks for. The server's own shutdown still waits its 30 s for that version.""") + f"""
 {rows}
 
 ## The SHA-256 check at each load
