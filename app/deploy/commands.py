@@ -10,11 +10,13 @@ from pathlib import Path
 
 from tritonclient.utils import InferenceServerException
 
-from fusionrank.app.control import CONTROL_KEY_ENV, ControlError, key_for
+from fusionrank.app.control import CONTROL_KEY_ENV, ControlError, key_for, live_records
 from fusionrank.app.deploy.errors import first_line
 from fusionrank.app.deploy.rollout import DRAIN_S, deploy, read_log
 from fusionrank.app.deploy.status import server_status, status_table
 from fusionrank.core import artefacts as names
+
+DEFAULT_REPOSITORY = Path("build/model_repository")  # what README command 1 builds and serves
 
 
 def add_deploy(commands: argparse._SubParsersAction) -> None:
@@ -22,7 +24,7 @@ def add_deploy(commands: argparse._SubParsersAction) -> None:
         "deploy", help="switch a running server to a new build's models (zero downtime; a "
                        "rollout that fails to load or to answer probes is refused)")
     parser.add_argument("--url", default="127.0.0.1:8001", help="the server's gRPC address")
-    parser.add_argument("--repository", type=Path, default=Path("build/model_repository"),
+    parser.add_argument("--repository", type=Path, default=DEFAULT_REPOSITORY,
                         help="the model repository the server serves (changed in place)")
     parser.add_argument("--source", type=Path, required=True,
                         help="a model repository built with `fusionrank build --out DIR` "
@@ -55,13 +57,24 @@ def add_status(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser("status", help="what version of each model serves, since when")
     parser.add_argument("--url", default="127.0.0.1:8001", help="the server's gRPC address")
     parser.add_argument("--repository", type=Path,
-                        help="the served model repository: adds since when, from its rollouts")
+                        help="the served model repository: adds since when, from its rollouts "
+                             f"(default: {DEFAULT_REPOSITORY} where a local `fusionrank serve` "
+                             "serves it at --url)")
     parser.add_argument("--json", action="store_true", help="one JSON document")
     add_key_file(parser)
     parser.set_defaults(run=run_status)
 
 
+def served_default(url: str) -> Path | None:
+    """DEFAULT_REPOSITORY when a `fusionrank serve` on this machine serves it at `url`: so a
+    plain `fusionrank status` beside README command 1 needs no option."""
+    served = any(record.serves(url) for record in live_records(DEFAULT_REPOSITORY))
+    return DEFAULT_REPOSITORY if served else None
+
+
 def run_status(args: argparse.Namespace) -> int:
+    if args.repository is None and args.control_key_file is None:
+        args.repository = served_default(args.url)
     try:
         key = key_for(args.url, args.repository, args.control_key_file)
         rows = server_status(args.url, args.repository, control_key=key)

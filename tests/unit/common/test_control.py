@@ -138,3 +138,16 @@ def test_no_gpu_probe_lines_are_left_out_and_real_errors_kept():
     kept = io.StringIO()
     forward_log(io.BytesIO(log), kept, drop_gpu_noise=False)  # a GPU host: every line
     assert kept.getvalue() == log.decode()
+
+
+def test_status_finds_the_default_repository_a_local_server_serves(tmp_path, monkeypatch):
+    from fusionrank.app.deploy.commands import DEFAULT_REPOSITORY, served_default
+
+    monkeypatch.chdir(tmp_path)
+    repository = tmp_path / DEFAULT_REPOSITORY
+    repository.mkdir(parents=True)
+    assert served_default("127.0.0.1:8001") is None  # nothing serves it yet
+    write_record(record(repository, grpc=8001, pid=os.getpid()))
+    assert served_default("127.0.0.1:8001") == DEFAULT_REPOSITORY
+    assert served_default("localhost:8001") == DEFAULT_REPOSITORY
+    assert served_default("127.0.0.1:9001") is None  # another server's address
