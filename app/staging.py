@@ -27,6 +27,7 @@ from pathlib import Path
 import psutil
 
 from fusionrank.app import control
+from fusionrank.core import artefacts
 
 # The folders a build writes: an existing --out holding neither is not a build's, and is refused
 # rather than replaced.
@@ -118,14 +119,7 @@ def carry_over(old: Path, new: Path) -> None:
             if source.is_symlink():
                 destination.symlink_to(os.readlink(source))
             else:
-                link_or_copy(source, destination)
-
-
-def link_or_copy(source: Path, destination: Path) -> None:
-    try:
-        os.link(source, destination)
-    except OSError:  # another file system, or a file system without hard links
-        shutil.copy2(source, destination)
+                artefacts.link_or_copy(source, destination)
 
 
 def switch_in(staging: Path, out: Path) -> None:

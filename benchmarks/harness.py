@@ -16,6 +16,7 @@ import itertools
 import json
 import os
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
@@ -29,6 +30,7 @@ import numpy as np
 from fusionrank.core.machine import describe_machine
 
 REPORTS = Path(__file__).parent / "reports"
+ROOT = Path(__file__).resolve().parents[1]  # the repository
 
 # --- the run's stamp and the report files ----------------------------------------------------
 
@@ -54,11 +56,18 @@ def stamp() -> dict[str, str]:
     return {"date": now(), "command": command(), "machine": machine()}
 
 
+def portable(text: str) -> str:
+    """`text` with this machine's paths as any checkout reads them: the repository's relative
+    to it, a temporary folder's under $TMPDIR (gone after the run: its name only tells)."""
+    return text.replace(f"{ROOT}/", "").replace(f"{tempfile.gettempdir()}/", "$TMPDIR/")
+
+
 def save_report(name: str, report: dict, text: str, folder: Path = REPORTS) -> None:
-    """A benchmark's figures as `name`.json and its report as `name`.md (printed too)."""
+    """A benchmark's figures as `name`.json and its report as `name`.md (printed too), the
+    paths in both written `portable`."""
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / f"{name}.json").write_text(json.dumps(report, indent=2) + "\n")
-    (folder / f"{name}.md").write_text(text)
+    (folder / f"{name}.json").write_text(portable(json.dumps(report, indent=2)) + "\n")
+    (folder / f"{name}.md").write_text(portable(text))
     print(text)
 
 

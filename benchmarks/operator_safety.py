@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import base64
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -33,6 +32,7 @@ from pathlib import Path
 
 from benchmarks.harness import heading, load_average, save_report, stamp, table
 from fusionrank.app.serve import TritonServer
+from fusionrank.core import artefacts
 
 ROOT = Path(__file__).resolve().parents[1]
 FUSIONRANK = ROOT / ".venv" / "bin" / "fusionrank"
@@ -50,14 +50,8 @@ def http(server: TritonServer, path: str, body: dict, headers: dict | None = Non
 
 
 def hard_linked_copy(repository: Path, folder: Path) -> Path:
-    def link(src: str, dst: str) -> None:
-        try:
-            os.link(src, dst)
-        except OSError:
-            shutil.copy2(src, dst)
-
     copy = folder / "model_repository"
-    shutil.copytree(repository, copy, copy_function=link, symlinks=True)
+    shutil.copytree(repository, copy, copy_function=artefacts.link_or_copy, symlinks=True)
     return copy
 
 

@@ -56,11 +56,6 @@ def repriced(products: Catalogue, by: float, path: Path) -> Path:
     return path
 
 
-def files(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): artefacts.file_sha256(p)
-            for p in sorted(folder.rglob("*")) if p.is_file() and "__pycache__" not in p.parts}
-
-
 def inodes(folder: Path) -> set[int]:
     return {p.stat().st_ino for p in folder.rglob("*") if p.is_file()}
 
@@ -99,10 +94,10 @@ def measure(catalogue: Path, run: Path, folder: Path) -> dict:
             rollout = deploy(server.grpc_url, repository, rebuilt / "model_repository",
                              drain_s=0.5)
             shared = len(inodes(repository) & inodes(rebuilt))
-            before, answered = files(repository), answers(server.grpc_url)
+            before, answered = artefacts.folder_sha256(repository), answers(server.grpc_url)
             seconds["rebuild_next"] = build(repriced(products, 2.0, folder / "plus2.jsonl"),
                                             rebuilt, run, printed)
-            after = files(repository)
+            after = artefacts.folder_sha256(repository)
             checked, failed = manifests_hold(repository)
             answered_after = answers(server.grpc_url)
         finally:

@@ -12,6 +12,7 @@ import functools
 import hashlib
 import json
 import os
+import shutil
 import zipfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -68,6 +69,25 @@ def file_sha256(path: str | Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def folder_sha256(folder: str | Path) -> dict[str, str]:
+    """{path relative to `folder`: SHA-256} of every file under it, in name order, bytecode
+    (__pycache__) left out: what a folder holds, to compare two folders or one over time."""
+    folder = Path(folder)
+    return {str(path.relative_to(folder)): file_sha256(path)
+            for path in sorted(folder.rglob("*"))
+            if path.is_file() and "__pycache__" not in path.parts}
+
+
+def link_or_copy(source: str | Path, target: str | Path) -> None:
+    """`target` (not there yet) as a new name of `source`: a hard link, shares no bytes that
+    anything writes into, since every writer here replaces files; a copy across file systems
+    or where hard links are not allowed. Also a `shutil.copytree` copy_function."""
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
 
 
 class ArtefactError(ValueError):

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -90,10 +88,7 @@ def link_or_copy(source: Path, target: Path) -> None:
     """`target` as a new name of `source` (a copy across file systems), replacing any file
     there rather than writing into it."""
     with artefacts.replacing(target) as temporary:
-        try:
-            os.link(source, temporary)
-        except OSError:
-            shutil.copyfile(source, temporary)
+        artefacts.link_or_copy(source, temporary)
 
 
 def load_embeddings(index_dir: str | Path) -> np.ndarray:

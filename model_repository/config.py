@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import py_compile
-import shutil
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -118,10 +116,7 @@ def compile_shim(version_dir: Path) -> None:
 def place(source: Path, target: Path) -> None:
     """Hard-link an artefact into the repository (a copy across file systems)."""
     target.unlink(missing_ok=True)
-    try:
-        os.link(source, target)
-    except OSError:
-        shutil.copyfile(source, target)
+    artefacts.link_or_copy(source, target)
 
 
 @dataclass

@@ -7,7 +7,6 @@ drop the old versions. `undo` puts back what the phases before a failure did."""
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
 import time
 from pathlib import Path
@@ -19,6 +18,7 @@ from tritonclient.utils import InferenceServerException
 from fusionrank.app.deploy.errors import RolloutRefused, first_line
 from fusionrank.app.deploy.plan import PROBE, Plan, only_version, with_versions
 from fusionrank.app.deploy.probes import check_answers
+from fusionrank.core import artefacts
 from fusionrank.model_repository.config import compile_shim, read_config, versions, write_config
 
 UNLOAD_TIMEOUT_S = 60.0
@@ -27,13 +27,7 @@ UNLOAD_TIMEOUT_S = 60.0
 def link_tree(source: Path, target: Path) -> None:
     """A version folder, its files hard-linked (copied across file systems): never written
     through, since every later change replaces a file rather than writing into it."""
-    def link(src: str, dst: str) -> None:
-        try:
-            os.link(src, dst)
-        except OSError:
-            shutil.copy2(src, dst)
-
-    shutil.copytree(source, target, copy_function=link,
+    shutil.copytree(source, target, copy_function=artefacts.link_or_copy,
                     ignore=shutil.ignore_patterns("__pycache__"))
     if (target / "model.py").is_file():
         compile_shim(target)

@@ -57,9 +57,8 @@ def only_version(folder: Path) -> int:
 def digest(folder: Path) -> str:
     """SHA-256 over a version folder's files (names and contents), bytecode left out."""
     total = hashlib.sha256()
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()
-                       and "__pycache__" not in p.parts):
-        total.update(f"{path.relative_to(folder)}\0{names.file_sha256(path)}\n".encode())
+    for name, sha256 in names.folder_sha256(folder).items():
+        total.update(f"{name}\0{sha256}\n".encode())
     return total.hexdigest()
 
 

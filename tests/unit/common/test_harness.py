@@ -8,11 +8,13 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import threading
 
 import pytest
 
 from benchmarks.harness import (
+    ROOT,
     ClosedLoop,
     FreshQueries,
     closed_loops_async,
@@ -64,6 +66,15 @@ def test_save_report_writes_json_and_markdown(tmp_path, capsys):
         "qps": 1.5, "rows": [1, 2]}
     assert (tmp_path / "reports" / "trial.md").read_text() == "# Trial\n"
     assert "# Trial" in capsys.readouterr().out
+
+
+def test_saved_reports_name_paths_relative_to_the_repository(tmp_path):
+    temporary = tempfile.gettempdir()
+    report = {"repository": f"{ROOT}/build/model_repository", "source": f"{temporary}/x/y"}
+    save_report("paths", report, f"served `{ROOT}/build/model_repository`\n", tmp_path)
+    assert json.loads((tmp_path / "paths.json").read_text()) == {
+        "repository": "build/model_repository", "source": "$TMPDIR/x/y"}
+    assert (tmp_path / "paths.md").read_text() == "served `build/model_repository`\n"
 
 
 def test_machine_names_the_cpu_count():
