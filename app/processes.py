@@ -18,6 +18,7 @@ from pathlib import Path
 
 import psutil
 
+from fusionrank.app.serve import children
 from fusionrank.model_repository.stub_process import SHM_FOLDER, StubArgs, remove_region
 
 GONE_WITHIN_S = 5.0  # a SIGKILLed process is gone (or a zombie) well within this
@@ -74,12 +75,7 @@ def stubs(server_pid: int | None = None) -> list[Stub]:
 
 def zombies(parent: int) -> list[int]:
     """The zombie children of `parent`."""
-    try:
-        children = psutil.Process(parent).children()
-    except psutil.NoSuchProcess:
-        return []
-    return [child.pid for child in children
-            if process_state(child.pid) == (psutil.STATUS_ZOMBIE, parent)]
+    return [pid for pid, _, status in children(parent) if status == psutil.STATUS_ZOMBIE]
 
 
 def kill_and_wait(pids: list[int], timeout_s: float = GONE_WITHIN_S) -> list[int]:
