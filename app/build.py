@@ -25,16 +25,18 @@ from __future__ import annotations
 import json
 import shutil
 import sys
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
 from fusionrank.core import artefacts as names
 from fusionrank.core.catalogue import Catalogue
 from fusionrank.core.fusion import FusionWeights
+from fusionrank.core.search.ann import EXACT_BELOW
 from fusionrank.export.encoder import ExportedEncoder
 from fusionrank.export.index import build_index, load_embeddings
 from fusionrank.export.quantize import quantise_encoder
+from fusionrank.export.search.ann import AnnParams, build_ann_index
 from fusionrank.export.search.retrieval import int8_retrieval_graph, retrieval_graph
 from fusionrank.model_repository.ensemble import Ensemble
 from fusionrank.model_repository.recommend.ensemble import recommend_ensemble
@@ -50,6 +52,7 @@ PARITY_TEXTS = 256
 RUNS = Path("runs")
 DEFAULT_RUN = RUNS / "relevance"
 SHORT_RUN_STEPS = 60
+EMBEDDING_CACHE = RUNS / "cache" / "catalogue"  # `build --embedding-cache` default (cli.py)
 
 
 class BuildError(Exception):
@@ -60,7 +63,8 @@ def build_search_repository(catalogue: Catalogue, model_dir: Path, out_dir: Path
                             options: ServingOptions | None = None,
                             run_dir: Path | None = None,
                             student_dir: Path | None = None,
-                            final_out: Path | None = None) -> Path:
+                            final_out: Path | None = None,
+                            embedding_cache: Path | None = None) -> Path:
     """Export the encoder, embed the catalogue and write the model repository; returns it.
     With `run_dir` (a finished `fusionrank train` run) its fine-tuned encoder, BM25 candidates,
     feedback head and fusion weights are served; `model_dir` is then ignored. With
@@ -70,7 +74,11 @@ def build_search_repository(catalogue: Catalogue, model_dir: Path, out_dir: Path
     `final_out`: where `out_dir`, a staging folder (`staged_output`), will be switched in
     (default: `out_dir` itself, built in place). The build there before is what this one
     reuses (its catalogue embeddings, where the encoder and the titles are the same) and numbers
-    its version above, and the manifest names the files where they will be."""
+    its version above, and the manifest names the files where they will be.
+
+    `embedding_cache`: where each title's embedding is kept by its text and encoder, so a build
+    embeds only the titles no earlier build embedded (and an interrupted one resumes); None: a
+    temporary one (`fusionrank build` passes EMBEDDING_CACHE)."""
     from fusionrank.training.search.serving import search_artefacts
 
     options = options or ServingOptions()
@@ -95,14 +103,10 @@ def build_search_repository(catalogue: Catalogue, model_dir: Path, out_dir: Path
         quantised = quantise_encoder(queries.onnx_path, queries.tokenizer_path,
                                      files.queries / names.ENCODER_INT8,
                                      catalogue.titles[:PARITY_TEXTS])
-    index = build_index(catalogue, encoder, files.index, previous=final(files.index))
+    index = build_index(catalogue, encoder, files.index, previous=final(files.index),
+                        cache=embedding_cache)
     embeddings = load_embeddings(files.index)
-    retrieval_graph(embeddings, files.index / names.RETRIEVAL)
-    if quantised is not None:
-        int8_retrieval_graph(embeddings, files.index / names.RETRIEVAL_INT8)
-    if options.device == "gpu":  # a native model: K is a constant of the graph
-        retrieval_graph(embeddings, files.index / names.RETRIEVAL_FIXED_K,
-                        k=min(options.candidates, len(embeddings)))
+    retrieval = build_retrieval(embeddings, files.index, options, quantised is not None)
     FusionWeights().save(files.index / names.FUSION_WEIGHTS)
     if files.run is not None:
         search_artefacts(run_dir, catalogue, files.run, embeddings)
@@ -131,11 +135,96 @@ def build_search_repository(catalogue: Catalogue, model_dir: Path, out_dir: Path
             "distillation": json.loads((Path(student_dir) / "checkpoint.json").read_text())},
         "training_run": run_provenance(Path(run_dir)) if run_dir is not None else None,
         "index": asdict(index) | {"embeddings": str(final(files.index / names.EMBEDDINGS))},
+        "retrieval": retrieval,
         "ranking": asdict(FusionWeights.load(files.weights)),
         "serving": asdict(options),
     }
     (repository / names.REPOSITORY_MANIFEST).write_text(json.dumps(served, indent=2) + "\n")
     return repository
+
+
+# What a build needs per product, measured on the 1M-product build (benchmarks/reports/scale.md):
+# disk for the build folder (3.0 GB: embeddings 1,536 B, the ANN index 656 B, title features,
+# BM25, products; the model repository hard-links them) and the embedding cache (a float32
+# vector and its key); memory at the build's peak (11.3 GB at 1M), rounded up.
+DISK_BYTES_PER_PRODUCT = 3_200
+CACHE_BYTES_PER_PRODUCT = 1_560
+BUILD_MEMORY_BYTES_PER_PRODUCT = 10_000
+BUILD_MEMORY_BASE = 2 * 2**30  # the encoder, its export and parity check, the run's files
+
+
+@dataclass(frozen=True)
+class Capacity:
+    """What a catalogue's build would take, against what the machine has."""
+
+    products: int
+    disk_needed: int
+    disk_free: int
+    memory_needed: int
+    memory_available: int
+
+    @classmethod
+    def of(cls, products: int, out: Path) -> Capacity:
+        import psutil
+
+        existing = next(p for p in (out, *out.parents) if p.exists())
+        return cls(products,
+                   products * (DISK_BYTES_PER_PRODUCT + CACHE_BYTES_PER_PRODUCT),
+                   shutil.disk_usage(existing).free,
+                   BUILD_MEMORY_BASE + products * BUILD_MEMORY_BYTES_PER_PRODUCT,
+                   psutil.virtual_memory().available)
+
+    def problem(self) -> str | None:
+        """Why the build cannot fit here, with the estimate; None if it fits."""
+        for what, needed, has in (("disk", self.disk_needed, self.disk_free),
+                                  ("memory", self.memory_needed, self.memory_available)):
+            if needed > has:
+                return (f"a catalogue of {self.products:,} products needs about "
+                        f"{needed / 2**30:,.1f} GiB of {what} to build (measured per product: "
+                        f"benchmarks/reports/scale.md), and {has / 2**30:,.1f} GiB is free")
+        return None
+
+
+def check_capacity(products: int, out: Path) -> None:
+    """Refuse, before any work, a catalogue too large for this machine's disk or memory."""
+    problem = Capacity.of(products, Path(out).resolve()).problem()
+    if problem:
+        raise BuildError(problem)
+
+
+def retrieval_kind(products: int, options: ServingOptions) -> str:
+    """"exact" or "ann": as asked, or by the catalogue's size against EXACT_BELOW."""
+    if options.device == "gpu" or options.retrieval == "exact":
+        return "exact"
+    if options.retrieval == "ann" or products >= EXACT_BELOW:
+        return "ann"
+    return "exact"
+
+
+def build_retrieval(embeddings, folder: Path, options: ServingOptions, int8: bool) -> dict:
+    """The retrieval step's index in `folder`: a FAISS index for a large catalogue, else the
+    exact ONNX graphs; what was built, for the repository's manifest (and said on stderr)."""
+    products = len(embeddings)
+    kind = retrieval_kind(products, options)
+    chosen = {"kind": kind, "products": products, "exact_below": EXACT_BELOW,
+              "asked": options.retrieval}
+    if kind == "ann":
+        report = build_ann_index(embeddings, folder / names.ANN_INDEX, AnnParams())
+        setting = (f"efSearch {report.params['ef_search']}" if "HNSW" in report.factory
+                   else f"nprobe {report.params['nprobe']}")
+        print(f"retrieval: approximate, FAISS {report.factory} ({setting}), {products:,} "
+              f"products (exact below {EXACT_BELOW:,}); index built in "
+              f"{report.build_seconds:.0f} s", file=sys.stderr)
+        return chosen | {"ann": report.to_json()}
+    print(f"retrieval: exact, {products:,} products (ANN from {EXACT_BELOW:,})",
+          file=sys.stderr)
+    retrieval_graph(embeddings, folder / names.RETRIEVAL)
+    if int8:
+        int8_retrieval_graph(embeddings, folder / names.RETRIEVAL_INT8)
+    if options.device == "gpu":  # a native model: K is a constant of the graph
+        retrieval_graph(embeddings, folder / names.RETRIEVAL_FIXED_K,
+                        k=min(options.candidates, products))
+    return chosen
 
 
 def export_student(student_dir: Path, teacher_dir: Path, teacher: ExportedEncoder,

@@ -57,6 +57,16 @@ def add_build(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--model", help="with --pretrained: a local Hugging Face encoder folder "
                                         "(default: the bundled all-MiniLM-L6-v2)")
     parser.add_argument("--out", type=Path, default=DEFAULT_BUILD)
+    parser.add_argument("--retrieval", choices=["auto", "exact", "ann"],
+                        default=ServingOptions.retrieval,
+                        help="dense retrieval: exact over every product, or a FAISS ANN index "
+                             "rescored exactly; auto: ANN from the catalogue size where the "
+                             "sweep found it faster (benchmarks/reports/ann_sweep.md)")
+    parser.add_argument("--embedding-cache", type=Path, default=Path("runs/cache/catalogue"),
+                        metavar="FOLDER",
+                        help="where each title's embedding is kept (by its text and the "
+                             "encoder), so a rebuild embeds only new or changed titles and an "
+                             "interrupted build resumes")
     parser.add_argument("--recommender", type=Path, default=Path("runs/recommender"),
                         help="trained recommender (train-recommender --out); trained first "
                              "when absent")
@@ -133,6 +143,7 @@ def run_build(args: argparse.Namespace) -> int:
                            "--pretrained")
     catalogue, report = load_named_catalogue(args.catalogue, args.datasets, args.lenient)
     print(report.summary(), file=sys.stderr)
+    build.check_capacity(len(catalogue), args.out)
     options = ServingOptions(encoder_instances=args.encoder_instances,
                              ranker_instances=args.ranker_instances,
                              layout=args.layout,
@@ -141,7 +152,7 @@ def run_build(args: argparse.Namespace) -> int:
                              response_cache=not args.no_response_cache,
                              max_queue_size=args.max_queue_size, device=args.device,
                              tensorrt_engine=args.tensorrt_engine,
-                             engine_cache=args.engine_cache)
+                             engine_cache=args.engine_cache, retrieval=args.retrieval)
     model = Path(args.model) if args.model else bundled_model_path()
     # Built beside --out and switched in whole once complete: a server deployed from the old
     # --out keeps its files as they were (app/staging.py).
@@ -154,7 +165,8 @@ def run_build(args: argparse.Namespace) -> int:
         if run is not None:
             print(f"serving the trained run {run}", file=sys.stderr)
         repository = build.build_search_repository(catalogue, model, out, options, run_dir=run,
-                                                   student_dir=args.student, final_out=args.out)
+                                                   student_dir=args.student, final_out=args.out,
+                                                   embedding_cache=args.embedding_cache)
         if not args.no_recommend:
             build.add_recommender(repository, args.recommender)
         build.add_sentiment_model(repository, args.sentiment)

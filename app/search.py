@@ -111,6 +111,11 @@ def add_evaluate(commands: argparse._SubParsersAction) -> None:
                         help="a `fusionrank distil` checkpoint (e.g. RUN/student/best): adds "
                              "its fused ranking and the query-encoding latency of teacher and "
                              "student, FP32 and INT8")
+    parser.add_argument("--scale", type=Path, nargs="+", metavar="REPOSITORY",
+                        help="instead: rank the run's dev and test queries over each built "
+                             "model repository's whole catalogue with its served files "
+                             "(exact against served retrieval, BM25, dense, fused); writes "
+                             "scale.json and scale.md")
     parser.set_defaults(run=run_evaluate)
 
 
@@ -118,6 +123,13 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from fusionrank.training.search.evaluate import EvaluateConfig, markdown_table, run_evaluation
 
     out = args.out or args.run_dir / "evaluation"
+    if args.scale:
+        from fusionrank.training.search.scale import run_scale_evaluation, scale_table
+
+        report = run_scale_evaluation(args.run_dir, args.scale, out, args.threads,
+                                      getattr(args, "command_line", None))
+        print(scale_table(report), file=sys.stdout)
+        return 0
     report = run_evaluation(EvaluateConfig(run=args.run_dir, out=out,
                                            data=args.data, cache=args.cache,
                                            threads=args.threads, student=args.student,

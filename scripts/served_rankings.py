@@ -59,7 +59,10 @@ def reviews(datasets: Path) -> list[str]:
     return [texts[i] for i in stable_pick(sorted(texts), REVIEWS, "sentiment")]
 
 
-def record(url: str, datasets: Path) -> dict:
+FEATURES = ("search", "recommend", "sentiment")
+
+
+def record(url: str, datasets: Path, features: tuple[str, ...] = FEATURES) -> dict:
     import tritonclient.grpc as grpc
 
     client = grpc.InferenceServerClient(url)
@@ -74,15 +77,15 @@ def record(url: str, datasets: Path) -> dict:
                               outputs=[grpc.InferRequestedOutput(o) for o in outputs])
         return [result.as_numpy(o) for o in outputs]
 
-    recorded: dict = {"search": [], "recommend": [], "sentiment": []}
+    recorded: dict = {feature: [] for feature in features}
     try:
-        for query in search_queries(datasets):
+        for query in search_queries(datasets) if "search" in features else []:
             ids, scores = infer("search", {
                 "QUERY": (np.array([[query.encode()]], dtype=object), "BYTES"),
                 "K": (np.array([[K]], dtype=np.int32), "INT32")}, ["PRODUCT_IDS", "SCORES"])
             recorded["search"].append({"query": query, "ids": [i.decode() for i in ids[0]],
                                        "scores": [float(s) for s in scores[0]]})
-        for history, times in histories(datasets):
+        for history, times in histories(datasets) if "recommend" in features else []:
             ids, scores = infer("recommend", {
                 "HISTORY": (np.array([[h.encode() for h in history]], dtype=object), "BYTES"),
                 "HISTORY_TIMES": (np.array([times], dtype=np.int64), "INT64"),
@@ -92,7 +95,7 @@ def record(url: str, datasets: Path) -> dict:
             recorded["recommend"].append({"history": history,
                                           "ids": [i.decode() for i in ids[0]],
                                           "scores": [float(s) for s in scores[0]]})
-        for text in reviews(datasets):
+        for text in reviews(datasets) if "sentiment" in features else []:
             (probabilities,) = infer("sentiment", {
                 "TEXT": (np.array([[text.encode()]], dtype=object), "BYTES")}, ["PROBABILITIES"])
             recorded["sentiment"].append({"text": text,
@@ -104,9 +107,12 @@ def record(url: str, datasets: Path) -> dict:
 
 def differences(before: dict, after: dict) -> list[str]:
     found = []
-    for feature in ("search", "recommend", "sentiment"):
-        if len(before[feature]) != len(after[feature]):
-            found.append(f"{feature}: {len(before[feature])} vs {len(after[feature])} answers")
+    for feature in FEATURES:
+        if feature not in before and feature not in after:
+            continue
+        if len(before.get(feature, [])) != len(after.get(feature, [])):
+            found.append(f"{feature}: {len(before.get(feature, []))} vs "
+                         f"{len(after.get(feature, []))} answers")
             continue
         for i, (b, a) in enumerate(zip(before[feature], after[feature], strict=True)):
             if b != a:
@@ -122,12 +128,14 @@ def main(argv: list[str] | None = None) -> int:
     rec.add_argument("--url", default="127.0.0.1:8001")
     rec.add_argument("--datasets", type=Path, default=DATASETS)
     rec.add_argument("--out", type=Path, required=True)
+    rec.add_argument("--features", nargs="+", choices=FEATURES, default=list(FEATURES),
+                     help="what to ask (a search-only repository: --features search)")
     cmp = commands.add_parser("compare", help="exit 1 unless two recordings are identical")
     cmp.add_argument("before", type=Path)
     cmp.add_argument("after", type=Path)
     args = parser.parse_args(argv)
     if args.command == "record":
-        answers = record(args.url, args.datasets)
+        answers = record(args.url, args.datasets, tuple(args.features))
         args.out.write_text(json.dumps(answers, indent=1) + "\n")
         print(f"{args.out}: " + ", ".join(f"{len(v)} {k}" for k, v in answers.items()))
         return 0

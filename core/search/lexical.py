@@ -15,7 +15,7 @@ from pathlib import Path
 import bm25s
 import numpy as np
 
-from fusionrank.core import artefacts
+from fusionrank.core.mapped_npz import load_mapped, save_mappable
 from fusionrank.core.search.spelling import QuerySpeller
 from fusionrank.core.search.text import lexical_tokens
 
@@ -51,17 +51,17 @@ class LexicalIndex:
         if [i for _, i in vocab] != list(range(len(vocab))):
             raise RuntimeError("bm25s vocabulary ids are not contiguous; cannot save")
         params = {"k1": K1, "b": B, "method": METHOD, "num_docs": self.size}
-        with Path(path).open("wb") as handle:  # np.savez would append .npz to a str path
-            np.savez(handle, data=scores["data"], indices=scores["indices"],
-                     indptr=scores["indptr"], vocab=np.array([t for t, _ in vocab]),
-                     params=np.array(json.dumps(params)))
+        save_mappable(path, {"data": scores["data"], "indices": scores["indices"],
+                             "indptr": scores["indptr"], "vocab": np.array([t for t, _ in vocab]),
+                             "params": np.array(json.dumps(params))})
 
     @classmethod
     def load(cls, path: str | Path) -> LexicalIndex:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"BM25 index {path} not found")
-        saved = artefacts.load_arrays(path, ["data", "indices", "indptr", "vocab", "params"])
+        # Memory-mapped (bm25s only reads the score matrix): the processes share its pages.
+        saved = load_mapped(path, ["data", "indices", "indptr", "vocab", "params"])
         params = json.loads(str(saved["params"]))
         retriever = bm25s.BM25(k1=params["k1"], b=params["b"], method=params["method"],
                                backend="numpy")

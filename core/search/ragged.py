@@ -24,15 +24,17 @@ class Ragged:
     """Rows of ids (and optional weights) of varying length, stored flat: row r is
     ids[indptr[r]:indptr[r + 1]]. `gather` takes many rows at once, without a Python loop."""
 
-    indptr: np.ndarray  # int64 [rows + 1]
-    ids: np.ndarray  # int64 [entries]
+    indptr: np.ndarray  # int32 [rows + 1] (int64 in files written before format 2)
+    ids: np.ndarray  # int32 [entries] (likewise)
     weights: np.ndarray | None = None  # float64 [entries]
 
     @classmethod
-    def of(cls, rows: Sequence[Sequence[int]]) -> Ragged:
+    def of(cls, rows: Sequence[Sequence[int]], name: str = "ragged") -> Ragged:
+        """int32 indptr and ids (half int64's size); a ValueError naming the structure where
+        its entries or ids do not fit."""
         indptr = np.concatenate([[0], np.cumsum([len(r) for r in rows])]).astype(np.int64)
-        return cls(indptr, np.fromiter((i for r in rows for i in r), dtype=np.int64,
-                                       count=int(indptr[-1])))
+        ids = np.fromiter((i for r in rows for i in r), dtype=np.int64, count=int(indptr[-1]))
+        return cls(as_int32(indptr, f"{name}.indptr"), as_int32(ids, f"{name}.ids"))
 
     @staticmethod
     def names(name: str, weighted: bool = False) -> tuple[str, ...]:
@@ -60,10 +62,13 @@ class Ragged:
         """How many entries each of `rows` holds."""
         return self.indptr[rows + 1] - self.indptr[rows]
 
-    def last(self, rows: np.ndarray, default: int = 0) -> np.ndarray:
-        """The last id of each of `rows`; `default` for an empty row."""
-        return np.where(self.lengths(rows) > 0,
-                        self.ids[np.maximum(self.indptr[rows + 1] - 1, 0)], default)
+    def last(self, rows: np.ndarray, default: int = 0, back: int = 1) -> np.ndarray:
+        """The last id of each of `rows` (`back`=2: the one before it); `default` for a row
+        shorter than `back`."""
+        if len(self.ids) == 0:
+            return np.full(len(rows), default, dtype=self.ids.dtype)
+        return np.where(self.lengths(rows) >= back,
+                        self.ids[np.maximum(self.indptr[rows + 1] - back, 0)], default)
 
     def gather(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The entries of `rows`, row after row: (their positions in the flat arrays, the
@@ -112,6 +117,22 @@ class PairTable:
             return self.table[keys]
         position, found = find_sorted(self.keys, keys)
         return self.values[np.where(found, position, -1)]
+
+
+def as_int32(values: np.ndarray, name: str) -> np.ndarray:
+    """`values` as int32; a ValueError naming them where one does not fit (a catalogue over
+    2³¹ entries would need int64 again)."""
+    info = np.iinfo(np.int32)
+    if len(values) and (values.min() < info.min or values.max() > info.max):
+        raise ValueError(f"{name} holds values in [{values.min()}, {values.max()}], outside "
+                         "int32; this catalogue is too large for the title features' format")
+    return values.astype(np.int32)
+
+
+def smallest_unsigned(largest: int) -> type[np.unsignedinteger]:
+    """The smallest unsigned integer type that holds 0..largest."""
+    return next(t for t in (np.uint8, np.uint16, np.uint32, np.uint64)
+                if largest <= np.iinfo(t).max)
 
 
 def find_sorted(ordered: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -14,7 +14,6 @@ numpy, scipy, bm25s, symspellpy and ONNX Runtime only: never torch.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ import numpy as np
 from fusionrank.core import artefacts
 from fusionrank.core.encoding import onnx_session
 from fusionrank.core.fusion import FusionWeights, rank
+from fusionrank.core.product_table import ProductTable
 from fusionrank.core.search.features import FeatureSources, HeadInputs
 from fusionrank.core.search.judgements import JudgementMemory, ProductPriors
 from fusionrank.core.search.lexical import LexicalIndex, merge_candidates, normalised, top_k
@@ -141,12 +141,15 @@ class SearchRuntime:
         optional: without the latter, the title structures are computed here, which takes
         seconds for a real catalogue: ranker_load.md)."""
         folder = Path(folder)
-        lines = (folder / artefacts.PRODUCTS).read_text(encoding="utf-8").splitlines()
+        # Rows parsed when read: with saved title features, only the stamp's sample of titles
+        # is (every title only where the features must be computed here).
+        products = ProductTable.open(folder / artefacts.PRODUCTS)
         # Memory-mapped: every process serving this catalogue shares the pages.
         embeddings = artefacts.load_array(folder / artefacts.EMBEDDINGS,
-                                          shape=(len(lines), None), mmap=True)
-        sources = FeatureSources.build([json.loads(line)["title"] for line in lines], embeddings,
-                                       ProductPriors.load(folder / artefacts.PRIORS, len(lines)),
+                                          shape=(len(products), None), mmap=True)
+        sources = FeatureSources.build(products.title_column, embeddings,
+                                       ProductPriors.load(folder / artefacts.PRIORS,
+                                                          len(products)),
                                        JudgementMemory.load(folder / artefacts.MEMORY),
                                        saved=folder / artefacts.TITLE_FEATURES)
         weights_file = folder / artefacts.FUSION_WEIGHTS

@@ -45,15 +45,21 @@ class TermVectors:
     title_terms: Ragged  # per catalogue row: its terms' rows in `vectors`, ascending
     head_terms: Ragged  # per catalogue row: its head phrase's, in order
 
-    SAVED = ("vocabulary", "vectors", "idf", *Ragged.names("title_terms"),
-             *Ragged.names("head_terms"))  # what `arrays` holds
+    # What `arrays` holds: its terms as ids of the titles' vocabulary, and its title_terms and
+    # head_terms only where they differ from the titles' title_ids and head_tokens (OPTIONAL):
+    # where every term of the vocabulary is some title's (the usual case) they are the same
+    # arrays, saved once.
+    SAVED = ("terms", "vectors", "idf")
+    OPTIONAL = (*Ragged.names("title_terms"), *Ragged.names("head_terms"))
 
     @classmethod
     def fit(cls, titles: TitleTerms, catalogue: np.ndarray) -> TermVectors:
         vocabulary = sorted({term for terms in titles.terms for term in terms})
         index = {term: i for i, term in enumerate(vocabulary)}
-        title_terms = Ragged.of([sorted(index[t] for t in terms) for terms in titles.terms])
-        head_terms = Ragged.of([[index[t] for t in head if t in index] for head in titles.heads])
+        title_terms = Ragged.of([sorted(index[t] for t in terms) for terms in titles.terms],
+                                "title_terms")
+        head_terms = Ragged.of([[index[t] for t in head if t in index] for head in titles.heads],
+                               "head_terms")
         holders = sparse.csr_matrix(
             (np.ones(len(title_terms.ids), dtype=np.float32),
              (title_terms.ids, np.repeat(np.arange(len(titles.terms)),
@@ -65,17 +71,29 @@ class TermVectors:
         idf = np.log((1.0 + len(titles.terms)) / (1.0 + titles_holding)).astype(np.float32)
         return cls(index, vectors.astype(np.float32), idf, title_terms, head_terms)
 
-    def arrays(self) -> dict[str, np.ndarray]:
-        """The SAVED arrays; `index` as its terms in row order."""
-        return {"vocabulary": np.array(sorted(self.index, key=self.index.__getitem__), dtype=str),
-                "vectors": self.vectors, "idf": self.idf,
-                **self.title_terms.arrays("title_terms"), **self.head_terms.arrays("head_terms")}
+    def arrays(self, titles: TitleTerms) -> dict[str, np.ndarray]:
+        """The SAVED arrays (and those OPTIONAL ones that differ from `titles`' arrays):
+        `index` as its terms' ids in `titles`' vocabulary, in row order."""
+        terms = sorted(self.index, key=self.index.__getitem__)
+        out = {"terms": np.array([titles.index[t] for t in terms], dtype=np.int32),
+               "vectors": self.vectors, "idf": self.idf}
+        for name, own, shared in (("title_terms", self.title_terms, titles.title_ids),
+                                  ("head_terms", self.head_terms, titles.head_tokens)):
+            if not (np.array_equal(own.indptr, shared.indptr) and np.array_equal(own.ids,
+                                                                                  shared.ids)):
+                out |= own.arrays(name)
+        return out
 
     @classmethod
-    def from_arrays(cls, saved: Mapping[str, np.ndarray]) -> TermVectors:
-        return cls({term: i for i, term in enumerate(saved["vocabulary"].tolist())},
-                   saved["vectors"], saved["idf"], Ragged.from_arrays(saved, "title_terms"),
-                   Ragged.from_arrays(saved, "head_terms"))
+    def from_arrays(cls, saved: Mapping[str, np.ndarray], titles: TitleTerms) -> TermVectors:
+        """What `arrays(titles)` saved; an absent title_terms or head_terms is `titles`'."""
+        vocabulary = titles.vocabulary
+        return cls({vocabulary[i]: row for row, i in enumerate(saved["terms"].tolist())},
+                   saved["vectors"], saved["idf"],
+                   Ragged.from_arrays(saved, "title_terms") if "title_terms.ids" in saved
+                   else titles.title_ids,
+                   Ragged.from_arrays(saved, "head_terms") if "head_terms.ids" in saved
+                   else titles.head_tokens)
 
     def features(self, tokens: Sequence[list[str]], rows: np.ndarray,
                  sizes: Sequence[int]) -> np.ndarray:

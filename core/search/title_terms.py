@@ -21,9 +21,17 @@ from itertools import pairwise
 
 import numpy as np
 
-from fusionrank.core.search.ragged import PairTable, Ragged, find_sorted
+from fusionrank.core.search.ragged import PairTable, Ragged, find_sorted, smallest_unsigned
 from fusionrank.core.search.text import STOPWORDS, lexical_tokens, light_stem, query_words
-from fusionrank.core.search.trigrams import char_trigrams, idf_of, sparse_rows, tfidf
+from fusionrank.core.search.trigrams import (
+    char_trigrams,
+    gram_counts,
+    idf_of,
+    log_table,
+    norm_of,
+    tf_weights,
+    tfidf,
+)
 
 TITLE_FEATURES = ("overlap", "title_cover", "query_terms", "last_term", "first_term", "bigrams",
                   "numbers", "title_terms")
@@ -38,13 +46,16 @@ class TitleTerms:
     saves them, see title_features.py). `term_features` then compares a batch of queries with
     all their candidates in array operations."""
 
-    # What `arrays` holds (and `from_arrays` reads back): the vocabulary, each term's
-    # commonest written form (`surface`, as two parallel arrays) and these attributes.
-    ARRAYS = ("title_sizes", "head_sizes", "first_id", "kind_id", "kind_before_id",
-              "bigram_keys", "idf")
+    # What `arrays` holds (and `from_arrays` reads back): the vocabulary and each term's
+    # commonest written form (`surface`: terms and words), as STRINGS, these ARRAYS and the
+    # RAGGED structures. The rest is derived exactly where it is read: a title's term count and
+    # head size are its title_ids' and head_tokens' row lengths, its kind (and the term before)
+    # its head_tokens' last ids, and a trigram's weight follows from its count in the title, its
+    # bucket's idf and the title's norm (`_char_weights`: 1 byte per trigram, not 8).
+    STRINGS = ("vocabulary", "surface_terms", "surface_words")
+    ARRAYS = ("first_id", "bigram_keys", "idf", "char_buckets", "char_counts", "char_norms")
     RAGGED = ("title_ids", "head_ids", "head_tokens", "bigram_ids", "char_vectors")
-    SAVED = ("vocabulary", "surface_terms", "surface_words", *ARRAYS,
-             *(key for name in RAGGED for key in Ragged.names(name, name == "char_vectors")))
+    SAVED = (*STRINGS, *ARRAYS, *(key for name in RAGGED for key in Ragged.names(name)))
 
     def __init__(self, titles: Sequence[str]):
         tokens = [lexical_tokens(t) for t in titles]
@@ -55,25 +66,19 @@ class TitleTerms:
         self.surface = _commonest_forms(titles)
         self._keep_terms(tokens, heads)
         self._keep_bigrams(tokens)
-        grams = [char_trigrams(t) for t in titles]
-        self.idf = idf_of(grams)
-        vectors = sparse_rows([tfidf(gs, self.idf) for gs in grams])
-        self._keep_char_vectors(Ragged(vectors.indptr.astype(np.int64),
-                                       vectors.indices.astype(np.int64), vectors.data))
+        self._keep_char_vectors([char_trigrams(t) for t in titles])
 
     def _keep_terms(self, tokens: list[list[str]], heads: list[list[str]]) -> None:
-        """Each title's distinct terms, its head phrase, first term and kind, as ids."""
+        """Each title's distinct terms, its head phrase and first term, as ids."""
         index = self.index
-        self.title_ids = Ragged.of([sorted({index[t] for t in terms}) for terms in tokens])
-        self.head_ids = Ragged.of([sorted({index[t] for t in head}) for head in heads])
-        self.head_tokens = Ragged.of([[index[t] for t in head] for head in heads])  # in order
-        self.title_sizes = np.array([len(set(t)) for t in tokens], dtype=np.float32)
-        self.head_sizes = np.array([len(h) for h in heads], dtype=np.float64)
+        self.title_ids = Ragged.of([sorted({index[t] for t in terms}) for terms in tokens],
+                                   "title_ids")
+        self.head_ids = Ragged.of([sorted({index[t] for t in head}) for head in heads],
+                                  "head_ids")
+        self.head_tokens = Ragged.of([[index[t] for t in head] for head in heads],  # in order
+                                     "head_tokens")
         self.first_id = np.array([index[t[0]] if t else -1 for t in tokens],  # usually the brand
-                                 dtype=np.int64)
-        self.kind_id = np.array([index[h[-1]] if h else -1 for h in heads], dtype=np.int64)
-        self.kind_before_id = np.array([index[h[-2]] if len(h) > 1 else -1 for h in heads],
-                                       dtype=np.int64)
+                                 dtype=np.int32)
 
     def _keep_bigrams(self, tokens: list[list[str]]) -> None:
         """A pair of adjacent terms is one int64 key; its id, the key's place among all
@@ -81,44 +86,55 @@ class TitleTerms:
         pair_keys = [np.unique(self._pair_keys(t)) for t in tokens]
         self.bigram_keys = np.unique(np.concatenate(pair_keys)) if pair_keys else \
             np.zeros(0, np.int64)
-        self.bigram_ids = Ragged.of([np.searchsorted(self.bigram_keys, k) for k in pair_keys])
+        self.bigram_ids = Ragged.of([np.searchsorted(self.bigram_keys, k) for k in pair_keys],
+                                    "bigram_ids")
 
-    def _keep_char_vectors(self, vectors: Ragged) -> None:
-        """The titles' trigram vectors with each bucket as its column among the buckets the
-        titles hold (`char_buckets`, ~15k of the 2²⁰): a query trigram is then looked up in a
-        table that small."""
-        self.char_buckets, columns = np.unique(vectors.ids, return_inverse=True)
-        self.char_vectors = Ragged(vectors.indptr, columns.astype(np.int32), vectors.weights)
+    def _keep_char_vectors(self, grams: list[list[int]]) -> None:
+        """The titles' trigram vectors, each entry a bucket's count in the title, in the order
+        `tfidf` weighs them (the order char_cosine sums in), with each bucket as its column
+        among the buckets the titles hold (`char_buckets`, ~15k of the 2²⁰): a query trigram is
+        then looked up in a table that small. `char_norms`: each title's L2 norm, as `tfidf`
+        computes it."""
+        self.idf = idf_of(grams)
+        counts = [gram_counts(gs) for gs in grams]
+        buckets = Ragged.of([list(c) for c in counts], "char_vectors")
+        buckets_held, columns = np.unique(buckets.ids, return_inverse=True)
+        self.char_buckets = buckets_held.astype(np.int32)  # < CHAR_BUCKETS = 2²⁰
+        self.char_vectors = Ragged(buckets.indptr, columns.astype(np.int32))
+        tally = np.fromiter((n for c in counts for n in c.values()), dtype=np.int64,
+                            count=len(columns))
+        self.char_counts = tally.astype(smallest_unsigned(tally.max(initial=0)))
+        self.char_norms = np.array([norm_of(tf_weights(c, self.idf)) for c in counts],
+                                   dtype=np.float64)
 
     def arrays(self) -> dict[str, np.ndarray]:
-        """The SAVED arrays: strings as unicode arrays, `surface` as two parallel ones."""
-        out = {"vocabulary": np.array(self.vocabulary, dtype=str),
-               "surface_terms": np.array(list(self.surface), dtype=str),
-               "surface_words": np.array(list(self.surface.values()), dtype=str)}
+        """The SAVED arrays: the STRINGS as UTF-8 bytes, each string ended by a NUL."""
+        out = {name: _joined(strings, name) for name, strings in (
+            ("vocabulary", self.vocabulary), ("surface_terms", list(self.surface)),
+            ("surface_words", list(self.surface.values())))}
         out |= {name: getattr(self, name) for name in self.ARRAYS}
         for name in self.RAGGED:
             out |= getattr(self, name).arrays(name)
-        out["char_vectors.ids"] = self.char_buckets[self.char_vectors.ids]  # as buckets
         return out
 
     @classmethod
     def from_arrays(cls, saved: Mapping[str, np.ndarray]) -> TitleTerms:
-        """What `__init__` computed, read back from `arrays()` instead of recomputed."""
+        """What `__init__` computed, read back from `arrays()` instead of recomputed: the
+        arrays themselves (memory-mapped where `saved` is), no copy."""
         self = cls.__new__(cls)  # without __init__: nothing is computed
-        self.vocabulary = saved["vocabulary"].tolist()
+        self.vocabulary = _split(saved["vocabulary"])
         self.index = {term: i for i, term in enumerate(self.vocabulary)}
-        self.surface = dict(zip(saved["surface_terms"].tolist(), saved["surface_words"].tolist(),
+        self.surface = dict(zip(_split(saved["surface_terms"]), _split(saved["surface_words"]),
                                 strict=True))
         for name in cls.ARRAYS:
             setattr(self, name, saved[name])
         for name in cls.RAGGED:
             setattr(self, name, Ragged.from_arrays(saved, name))
-        self._keep_char_vectors(self.char_vectors)
         return self
 
     @property
     def products(self) -> int:
-        return len(self.title_sizes)
+        return self.title_ids.rows
 
     @functools.cached_property
     def terms(self) -> list[frozenset[str]]:
@@ -130,8 +146,29 @@ class TitleTerms:
         """Each title's head phrase, its terms in order ("makita", "cordless", "drill", "kit")."""
         return [self._words(self.head_tokens, row) for row in range(self.products)]
 
+    @functools.cached_property
+    def _char_idf(self) -> np.ndarray:
+        """float64 [char_buckets]: each held bucket's idf, as `tfidf` reads it (float(idf[g]))."""
+        return self.idf[self.char_buckets].astype(np.float64)
+
+    @functools.cached_property
+    def _log_counts(self) -> np.ndarray:
+        return log_table(int(self.char_counts.max(initial=1)))
+
     def _words(self, ragged: Ragged, row: int) -> list[str]:
         return [self.vocabulary[i] for i in ragged.row(row).tolist()]
+
+    def _title_sizes(self, rows: np.ndarray) -> np.ndarray:
+        """float32: each title's distinct terms."""
+        return self.title_ids.lengths(rows).astype(np.float32)
+
+    def _char_weights(self, entries: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """float64: the TF-IDF weight of char_vectors' `entries`, each of catalogue row
+        rows[j]: `tfidf`'s sub-linear TF × IDF / norm, the same float64 operations in the same
+        order, so the same bits."""
+        counts = self.char_counts[entries]
+        return ((1.0 + self._log_counts[counts]) * self._char_idf[self.char_vectors.ids[entries]]
+                / self.char_norms[rows])
 
     def _pair_keys(self, tokens: Sequence[str]) -> np.ndarray:
         """int64 keys of the adjacent pairs of `tokens` whose terms are both known."""
@@ -160,7 +197,7 @@ class TitleTerms:
         table = PairTable(query[held], column[held], weights[held], len(queries),
                           len(self.char_buckets))
         entries, candidate = self.char_vectors.gather(rows)
-        products = self.char_vectors.weights[entries] * table(owner[candidate],
+        products = self._char_weights(entries, rows[candidate]) * table(owner[candidate],
                                                               self.char_vectors.ids[entries])
         return np.bincount(candidate, weights=products, minlength=len(rows)).astype(np.float32)
 
@@ -180,13 +217,13 @@ class TitleTerms:
         bigrams = _CandidateIds(self.bigram_ids, rows, owner).count(query.bigrams)
         return {
             "overlap": found / np.maximum(query.distinct[owner], 1).astype(np.float32),
-            "title_cover": found / np.maximum(self.title_sizes[rows], 1),
+            "title_cover": found / np.maximum(self._title_sizes(rows), 1),
             "query_terms": (query.length / 10.0).astype(np.float32)[owner],
             "last_term": title.holds(query.last),
             "first_term": title.holds(query.first),
             "bigrams": _share(bigrams, query.pairs[owner], empty=0.0),
             "numbers": _share(title.count(query.numbers), query.numeric[owner], empty=1.0),
-            "title_terms": self.title_sizes[rows] / 20.0,
+            "title_terms": self._title_sizes(rows) / 20.0,
         }
 
     def _head_features(self, query: QueryTerms, found: np.ndarray, rows: np.ndarray,
@@ -195,9 +232,11 @@ class TitleTerms:
         its kind (the head phrase's last term, and the one before) and its head phrase."""
         query_size = query.distinct[owner]
         found_all = found.astype(np.int64)
-        kind = query.terms(owner, self.kind_id[rows])
-        kind_before = query.terms(owner, self.kind_before_id[rows])
-        pair_size = np.maximum(np.minimum(self.head_sizes[rows], 2), 1)
+        # The kind is the head phrase's last term; -1 (nothing) for a title without one.
+        kind = query.terms(owner, self.head_tokens.last(rows, default=-1))
+        kind_before = query.terms(owner, self.head_tokens.last(rows, default=-1, back=2))
+        head_sizes = self.head_tokens.lengths(rows).astype(np.float64)
+        pair_size = np.maximum(np.minimum(head_sizes, 2), 1)
         head = _CandidateIds(self.head_ids, rows, owner).count(query.terms)
         return {
             "brand_match": query.terms(owner, self.first_id[rows]).astype(np.float32),
@@ -206,7 +245,7 @@ class TitleTerms:
             "all_found": ((query_size > 0) & (found_all == query_size)).astype(np.float32),
             "missing_terms": ((query_size - found_all) / 5.0).astype(np.float32),
             "head_overlap": (head / np.maximum(query_size, 1)).astype(np.float32),
-            "head_terms": (self.head_sizes[rows] / 10.0).astype(np.float32),
+            "head_terms": (head_sizes / 10.0).astype(np.float32),
         }
 
 
@@ -284,3 +323,16 @@ def _commonest_forms(titles: Sequence[str]) -> dict[str, str]:
     for (term, word), _ in written.most_common():
         surface.setdefault(term, word)
     return surface
+
+
+def _joined(strings: Sequence[str], name: str) -> np.ndarray:
+    """uint8: the strings' UTF-8 bytes, each ended by a NUL (a tenth of a unicode array's size,
+    whose every string takes 4 bytes per character of the longest)."""
+    if any("\0" in s for s in strings):
+        raise ValueError(f"a string of {name} holds a NUL character; cannot save it")
+    return np.frombuffer("".join(f"{s}\0" for s in strings).encode("utf-8"), dtype=np.uint8)
+
+
+def _split(joined: np.ndarray) -> list[str]:
+    """The strings `_joined` wrote."""
+    return joined.tobytes().decode("utf-8").split("\0")[:-1]

@@ -23,12 +23,33 @@ def char_trigrams(text: str) -> list[int]:
 
 def tfidf(grams: list[int], idf: np.ndarray) -> dict[int, float]:
     """Sub-linear TF × IDF, L2-normalised, as {bucket: weight}."""
+    weights = tf_weights(gram_counts(grams), idf)
+    norm = norm_of(weights)
+    return {g: w / norm for g, w in weights.items()}
+
+
+def gram_counts(grams: list[int]) -> dict[int, int]:
+    """{bucket: how many times it occurs}, buckets in the order they first occur."""
     counts: dict[int, int] = {}
     for g in grams:
         counts[g] = counts.get(g, 0) + 1
-    weights = {g: (1.0 + np.log(c)) * float(idf[g]) for g, c in counts.items()}
-    norm = float(np.sqrt(sum(w * w for w in weights.values()))) or 1.0
-    return {g: w / norm for g, w in weights.items()}
+    return counts
+
+
+def tf_weights(counts: dict[int, int], idf: np.ndarray) -> dict[int, float]:
+    """{bucket: sub-linear TF × IDF}, before normalisation."""
+    return {g: (1.0 + np.log(c)) * float(idf[g]) for g, c in counts.items()}
+
+
+def norm_of(weights: dict[int, float]) -> float:
+    """The L2 norm `tfidf` divides by (1 for an empty vector)."""
+    return float(np.sqrt(sum(w * w for w in weights.values()))) or 1.0
+
+
+def log_table(largest: int) -> np.ndarray:
+    """float64 [largest + 1]: np.log(c) of each count c ≥ 1, computed as `tf_weights` computes
+    it (one scalar np.log of a Python int), so weights rebuilt from counts keep its bits."""
+    return np.array([0.0, *(np.log(c) for c in range(1, largest + 1))], dtype=np.float64)
 
 
 def sparse_rows(vectors: list[dict[int, float]]) -> sparse.csr_matrix:

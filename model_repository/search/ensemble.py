@@ -111,6 +111,11 @@ class ServingOptions:
     tensorrt_engine: str | None = None
     # GPU: the folder (in the container) where TensorRT engines are cached across restarts.
     engine_cache: str = "/engines"
+    # Dense retrieval: "exact" (the ONNX graph over every product), "ann" (a FAISS index,
+    # rescored exactly: core/search/ann.py) or "auto": ANN from ann.EXACT_BELOW products on,
+    # where the sweep found it faster at recall@100 ≥ 0.97 (benchmarks/reports/ann_sweep.md).
+    # The GPU repository retrieves exactly, on the GPU.
+    retrieval: str = "auto"
 
     def __post_init__(self) -> None:
         if self.precision not in ("fp32", "int8"):
@@ -121,6 +126,11 @@ class ServingOptions:
             raise ValueError(f"device must be cpu or gpu, not {self.device!r}")
         if self.tensorrt_engine and self.device != "gpu":
             raise ValueError("tensorrt_engine is served by the GPU repository only (device gpu)")
+        if self.retrieval not in ("auto", "exact", "ann"):
+            raise ValueError(f"retrieval must be auto, exact or ann, not {self.retrieval!r}")
+        if self.retrieval == "ann" and self.device == "gpu":
+            raise ValueError("retrieval ann is served by the CPU repository only; the GPU "
+                             "repository retrieves exactly on the GPU")
 
     @property
     def encoder_file(self) -> str:
@@ -168,7 +178,7 @@ def search_ensemble(files: SearchArtefacts, options: ServingOptions) -> Ensemble
         parameters=threads, instances=options.encoder_instances, max_queue_delay_us=delay)
     retrieve = PythonModel(
         "retrieval", steps.Retrieve,
-        artefacts={name: files.index / name for name in options.retrieval_files},
+        artefacts={name: files.index / name for name in retrieval_files(files, options)},
         parameters={**threads, "candidates": str(options.candidates)}, max_queue_delay_us=delay,
         # With BM25 candidates to merge, retrieval's pool is the dense part of the final one.
         tensor_names=dense_names(steps.CANDIDATES.name, steps.SIMILARITY.name) if fused else {})
@@ -185,6 +195,15 @@ def search_ensemble(files: SearchArtefacts, options: ServingOptions) -> Ensemble
                   merged("ranker", retrieve, *scoring, rank, instances=options.ranker_instances,
                          max_queue_delay_us=delay, **queue)]
     return search_pipeline(models, options)
+
+
+def retrieval_files(files: SearchArtefacts, options: ServingOptions) -> tuple[str, ...]:
+    """The retrieval step's files: a FAISS index (ANN_INDEX, its record, the embeddings it
+    rescores with: core/search/ann.py) where the build made one for a large catalogue, else
+    the exact graph of `options.precision`."""
+    if (files.index / names.ANN_INDEX).is_file():
+        return names.ANN_INDEX, names.ANN_RECORD, names.EMBEDDINGS
+    return options.retrieval_files
 
 
 def queue_options(options: ServingOptions) -> dict[str, int]:

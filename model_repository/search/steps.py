@@ -15,7 +15,6 @@ them, in one model by default (`search_steps`, a `Chain` of the five).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from pathlib import Path
@@ -24,8 +23,9 @@ import numpy as np
 
 from fusionrank.core import artefacts
 from fusionrank.core.contract import MAX_K, RequestError, TensorSpec, check_batch, check_k
-from fusionrank.core.encoding import MAX_QUERY_TOKENS, onnx_session
+from fusionrank.core.encoding import MAX_QUERY_TOKENS
 from fusionrank.core.fusion import SIGNAL_TENSORS, FusionWeights, ranked_positions
+from fusionrank.core.product_table import ProductTable
 from fusionrank.core.search.contract import (
     EXPLAIN_OUTPUTS,
     SEARCH_INPUTS,
@@ -34,6 +34,7 @@ from fusionrank.core.search.contract import (
     check_detail,
     check_query,
 )
+from fusionrank.core.search.retrieval import served_retrieval
 from fusionrank.core.search.runtime import LEXICAL_CANDIDATES, SearchRuntime
 from fusionrank.model_repository.step import (
     StepContract,
@@ -87,34 +88,26 @@ def checked_k(request: Tensors) -> int:
 
 
 class Retrieve:
-    """Query embeddings → the catalogue's most similar products (cosine, top-K). The index is an
-    ONNX graph run by ONNX Runtime: its MLAS kernels handle a dynamic batch of queries far
-    faster than numpy's BLAS here, and the same graph runs unchanged on Triton's onnxruntime or
-    TensorRT backends on a GPU. Where the model holds RETRIEVAL_INT8 (precision int8), that
-    graph runs instead, fed the memory-mapped embeddings it rescores its shortlist with."""
+    """Query embeddings → the catalogue's most similar products (cosine, top-K), with the
+    retrieval the build chose for the catalogue's size (`core/search/retrieval.py`): the exact
+    ONNX graph (ONNX Runtime's MLAS kernels handle a dynamic batch of queries far faster than
+    numpy's BLAS here, and the same graph runs unchanged on Triton's onnxruntime or TensorRT
+    backends on a GPU; INT8: an 8-bit shortlist rescored exactly), or for a large catalogue a
+    FAISS index whose shortlist is rescored exactly the same way."""
 
     CONTRACT = StepContract(inputs=(EMBEDDING, K), outputs=(CANDIDATES, SIMILARITY))
 
     def __init__(self, folder: Path, parameters: Mapping[str, str]):
         threads = int(parameters.get("threads", "0"))
-        int8 = (folder / artefacts.RETRIEVAL_INT8).is_file()
-        self.session = onnx_session(folder / (artefacts.RETRIEVAL_INT8 if int8 else
-                                              artefacts.RETRIEVAL), threads=threads or None)
-        self.catalogue_size = int(self.session.get_modelmeta().custom_metadata_map["products"])
-        # Memory-mapped: the pages are shared with the scoring step and the other copies.
-        self.feeds = {"catalogue": artefacts.load_array(
-            folder / artefacts.EMBEDDINGS, shape=(self.catalogue_size, None), mmap=True)
-        } if int8 else {}
-        self.pool = min(int(parameters.get("candidates", str(MAX_K))), self.catalogue_size)
+        self.retrieval = served_retrieval(folder, threads or None)
+        self.pool = min(int(parameters.get("candidates", str(MAX_K))), self.retrieval.products)
 
     def __call__(self, requests: list[Tensors]) -> list[Tensors | RequestError]:
         valid, results = only_valid(requests, checked_k)
         if not valid:
             return results
         embeddings = [requests[i][EMBEDDING.name] for i in valid]
-        queries = np.concatenate(embeddings).astype(np.float32)
-        similarity, rows = self.session.run(
-            None, {"query": queries, "k": np.array([self.pool], dtype=np.int64), **self.feeds})
+        rows, similarity = self.retrieval.search(np.concatenate(embeddings), self.pool)
         sizes = [len(embedding) for embedding in embeddings]
         for i, sim, row in zip(valid, split_rows(similarity, sizes), split_rows(rows, sizes),
                                strict=True):
@@ -201,10 +194,8 @@ class Rank:
         return rank_contract(SIGNAL_INPUTS[name] for name in weights.weights)
 
     def __init__(self, folder: Path, parameters: Mapping[str, str]):
-        lines = (folder / artefacts.PRODUCTS).read_text(encoding="utf-8").splitlines()
-        self.product_json = np.array([line.encode("utf-8") for line in lines], dtype=object)
-        self.product_ids = np.array([json.loads(line)["product_id"].encode("utf-8")
-                                     for line in lines], dtype=object)
+        # Mapped, each ranked row parsed when answered: no Python object per product.
+        self.products = ProductTable.open(folder / artefacts.PRODUCTS)
         self.weights = FusionWeights.load(folder / artefacts.FUSION_WEIGHTS)
         self.signal_names = np.array([n.encode("utf-8") for n in self.weights.weights],
                                      dtype=object)
@@ -218,10 +209,10 @@ class Rank:
             candidates, signals = request[CANDIDATES.name], self.weights.signals(request)
             positions, scores = ranked_positions(candidates, signals, checked_k(request))
             rows = np.take_along_axis(candidates, positions, axis=1)
-            answer = {PRODUCT_IDS.name: self.product_ids[rows],
+            answer = {PRODUCT_IDS.name: self.products.product_ids(rows),
                       SCORES.name: scores.astype(np.float32)}
             if detail is not Detail.IDS:
-                answer[PRODUCTS.name] = self.product_json[rows]
+                answer[PRODUCTS.name] = self.products.json(rows)
             if detail is Detail.EXPLAIN:
                 answer |= self.explanation(request, signals, positions)
             results[i] = answer

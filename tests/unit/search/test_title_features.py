@@ -112,10 +112,10 @@ def test_a_damaged_or_foreign_file_is_refused_naming_it(catalogue, tmp_path):
     with np.load(path) as saved:
         arrays = {key: saved[key] for key in saved.files}
     for name, value, message in [
-            ("titles.char_vectors.weights", None, r"title_features.npz lacks the array\(s\) "
-                                                  r"titles.char_vectors.weights"),
-            ("format", np.array(0), r"title_features.npz was written by another version of "
-                                    r"the feature code \(format 0")]:
+            ("titles.char_counts", None, r"title_features.npz lacks the array\(s\) "
+                                         r"titles.char_counts"),
+            ("format", np.array(1), r"title_features.npz was written by another version of "
+                                    r"the feature code \(format 1, this one reads 2\)")]:
         with path.open("wb") as handle:
             np.savez(handle, **{k: v for k, v in arrays.items() if k != name},
                      **({} if value is None else {name: value}))

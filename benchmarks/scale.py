@@ -1,0 +1,246 @@
+"""The scale report: build, serve and rank the same catalogue at 45,782, 250,000 and 1,000,000
+products (benchmarks/generate_catalogue.py: every real Home Depot product, then generated
+distractors; each size a prefix of the next).
+
+    python -m benchmarks.scale build --products 250000 [--cold]   # the build, then a 1 % change
+    python -m benchmarks.scale serve --products 250000              # server memory and speed
+    python -m benchmarks.scale report --quality EVALUATION.json     # scale.md/.json + a plot
+
+Each phase writes its figures to WORK/<phase>-<products>.json with its own command, date and
+the machine's load, and `report` puts them side by side with the quality figures of one
+`fusionrank evaluate --scale` run. Phases rather than one long run: the 1M cold build alone
+takes most of an hour on two cores, and a row is then redone without redoing the others.
+
+- build: `fusionrank build` under /usr/bin/time (wall time, peak memory); the embedding cache
+  is a new empty one with --cold, so every title is embedded; then 1 % of the products get a new
+  title and the same build runs again (what a catalogue change costs; the cache embeds only
+  those). Bytes per product of every served artefact (benchmarks/artefact_sizes.py).
+- serve: `tritonserver` on the built repository, response cache off; memory (RSS and PSS of
+  tritonserver and its model processes) when ready and its peak under load; perf_analyzer at
+  concurrency 1 and 8 over distinct real Home Depot queries.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.harness import (
+    ROOT,
+    PeakMemory,
+    benchmark_queries,
+    load_average,
+    stamp,
+)
+
+SIZES = (45_782, 250_000, 1_000_000)
+SEED = 13
+CHANGED = 0.01  # the share of products whose title a catalogue change rewrites
+WORK = Path("/tmp/fusionrank-scale")
+QUERIES = 2000
+VENV_BIN = Path(sys.executable).parent
+
+
+def catalogue_file(work: Path, products: int) -> Path:
+    path = work / f"catalogue-{products}.parquet"
+    if not path.is_file():
+        subprocess.run([sys.executable, "-m", "benchmarks.generate_catalogue", "--products",
+                        str(products), "--seed", str(SEED), "--out", str(path)], check=True,
+                       cwd=ROOT)
+    return path
+
+
+def changed_catalogue(source: Path, share: float = CHANGED, seed: int = SEED) -> Path:
+    """The catalogue with `share` of its products retitled (a new edition of the same product:
+    the title gains a variant), in a file beside it."""
+    import pandas as pd
+
+    frame = pd.read_parquet(source)
+    rng = np.random.default_rng(seed)
+    rows = rng.choice(len(frame), size=round(share * len(frame)), replace=False)
+    variants = np.array(["(2-Pack)", "- New Edition", "with Storage Bag", "(Contractor Pack)"])
+    frame.loc[rows, "title"] = (frame.loc[rows, "title"] + " "
+                                + variants[rng.integers(0, len(variants), len(rows))])
+    path = source.with_name(source.stem + "-changed.parquet")
+    frame.to_parquet(path, index=False)
+    return path
+
+
+def build_command(catalogue: Path, out: Path, cache: Path) -> list[str]:
+    return ["/usr/bin/time", "-v", str(VENV_BIN / "fusionrank"), "build", "--catalogue",
+            str(catalogue), "--out", str(out), "--no-recommend", "--sentiment",
+            str(out.parent / "no-sentiment"), "--embedding-cache", str(cache)]
+
+
+def timed_build(catalogue: Path, out: Path, cache: Path, log: Path) -> dict:
+    """`fusionrank build` under /usr/bin/time -v: wall seconds, peak RSS, what it embedded."""
+    with log.open("w") as handle:
+        done = subprocess.run(build_command(catalogue, out, cache), stdout=handle,
+                              stderr=subprocess.STDOUT, cwd=ROOT)
+    if done.returncode != 0:
+        text = log.read_text(errors="replace")
+        raise RuntimeError(f"the build failed (rc {done.returncode}); see {log}:\n{text[-2000:]}")
+    return build_figures(out, log)
+
+
+def wall_seconds(time_log: str) -> float:
+    """The wall time /usr/bin/time -v reports (h:mm:ss or m:ss)."""
+    wall = re.search(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): ([\d:.]+)", time_log)
+    return sum(float(part) * 60 ** i for i, part in enumerate(reversed(wall.group(1).split(":"))))
+
+
+def build_figures(out: Path, log: Path) -> dict:
+    """A finished build's figures, from its /usr/bin/time -v log and its manifests."""
+    text = log.read_text(errors="replace")
+    seconds = wall_seconds(text)
+    peak_kib = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", text).group(1))
+    index = json.loads((out / "artefacts" / "index" / "manifest.json").read_text())
+    served = json.loads((out / "model_repository" / "fusionrank.json").read_text())
+    return {"seconds": round(seconds, 1), "peak_rss_mib": round(peak_kib / 1024),
+            "titles_embedded": index.get("titles_embedded"),
+            "titles_cached": index.get("titles_cached"),
+            "embedding_seconds": index.get("embedding_seconds"),
+            "retrieval": served.get("retrieval"), "load_average_after": load_average()}
+
+
+def run_build(args: argparse.Namespace) -> None:
+    from benchmarks.artefact_sizes import artefact_bytes
+
+    work, products = args.work, args.products
+    catalogue = catalogue_file(work, products)
+    out, cache = work / f"build-{products}", work / "cache"
+    if args.cold:  # a cache of this build's own, empty: every title is embedded
+        cache = work / f"cache-cold-{products}"
+        shutil.rmtree(cache, ignore_errors=True)
+    if args.built:  # a build run before, as build_command runs it (its log and --out)
+        first = build_figures(out, args.built) | {"log": str(args.built)}
+        # An interrupted build's earlier runs (LOG's stem + "-partN.log"), resumed by this one
+        # from the embedding cache: their time counts too.
+        parts = sorted(args.built.parent.glob(f"{args.built.stem}-part*.log"))
+        if parts:
+            first["seconds"] = round(first["seconds"] + sum(
+                wall_seconds(p.read_text(errors="replace")) for p in parts), 1)
+            first["resumed_after"] = [str(p) for p in parts]
+            args.cold = True  # the first run started from an empty cache
+    else:
+        first = timed_build(catalogue, out, cache, work / f"build-{products}.log")
+    sizes = artefact_bytes(out)
+    change = timed_build(changed_catalogue(catalogue), work / f"rebuild-{products}", cache,
+                         work / f"rebuild-{products}.log")
+    save_phase(work, "build", products, {
+        "products": products, "cold": args.cold, "build": first, "rebuild_after_change": change,
+        "changed_share": CHANGED, "artefact_bytes": sizes,
+        "bytes_per_product": {name: round(size / products, 1) for name, size in sizes.items()}})
+
+
+def memory_mib(root: int) -> dict[str, float]:
+    """RSS and PSS of a process and its descendants. RSS counts a page shared by two model
+    processes (a memory-mapped artefact) twice; PSS splits it between them."""
+    import psutil
+
+    total = {"rss": 0, "pss": 0}
+    top = psutil.Process(root)
+    for process in [top, *top.children(recursive=True)]:
+        try:
+            info = process.memory_full_info()
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+        total["rss"] += info.rss
+        total["pss"] += info.pss
+    return {name: round(value / 2**20) for name, value in total.items()}
+
+
+class PeakPss(PeakMemory):
+    """PeakMemory's sampling, of RSS and PSS both."""
+
+    def run(self) -> None:
+        self.peak = {"rss": 0.0, "pss": 0.0}
+        while not self._stop_event.wait(0.5):
+            now = memory_mib(self.pid)
+            self.peak = {k: max(self.peak[k], now[k]) for k in now}
+
+
+def run_serve(args: argparse.Namespace) -> None:
+    from benchmarks.search_benchmark import load_levels, perf_analyzer_input
+    from fusionrank.app.serve import TritonServer
+
+    repository = args.work / f"build-{args.products}" / "model_repository"
+    queries = benchmark_queries(args.queries)
+    with tempfile.TemporaryDirectory() as tmp:
+        data = perf_analyzer_input(queries, Path(tmp) / "queries.json")
+        started = time.perf_counter()
+        with (args.work / f"serve-{args.products}.log").open("w") as log, \
+                TritonServer(repository, log=log, cache_mib=0) as server:
+            ready_seconds = time.perf_counter() - started
+            ready = memory_mib(server.process.pid)
+            peak = PeakPss(server.process.pid)
+            peak.start()
+            results = load_levels(server, data, [1, 8], args.seconds, "distinct")
+            peak.stop()
+    save_phase(args.work, "serve", args.products, {
+        "products": args.products, "queries": len(queries),
+        "ready_seconds": round(ready_seconds, 1),
+        "memory_ready_mib": ready, "memory_peak_mib": peak.peak,
+        "load": [vars(r) for r in results], "load_average_after": load_average()})
+
+
+def save_phase(work: Path, phase: str, products: int, figures: dict) -> None:
+    path = work / f"{phase}-{products}.json"
+    path.write_text(json.dumps(stamp() | figures, indent=1) + "\n")
+    print(f"{phase} figures for {products} products in {path}", file=sys.stderr)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    phases = parser.add_subparsers(dest="phase", required=True)
+    for name in ("build", "serve"):
+        phase = phases.add_parser(name)
+        phase.add_argument("--products", type=int, required=True)
+        phase.add_argument("--work", type=Path, default=WORK)
+        if name == "build":
+            phase.add_argument("--cold", action="store_true",
+                               help="a new, empty embedding cache: embed every title")
+            phase.add_argument("--built", type=Path, metavar="LOG",
+                               help="the first build ran before (into WORK/build-N, as "
+                                    "build_command runs it): read its figures from its log")
+        else:
+            phase.add_argument("--seconds", type=float, default=20.0,
+                               help="perf_analyzer's measurement window")
+            phase.add_argument("--queries", type=int, default=QUERIES)
+    report = phases.add_parser("report")
+    report.add_argument("--work", type=Path, default=WORK)
+    report.add_argument("--quality", type=Path, required=True,
+                        help="the JSON of `fusionrank evaluate --scale` over the same builds")
+    report.add_argument("--note", action="append", default=[],
+                        help="a line for the report's notes (how a figure was taken)")
+    args = parser.parse_args(argv)
+    args.work.mkdir(parents=True, exist_ok=True)
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.phase == "build":
+        run_build(args)
+    elif args.phase == "serve":
+        run_serve(args)
+    else:
+        from benchmarks.scale_report import write_scale_report
+
+        write_scale_report(args.work, args.quality, SIZES, args.note)
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TQDM_MININTERVAL", "5")
+    raise SystemExit(main())

@@ -1,0 +1,182 @@
+"""FAISS ANN retrieval (core/search/ann.py, export/search/ann.py) against exact search on a
+small generated catalogue with cluster structure, as real embeddings have; the index's checksum,
+its parameters' checks and the Retrieve step that serves it."""
+
+from __future__ import annotations
+
+import re
+import shutil
+
+import numpy as np
+import pytest
+
+from fusionrank.core import artefacts
+from fusionrank.core.search.ann import SHORTLIST, AnnIndex, record_path
+from fusionrank.core.search.runtime import dense_candidates
+from fusionrank.export.search import retrieval
+from fusionrank.export.search.ann import AnnParams, build_ann_index
+from fusionrank.model_repository.search.ensemble import (
+    SearchArtefacts,
+    ServingOptions,
+    retrieval_files,
+)
+from fusionrank.model_repository.search.steps import CANDIDATES, EMBEDDING, SIMILARITY, K, Retrieve
+
+PRODUCTS, DIM, CLUSTERS, QUERIES, TOP = 20_000, 32, 200, 40, 100
+
+
+def unit(rows: np.ndarray) -> np.ndarray:
+    return (rows / np.linalg.norm(rows, axis=1, keepdims=True)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def catalogue() -> tuple[np.ndarray, np.ndarray]:
+    """Unit embeddings around CLUSTERS centres, and queries near some of the products."""
+    rng = np.random.default_rng(0)
+    centres = rng.standard_normal((CLUSTERS, DIM))
+    embeddings = unit(centres[rng.integers(CLUSTERS, size=PRODUCTS)]
+                      + 0.4 * rng.standard_normal((PRODUCTS, DIM)))
+    queries = unit(embeddings[rng.integers(PRODUCTS, size=QUERIES)]
+                   + 0.3 * rng.standard_normal((QUERIES, DIM)))
+    return embeddings, queries
+
+
+def built(embeddings: np.ndarray, folder, params: AnnParams) -> AnnIndex:
+    np.save(folder / artefacts.EMBEDDINGS, embeddings)
+    build_ann_index(embeddings, folder / artefacts.ANN_INDEX, params, progress=False)
+    return AnnIndex.load(folder)
+
+
+def recall(found: np.ndarray, exact: np.ndarray) -> float:
+    return float(np.mean([len(set(a) & set(b)) / len(b) for a, b in zip(found, exact,
+                                                                        strict=True)]))
+
+
+@pytest.mark.parametrize("params", [AnnParams("ivf_sq8", nlist=128, nprobe=32),
+                                    AnnParams("ivf_pq", nlist=128, nprobe=32, pq_m=16,
+                                              pq_bits=8, train_size=5_000),
+                                    AnnParams("hnsw", hnsw_m=16, ef_search=256),
+                                    AnnParams("hnsw_sq8", hnsw_m=16, ef_search=256)],
+                         ids=lambda params: params.index_type)
+def test_recall_at_100_against_exact(catalogue, tmp_path, params):
+    embeddings, queries = catalogue
+    exact_rows, _ = dense_candidates(embeddings, queries, TOP)
+    rows, _ = built(embeddings, tmp_path, params).search(queries, TOP)
+    assert recall(rows, exact_rows) >= 0.95
+
+
+def test_similarity_is_the_exact_cosine_best_first(catalogue, tmp_path):
+    embeddings, queries = catalogue
+    embeddings = embeddings.copy()
+    embeddings[1] = embeddings[7]  # a tie: the lower row must come first
+    queries = np.vstack([queries, embeddings[7]])
+    rows, similarity = built(embeddings, tmp_path, AnnParams("ivf_flat", nlist=64,
+                                                             nprobe=8)).search(queries, TOP)
+    assert rows.dtype == np.int64 and similarity.dtype == np.float32
+    assert rows.shape == similarity.shape == (len(queries), TOP)
+    cosine = np.einsum("qkd,qd->qk", embeddings[rows].astype(np.float64), queries)
+    np.testing.assert_allclose(similarity, cosine, atol=1e-5)
+    assert np.all(np.diff(similarity, axis=1) <= 0)
+    assert list(rows[-1, :2]) == [1, 7]
+    assert all(len(set(row)) == TOP for row in rows)
+
+
+def test_loaded_index_keeps_its_search_settings(catalogue, tmp_path):
+    """nprobe is not in FAISS's file: the record carries it. Visiting every list is exact."""
+    embeddings, queries = catalogue
+    index = built(embeddings, tmp_path, AnnParams("ivf_flat", nlist=32, nprobe=32))
+    exact_rows, exact_similarity = dense_candidates(embeddings, queries, TOP)
+    rows, similarity = index.search(queries, TOP)
+    np.testing.assert_array_equal(rows, exact_rows)
+    np.testing.assert_allclose(similarity, exact_similarity, atol=1e-6)
+
+
+def test_too_few_found_falls_back_to_exact(catalogue, tmp_path):
+    """One list of ~30 products visited, SHORTLIST · 100 asked: FAISS pads with -1."""
+    embeddings, queries = catalogue
+    embeddings = embeddings[:2_000]
+    index = built(embeddings, tmp_path, AnnParams("ivf_flat", nlist=64, nprobe=1))
+    rows, similarity = index.search(queries, TOP)
+    exact_rows, exact_similarity = dense_candidates(embeddings, queries, TOP)
+    np.testing.assert_array_equal(rows, exact_rows)
+    np.testing.assert_allclose(similarity, exact_similarity, atol=1e-6)
+    assert index.fallbacks == len(queries)
+
+
+def test_damaged_index_is_refused_naming_the_file(catalogue, tmp_path):
+    embeddings, _ = catalogue
+    built(embeddings[:5_000], tmp_path, AnnParams("ivf_sq8", nlist=32, nprobe=4))
+    path = tmp_path / artefacts.ANN_INDEX
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+    with pytest.raises(artefacts.ArtefactError, match=re.escape(str(path))):
+        AnnIndex.load(tmp_path)
+
+
+def test_an_expected_digest_passed_in_is_checked(catalogue, tmp_path):
+    embeddings, _ = catalogue
+    built(embeddings[:5_000], tmp_path, AnnParams("ivf_sq8", nlist=32, nprobe=4))
+    path = tmp_path / artefacts.ANN_INDEX
+    with pytest.raises(artefacts.ArtefactError, match=re.escape(str(path))):
+        AnnIndex(path, embeddings[:5_000], sha256="0" * 64)
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    shutil.copy(path, moved / "other.faiss")
+    # No record beside it:
+    with pytest.raises(artefacts.ArtefactError, match=re.escape("other.json")):
+        AnnIndex(moved / "other.faiss", embeddings[:5_000])
+
+
+@pytest.mark.parametrize(("params", "named"), [
+    (AnnParams("ivf_pq", nlist=16, nprobe=4, pq_m=5), "pq_m"),
+    (AnnParams("ivf_flat", nlist=4_000, train_size=1_000), "nlist"),
+    (AnnParams("ivf_flat", nlist=16, nprobe=32), "nprobe"),
+    (AnnParams("ivf_pq", nlist=16, nprobe=4, pq_m=8, pq_bits=12, train_size=1_000),
+     "pq_bits"),
+    (AnnParams("lsh"), "index_type"),
+    (AnnParams("hnsw", hnsw_m=0), "hnsw_m"),
+])
+def test_bad_parameters_are_refused_naming_them(catalogue, tmp_path, params, named):
+    embeddings, _ = catalogue
+    with pytest.raises(ValueError, match=named):
+        build_ann_index(embeddings[:2_000], tmp_path / artefacts.ANN_INDEX, params,
+                        progress=False)
+    assert not (tmp_path / artefacts.ANN_INDEX).exists()
+
+
+def test_shortlist_factor_is_the_int8_graphs():
+    assert SHORTLIST == retrieval.SHORTLIST
+
+
+def test_record_beside_the_index():
+    assert record_path(artefacts.ANN_INDEX).name == artefacts.ANN_RECORD
+
+
+def test_retrieve_step_serves_the_ann_index(catalogue, tmp_path):
+    """A version folder holding ANN_INDEX: the Retrieve step answers the index's candidates."""
+    embeddings, queries = catalogue
+    index = built(embeddings, tmp_path, AnnParams("ivf_flat", nlist=32, nprobe=32))
+    step = Retrieve(tmp_path, {"threads": "1", "candidates": str(TOP)})
+    requests = [{EMBEDDING.name: queries[:3], K.name: np.array([[10]] * 3, dtype=np.int32)},
+                {EMBEDDING.name: queries[3:4], K.name: np.array([[10]], dtype=np.int32)}]
+    answers = step(requests)
+    rows, similarity = index.search(queries[:4], TOP)
+    np.testing.assert_array_equal(np.vstack([a[CANDIDATES.name] for a in answers]), rows)
+    np.testing.assert_array_equal(np.vstack([a[SIMILARITY.name] for a in answers]), similarity)
+
+
+def test_the_ensemble_places_the_ann_index_where_the_build_made_one(tmp_path):
+    files = SearchArtefacts(encoder=tmp_path, index=tmp_path)
+    options = ServingOptions()
+    assert retrieval_files(files, options) == options.retrieval_files
+    (tmp_path / artefacts.ANN_INDEX).write_bytes(b"")
+    assert retrieval_files(files, options) == (artefacts.ANN_INDEX, artefacts.ANN_RECORD,
+                                               artefacts.EMBEDDINGS)
+
+
+def test_embeddings_of_another_catalogue_are_refused(catalogue, tmp_path):
+    embeddings, _ = catalogue
+    built(embeddings[:5_000], tmp_path, AnnParams("ivf_sq8", nlist=32, nprobe=4))
+    with pytest.raises(artefacts.ArtefactError, match="indexes 5000 vectors"):
+        AnnIndex(tmp_path / artefacts.ANN_INDEX, embeddings[:4_000])
