@@ -239,6 +239,18 @@ async def closed_loops_async(send: Callable[[str, bool], Awaitable[object]], que
 # --- the server's memory ----------------------------------------------------------------------
 
 
+def family(root: int) -> list:
+    """A process and all its descendants (Triton's model processes), as psutil.Process
+    objects: the process alone where it ends while its children are listed."""
+    import psutil
+
+    top = psutil.Process(root)
+    try:
+        return [top, *top.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return [top]
+
+
 def process_rss_mib(root: int) -> tuple[float, float]:
     """Resident memory of a process alone, and with all its descendants (Triton's model
     processes), in MiB; processes that end while they are counted count as nothing."""
@@ -250,13 +262,24 @@ def process_rss_mib(root: int) -> tuple[float, float]:
         except psutil.NoSuchProcess:
             return 0
 
-    top = psutil.Process(root)
-    own = rss(top)
-    try:
-        family = top.children(recursive=True)
-    except psutil.NoSuchProcess:
-        family = []
-    return own / 2**20, (own + sum(rss(child) for child in family)) / 2**20
+    sizes = [rss(process) for process in family(root)]
+    return sizes[0] / 2**20, sum(sizes) / 2**20
+
+
+def process_memory_mib(root: int) -> dict[str, float]:
+    """RSS and PSS of a process and its descendants, in MiB. RSS counts a page shared by two
+    model processes (a memory-mapped artefact) once in each; PSS splits it between them."""
+    import psutil
+
+    total = {"rss": 0, "pss": 0}
+    for process in family(root):
+        try:
+            info = process.memory_full_info()
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+        total["rss"] += info.rss
+        total["pss"] += info.pss
+    return {name: round(value / 2**20) for name, value in total.items()}
 
 
 def process_tree_rss_mib(root: int) -> float:
@@ -280,6 +303,16 @@ class PeakMemory(threading.Thread):
         self._stop_event.set()
         self.join()
         return self.peak_mib
+
+
+class PeakMemoryShares(PeakMemory):
+    """PeakMemory's sampling, of RSS and PSS both (`peak`, a dict, once stopped)."""
+
+    def run(self) -> None:
+        self.peak = {"rss": 0.0, "pss": 0.0}
+        while not self._stop_event.wait(0.5):
+            now = process_memory_mib(self.pid)
+            self.peak = {k: max(self.peak[k], now[k]) for k in now}
 
 
 def load_average() -> float:

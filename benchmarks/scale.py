@@ -37,9 +37,10 @@ import numpy as np
 
 from benchmarks.harness import (
     ROOT,
-    PeakMemory,
+    PeakMemoryShares,
     benchmark_queries,
     load_average,
+    process_memory_mib,
     stamp,
 )
 
@@ -143,33 +144,6 @@ def run_build(args: argparse.Namespace) -> None:
         "bytes_per_product": {name: round(size / products, 1) for name, size in sizes.items()}})
 
 
-def memory_mib(root: int) -> dict[str, float]:
-    """RSS and PSS of a process and its descendants. RSS counts a page shared by two model
-    processes (a memory-mapped artefact) twice; PSS splits it between them."""
-    import psutil
-
-    total = {"rss": 0, "pss": 0}
-    top = psutil.Process(root)
-    for process in [top, *top.children(recursive=True)]:
-        try:
-            info = process.memory_full_info()
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            continue
-        total["rss"] += info.rss
-        total["pss"] += info.pss
-    return {name: round(value / 2**20) for name, value in total.items()}
-
-
-class PeakPss(PeakMemory):
-    """PeakMemory's sampling, of RSS and PSS both."""
-
-    def run(self) -> None:
-        self.peak = {"rss": 0.0, "pss": 0.0}
-        while not self._stop_event.wait(0.5):
-            now = memory_mib(self.pid)
-            self.peak = {k: max(self.peak[k], now[k]) for k in now}
-
-
 def run_serve(args: argparse.Namespace) -> None:
     from benchmarks.search_benchmark import load_levels, perf_analyzer_input
     from fusionrank.app.serve import TritonServer
@@ -182,8 +156,8 @@ def run_serve(args: argparse.Namespace) -> None:
         with (args.work / f"serve-{args.products}.log").open("w") as log, \
                 TritonServer(repository, log=log, cache_mib=0) as server:
             ready_seconds = time.perf_counter() - started
-            ready = memory_mib(server.process.pid)
-            peak = PeakPss(server.process.pid)
+            ready = process_memory_mib(server.process.pid)
+            peak = PeakMemoryShares(server.process.pid)
             peak.start()
             results = load_levels(server, data, [1, 8], args.seconds, "distinct")
             peak.stop()
