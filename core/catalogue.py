@@ -28,7 +28,7 @@ import json
 import math
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +51,12 @@ class Product:
     review_sentiment: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        # Every field is a scalar: no deep copy (asdict's) needed, and a million rows write
+        # in a fraction of its time.
+        return {name: getattr(self, name) for name in PRODUCT_FIELDS}
+
+
+PRODUCT_FIELDS = tuple(f.name for f in fields(Product))
 
 
 class CatalogueError(ValueError):

@@ -90,36 +90,58 @@ class LexicalIndex:
         return top_k(self.scores(terms), k)
 
 
+BLOCK = 64  # rows per block of top_k's prefilter
+
+
 def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Rows of the k highest scores, best first, ties broken by the lower row (deterministic)."""
     k = min(k, len(scores))
     if k <= 0:
         return np.zeros(0, dtype=np.int64), scores[:0]
-    # BM25 scores most rows 0: when k rows score above 0, the k best are among them, and the
-    # partition needs to see only those.
-    positive = np.flatnonzero(scores > 0)
-    if k <= len(positive) <= len(scores) // 4:
-        part = positive[np.argpartition(-scores[positive], k - 1)[:k]] \
-            if k < len(positive) else positive
-    else:
-        part = np.argpartition(-scores, k - 1)[:k] if k < len(scores) else \
-            np.arange(len(scores))
-    # argpartition picks arbitrarily among tied scores at the boundary: keep every row above
-    # the boundary score, then the lowest rows that tie with it.
+    rows = _above_kth_block_max(scores, k)
+    part = _top_k_of(scores[rows], k)
+    return rows[part], scores[rows[part]]
+
+
+def _above_kth_block_max(scores: np.ndarray, k: int) -> np.ndarray:
+    """Ascending rows that hold every one of the k best scores and every row tied with the
+    k-th, found without partitioning the whole array: at a million products a partition or a
+    full `scores > 0` scan costs more than the rest of a query's BM25. The k-th largest of
+    the blocks' maxima is a lower bound on the k-th largest score (k blocks each hold a score
+    at least that high), so only the blocks whose maximum reaches it need a look."""
+    blocks = len(scores) // BLOCK
+    if blocks < 4 * k:
+        return np.arange(len(scores))
+    maxima = scores[:blocks * BLOCK].reshape(blocks, BLOCK).max(axis=1)
+    if blocks * BLOCK < len(scores):
+        maxima = np.append(maxima, scores[blocks * BLOCK:].max())
+    bound = np.partition(maxima, len(maxima) - k)[len(maxima) - k]
+    starts = np.flatnonzero(maxima >= bound) * BLOCK
+    rows = (starts[:, None] + np.arange(BLOCK)).ravel()
+    rows = rows[rows < len(scores)]
+    return rows[scores[rows] >= bound]
+
+
+def _top_k_of(scores: np.ndarray, k: int) -> np.ndarray:
+    """top_k over a (short) array: positions of its k highest, best first, ties by position."""
+    k = min(k, len(scores))
+    part = np.argpartition(-scores, k - 1)[:k] if k < len(scores) else np.arange(len(scores))
+    # argpartition picks arbitrarily among tied scores at the boundary: keep every position
+    # above the boundary score, then the lowest positions that tie with it.
     edge = scores[part].min()
     above = part[scores[part] > edge]
     tied = np.flatnonzero(scores == edge)[:k - len(above)]
     part = np.concatenate([above, tied])
-    order = np.lexsort((part, -scores[part]))
-    rows = part[order]
-    return rows.astype(np.int64), scores[rows]
+    return part[np.lexsort((part, -scores[part]))]
 
 
-def normalised(scores: np.ndarray) -> np.ndarray:
-    """BM25 / the query's best BM25 over the whole catalogue, in [0, 1]; the LEXICAL signal.
+def normalised(scores: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
+    """BM25 / the query's best BM25 over the whole catalogue, in [0, 1]; the LEXICAL signal
+    (of `rows` only, where given: the candidates need not pay for a million divisions).
     Per-query scaling makes the weight comparable across short and long queries."""
     best = float(scores.max(initial=0.0))
-    return (scores / best).astype(np.float32) if best > 0 else np.zeros_like(scores)
+    picked = scores if rows is None else scores[rows]
+    return (picked / best).astype(np.float32) if best > 0 else np.zeros_like(picked)
 
 
 def merge_candidates(dense_rows: np.ndarray, scores: np.ndarray, extra: int) -> np.ndarray:

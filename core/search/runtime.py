@@ -92,7 +92,7 @@ def candidate_pool(lexical: LexicalIndex, embeddings: np.ndarray, queries: Seque
         terms.append(query_terms)
         rows.append(pool)
         similarity.append(np.concatenate([dense_sim, cosine]))
-        lexical_scores.append(normalised(scores)[pool])
+        lexical_scores.append(normalised(scores, pool))
     return CandidatePool(list(queries), terms, np.stack(rows).astype(np.int64),
                          np.stack(similarity).astype(np.float32),
                          np.stack(lexical_scores).astype(np.float32))

@@ -28,8 +28,7 @@ from fusionrank.core.search.trigrams import (
     gram_counts,
     idf_of,
     log_table,
-    norm_of,
-    tf_weights,
+    norms_of,
     tfidf,
 )
 
@@ -104,8 +103,7 @@ class TitleTerms:
         tally = np.fromiter((n for c in counts for n in c.values()), dtype=np.int64,
                             count=len(columns))
         self.char_counts = tally.astype(smallest_unsigned(tally.max(initial=0)))
-        self.char_norms = np.array([norm_of(tf_weights(c, self.idf)) for c in counts],
-                                   dtype=np.float64)
+        self.char_norms = norms_of(buckets.indptr, buckets.ids, tally, self.idf)
 
     def arrays(self) -> dict[str, np.ndarray]:
         """The SAVED arrays: the STRINGS as UTF-8 bytes, each string ended by a NUL."""

@@ -3,6 +3,7 @@ run-together words ("toliet", "2x4x8") where whole terms do not."""
 
 from __future__ import annotations
 
+import functools
 import zlib
 
 import numpy as np
@@ -13,12 +14,19 @@ CHAR_BUCKETS = 1 << 20  # trigrams are hashed (crc32, stable across processes) i
 
 def char_trigrams(text: str) -> list[int]:
     """Hashed character trigrams of each word padded with spaces (" drill " → " dr", "dri", …)."""
-    grams = []
+    grams: list[int] = []
     for word in text.lower().split():
-        padded = f" {word} "
-        grams.extend(zlib.crc32(padded[i:i + 3].encode()) % CHAR_BUCKETS
-                     for i in range(len(padded) - 2))
+        grams.extend(word_trigrams(word))
     return grams
+
+
+# A million titles hold a few hundred thousand distinct words: hashing each once, not once a
+# title, takes most of the trigram work out of a build. Bounded, as queries pass through too.
+@functools.lru_cache(maxsize=1 << 18)
+def word_trigrams(word: str) -> tuple[int, ...]:
+    padded = f" {word} "
+    return tuple(zlib.crc32(padded[i:i + 3].encode()) % CHAR_BUCKETS
+                 for i in range(len(padded) - 2))
 
 
 def tfidf(grams: list[int], idf: np.ndarray) -> dict[int, float]:
@@ -44,6 +52,26 @@ def tf_weights(counts: dict[int, int], idf: np.ndarray) -> dict[int, float]:
 def norm_of(weights: dict[int, float]) -> float:
     """The L2 norm `tfidf` divides by (1 for an empty vector)."""
     return float(np.sqrt(sum(w * w for w in weights.values()))) or 1.0
+
+
+def norms_of(indptr: np.ndarray, buckets: np.ndarray, counts: np.ndarray,
+             idf: np.ndarray) -> np.ndarray:
+    """float64 [rows]: `norm_of(tf_weights(...))` of every row of a ragged table of (bucket,
+    count) entries at once, with its very bits: each weight as `tf_weights` computes it, and
+    the squares summed in row order from 0, one entry position at a time across all rows
+    (numpy's own row sums add in another order)."""
+    squares = (1.0 + log_table(int(counts.max(initial=1)))[counts]) * idf[buckets].astype(
+        np.float64)
+    squares *= squares
+    starts, lengths = indptr[:-1].astype(np.int64), np.diff(indptr)
+    totals = np.zeros(len(lengths), dtype=np.float64)
+    rows = np.arange(len(lengths))
+    for position in range(int(lengths.max(initial=0))):
+        rows = rows[lengths[rows] > position]
+        totals[rows] += squares[starts[rows] + position]
+    norms = np.sqrt(totals)
+    norms[norms == 0] = 1.0
+    return norms
 
 
 def log_table(largest: int) -> np.ndarray:

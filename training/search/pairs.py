@@ -41,7 +41,7 @@ def judged_pairs(res: PairResources, split: str, queries: list[str] | None = Non
         names.append(query)
         terms.append(query_terms)
         rows.append(products)
-        lexical.append(normalised(res.lexical.scores(query_terms))[products])
+        lexical.append(normalised(res.lexical.scores(query_terms), products))
         grades.append(group.grade.to_numpy(np.float32))
     folds = [query_fold(q) for q in names] if split == "train" else None
     priors = None

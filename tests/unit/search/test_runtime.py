@@ -207,15 +207,32 @@ def test_top_k_breaks_ties_by_row():
     assert rows.tolist() == [1, 3, 0] and scores.tolist() == [0.9, 0.9, 0.5]
 
 
-@pytest.mark.parametrize("positive", [3, 40, 200, 900])
-def test_top_k_of_mostly_zero_scores_is_the_sorted_order(positive):
+@pytest.mark.parametrize(("size", "positive"), [(1000, 3), (1000, 40), (1000, 200),
+                                              (1000, 900), (50_003, 150), (50_003, 30_000)])
+def test_top_k_of_mostly_zero_scores_is_the_sorted_order(size, positive):
     # BM25-like: most rows 0, and ties (scores on a coarse grid) among the rest; the k best
-    # are the first k of every row sorted by score, then row, whichever path top_k takes.
+    # are the first k of every row sorted by score, then row, whichever path top_k takes
+    # (at 50,003 rows, not a whole number of blocks, the block-maximum prefilter runs).
     rng = np.random.default_rng(positive)
-    scores = np.zeros(1000, dtype=np.float32)
-    scores[rng.choice(1000, positive, replace=False)] = rng.integers(1, 6, positive) / 2
+    scores = np.zeros(size, dtype=np.float32)
+    scores[rng.choice(size, positive, replace=False)] = rng.integers(1, 6, positive) / 2
     for k in (1, 5, 50, 200):
-        expected = np.lexsort((np.arange(1000), -scores))[:k]
+        expected = np.lexsort((np.arange(size), -scores))[:k]
+        rows, best = top_k(scores, k)
+        np.testing.assert_array_equal(rows, expected)
+        np.testing.assert_array_equal(best, scores[expected])
+
+
+@pytest.mark.parametrize("tail", [0, 1, 63])
+def test_top_k_of_dense_scores_with_ties_at_the_edge_is_the_sorted_order(tail):
+    # Cosine-like: signed scores on a grid coarse enough that the k-th is tied with hundreds
+    # of rows spread over many blocks, and the best rows sitting in the ragged last block.
+    rng = np.random.default_rng(tail)
+    size = 64 * 900 + tail
+    scores = (rng.integers(-40, 41, size) / 40).astype(np.float32)
+    scores[-tail or -1] = 2.0
+    for k in (1, 7, 100):
+        expected = np.lexsort((np.arange(size), -scores))[:k]
         rows, best = top_k(scores, k)
         np.testing.assert_array_equal(rows, expected)
         np.testing.assert_array_equal(best, scores[expected])
