@@ -36,7 +36,7 @@ from fusionrank.core.search.ann import EXACT_BELOW
 from fusionrank.export.encoder import ExportedEncoder
 from fusionrank.export.index import build_index, load_embeddings
 from fusionrank.export.quantize import quantise_encoder
-from fusionrank.export.search.ann import AnnParams, build_ann_index
+from fusionrank.export.search.ann import AnnParams, build_ann_index, update_ann_index
 from fusionrank.export.search.retrieval import int8_retrieval_graph, retrieval_graph
 from fusionrank.model_repository.ensemble import Ensemble
 from fusionrank.model_repository.recommend.ensemble import recommend_ensemble
@@ -106,7 +106,8 @@ def build_search_repository(catalogue: Catalogue, model_dir: Path, out_dir: Path
     index = build_index(catalogue, encoder, files.index, previous=final(files.index),
                         cache=embedding_cache)
     embeddings = load_embeddings(files.index)
-    retrieval = build_retrieval(embeddings, files.index, options, quantised is not None)
+    retrieval = build_retrieval(embeddings, files.index, options, quantised is not None,
+                                previous=final(files.index))
     FusionWeights().save(files.index / names.FUSION_WEIGHTS)
     if files.run is not None:
         search_artefacts(run_dir, catalogue, files.run, embeddings)
@@ -201,20 +202,26 @@ def retrieval_kind(products: int, options: ServingOptions) -> str:
     return "exact"
 
 
-def build_retrieval(embeddings, folder: Path, options: ServingOptions, int8: bool) -> dict:
-    """The retrieval step's index in `folder`: a FAISS index for a large catalogue, else the
-    exact ONNX graphs; what was built, for the repository's manifest (and said on stderr)."""
+def build_retrieval(embeddings, folder: Path, options: ServingOptions, int8: bool,
+                    previous: Path | None = None) -> dict:
+    """The retrieval step's index in `folder`: a FAISS index for a large catalogue (the one in
+    `previous`, the last build's index folder, updated where it can be), else the exact ONNX
+    graphs; what was built, for the repository's manifest (and said on stderr)."""
     products = len(embeddings)
     kind = retrieval_kind(products, options)
     chosen = {"kind": kind, "products": products, "exact_below": EXACT_BELOW,
               "asked": options.retrieval}
     if kind == "ann":
-        report = build_ann_index(embeddings, folder / names.ANN_INDEX, AnnParams())
+        path = folder / names.ANN_INDEX
+        report = (update_ann_index(previous, embeddings, path) if previous is not None
+                  else None) or build_ann_index(embeddings, path, AnnParams())
         setting = (f"efSearch {report.params['ef_search']}" if "HNSW" in report.factory
                    else f"nprobe {report.params['nprobe']}")
+        how = (f"built in {report.build_seconds:.0f} s" if report.carried is None else
+               f"updated in {report.build_seconds:.0f} s: {report.carried:,} entries kept, "
+               f"{report.added:,} added, {report.stale:,} stale")
         print(f"retrieval: approximate, FAISS {report.factory} ({setting}), {products:,} "
-              f"products (exact below {EXACT_BELOW:,}); index built in "
-              f"{report.build_seconds:.0f} s", file=sys.stderr)
+              f"products (exact below {EXACT_BELOW:,}); index {how}", file=sys.stderr)
         return chosen | {"ann": report.to_json()}
     print(f"retrieval: exact, {products:,} products (ANN from {EXACT_BELOW:,})",
           file=sys.stderr)

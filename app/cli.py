@@ -100,6 +100,9 @@ def add_build(commands: argparse._SubParsersAction) -> None:
                         help="how the search steps are grouped into models: one (all in "
                              "search_steps, the default), two (query_encoder and ranker), "
                              "steps (a model each)")
+    parser.add_argument("--ranker-threads", type=int, default=None,
+                        help="ONNX Runtime and FAISS threads per copy of the ranker model "
+                             "(layouts two and steps; default: --threads)")
     parser.add_argument("--no-response-cache", action="store_true",
                         help="leave the search ensemble out of Triton's response cache")
     parser.add_argument("--max-queue-size", type=int, default=ServingOptions.max_queue_size,
@@ -147,7 +150,8 @@ def run_build(args: argparse.Namespace) -> int:
     options = ServingOptions(encoder_instances=args.encoder_instances,
                              ranker_instances=args.ranker_instances,
                              layout=args.layout,
-                             onnx_threads=args.threads, precision=args.precision,
+                             onnx_threads=args.threads, ranker_threads=args.ranker_threads,
+                             precision=args.precision,
                              max_queue_delay_us=args.max_queue_delay_us,
                              response_cache=not args.no_response_cache,
                              max_queue_size=args.max_queue_size, device=args.device,

@@ -2,8 +2,10 @@
 products (benchmarks/generate_catalogue.py: every real Home Depot product, then generated
 distractors; each size a prefix of the next).
 
-    python -m benchmarks.scale build --products 250000 [--cold]   # the build, then a 1 % change
+    python -m benchmarks.scale build --products 250000 [--cold]   # the build
+    python -m benchmarks.scale change --products 250000             # then a 1 % change
     python -m benchmarks.scale serve --products 250000              # server memory and speed
+    python -m benchmarks.scale serve --products 250000 --one-ranker # the same, one ranker copy
     python -m benchmarks.scale report --quality EVALUATION.json     # scale.md/.json + a plot
 
 Each phase writes its figures to WORK/<phase>-<products>.json with its own command, date and
@@ -12,9 +14,12 @@ the machine's load, and `report` puts them side by side with the quality figures
 takes most of an hour on two cores, and a row is then redone without redoing the others.
 
 - build: `fusionrank build` under /usr/bin/time (wall time, peak memory); the embedding cache
-  is a new empty one with --cold, so every title is embedded; then 1 % of the products get a new
-  title and the same build runs again (what a catalogue change costs; the cache embeds only
-  those). Bytes per product of every served artefact (benchmarks/artefact_sizes.py).
+  is a new empty one with --cold, so every title is embedded. Bytes per product of every served
+  artefact (benchmarks/artefact_sizes.py).
+- change: 1 % of the products get a new title and `fusionrank build` runs again over a copy of
+  that build (hard links: the build replaces files, never writes into one), as a shop rebuilds
+  its --out after a catalogue change: the embedding cache embeds only those titles and the ANN
+  index of the build before is updated rather than built again.
 - serve: `tritonserver` on the built repository, response cache off; memory (RSS and PSS of
   tritonserver and its model processes) when ready and its peak under load; perf_analyzer at
   concurrency 1 and 8 over distinct real Home Depot queries.
@@ -122,7 +127,8 @@ def run_build(args: argparse.Namespace) -> None:
     out, cache = work / f"build-{products}", work / "cache"
     if args.cold:  # a cache of this build's own, empty: every title is embedded
         cache = work / f"cache-cold-{products}"
-        shutil.rmtree(cache, ignore_errors=True)
+        if not args.built:  # (a build run before filled it)
+            shutil.rmtree(cache, ignore_errors=True)
     if args.built:  # a build run before, as build_command runs it (its log and --out)
         first = build_figures(out, args.built) | {"log": str(args.built)}
         # An interrupted build's earlier runs (LOG's stem + "-partN.log"), resumed by this one
@@ -136,12 +142,26 @@ def run_build(args: argparse.Namespace) -> None:
     else:
         first = timed_build(catalogue, out, cache, work / f"build-{products}.log")
     sizes = artefact_bytes(out)
-    change = timed_build(changed_catalogue(catalogue), work / f"rebuild-{products}", cache,
-                         work / f"rebuild-{products}.log")
     save_phase(work, "build", products, {
-        "products": products, "cold": args.cold, "build": first, "rebuild_after_change": change,
-        "changed_share": CHANGED, "artefact_bytes": sizes,
+        "products": products, "cold": args.cold, "cache": str(cache), "build": first,
+        "artefact_bytes": sizes,
         "bytes_per_product": {name: round(size / products, 1) for name, size in sizes.items()}})
+
+
+def run_change(args: argparse.Namespace) -> None:
+    """The build again, over a copy of WORK/build-N, after 1 % of the titles changed."""
+    work, products = args.work, args.products
+    built = json.loads((work / f"build-{products}.json").read_text())
+    out = work / f"rebuild-{products}"
+    shutil.rmtree(out, ignore_errors=True)
+    shutil.copytree(work / f"build-{products}", out, copy_function=os.link, symlinks=True)
+    # (A build phase file from before "cache" was recorded: the cache it chose by --cold.)
+    cache = Path(built.get("cache") or work / (f"cache-cold-{products}" if built["cold"]
+                                               else "cache"))
+    change = timed_build(changed_catalogue(catalogue_file(work, products)), out, cache,
+                         work / f"rebuild-{products}.log")
+    save_phase(work, "change", products, {"products": products, "rebuild_after_change": change,
+                                          "changed_share": CHANGED})
 
 
 def run_serve(args: argparse.Namespace) -> None:
@@ -149,6 +169,10 @@ def run_serve(args: argparse.Namespace) -> None:
     from fusionrank.app.serve import TritonServer
 
     repository = args.work / f"build-{args.products}" / "model_repository"
+    phase = "serve"
+    if args.one_ranker:
+        repository, phase = one_ranker_repository(args.work / f"build-{args.products}"), \
+            "serve-one-ranker"
     queries = benchmark_queries(args.queries)
     with tempfile.TemporaryDirectory() as tmp:
         data = perf_analyzer_input(queries, Path(tmp) / "queries.json")
@@ -161,11 +185,32 @@ def run_serve(args: argparse.Namespace) -> None:
             peak.start()
             results = load_levels(server, data, [1, 8], args.seconds, "distinct")
             peak.stop()
-    save_phase(args.work, "serve", args.products, {
-        "products": args.products, "queries": len(queries),
+    save_phase(args.work, phase, args.products, {
+        "products": args.products, "queries": len(queries), "repository": str(repository),
         "ready_seconds": round(ready_seconds, 1),
         "memory_ready_mib": ready, "memory_peak_mib": peak.peak,
         "load": [vars(r) for r in results], "load_average_after": load_average()})
+
+
+def one_ranker_repository(build: Path) -> Path:
+    """The build's artefacts served as `fusionrank build --layout two --encoder-instances 2
+    --ranker-instances 1 --ranker-threads 2` would serve them: one process maps the
+    catalogue's files (written beside the build's own repository, which stays as it is)."""
+    from fusionrank.model_repository.search.ensemble import (
+        SearchArtefacts,
+        ServingOptions,
+        search_ensemble,
+    )
+
+    served = json.loads((build / "model_repository" / "fusionrank.json").read_text())
+    repository = build / "model_repository-one-ranker"
+    shutil.rmtree(repository, ignore_errors=True)
+    files = SearchArtefacts(build / "artefacts" / "encoder", build / "artefacts" / "index",
+                            build / "artefacts" / "ranking")
+    options = ServingOptions(layout="two", encoder_instances=2, ranker_instances=1,
+                             ranker_threads=2)
+    search_ensemble(files, options).export(repository, int(served["version"]))
+    return repository
 
 
 def save_phase(work: Path, phase: str, products: int, figures: dict) -> None:
@@ -177,7 +222,7 @@ def save_phase(work: Path, phase: str, products: int, figures: dict) -> None:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     phases = parser.add_subparsers(dest="phase", required=True)
-    for name in ("build", "serve"):
+    for name in ("build", "change", "serve"):
         phase = phases.add_parser(name)
         phase.add_argument("--products", type=int, required=True)
         phase.add_argument("--work", type=Path, default=WORK)
@@ -186,11 +231,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                help="a new, empty embedding cache: embed every title")
             phase.add_argument("--built", type=Path, metavar="LOG",
                                help="the first build ran before (into WORK/build-N, as "
-                                    "build_command runs it): read its figures from its log")
-        else:
+                                    "build_command runs it; with --cold, with the cache "
+                                    "WORK/cache-cold-N): read its figures from its log")
+        elif name == "serve":
             phase.add_argument("--seconds", type=float, default=20.0,
                                help="perf_analyzer's measurement window")
             phase.add_argument("--queries", type=int, default=QUERIES)
+            phase.add_argument("--one-ranker", action="store_true",
+                               help="serve the build as --layout two with one ranker copy of "
+                                    "two threads (WORK/serve-one-ranker-N.json)")
     report = phases.add_parser("report")
     report.add_argument("--work", type=Path, default=WORK)
     report.add_argument("--quality", type=Path, required=True,
@@ -206,6 +255,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.phase == "build":
         run_build(args)
+    elif args.phase == "change":
+        run_change(args)
     elif args.phase == "serve":
         run_serve(args)
     else:

@@ -10,6 +10,14 @@ the hybrid pool unchanged.
 The index file (ANN_INDEX) is built by export/search/ann.py; its record (ANN_RECORD, beside it)
 holds the build parameters, the search settings (nprobe, efSearch: FAISS does not save them in
 the index) and the file's SHA-256, checked before FAISS reads a byte of it.
+
+A rebuild after a catalogue change updates the last build's index rather than building it
+again (export/search/ann.py `update_ann_index`): the new and changed products' vectors are
+added as new entries and the entries of removed or changed products stay in the graph, stale.
+So an index entry is not a catalogue row: ANN_ROWS maps each entry to its row (-1: stale), and
+the search skips stale entries inside FAISS (an IDSelectorBitmap), so a shortlist is never cut
+short by them. An index without ANN_ROWS (built whole, before this file existed) has entry i
+at row i.
 """
 
 from __future__ import annotations
@@ -52,6 +60,8 @@ class AnnRecord:
     sha256: str  # of the index file
     nprobe: int | None = None  # IVF: inverted lists visited a query
     ef_search: int | None = None  # HNSW: candidate list length a query
+    entries: int | None = None  # vectors in the index, stale ones too (None: = products)
+    rows_sha256: str | None = None  # of ANN_ROWS (None: none written, entry i is row i)
 
     @classmethod
     def load(cls, path: str | Path) -> AnnRecord:
@@ -60,7 +70,8 @@ class AnnRecord:
             saved = json.loads(path.read_text(encoding="utf-8"))
             return cls(factory=str(saved["factory"]), products=int(saved["products"]),
                        dim=int(saved["dim"]), sha256=str(saved["sha256"]),
-                       nprobe=saved.get("nprobe"), ef_search=saved.get("ef_search"))
+                       nprobe=saved.get("nprobe"), ef_search=saved.get("ef_search"),
+                       entries=saved.get("entries"), rows_sha256=saved.get("rows_sha256"))
         except (OSError, ValueError, KeyError, TypeError) as error:
             raise artefacts.ArtefactError(f"{path} is not a readable ANN index record "
                                           f"({error}); rebuild the index") from error
@@ -99,13 +110,47 @@ class AnnIndex:
                 "since the build); rebuild the index")
         self.index = read_mapped(self.path)
         self.embeddings = embeddings
-        if (self.index.ntotal, self.index.d) != embeddings.shape:
-            raise artefacts.ArtefactError(
-                f"{self.path} indexes {self.index.ntotal} vectors of {self.index.d} dimensions; "
-                f"the embeddings are {list(embeddings.shape)}")
+        self.entry_rows = self._entry_rows()
+        self.live_entries = self.products if self.entry_rows is None else \
+            int((self.entry_rows >= 0).sum())
         self.threads = threads
         self.fallbacks = 0  # queries the index found fewer than k products for (exact instead)
+        self.params = self._live_filter()
         self.tune(nprobe=self.record.nprobe, ef_search=self.record.ef_search)
+
+    def _entry_rows(self) -> np.ndarray | None:
+        """int32 [entries]: each index entry's catalogue row (-1: stale), checked against its
+        SHA-256 and the catalogue; None where entry i is row i."""
+        products, dim = self.embeddings.shape
+        if self.record.rows_sha256 is None:
+            if (self.index.ntotal, self.index.d) != (products, dim):
+                raise artefacts.ArtefactError(
+                    f"{self.path} indexes {self.index.ntotal} vectors of {self.index.d} "
+                    f"dimensions; the embeddings are {[products, dim]}")
+            return None
+        path = self.path.with_name(artefacts.ANN_ROWS)
+        if artefacts.file_sha256(path) != self.record.rows_sha256:
+            raise artefacts.ArtefactError(
+                f"{path} does not match its SHA-256 {self.record.rows_sha256[:12]}… (changed or "
+                "damaged since the build); rebuild the index")
+        rows = artefacts.load_array(path, shape=(self.index.ntotal,), mmap=True)
+        if self.index.d != dim or rows.max(initial=-1) >= products:
+            raise artefacts.ArtefactError(
+                f"{self.path} ({self.index.d} dimensions, rows up to {rows.max(initial=-1)}) "
+                f"does not index these embeddings {[products, dim]}")
+        return rows
+
+    def _live_filter(self) -> faiss.SearchParameters | None:
+        """Search parameters that skip the stale entries (None where there are none)."""
+        if self.entry_rows is None or (self.entry_rows >= 0).all():
+            return None
+        # Kept on self: FAISS reads the bitmap through a raw pointer at every search.
+        self._live = np.packbits(self.entry_rows >= 0, bitorder="little")
+        self._selector = faiss.IDSelectorBitmap(len(self.entry_rows), faiss.swig_ptr(self._live))
+        params = faiss.SearchParametersHNSW() if "HNSW" in self.record.factory else \
+            faiss.SearchParametersIVF()
+        params.sel = self._selector
+        return params
 
     @classmethod
     def load(cls, folder: str | Path, threads: int = THREADS) -> AnnIndex:
@@ -116,7 +161,7 @@ class AnnIndex:
 
     @property
     def products(self) -> int:
-        return int(self.index.ntotal)
+        return len(self.embeddings)
 
     def describe(self) -> str:
         setting = (f"nprobe {self.record.nprobe}" if self.record.nprobe is not None
@@ -128,8 +173,12 @@ class AnnIndex:
         space = faiss.ParameterSpace()
         if nprobe is not None:
             space.set_index_parameter(self.index, "nprobe", int(nprobe))
+            if self.params is not None and hasattr(self.params, "nprobe"):
+                self.params.nprobe = int(nprobe)
         if ef_search is not None:
             space.set_index_parameter(self.index, "efSearch", int(ef_search))
+            if self.params is not None and hasattr(self.params, "efSearch"):
+                self.params.efSearch = int(ef_search)
 
     def search(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """rows int64 [n, k] and their exact cosine float32 [n, k], best first, ties by the
@@ -141,11 +190,14 @@ class AnnIndex:
             raise ValueError(f"k = {k} must be between 1 and the index's {self.products} "
                              "products")
         faiss.omp_set_num_threads(self.threads)
-        _, shortlist = self.index.search(vectors, min(SHORTLIST * k, self.products))
+        _, shortlist = self.index.search(vectors, min(SHORTLIST * k, self.live_entries),
+                                         params=self.params)
         rows = np.empty((len(vectors), k), dtype=np.int64)
         similarity = np.empty((len(vectors), k), dtype=np.float32)
         for i, (vector, found) in enumerate(zip(vectors, shortlist, strict=True)):
             found = found[found >= 0]  # -1: the probed lists held fewer products than asked
+            if self.entry_rows is not None:
+                found = self.entry_rows[found].astype(np.int64)
             if len(found) < k:
                 self.fallbacks += 1
                 rows[i], similarity[i] = self.exact(vector, k)

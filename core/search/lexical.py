@@ -104,11 +104,12 @@ def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _above_kth_block_max(scores: np.ndarray, k: int) -> np.ndarray:
-    """Ascending rows that hold every one of the k best scores and every row tied with the
-    k-th, found without partitioning the whole array: at a million products a partition or a
-    full `scores > 0` scan costs more than the rest of a query's BM25. The k-th largest of
-    the blocks' maxima is a lower bound on the k-th largest score (k blocks each hold a score
-    at least that high), so only the blocks whose maximum reaches it need a look."""
+    """Ascending rows that hold the k best scores and, where the k-th is tied, the lowest rows
+    tied with it, found without partitioning the whole array: at a million products a
+    partition or a full `scores > 0` scan costs more than the rest of a query's BM25. The k-th
+    largest of the blocks' maxima is a lower bound on the k-th largest score (k blocks each
+    hold a score at least that high): every row above it is in a block whose maximum is above
+    it, and the rows equal to it are taken lowest first, only as many as can be needed."""
     blocks = len(scores) // BLOCK
     if blocks < 4 * k:
         return np.arange(len(scores))
@@ -116,10 +117,24 @@ def _above_kth_block_max(scores: np.ndarray, k: int) -> np.ndarray:
     if blocks * BLOCK < len(scores):
         maxima = np.append(maxima, scores[blocks * BLOCK:].max())
     bound = np.partition(maxima, len(maxima) - k)[len(maxima) - k]
-    starts = np.flatnonzero(maxima >= bound) * BLOCK
+    starts = np.flatnonzero(maxima > bound) * BLOCK
     rows = (starts[:, None] + np.arange(BLOCK)).ravel()
     rows = rows[rows < len(scores)]
-    return rows[scores[rows] >= bound]
+    above = rows[scores[rows] > bound]
+    return np.union1d(above, _lowest_equal(scores, bound, k - len(above)))
+
+
+def _lowest_equal(scores: np.ndarray, value: float, n: int) -> np.ndarray:
+    """The n lowest rows whose score equals `value`, read a block of rows at a time (BM25's
+    zeros: the first block usually holds them)."""
+    found: list[np.ndarray] = []
+    start, step = 0, 64 * BLOCK
+    while n > 0 and start < len(scores):
+        rows = start + np.flatnonzero(scores[start:start + step] == value)[:n]
+        found.append(rows)
+        n -= len(rows)
+        start += step
+    return np.concatenate(found) if found else np.zeros(0, dtype=np.int64)
 
 
 def _top_k_of(scores: np.ndarray, k: int) -> np.ndarray:
@@ -152,7 +167,6 @@ def merge_candidates(dense_rows: np.ndarray, scores: np.ndarray, extra: int) -> 
     if extra <= 0:
         return dense_rows.astype(np.int64)
     best, _ = top_k(scores, len(dense_rows) + extra)
-    dense = np.zeros(len(scores), dtype=bool)
-    dense[dense_rows] = True
-    added = best[~dense[best]][:extra]
+    added = best[~np.isin(best, dense_rows)][:extra]
     return np.concatenate([dense_rows.astype(np.int64), added])
+

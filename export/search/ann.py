@@ -1,8 +1,16 @@
 """Build the FAISS ANN index of a catalogue's embeddings (core/search/ann.py serves it).
 
     report = build_ann_index(embeddings, folder / ANN_INDEX, AnnParams())
+    report = update_ann_index(previous_folder, embeddings, folder / ANN_INDEX) or ...
 
-writes the index and, beside it, its record (ANN_RECORD: parameters, search settings, SHA-256).
+writes the index and, beside it, its record (ANN_RECORD: parameters, search settings, SHA-256)
+and a 64-bit digest of each entry's vector (ANN_KEYS), which lets the next build update this
+index instead of building a new one: `update_ann_index` pairs the new catalogue's vectors with
+the entries holding the same vector, adds only the vectors no entry holds, and marks the rest
+stale (ANN_ROWS maps entries to rows). HNSW has no removal, and a graph built whole takes
+minutes at a million products where adding 1 % takes seconds; stale entries still guide the
+search through the graph but are never returned. Past MAX_STALE of the entries the index is
+built whole again, so they never come to dominate what a query walks.
 Inner product on unit rows is the cosine. The defaults are the served configuration the sweep
 picked on the real 1M catalogue (benchmarks/reports/ann_sweep.md): each index at its smallest
 setting with recall@100 ≥ 0.96 against exact, then the fastest.
@@ -12,6 +20,7 @@ stays bounded by the sample, a chunk and the index itself.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import time
@@ -22,12 +31,16 @@ import faiss
 import numpy as np
 
 from fusionrank.core import artefacts
-from fusionrank.core.search.ann import record_path
+from fusionrank.core.search.ann import AnnRecord, record_path
 
 INDEX_TYPES = ("ivf_flat", "ivf_sq8", "ivf_pq", "hnsw", "hnsw_sq8")
 ADD_CHUNK = 65_536  # rows added a call
 # FAISS's k-means wants at least this many training points a list (it warns below 39).
 POINTS_PER_LIST = 39
+# An update that would leave more than this share of the entries stale builds the index whole
+# instead: each stale entry still costs a query its visit and the index its bytes.
+MAX_STALE = 0.1
+KEY_CHUNK = 65_536  # rows hashed a block (bounded memory)
 
 
 @dataclass(frozen=True)
@@ -116,6 +129,10 @@ class AnnReport:
     bytes: int
     train_seconds: float
     add_seconds: float
+    entries: int | None = None  # vectors in the index, stale too (None: one a product)
+    stale: int = 0
+    carried: int | None = None  # entries kept from the index updated (None: built whole)
+    added: int | None = None  # vectors added to it
 
     @property
     def build_seconds(self) -> float:
@@ -163,8 +180,7 @@ def build_ann_index(embeddings: np.ndarray, path: str | Path,
     trained = time.perf_counter()
     add_in_chunks(index, embeddings, progress)
     added = time.perf_counter()
-    with artefacts.replacing(path) as temporary:
-        faiss.write_index(index, str(temporary))
+    save_index(index, path, keys=vector_keys(embeddings), rows=None)
     report = AnnReport(path=str(path), factory=factory, params=asdict(params),
                        products=products, dim=dim, sha256=artefacts.file_sha256(path),
                        bytes=path.stat().st_size, train_seconds=round(trained - started, 2),
@@ -173,20 +189,146 @@ def build_ann_index(embeddings: np.ndarray, path: str | Path,
     return report
 
 
-def add_in_chunks(index: faiss.Index, embeddings: np.ndarray, progress: bool) -> None:
-    starts = range(0, len(embeddings), ADD_CHUNK)
+def update_ann_index(previous: str | Path, embeddings: np.ndarray, path: str | Path,
+                     params: AnnParams | None = None, progress: bool = True
+                     ) -> AnnReport | None:
+    """The index in the folder `previous` brought up to `embeddings` and written at `path`
+    (its record, keys and rows beside): its entries holding a vector of `embeddings` are kept
+    for that row, the vectors no entry holds are added, the other entries go stale. None
+    where it cannot be: no index there (or one damaged, or without keys), another factory or
+    dimension, or more than MAX_STALE of the entries stale afterwards; build whole then."""
+    params = params or AnnParams()
+    previous, path = Path(previous), Path(path)
+    products, dim = embeddings.shape
+    params.check(products, dim)
+    old = _updatable(previous, params.factory(products), dim)
+    if old is None:
+        return None
+    record, entry_keys, entry_rows = old
+    started = time.perf_counter()
+    keys = vector_keys(embeddings)
+    kept, fresh = carried_entries(entry_keys, entry_rows >= 0, keys)
+    entries = len(kept) + len(fresh)
+    stale = int((kept < 0).sum())
+    if stale > MAX_STALE * entries:
+        return None
+    index = faiss.read_index(str(previous / artefacts.ANN_INDEX))  # into memory: it grows
+    add_in_chunks(index, embeddings, progress, rows=fresh)
+    added = time.perf_counter()
+    save_index(index, path, keys=np.concatenate([entry_keys, keys[fresh]]),
+               rows=np.concatenate([kept, fresh]))
+    report = AnnReport(path=str(path), factory=record.factory, params=asdict(params),
+                       products=products, dim=dim, sha256=artefacts.file_sha256(path),
+                       bytes=path.stat().st_size, train_seconds=0.0,
+                       add_seconds=round(added - started, 2), entries=entries, stale=stale,
+                       carried=int((kept >= 0).sum()), added=len(fresh))
+    write_record(report, params)
+    return report
+
+
+def _updatable(folder: Path, factory: str, dim: int
+               ) -> tuple[AnnRecord, np.ndarray, np.ndarray] | None:
+    """The record, entry keys and entry rows of the index in `folder`, where it is intact and
+    of this factory and dimension."""
+    index_path, keys_path = folder / artefacts.ANN_INDEX, folder / artefacts.ANN_KEYS
+    try:
+        record = AnnRecord.load(record_path(index_path))
+        saved = json.loads(record_path(index_path).read_text(encoding="utf-8"))
+        if (record.factory != factory or record.dim != dim or not keys_path.is_file()
+                or artefacts.file_sha256(index_path) != record.sha256
+                or artefacts.file_sha256(keys_path) != saved.get("keys_sha256")):
+            return None
+        entries = record.entries if record.entries is not None else record.products
+        keys = artefacts.load_array(keys_path, shape=(entries,))
+        rows = np.arange(entries, dtype=np.int64) if record.rows_sha256 is None else \
+            artefacts.load_array(folder / artefacts.ANN_ROWS, shape=(entries,)).astype(np.int64)
+    except (OSError, artefacts.ArtefactError):
+        return None
+    return record, keys, rows
+
+
+def carried_entries(entry_keys: np.ndarray, live: np.ndarray, row_keys: np.ndarray
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """Pair rows with live entries of the same vector key (the n-th row of a key with the
+    n-th entry of it, so duplicates pair one to one): int64 [entries] the row each entry now
+    holds (-1: stale), and the rows no entry holds, ascending."""
+    live_entries = np.flatnonzero(live)
+    _, at_entry, at_row = np.intersect1d(_numbered(entry_keys[live_entries]),
+                                         _numbered(row_keys), assume_unique=True,
+                                         return_indices=True)
+    kept = np.full(len(entry_keys), -1, dtype=np.int64)
+    kept[live_entries[at_entry]] = at_row
+    fresh = np.ones(len(row_keys), dtype=bool)
+    fresh[at_row] = False
+    return kept, np.flatnonzero(fresh)
+
+
+def _numbered(keys: np.ndarray) -> np.ndarray:
+    """(key, how many times it occurred before) for each key: unique, as intersect1d needs."""
+    order = np.argsort(keys, kind="stable")
+    ordered = keys[order]
+    starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
+    first = np.repeat(starts, np.diff(np.r_[starts, len(keys)]))
+    out = np.empty(len(keys), dtype=[("key", "<u8"), ("seen", "<i8")])
+    out["key"] = keys
+    out["seen"][order] = np.arange(len(keys)) - first
+    return out
+
+
+def vector_keys(embeddings: np.ndarray) -> np.ndarray:
+    """uint64 [rows]: the first 8 bytes of BLAKE2b of each row's float32 bytes, as the
+    embedding cache keys titles (two vectors share a key with probability ~N² / 2⁶⁵)."""
+    keys = np.empty(len(embeddings), dtype="<u8")
+    for start in range(0, len(embeddings), KEY_CHUNK):
+        block = np.ascontiguousarray(embeddings[start:start + KEY_CHUNK], dtype=np.float32)
+        keys[start:start + len(block)] = np.frombuffer(b"".join(
+            hashlib.blake2b(row.tobytes(), digest_size=8).digest() for row in block),
+            dtype="<u8")
+    return keys
+
+
+def save_index(index: faiss.Index, path: Path, keys: np.ndarray,
+               rows: np.ndarray | None) -> None:
+    """The index at `path`, its entries' keys (ANN_KEYS) and, where entries are not rows,
+    their rows (ANN_ROWS) beside it; an ANN_ROWS left from an earlier build is removed."""
+    with artefacts.replacing(path) as temporary:
+        faiss.write_index(index, str(temporary))
+    with artefacts.replacing(path.with_name(artefacts.ANN_KEYS)) as temporary, \
+            temporary.open("wb") as handle:
+        np.save(handle, keys.astype("<u8"))
+    rows_path = path.with_name(artefacts.ANN_ROWS)
+    if rows is None:
+        rows_path.unlink(missing_ok=True)
+        return
+    with artefacts.replacing(rows_path) as temporary, temporary.open("wb") as handle:
+        np.save(handle, rows.astype(np.int32))
+
+
+def add_in_chunks(index: faiss.Index, embeddings: np.ndarray, progress: bool,
+                  rows: np.ndarray | None = None) -> None:
+    """Add `embeddings` (its `rows` only, where given) to the index, ADD_CHUNK at a time."""
+    total = len(embeddings) if rows is None else len(rows)
+    starts = range(0, total, ADD_CHUNK)
     if progress:
         from tqdm import tqdm
         starts = tqdm(starts, desc="adding to the ANN index", unit="chunk", mininterval=5.0)
     for start in starts:
-        index.add(np.ascontiguousarray(embeddings[start:start + ADD_CHUNK], dtype=np.float32))
+        block = embeddings[start:start + ADD_CHUNK] if rows is None else \
+            embeddings[rows[start:start + ADD_CHUNK]]
+        index.add(np.ascontiguousarray(block, dtype=np.float32))
 
 
 def write_record(report: AnnReport, params: AnnParams) -> None:
     """The record the server reads (core/search/ann.py AnnRecord) plus the build's report."""
     search = ({"ef_search": params.ef_search} if params.graph
               else {"nprobe": params.nprobe})
+    folder = Path(report.path).parent
+    rows_path = folder / artefacts.ANN_ROWS
+    entries = {"entries": report.entries, "rows_sha256": artefacts.file_sha256(rows_path)
+               } if rows_path.is_file() else {}
     record = {"factory": report.factory, "products": report.products, "dim": report.dim,
-              "sha256": report.sha256, **search, "build": report.to_json()}
+              "sha256": report.sha256, **search, **entries,
+              "keys_sha256": artefacts.file_sha256(folder / artefacts.ANN_KEYS),
+              "build": report.to_json()}
     with artefacts.replacing(record_path(report.path)) as temporary:
         temporary.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")

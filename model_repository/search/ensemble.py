@@ -83,13 +83,19 @@ class ServingOptions:
     # ONNX Runtime threads per copy. With two copies on two cores, a second thread only waits
     # for the core the other copy computes on (the sweep: benchmarks/reports/search_sweep.md).
     onnx_threads: int = 1
+    # Threads of the ranker model's ONNX sessions and FAISS search (layouts two and steps;
+    # None: onnx_threads): one ranker copy can then use both cores while it alone maps the
+    # catalogue's files.
+    ranker_threads: int | None = None
     candidates: int = MAX_K
     lexical_candidates: int = LEXICAL_CANDIDATES  # BM25 candidates added (the fitted pool)
     # How the CPU pipeline's steps are grouped into Triton models (LAYOUTS): "one" (every step
     # in one model, SEARCH_STEPS, `ranker_instances` copies), "two" (the query_encoder and the
     # ranker) or "steps" (one model per step). Each hop between Python-backend models costs a
     # process crossing and a queue, so "one" is the default: search_sweep.md measures the
-    # three side by side.
+    # three side by side. Each copy of a model maps the catalogue's files: "two" with one
+    # ranker copy of two threads (ranker_threads) keeps them resident once, which halves the
+    # RSS sum at a million products but not the PSS, at a third less throughput (scale.md).
     layout: str = "one"
     # The query encoder's precision; the catalogue is embedded in FP32 either way. INT8
     # (export/quantize.py: 8-bit weights, int8 arithmetic, each token's activations quantised
@@ -128,9 +134,17 @@ class ServingOptions:
             raise ValueError("tensorrt_engine is served by the GPU repository only (device gpu)")
         if self.retrieval not in ("auto", "exact", "ann"):
             raise ValueError(f"retrieval must be auto, exact or ann, not {self.retrieval!r}")
+        if self.ranker_threads is not None and self.layout == "one" \
+                and self.ranker_threads != self.onnx_threads:
+            raise ValueError("ranker_threads needs layout two or steps: layout one runs the "
+                             "encoder and the ranker in one model, with onnx_threads")
         if self.retrieval == "ann" and self.device == "gpu":
             raise ValueError("retrieval ann is served by the CPU repository only; the GPU "
                              "repository retrieves exactly on the GPU")
+
+    @property
+    def ranker_parameters(self) -> dict[str, str]:
+        return {"threads": str(self.ranker_threads or self.onnx_threads)}
 
     @property
     def encoder_file(self) -> str:
@@ -179,7 +193,8 @@ def search_ensemble(files: SearchArtefacts, options: ServingOptions) -> Ensemble
     retrieve = PythonModel(
         "retrieval", steps.Retrieve,
         artefacts={name: files.index / name for name in retrieval_files(files, options)},
-        parameters={**threads, "candidates": str(options.candidates)}, max_queue_delay_us=delay,
+        parameters={**options.ranker_parameters, "candidates": str(options.candidates)},
+        max_queue_delay_us=delay,
         # With BM25 candidates to merge, retrieval's pool is the dense part of the final one.
         tensor_names=dense_names(steps.CANDIDATES.name, steps.SIMILARITY.name) if fused else {})
     scoring, rank = ranking_models(files, options)
@@ -202,7 +217,8 @@ def retrieval_files(files: SearchArtefacts, options: ServingOptions) -> tuple[st
     rescores with: core/search/ann.py) where the build made one for a large catalogue, else
     the exact graph of `options.precision`."""
     if (files.index / names.ANN_INDEX).is_file():
-        return names.ANN_INDEX, names.ANN_RECORD, names.EMBEDDINGS
+        rows = (names.ANN_ROWS,) if (files.index / names.ANN_ROWS).is_file() else ()
+        return names.ANN_INDEX, names.ANN_RECORD, *rows, names.EMBEDDINGS
     return options.retrieval_files
 
 
@@ -239,7 +255,7 @@ def ranking_models(files: SearchArtefacts,
         "scoring", steps.ScoreCandidates,
         artefacts={**{name: files.index / name for name in (names.EMBEDDINGS, names.PRODUCTS)},
                    **{name: files.run / name for name in run_files}},
-        parameters={"threads": str(options.onnx_threads),
+        parameters={**options.ranker_parameters,
                     "lexical_candidates": str(options.lexical_candidates)},
         instances=options.ranker_instances,
         max_queue_delay_us=options.max_queue_delay_us)] if files.run is not None else []

@@ -14,7 +14,13 @@ from fusionrank.core import artefacts
 from fusionrank.core.search.ann import SHORTLIST, AnnIndex, record_path
 from fusionrank.core.search.runtime import dense_candidates
 from fusionrank.export.search import retrieval
-from fusionrank.export.search.ann import AnnParams, build_ann_index
+from fusionrank.export.search.ann import (
+    MAX_STALE,
+    AnnParams,
+    build_ann_index,
+    carried_entries,
+    update_ann_index,
+)
 from fusionrank.model_repository.search.ensemble import (
     SearchArtefacts,
     ServingOptions,
@@ -173,6 +179,9 @@ def test_the_ensemble_places_the_ann_index_where_the_build_made_one(tmp_path):
     (tmp_path / artefacts.ANN_INDEX).write_bytes(b"")
     assert retrieval_files(files, options) == (artefacts.ANN_INDEX, artefacts.ANN_RECORD,
                                                artefacts.EMBEDDINGS)
+    (tmp_path / artefacts.ANN_ROWS).write_bytes(b"")  # an updated index: entries are not rows
+    assert retrieval_files(files, options) == (artefacts.ANN_INDEX, artefacts.ANN_RECORD,
+                                               artefacts.ANN_ROWS, artefacts.EMBEDDINGS)
 
 
 def test_embeddings_of_another_catalogue_are_refused(catalogue, tmp_path):
@@ -180,3 +189,106 @@ def test_embeddings_of_another_catalogue_are_refused(catalogue, tmp_path):
     built(embeddings[:5_000], tmp_path, AnnParams("ivf_sq8", nlist=32, nprobe=4))
     with pytest.raises(artefacts.ArtefactError, match="indexes 5000 vectors"):
         AnnIndex(tmp_path / artefacts.ANN_INDEX, embeddings[:4_000])
+
+
+def changed_catalogue(embeddings: np.ndarray, seed: int = 1) -> tuple[np.ndarray, dict]:
+    """The catalogue a day later: 2 % of the products get a new vector, 1 % leave, 1 % arrive,
+    and the rows are shuffled; with the counts an update must find."""
+    rng = np.random.default_rng(seed)
+    products = len(embeddings)
+    changed, gone = np.split(rng.permutation(products)[:products * 3 // 100],
+                             [products * 2 // 100])
+    after = embeddings.copy()
+    after[changed] = unit(after[changed] + 0.5 * rng.standard_normal((len(changed), DIM)))
+    arrivals = unit(embeddings[rng.integers(products, size=products // 100)]
+                    + 0.4 * rng.standard_normal((products // 100, DIM)))
+    after = np.vstack([np.delete(after, gone, axis=0), arrivals])[rng.permutation(
+        products - len(gone) + len(arrivals))]
+    return after, {"carried": products - len(changed) - len(gone),
+                   "added": len(changed) + len(arrivals), "stale": len(changed) + len(gone)}
+
+
+def test_an_update_adds_only_new_vectors_and_never_answers_a_stale_entry(catalogue, tmp_path):
+    embeddings, queries = catalogue
+    before, after_dir = tmp_path / "before", tmp_path / "after"
+    before.mkdir(), after_dir.mkdir()
+    built(embeddings, before, AnnParams("hnsw_sq8", hnsw_m=16, ef_search=256))
+    after, expected = changed_catalogue(embeddings)
+    np.save(after_dir / artefacts.EMBEDDINGS, after)
+    report = update_ann_index(before, after, after_dir / artefacts.ANN_INDEX,
+                              AnnParams("hnsw_sq8", hnsw_m=16, ef_search=256), progress=False)
+    assert (report.carried, report.added, report.stale) == (
+        expected["carried"], expected["added"], expected["stale"])
+    assert report.entries == len(embeddings) + expected["added"]
+    index = AnnIndex.load(after_dir)
+    assert index.products == len(after) and index.live_entries == len(after)
+    # Every live entry holds its row's vector: its SQ8 code decoded is that vector, up to
+    # the 8-bit steps (and a clipped component where a new vector leaves the trained range).
+    live = np.flatnonzero(index.entry_rows >= 0)
+    decoded = unit(index.index.reconstruct_batch(live))
+    assert np.einsum("nd,nd->n", decoded, after[index.entry_rows[live]]).min() > 0.98
+    assert sorted(index.entry_rows[live]) == list(range(len(after)))
+    rows, _ = index.search(queries, TOP)
+    exact_rows, _ = dense_candidates(after, queries, TOP)
+    assert recall(rows, exact_rows) >= 0.95
+    assert all(len(set(r)) == TOP for r in rows)
+
+
+def test_an_update_of_an_updated_index_keeps_counting(catalogue, tmp_path):
+    embeddings, _ = catalogue
+    folders = [tmp_path / name for name in ("one", "two", "three")]
+    for folder in folders:
+        folder.mkdir()
+    params = AnnParams("hnsw_sq8", hnsw_m=16, ef_search=256)
+    built(embeddings, folders[0], params)
+    second, first_change = changed_catalogue(embeddings, seed=1)
+    update_ann_index(folders[0], second, folders[1] / artefacts.ANN_INDEX, params,
+                     progress=False)
+    third = second.copy()
+    third[:100] = unit(third[:100] + 0.5)  # 100 more products change
+    report = update_ann_index(folders[1], third, folders[2] / artefacts.ANN_INDEX, params,
+                              progress=False)
+    assert report.added == 100 and report.stale == first_change["stale"] + 100
+    assert report.carried == len(third) - 100
+
+
+def test_too_many_stale_entries_mean_a_whole_build(catalogue, tmp_path):
+    embeddings, _ = catalogue
+    params = AnnParams("hnsw_sq8", hnsw_m=16, ef_search=256)
+    built(embeddings, tmp_path, params)
+    changed = embeddings.copy()
+    share = MAX_STALE + 0.02
+    changed[:int(share * len(embeddings))] *= -1
+    assert update_ann_index(tmp_path, changed, tmp_path / "new.faiss", params,
+                            progress=False) is None
+    # Another kind of index, or one without its keys, is not updated either.
+    assert update_ann_index(tmp_path, embeddings, tmp_path / "new.faiss",
+                            AnnParams("hnsw", hnsw_m=16), progress=False) is None
+    (tmp_path / artefacts.ANN_KEYS).unlink()
+    assert update_ann_index(tmp_path, embeddings, tmp_path / "new.faiss", params,
+                            progress=False) is None
+
+
+def test_duplicate_vectors_pair_with_entries_one_to_one():
+    # Entries 0..4 hold keys 7, 7, 9, 3, 7 (entry 3 already stale); the new rows 9, 7, 7, 7, 5.
+    kept, fresh = carried_entries(np.array([7, 7, 9, 3, 7], dtype=np.uint64),
+                                  np.array([True, True, True, False, True]),
+                                  np.array([9, 7, 7, 7, 5], dtype=np.uint64))
+    assert kept.tolist() == [1, 2, 0, -1, 3]
+    assert fresh.tolist() == [4]
+
+
+def test_a_damaged_entry_map_is_refused_naming_the_file(catalogue, tmp_path):
+    embeddings, _ = catalogue
+    before, after_dir = tmp_path / "before", tmp_path / "after"
+    before.mkdir(), after_dir.mkdir()
+    params = AnnParams("hnsw_sq8", hnsw_m=16, ef_search=64)
+    built(embeddings, before, params)
+    after, _ = changed_catalogue(embeddings)
+    np.save(after_dir / artefacts.EMBEDDINGS, after)
+    update_ann_index(before, after, after_dir / artefacts.ANN_INDEX, params, progress=False)
+    rows = np.load(after_dir / artefacts.ANN_ROWS)
+    rows[[0, 1]] = rows[[1, 0]]
+    np.save(after_dir / artefacts.ANN_ROWS, rows)
+    with pytest.raises(artefacts.ArtefactError, match=re.escape(artefacts.ANN_ROWS)):
+        AnnIndex.load(after_dir)

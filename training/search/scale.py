@@ -35,21 +35,33 @@ from fusionrank.training.metrics import evaluate_ranking
 from fusionrank.training.search.data import Judgements
 
 SPLITS = ("dev", "test")
-SEARCH_STEPS = "search_steps"  # the model whose version folder holds every search artefact
+SEARCH_STEPS = "search_steps"  # layout one's model: its version folder holds every artefact
+QUERY_ENCODER, RANKER = "query_encoder", "ranker"  # layout two's models (a large catalogue's)
 
 
 def log(message: str) -> None:
     print(f"[evaluate --scale] {message}", file=sys.stderr, flush=True)
 
 
-def version_folder(repository: Path) -> Path:
-    """The served version folder of the model running the search steps."""
-    versions = sorted((p for p in (Path(repository) / SEARCH_STEPS).glob("*") if p.is_dir()
+def version_folder(repository: Path, model: str) -> Path | None:
+    """The served (newest) version folder of `model` in the repository, None if none."""
+    versions = sorted((p for p in (Path(repository) / model).glob("*") if p.is_dir()
                        and p.name.isdigit()), key=lambda p: int(p.name))
-    if not versions:
-        raise FileNotFoundError(f"{repository} has no {SEARCH_STEPS} model: build it with "
-                                "`fusionrank build` (the default layout)")
-    return versions[-1]
+    return versions[-1] if versions else None
+
+
+def served_folders(repository: Path) -> tuple[Path, Path]:
+    """The version folders of the model that encodes the queries and of the one that
+    retrieves and ranks: one and the same in layout one, query_encoder and ranker in two."""
+    one = version_folder(repository, SEARCH_STEPS)
+    if one is not None:
+        return one, one
+    encoder, ranker = version_folder(repository, QUERY_ENCODER), version_folder(repository, RANKER)
+    if encoder is None or ranker is None:
+        raise FileNotFoundError(f"{repository} has neither a {SEARCH_STEPS} model nor "
+                                f"{QUERY_ENCODER} and {RANKER}: build it with `fusionrank "
+                                "build` (layout auto, one or two)")
+    return encoder, ranker
 
 
 def served_qrels(judgements: Judgements, ids: list[str], split: str) -> dict[str, dict[int, float]]:
@@ -71,7 +83,7 @@ def recall_against(exact: np.ndarray, served: np.ndarray) -> float:
 
 def evaluate_repository(repository: Path, judgements: Judgements, threads: int | None) -> dict:
     started = time.perf_counter()
-    folder = version_folder(repository)
+    encoder_folder, folder = served_folders(repository)
     table = ProductTable.open(folder / artefacts.PRODUCTS)
     ids = [pid.decode("utf-8") for pid in table.product_ids(np.arange(len(table)))]
     missing = set(judgements.catalogue.ids) - set(ids)
@@ -80,8 +92,8 @@ def evaluate_repository(repository: Path, judgements: Judgements, threads: int |
                          "judged products: build it from a catalogue that keeps every one")
     runtime = SearchRuntime.load(folder, threads)
     retrieval = served_retrieval(folder, threads)
-    encoder = TextEncoder(TextTokenizer(folder / artefacts.TOKENIZER, MAX_QUERY_TOKENS),
-                          OnnxEncoder(folder / artefacts.ENCODER, threads), batch_size=64)
+    encoder = TextEncoder(TextTokenizer(encoder_folder / artefacts.TOKENIZER, MAX_QUERY_TOKENS),
+                          OnnxEncoder(encoder_folder / artefacts.ENCODER, threads), batch_size=64)
     embeddings = runtime.sources.embeddings
     log(f"{repository}: {len(ids)} products, retrieval {retrieval.describe()}")
     out: dict = {"repository": str(repository), "products": len(ids),

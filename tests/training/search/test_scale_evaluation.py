@@ -25,9 +25,14 @@ def test_each_catalogue_is_ranked_with_its_served_retrieval(trained_run, model_d
     catalogue = Catalogue([Product(i, t) for i, t in zip(generated.ids, generated.titles,
                                                          strict=True)], source="generated")
     cache = tmp_path / "embedding_cache"
+    # The index served as layout two (one ranker copy beside the query encoder): evaluate
+    # finds each model's files in its own version folder.
+    options = {"exact": ServingOptions(onnx_threads=1, retrieval="exact"),
+               "ann": ServingOptions(onnx_threads=1, retrieval="ann", layout="two",
+                                     ranker_instances=1, ranker_threads=2)}
     repositories = {kind: build_search_repository(
-        catalogue, model_dir, tmp_path / kind, ServingOptions(onnx_threads=1, retrieval=kind),
-        run_dir=trained_run.run, embedding_cache=cache) for kind in ("exact", "ann")}
+        catalogue, model_dir, tmp_path / kind, options[kind], run_dir=trained_run.run,
+        embedding_cache=cache) for kind in ("exact", "ann")}
     manifests = {kind: json.loads((r / "fusionrank.json").read_text())
                  for kind, r in repositories.items()}
     assert manifests["ann"]["retrieval"]["kind"] == "ann"

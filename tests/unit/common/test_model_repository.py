@@ -106,6 +106,16 @@ def test_instance_counts_and_threads_are_configurable(tmp_path):
     config = encoder.config()
     assert config.instance_group[0].count == 3
     assert config.parameters["threads"].string_value == "1"
+    # One ranker copy with two threads beside two encoder copies of one thread each.
+    ensemble = search_ensemble(SearchArtefacts(tmp_path, tmp_path, run=tmp_path),
+                               ServingOptions(layout="two", encoder_instances=2,
+                                              ranker_instances=1, ranker_threads=2))
+    configs = {s.name: s.config() for s in ensemble.pipeline.steps}
+    assert configs["query_encoder"].parameters["threads"].string_value == "1"
+    assert configs["ranker"].parameters["threads"].string_value == "2"
+    assert configs["ranker"].instance_group[0].count == 1
+    with pytest.raises(ValueError, match="ranker_threads needs layout two or steps"):
+        ServingOptions(ranker_threads=2)
 
 
 def test_ensemble_wiring_errors_are_caught_before_the_server():
