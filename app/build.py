@@ -52,7 +52,6 @@ PARITY_TEXTS = 256
 RUNS = Path("runs")
 DEFAULT_RUN = RUNS / "relevance"
 SHORT_RUN_STEPS = 60
-EMBEDDING_CACHE = RUNS / "cache" / "catalogue"  # `build --embedding-cache` default (cli.py)
 
 
 class BuildError(Exception):
@@ -78,7 +77,7 @@ def build_search_repository(catalogue: Catalogue, model_dir: Path, out_dir: Path
 
     `embedding_cache`: where each title's embedding is kept by its text and encoder, so a build
     embeds only the titles no earlier build embedded (and an interrupted one resumes); None: a
-    temporary one (`fusionrank build` passes EMBEDDING_CACHE)."""
+    temporary one (`fusionrank build` passes cli.EMBEDDING_CACHE)."""
     from fusionrank.training.search.serving import search_artefacts
 
     options = options or ServingOptions()

@@ -25,6 +25,7 @@ from fusionrank.app import deploy, recommend, search, sentiment, web
 from fusionrank.model_repository.search.ensemble import LAYOUTS, ServingOptions
 
 DEFAULT_BUILD = Path("build")
+EMBEDDING_CACHE = Path("runs/cache/catalogue")  # `build --embedding-cache` default
 DEFAULT_CACHE_MIB = 256
 MAX_RESTARTS = 3  # restarts of a crashed tritonserver in a row before `serve` gives up
 STEADY_S = 600  # a server that ran this long before it exited starts a new count
@@ -62,7 +63,7 @@ def add_build(commands: argparse._SubParsersAction) -> None:
                         help="dense retrieval: exact over every product, or a FAISS ANN index "
                              "rescored exactly; auto: ANN from the catalogue size where the "
                              "sweep found it faster (benchmarks/reports/ann_sweep.md)")
-    parser.add_argument("--embedding-cache", type=Path, default=Path("runs/cache/catalogue"),
+    parser.add_argument("--embedding-cache", type=Path, default=EMBEDDING_CACHE,
                         metavar="FOLDER",
                         help="where each title's embedding is kept (by its text and the "
                              "encoder), so a rebuild embeds only new or changed titles and an "

@@ -62,6 +62,7 @@ class AnnRecord:
     ef_search: int | None = None  # HNSW: candidate list length a query
     entries: int | None = None  # vectors in the index, stale ones too (None: = products)
     rows_sha256: str | None = None  # of ANN_ROWS (None: none written, entry i is row i)
+    keys_sha256: str | None = None  # of ANN_KEYS (what a later build's update reads)
 
     @classmethod
     def load(cls, path: str | Path) -> AnnRecord:
@@ -71,7 +72,8 @@ class AnnRecord:
             return cls(factory=str(saved["factory"]), products=int(saved["products"]),
                        dim=int(saved["dim"]), sha256=str(saved["sha256"]),
                        nprobe=saved.get("nprobe"), ef_search=saved.get("ef_search"),
-                       entries=saved.get("entries"), rows_sha256=saved.get("rows_sha256"))
+                       entries=saved.get("entries"), rows_sha256=saved.get("rows_sha256"),
+                       keys_sha256=saved.get("keys_sha256"))
         except (OSError, ValueError, KeyError, TypeError) as error:
             raise artefacts.ArtefactError(f"{path} is not a readable ANN index record "
                                           f"({error}); rebuild the index") from error
@@ -111,11 +113,11 @@ class AnnIndex:
         self.index = read_mapped(self.path)
         self.embeddings = embeddings
         self.entry_rows = self._entry_rows()
-        self.live_entries = self.products if self.entry_rows is None else \
-            int((self.entry_rows >= 0).sum())
+        live = None if self.entry_rows is None else self.entry_rows >= 0
+        self.live_entries = self.products if live is None else int(live.sum())
         self.threads = threads
         self.fallbacks = 0  # queries the index found fewer than k products for (exact instead)
-        self.params = self._live_filter()
+        self.params = self._live_filter(live)
         self.tune(nprobe=self.record.nprobe, ef_search=self.record.ef_search)
 
     def _entry_rows(self) -> np.ndarray | None:
@@ -140,13 +142,14 @@ class AnnIndex:
                 f"does not index these embeddings {[products, dim]}")
         return rows
 
-    def _live_filter(self) -> faiss.SearchParameters | None:
-        """Search parameters that skip the stale entries (None where there are none)."""
-        if self.entry_rows is None or (self.entry_rows >= 0).all():
+    def _live_filter(self, live: np.ndarray | None) -> faiss.SearchParameters | None:
+        """Search parameters that skip the stale entries (`live` False; None where there are
+        none)."""
+        if live is None or self.live_entries == len(live):
             return None
         # Kept on self: FAISS reads the bitmap through a raw pointer at every search.
-        self._live = np.packbits(self.entry_rows >= 0, bitorder="little")
-        self._selector = faiss.IDSelectorBitmap(len(self.entry_rows), faiss.swig_ptr(self._live))
+        self._live = np.packbits(live, bitorder="little")
+        self._selector = faiss.IDSelectorBitmap(len(live), faiss.swig_ptr(self._live))
         params = faiss.SearchParametersHNSW() if "HNSW" in self.record.factory else \
             faiss.SearchParametersIVF()
         params.sel = self._selector

@@ -169,4 +169,3 @@ def merge_candidates(dense_rows: np.ndarray, scores: np.ndarray, extra: int) -> 
     best, _ = top_k(scores, len(dense_rows) + extra)
     added = best[~np.isin(best, dense_rows)][:extra]
     return np.concatenate([dense_rows.astype(np.int64), added])
-

@@ -233,15 +233,17 @@ def _updatable(folder: Path, factory: str, dim: int
     index_path, keys_path = folder / artefacts.ANN_INDEX, folder / artefacts.ANN_KEYS
     try:
         record = AnnRecord.load(record_path(index_path))
-        saved = json.loads(record_path(index_path).read_text(encoding="utf-8"))
+        rows_path = folder / artefacts.ANN_ROWS
         if (record.factory != factory or record.dim != dim or not keys_path.is_file()
                 or artefacts.file_sha256(index_path) != record.sha256
-                or artefacts.file_sha256(keys_path) != saved.get("keys_sha256")):
+                or artefacts.file_sha256(keys_path) != record.keys_sha256
+                or (record.rows_sha256 is not None
+                    and artefacts.file_sha256(rows_path) != record.rows_sha256)):
             return None
         entries = record.entries if record.entries is not None else record.products
         keys = artefacts.load_array(keys_path, shape=(entries,))
         rows = np.arange(entries, dtype=np.int64) if record.rows_sha256 is None else \
-            artefacts.load_array(folder / artefacts.ANN_ROWS, shape=(entries,)).astype(np.int64)
+            artefacts.load_array(rows_path, shape=(entries,)).astype(np.int64)
     except (OSError, artefacts.ArtefactError):
         return None
     return record, keys, rows
@@ -323,9 +325,9 @@ def write_record(report: AnnReport, params: AnnParams) -> None:
     search = ({"ef_search": params.ef_search} if params.graph
               else {"nprobe": params.nprobe})
     folder = Path(report.path).parent
-    rows_path = folder / artefacts.ANN_ROWS
-    entries = {"entries": report.entries, "rows_sha256": artefacts.file_sha256(rows_path)
-               } if rows_path.is_file() else {}
+    entries = {"entries": report.entries,
+               "rows_sha256": artefacts.file_sha256(folder / artefacts.ANN_ROWS)
+               } if report.entries is not None else {}
     record = {"factory": report.factory, "products": report.products, "dim": report.dim,
               "sha256": report.sha256, **search, **entries,
               "keys_sha256": artefacts.file_sha256(folder / artefacts.ANN_KEYS),
