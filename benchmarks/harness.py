@@ -282,6 +282,35 @@ def process_memory_mib(root: int) -> dict[str, float]:
     return {name: round(value / 2**20) for name, value in total.items()}
 
 
+def resident_by_file(root: int, at_least_mib: float = 10) -> list[dict]:
+    """Each process of the tree with its resident memory by mapping (/proc/PID/smaps through
+    psutil): a mapped file by its base name, "[anon]" and "[heap]" as the kernel names them,
+    shared libraries together as "[libraries]"; mappings under `at_least_mib` left out.
+    What RSS counts for each process, and what PSS splits: which artefacts every model copy
+    holds resident."""
+    import psutil
+
+    processes = []
+    for process in family(root):
+        try:
+            name, maps = process.name(), process.memory_maps(grouped=True)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+        files: dict[str, dict[str, float]] = {}
+        for mapping in maps:
+            path = mapping.path or "[anon]"
+            key = "[libraries]" if ".so" in Path(path).name else (
+                Path(path).name if path.startswith("/") else path)
+            entry = files.setdefault(key, {"rss": 0.0, "pss": 0.0})
+            entry["rss"] += mapping.rss / 2**20
+            entry["pss"] += mapping.pss / 2**20
+        processes.append({"pid": process.pid, "name": name, "mib": {
+            key: {k: round(v) for k, v in entry.items()}
+            for key, entry in sorted(files.items(), key=lambda item: -item[1]["rss"])
+            if entry["rss"] >= at_least_mib}})
+    return processes
+
+
 def process_tree_rss_mib(root: int) -> float:
     """Resident memory of a process and all its descendants, in MiB."""
     return process_rss_mib(root)[1]

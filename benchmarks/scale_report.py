@@ -217,6 +217,7 @@ def write_scale_report(work: Path, quality_file: Path, sizes: tuple[int, ...],
                             "repository": portable(c["repository"])} for c in updated],
                         "one_ranker": [size_row(n, None, served, None) for n in sizes
                                        if (served := load_phase(work, "serve-one-ranker", n))]}
+    report["resident"] = resident_of(work, sizes[-1])
     plot(rows, REPORTS / "scale.png")
     save_report("scale", report, markdown(report))
     return report
@@ -237,6 +238,30 @@ def one_ranker_section(report: dict) -> list[str]:
                   f"{r['qps_c8']:.0f} ({r['p99_c8_ms']:.0f})",
                   f"{r['qps_c8'] / small['qps_c8']:.2f}×" if "qps_c8" in small else "-"]
                  for r in rows])]
+
+
+def resident_of(work: Path, products: int) -> dict:
+    """What each process of the server held resident, file by file, as the load left it (the
+    serve phase's resident_by_file at `products`); {} where the phase did not record it."""
+    served = load_phase(work, "serve", products) or {}
+    processes = [p for p in served.get("resident_by_file_after_load", []) if p["mib"]]
+    return {"products": products, "processes": processes} if processes else {}
+
+
+def resident_section(report: dict) -> list[str]:
+    """resident_of as a table, a column a process: why RSS and PSS part."""
+    resident = report.get("resident") or {}
+    if not resident:
+        return []
+    processes = resident["processes"]
+    keys = list(dict.fromkeys(key for p in processes for key in p["mib"]))
+    return [f"\n## Resident memory by file at {resident['products']:,} products, after the "
+            "load\n",
+            table(["mapping", *(f"{p['name']} {p['pid']}: RSS / PSS (MiB)" for p in processes)],
+                  [[key, *(f"{p['mib'][key]['rss']:,} / {p['mib'][key]['pss']:,}"
+                           if key in p["mib"] else "-" for p in processes)] for key in keys]),
+            "\nA page of a mapped file counts in the RSS of every process that maps it; the PSS "
+            "splits it between them."]
 
 
 def after_change_section(report: dict) -> list[str]:
@@ -295,7 +320,8 @@ def markdown(report: dict) -> str:
         heading("Scale: 45,782 to 1,000,000 products on one machine", report,
                 f"Quality: `{report['quality_command']}`"),
         "## Per catalogue size\n", main, "\n![scale](scale.png)\n", "## Targets\n", checks,
-        *one_ranker_section(report), "\n## Builds\n", builds, *after_change_section(report),
+        *resident_section(report), *one_ranker_section(report), "\n## Builds\n", builds,
+        *after_change_section(report),
         "\n## Quality as distractors are added (test NDCG@10)\n",
         quality, "\n## Bytes per product of each served artefact\n", artefacts,
         "\n## 10M and 100M products\n", estimate, "", estimate_text(report),

@@ -26,7 +26,7 @@ from fusionrank.core.fusion import FusionWeights, rank
 from fusionrank.core.product_table import ProductTable
 from fusionrank.core.search.features import FeatureSources, HeadInputs
 from fusionrank.core.search.judgements import JudgementMemory, ProductPriors
-from fusionrank.core.search.lexical import LexicalIndex, merge_candidates, normalised, top_k
+from fusionrank.core.search.lexical import LexicalIndex, lexical_pool, normalised, top_k
 from fusionrank.core.search.text import STOPWORDS, light_stem, query_words
 
 DENSE_CANDIDATES = 100  # the retrieval step's pool
@@ -86,13 +86,13 @@ def candidate_pool(lexical: LexicalIndex, embeddings: np.ndarray, queries: Seque
                                                strict=True):
         query_terms = lexical.query_terms(query)
         scores = lexical.scores(query_terms)
-        pool = merge_candidates(np.asarray(dense, dtype=np.int64), scores, extra)
+        pool, best = lexical_pool(np.asarray(dense, dtype=np.int64), scores, extra)
         added = pool[len(dense):]
         cosine = np.asarray(embeddings[added], dtype=np.float32) @ np.asarray(vector, np.float32)
         terms.append(query_terms)
         rows.append(pool)
         similarity.append(np.concatenate([dense_sim, cosine]))
-        lexical_scores.append(normalised(scores, pool))
+        lexical_scores.append(normalised(scores, pool, best))
     return CandidatePool(list(queries), terms, np.stack(rows).astype(np.int64),
                          np.stack(similarity).astype(np.float32),
                          np.stack(lexical_scores).astype(np.float32))

@@ -22,6 +22,7 @@ from benchmarks.harness import (
     latency_percentiles,
     machine,
     process_rss_mib,
+    resident_by_file,
     save_report,
     table,
     zipf_replay,
@@ -174,3 +175,34 @@ def test_process_memory_counts_the_children():
         assert 100 <= child_own == child_tree < 200
     finally:
         child.communicate("")
+
+
+MAP_AND_READ = """
+import mmap, sys
+with open(sys.argv[1], "rb") as handle:
+    data = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+total = sum(data[i] for i in range(0, len(data), 4096))  # every page read, so resident
+print("ready", flush=True)
+sys.stdin.read()
+"""
+
+
+def test_resident_by_file_names_what_each_process_maps(tmp_path):
+    # Two processes each read every page of one 24 MiB file: it is resident in both (RSS)
+    # and split between them (PSS).
+    artefact = tmp_path / "catalogue.bin"
+    artefact.write_bytes(os.urandom(24 << 20))
+    readers = [subprocess.Popen([sys.executable, "-c", MAP_AND_READ, str(artefact)],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+               for _ in range(2)]
+    try:
+        assert [r.stdout.readline().strip() for r in readers] == ["ready", "ready"]
+        seen = {p["pid"]: p["mib"] for p in resident_by_file(os.getpid())}
+        for reader in readers:
+            mapped = seen[reader.pid]["catalogue.bin"]
+            assert mapped["rss"] == 24 and 11 <= mapped["pss"] <= 13, mapped
+            assert all(mib["rss"] >= 10 for mib in seen[reader.pid].values())  # the floor
+        assert "catalogue.bin" not in seen[os.getpid()]
+    finally:
+        for reader in readers:
+            reader.communicate("")

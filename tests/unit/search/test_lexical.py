@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from fusionrank.core.search.lexical import LexicalIndex, merge_candidates, top_k
+from fusionrank.core.search.lexical import LexicalIndex, lexical_pool, merge_candidates, top_k
 
 
 def test_bm25_index_round_trip_and_hybrid_pool(tmp_path):
@@ -23,6 +23,12 @@ def test_bm25_index_round_trip_and_hybrid_pool(tmp_path):
     pool = merge_candidates(dense, loaded.scores(loaded.query_terms("red drill")), 10)
     assert len(pool) == 13 and len(set(pool.tolist())) == 13
     np.testing.assert_array_equal(pool[:3], dense)
+    # The pool's top_k also gives the query's best score, which the LEXICAL signal divides by.
+    for query in ["red drill", "saw", "unknown words"]:
+        scores = loaded.scores(loaded.query_terms(query))
+        same, best = lexical_pool(dense, scores, 10)
+        np.testing.assert_array_equal(same, merge_candidates(dense, scores, 10))
+        assert best == float(scores.max())
     # Ties are broken by the lower row, so the order never depends on the platform.
     tied, _ = top_k(np.zeros(10, dtype=np.float32), 4)
     np.testing.assert_array_equal(tied, [0, 1, 2, 3])
