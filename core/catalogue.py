@@ -172,7 +172,7 @@ def _build(rows: Iterable[tuple[int, dict[str, Any]]], path: Path, report: LoadR
             _check_columns(row.keys(), path, report)
             checked_columns = True
         try:
-            product = _parse_row(row, path, line)
+            product = parse_product(row, path, line)
             if product.product_id in seen:
                 raise CatalogueError(path, line, "product_id",
                                      f"duplicate id: {product.product_id!r} "
@@ -209,7 +209,9 @@ def _text(row: Mapping[str, Any], name: str) -> str:
     return str(value).strip()
 
 
-def _parse_row(row: Mapping[str, Any], path: Path, line: int) -> Product:
+def parse_product(row: Mapping[str, Any], path: str | Path, line: int) -> Product:
+    """One catalogue row checked against the schema (CatalogueError naming `path`, line
+    and field): the loaders' rule, and a change set's (core/live/changes.py)."""
     product_id = _text(row, "product_id")
     if not product_id:
         raise CatalogueError(path, line, "product_id", "empty id: every product needs one")
@@ -224,7 +226,7 @@ def _parse_row(row: Mapping[str, Any], path: Path, line: int) -> Product:
                    brand=_text(row, "brand"), price=_price(row.get("price"), path, line))
 
 
-def _price(value: Any, path: Path, line: int) -> float | None:
+def _price(value: Any, path: str | Path, line: int) -> float | None:
     if value is None or (isinstance(value, str) and not value.strip()):
         return None
     try:
