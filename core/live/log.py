@@ -16,7 +16,9 @@ it off. A bad record with good ones after it is not a torn append but damage, an
 naming its offset: the log never skips an acknowledged change silently.
 
 Appends from several processes are serialised by an exclusive flock on the file: two change
-sets are logged (and so applied) one after the other, never interleaved.
+sets are logged (and so applied) one after the other, never interleaved. Whoever takes the lock
+first checks that the file it locked is still the log (a `drop_through` may have replaced it
+while it waited) and reads what others appended since it last looked.
 """
 
 from __future__ import annotations
@@ -60,11 +62,10 @@ class ChangeLog:
         if not self.path.exists():
             self.path.touch()
             _fsync_folder(self.folder)
-        with self._locked() as handle:
-            self._end, self._last, self._last_time, self.torn_bytes = _scan(self.path, handle)
-            if self.torn_bytes:
-                handle.truncate(self._end)
-                os.fsync(handle.fileno())
+        self._seen: tuple[int, int] | None = None  # (inode, size) of the log as last read
+        self.torn_bytes = 0
+        with self._locked():
+            pass
 
     @property
     def last_sequence(self) -> int:
@@ -79,22 +80,22 @@ class ChangeLog:
         """Log `changes`; their sequence, once they are on disk (the acknowledgement)."""
         payload = "\n".join(changes.to_lines()).encode("utf-8")
         with self._locked() as handle:
-            if os.fstat(handle.fileno()).st_size != self._end:  # another process appended
-                self._end, self._last, self._last_time, _ = _scan(self.path, handle)
             sequence, accepted_at = self._last + 1, time.time()
             handle.seek(self._end)
             handle.write(_record(sequence, accepted_at, payload))
             handle.flush()
             os.fsync(handle.fileno())
             self._end, self._last, self._last_time = handle.tell(), sequence, accepted_at
+            self._seen = (os.fstat(handle.fileno()).st_ino, self._end)
         return sequence
 
     def records(self, after: int = 0) -> Iterator[LogRecord]:
         """The logged change sets with a sequence above `after`, in order."""
-        with self.path.open("rb") as handle:
-            for offset, sequence, accepted_at, payload in _read(handle, self._end):
-                if sequence > after and payload:  # (an emptied log's marker: no changes)
-                    yield LogRecord(sequence, accepted_at, parse_changes(payload), offset)
+        with self._locked() as handle:  # the records as they are now, read whole
+            found = [record for record in _read(handle, self._end) if record[1] > after]
+        for offset, sequence, accepted_at, payload in found:
+            if payload:  # (an emptied log's marker: no changes)
+                yield LogRecord(sequence, accepted_at, parse_changes(payload), offset)
 
     def pending(self, applied: int) -> int:
         """Logged change sets after the `applied` one (what a restart replays)."""
@@ -118,17 +119,30 @@ class ChangeLog:
                 os.fsync(out.fileno())
             os.replace(staging, self.path)
             _fsync_folder(self.folder)
-        with self._locked() as handle:
-            self._end, self._last, self._last_time, _ = _scan(self.path, handle)
+        with self._locked():  # reads the new file
+            pass
 
     @contextmanager
     def _locked(self) -> Iterator:
-        with self.path.open("r+b") as handle:
+        """The log file, exclusively locked and read up to date (a torn last append cut)."""
+        while True:
+            handle = self.path.open("r+b")
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-            try:
-                yield handle
-            finally:
-                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+            if os.fstat(handle.fileno()).st_ino == os.stat(self.path).st_ino:
+                break
+            handle.close()  # replaced by a drop_through while we waited: lock the new file
+        try:
+            status = os.fstat(handle.fileno())
+            if (status.st_ino, status.st_size) != self._seen:  # new to us: read it
+                self._end, self._last, self._last_time, torn = _scan(self.path, handle)
+                if torn:
+                    handle.truncate(self._end)
+                    os.fsync(handle.fileno())
+                    self.torn_bytes += torn
+                self._seen = (status.st_ino, self._end)
+            yield handle
+        finally:
+            handle.close()  # (closing releases the lock)
 
 
 def _record(sequence: int, accepted_at: float, payload: bytes) -> bytes:

@@ -98,3 +98,17 @@ def test_appends_from_two_processes_are_logged_one_after_the_other(tmp_path):
     for name in ("a", "b"):  # and each writer's sets in the order it sent them
         mine = [r.changes.deletes[0] for r in records if r.changes.deletes[0][0] == name]
         assert mine == [f"{name}{i}-0" for i in range(40)]
+
+
+def test_a_log_compacted_by_another_handle_is_read_again_before_an_append(tmp_path):
+    # Two handles on one log, as two processes hold it: one drops what a base holds (the file
+    # is replaced), then the other appends. The append goes into the new file, numbered after
+    # everything the first handle logged, and nothing is lost.
+    ours, theirs = ChangeLog(tmp_path), ChangeLog(tmp_path)
+    for i in range(3):
+        theirs.append(change_set(i))
+    theirs.drop_through(2)
+    assert ours.append(change_set(7)) == 4
+    assert [(r.sequence, r.changes) for r in ChangeLog(tmp_path).records()] == [
+        (3, change_set(2)), (4, change_set(7))]
+    assert [r.sequence for r in theirs.records()] == [3, 4]  # the other handle sees it too
