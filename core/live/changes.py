@@ -17,7 +17,7 @@ does not hold are not errors (a shop may withdraw a product twice); `against` re
 from __future__ import annotations
 
 import json
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Container, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -62,7 +62,7 @@ class ChangeSet:
     def ids(self) -> list[str]:
         return [p.product_id for p in self.upserts] + list(self.deletes)
 
-    def against(self, catalogue_ids: Collection[str]) -> ChangeReport:
+    def against(self, catalogue_ids: Container[str]) -> ChangeReport:
         """What this set does to a catalogue holding `catalogue_ids`."""
         added = [p.product_id for p in self.upserts if p.product_id not in catalogue_ids]
         changed = [p.product_id for p in self.upserts if p.product_id in catalogue_ids]

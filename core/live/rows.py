@@ -1,0 +1,90 @@
+"""Which catalogue row serves each product id while change sets arrive (docs/live_catalogue.md).
+
+A base has rows 0..n-1. Each change set appends a row for every upserted product, new or
+changed, and kills the row it replaces; a delete kills its row. Rows are never reused or moved,
+so every array indexed by row (embeddings, title features, BM25 postings, ANN entries) only
+grows, and a request holding one `CatalogueRows` keeps a consistent view while the next is
+made: `apply` returns a new object and leaves this one as it was.
+
+The base's id → row dict is shared by every later view, never copied (a million ids); what
+changed since the base lives in a small overlay that compaction folds into the next base.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from fusionrank.core.live.changes import ChangeReport, ChangeSet
+
+
+@dataclass(frozen=True)
+class RowChanges:
+    """What one change set did to the rows."""
+
+    added: dict[str, int]  # upserted id → its new row (in the set's order)
+    killed: np.ndarray  # int64 rows no longer live (replaced or deleted), ascending
+    report: ChangeReport
+
+
+class CatalogueRows:
+    """Product ids by row, and which rows are live."""
+
+    def __init__(self, base: dict[str, int], ids: np.ndarray, live: np.ndarray,
+                 overlay: dict[str, int | None]):
+        self._base = base  # id → row in the base (shared, read only)
+        self._overlay = overlay  # id → its row since the base, or None: deleted
+        self.ids = ids  # object [rows]: each row's product id, dead rows too
+        self.live = live  # bool [rows]
+
+    @classmethod
+    def of_base(cls, ids: Sequence[str]) -> CatalogueRows:
+        base = {product_id: row for row, product_id in enumerate(ids)}
+        if len(base) != len(ids):
+            raise ValueError("a base catalogue holds each product id once")
+        return cls(base, np.asarray(ids, dtype=object), np.ones(len(ids), dtype=bool), {})
+
+    @property
+    def rows(self) -> int:
+        """Rows so far, dead ones included (the length of every row-indexed array)."""
+        return len(self.ids)
+
+    @property
+    def products(self) -> int:
+        return int(self.live.sum())
+
+    @property
+    def dead_share(self) -> float:
+        """The share of rows that are dead: what compaction would reclaim."""
+        return 1.0 - self.products / self.rows if self.rows else 0.0
+
+    def row_of(self, product_id: str) -> int | None:
+        """The live row of a product, or None where the catalogue does not hold it."""
+        if product_id in self._overlay:
+            return self._overlay[product_id]
+        return self._base.get(product_id)
+
+    def __contains__(self, product_id: str) -> bool:
+        return self.row_of(product_id) is not None
+
+    def live_ids(self) -> dict[str, int]:
+        """Every live product's row (a full pass: for checks and compaction, not requests)."""
+        return {str(self.ids[row]): int(row) for row in np.flatnonzero(self.live)}
+
+    def apply(self, changes: ChangeSet) -> tuple[CatalogueRows, RowChanges]:
+        """The rows after `changes`, and what they did; this object is left unchanged."""
+        report = changes.against(self)
+        killed = [row for product_id in report.changed + report.deleted
+                  if (row := self.row_of(product_id)) is not None]
+        start = self.rows
+        added = {p.product_id: start + i for i, p in enumerate(changes.upserts)}
+        overlay = dict(self._overlay)
+        overlay.update(added)
+        overlay.update(dict.fromkeys(report.deleted))
+        live = np.concatenate([self.live, np.ones(len(added), dtype=bool)])
+        live[killed] = False
+        ids = np.concatenate([self.ids, np.asarray(list(added), dtype=object)])
+        return (CatalogueRows(self._base, ids, live, overlay),
+                RowChanges(added, np.sort(np.asarray(killed, dtype=np.int64)), report))
