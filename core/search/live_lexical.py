@@ -1,0 +1,80 @@
+"""BM25 over a base and delta segments (the live catalogue, docs/live_catalogue.md), scored at
+query time so that it equals a BM25 index built afresh over the live titles.
+
+`LexicalIndex` stores bm25s's precomputed scores: each depends on the catalogue's document
+count, each term's document frequency and the mean title length, which any change set moves.
+Here each segment keeps what does not move, its titles' term counts and lengths, and a query
+combines them over the live rows (`CatalogueRows.live`): the same BM25 as bm25s's "lucene"
+method (`lexical.METHOD`, with its K1 and B), over the same tokens (`text.lexical_tokens`, an
+empty title one EMPTY_TITLE token). Dead rows score 0.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from fusionrank.core.search.lexical import EMPTY_TITLE, K1, B
+from fusionrank.core.search.text import lexical_tokens
+
+
+@dataclass(frozen=True)
+class TermCounts:
+    """One segment's titles as term counts: rows first_row.. first_row + len(lengths) - 1."""
+
+    first_row: int
+    lengths: np.ndarray  # float32 [segment rows]: tokens per title
+    postings: dict[str, tuple[np.ndarray, np.ndarray]]  # term → (int64 rows, float32 counts)
+
+    @classmethod
+    def of_titles(cls, titles: Sequence[str], first_row: int = 0) -> TermCounts:
+        rows: dict[str, list[int]] = {}
+        counts: dict[str, list[int]] = {}
+        lengths = np.empty(len(titles), dtype=np.float32)
+        for offset, title in enumerate(titles):
+            tokens = lexical_tokens(title) or [EMPTY_TITLE]
+            lengths[offset] = len(tokens)
+            for term, count in Counter(tokens).items():
+                rows.setdefault(term, []).append(first_row + offset)
+                counts.setdefault(term, []).append(count)
+        return cls(first_row, lengths, {
+            term: (np.asarray(rows[term], dtype=np.int64),
+                   np.asarray(counts[term], dtype=np.float32)) for term in rows})
+
+
+class LiveLexical:
+    """BM25 of query terms against the live rows of a base and its deltas."""
+
+    def __init__(self, segments: Sequence[TermCounts], live: np.ndarray):
+        self.segments, self.live = list(segments), live
+        lengths = np.concatenate([s.lengths for s in self.segments])
+        if len(lengths) != len(live):
+            raise ValueError(f"the segments hold {len(lengths)} rows, the live mask "
+                             f"{len(live)}")
+        self.documents = int(live.sum())
+        self.mean_length = float(lengths[live].mean()) if self.documents else 0.0
+        self._norm = (K1 * ((1 - B) + B * lengths / self.mean_length)
+                      if self.documents else lengths)
+
+    def scores(self, terms: Sequence[str]) -> np.ndarray:
+        """float32 [rows]: BM25 of the terms against every live row (0 elsewhere)."""
+        out = np.zeros(len(self.live), dtype=np.float32)
+        for term in terms:
+            found = [(rows, counts) for segment in self.segments
+                     if (posting := segment.postings.get(term)) is not None
+                     for rows, counts in [posting]]
+            if not found:
+                continue
+            rows = np.concatenate([r for r, _ in found])
+            counts = np.concatenate([c for _, c in found])
+            keep = self.live[rows]
+            rows, counts = rows[keep], counts[keep]
+            if not len(rows):
+                continue
+            frequency = len(rows)
+            idf = np.log(1 + (self.documents - frequency + 0.5) / (frequency + 0.5))
+            out[rows] += (idf * counts / (self._norm[rows] + counts)).astype(np.float32)
+        return out
