@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fusionrank.core.search.lexical import EMPTY_TITLE, K1, B
+from fusionrank.core.search.lexical import EMPTY_TITLE, K1, B, top_k
 from fusionrank.core.search.text import lexical_tokens
 
 
@@ -78,3 +78,12 @@ class LiveLexical:
             idf = np.log(1 + (self.documents - frequency + 0.5) / (frequency + 0.5))
             out[rows] += (idf * counts / (self._norm[rows] + counts)).astype(np.float32)
         return out
+
+    def top(self, terms: Sequence[str], k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The k best live rows (best first, ties by the lower row) and their scores: where
+        fewer than k rows match, the filler of zero scores is live rows too, never a replaced
+        or deleted product's."""
+        scores = self.scores(terms)
+        scores[~self.live] = -np.inf
+        rows, best = top_k(scores, min(k, self.documents))
+        return rows, best

@@ -60,3 +60,16 @@ def test_segments_and_a_live_mask_of_other_lengths_are_refused():
     segment = TermCounts.of_titles(["red kettle", "blue lamp"])
     with pytest.raises(ValueError, match="segments hold 2 rows, the live mask 3"):
         LiveLexical([segment], np.ones(3, dtype=bool))
+
+
+def test_the_best_rows_are_live_rows_even_where_few_titles_match():
+    rows = CatalogueRows.of_base(["A", "B", "C", "D"])
+    titles = ["red kettle", "blue lamp", "red lamp", "oak shelf"]
+    rows, _ = rows.apply(parse_changes([
+        json.dumps({"op": "delete", "product_id": "A"}),
+        json.dumps({"op": "upsert", "product": {"product_id": "B", "title": "red lamp"}})]))
+    live = LiveLexical([TermCounts.of_titles(titles),
+                        TermCounts.of_titles(["red lamp"], first_row=4)], rows.live)
+    best, scores = live.top(["red"], 10)  # two rows match "red"; the rest are zero filler
+    assert best.tolist() == [2, 4, 3] and scores[2] == 0  # live rows only: C, B's new row, D
+    assert live.top(["nothing"], 2)[0].tolist() == [2, 3]
