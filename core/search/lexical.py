@@ -9,7 +9,9 @@ module imports only numpy, bm25s and symspellpy (never torch).
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import bm25s
@@ -26,8 +28,9 @@ EMPTY_TITLE = "<empty>"  # the one token of a title without terms (bm25s needs o
 class LexicalIndex:
     """BM25 scores of a query against every product title (row i = catalogue row i)."""
 
-    def __init__(self, retriever: bm25s.BM25):
+    def __init__(self, retriever: bm25s.BM25, counts: TitleCounts | None = None):
         self._retriever = retriever
+        self.counts = counts  # the titles' term counts (None: an index saved without them)
         self.size = int(retriever.scores["num_docs"])
         frequency = np.diff(retriever.scores["indptr"])  # titles holding each term
         # (bm25s's vocabulary also holds "" for padding, with no column of its own.)
@@ -43,7 +46,7 @@ class LexicalIndex:
         corpus = [lexical_tokens(t) or [EMPTY_TITLE] for t in titles]
         retriever = bm25s.BM25(k1=K1, b=B, method=METHOD, backend="numpy")
         retriever.index(corpus, show_progress=False)
-        return cls(retriever)
+        return cls(retriever, TitleCounts.of_corpus(corpus, retriever))
 
     def save(self, path: str | Path) -> None:
         scores = self._retriever.scores
@@ -51,9 +54,11 @@ class LexicalIndex:
         if [i for _, i in vocab] != list(range(len(vocab))):
             raise RuntimeError("bm25s vocabulary ids are not contiguous; cannot save")
         params = {"k1": K1, "b": B, "method": METHOD, "num_docs": self.size}
+        counts = {} if self.counts is None else {"tf": self.counts.tf,
+                                                 "lengths": self.counts.lengths}
         save_mappable(path, {"data": scores["data"], "indices": scores["indices"],
                              "indptr": scores["indptr"], "vocab": np.array([t for t, _ in vocab]),
-                             "params": np.array(json.dumps(params))})
+                             "params": np.array(json.dumps(params)), **counts})
 
     @classmethod
     def load(cls, path: str | Path) -> LexicalIndex:
@@ -61,7 +66,8 @@ class LexicalIndex:
         if not path.is_file():
             raise FileNotFoundError(f"BM25 index {path} not found")
         # Memory-mapped (bm25s only reads the score matrix): the processes share its pages.
-        saved = load_mapped(path, ["data", "indices", "indptr", "vocab", "params"])
+        saved = load_mapped(path, ["data", "indices", "indptr", "vocab", "params"],
+                            optional=["tf", "lengths"])
         params = json.loads(str(saved["params"]))
         retriever = bm25s.BM25(k1=params["k1"], b=params["b"], method=params["method"],
                                backend="numpy")
@@ -70,7 +76,14 @@ class LexicalIndex:
         retriever.vocab_dict = {str(t): i for i, t in enumerate(saved["vocab"])}
         retriever.unique_token_ids_set = set(retriever.vocab_dict.values())
         retriever.nonoccurrence_array = None  # only bm25l / bm25+ need it
-        return cls(retriever)
+        counts = TitleCounts(saved["tf"], saved["lengths"]) if "tf" in saved else None
+        return cls(retriever, counts)
+
+    def term_columns(self) -> tuple[dict[str, int], np.ndarray, np.ndarray]:
+        """The vocabulary (term → column) and the score matrix's `indptr` and `indices`: each
+        column's titles, ascending, which `counts.tf` follows."""
+        scores = self._retriever.scores
+        return self._retriever.vocab_dict, scores["indptr"], scores["indices"]
 
     def query_terms(self, query: str) -> list[str]:
         """The query's terms, spelling-corrected against the titles: the one correction of a
@@ -88,6 +101,39 @@ class LexicalIndex:
     def top(self, terms: list[str], k: int) -> tuple[np.ndarray, np.ndarray]:
         """The k best rows (best first, ties by row) and their scores."""
         return top_k(self.scores(terms), k)
+
+
+@dataclass(frozen=True)
+class TitleCounts:
+    """What BM25's scores are made of, kept beside them so that a live catalogue can score its
+    base again with statistics that changed (core/search/live_lexical.py): `tf`, each stored
+    score's term count (the same order as bm25s's `data`: a term's titles, ascending), and
+    `lengths`, each title's tokens."""
+
+    tf: np.ndarray  # uint16 [postings]
+    lengths: np.ndarray  # uint16 [titles]
+
+    @classmethod
+    def of_corpus(cls, corpus: Sequence[Sequence[str]], retriever: bm25s.BM25) -> TitleCounts:
+        vocab = retriever.vocab_dict
+        titles, terms, counts = [], [], []
+        for title, tokens in enumerate(corpus):
+            for term, count in Counter(tokens).items():
+                titles.append(title)
+                terms.append(vocab[term])
+                counts.append(count)
+        # A term's postings in title order, as bm25s's CSC score matrix holds them.
+        order = np.lexsort((titles, terms))
+        tf = np.asarray(counts, dtype=np.uint16)[order]
+        indices = np.asarray(titles, dtype=np.int64)[order]
+        if len(tf) != len(retriever.scores["data"]) or \
+                not np.array_equal(indices, retriever.scores["indices"]):
+            raise RuntimeError("bm25s's score matrix is not in (term, title) order; the term "
+                               "counts cannot be stored beside it")
+        lengths = np.asarray([len(tokens) for tokens in corpus])
+        if max(lengths.max(initial=0), tf.max(initial=0)) > np.iinfo(np.uint16).max:
+            raise ValueError("a title of more than 65,535 tokens: its counts do not fit uint16")
+        return cls(tf, lengths.astype(np.uint16))
 
 
 BLOCK = 128  # rows per block of top_k's prefilter (timed fastest of 64 to 512 at 1M products)

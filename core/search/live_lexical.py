@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fusionrank.core.search.lexical import EMPTY_TITLE, K1, B, top_k
+from fusionrank.core.search.lexical import EMPTY_TITLE, K1, B, LexicalIndex, top_k
 from fusionrank.core.search.text import lexical_tokens
 
 
@@ -43,6 +43,21 @@ class TermCounts:
         return cls(first_row, lengths, {
             term: (np.asarray(rows[term], dtype=np.int64),
                    np.asarray(counts[term], dtype=np.float32)) for term in rows})
+
+    @classmethod
+    def of_index(cls, index: LexicalIndex) -> TermCounts:
+        """A base segment from a saved BM25 index's term counts (`LexicalIndex.counts`),
+        without reading its titles again."""
+        if index.counts is None:
+            raise ValueError("this BM25 index was saved without its term counts; rebuild it "
+                             "to serve a live catalogue")
+        vocabulary, indptr, indices = index.term_columns()
+        tf = index.counts.tf
+        return cls(0, index.counts.lengths.astype(np.float32), {
+            term: (indices[indptr[i]:indptr[i + 1]].astype(np.int64),
+                   tf[indptr[i]:indptr[i + 1]].astype(np.float32))
+            for term, i in vocabulary.items()
+            if i + 1 < len(indptr) and indptr[i + 1] > indptr[i]})
 
 
 class LiveLexical:

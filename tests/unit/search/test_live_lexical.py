@@ -73,3 +73,20 @@ def test_the_best_rows_are_live_rows_even_where_few_titles_match():
     best, scores = live.top(["red"], 10)  # two rows match "red"; the rest are zero filler
     assert best.tolist() == [2, 4, 3] and scores[2] == 0  # live rows only: C, B's new row, D
     assert live.top(["nothing"], 2)[0].tolist() == [2, 3]
+
+
+def test_a_saved_index_s_term_counts_are_a_base_segment(tmp_path):
+    rng = random.Random(3)
+    titles = [title(rng) for _ in range(120)] + ["", "!!"]  # titles without terms too
+    LexicalIndex.build(titles).save(tmp_path / "lexical.npz")
+    saved = LexicalIndex.load(tmp_path / "lexical.npz")
+    base = TermCounts.of_index(saved)
+    fresh = TermCounts.of_titles(titles)
+    np.testing.assert_array_equal(base.lengths, fresh.lengths)
+    assert base.postings.keys() == fresh.postings.keys()
+    for term, (rows, counts) in fresh.postings.items():
+        np.testing.assert_array_equal(base.postings[term][0], rows)
+        np.testing.assert_array_equal(base.postings[term][1], counts)
+    live = LiveLexical([base], np.ones(len(titles), dtype=bool))
+    for terms in (["red", "kettle"], ["oak", "oak"], ["nothing"]):
+        np.testing.assert_allclose(live.scores(terms), saved.scores(terms), rtol=0, atol=1e-5)
