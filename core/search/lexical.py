@@ -25,6 +25,12 @@ K1, B, METHOD = 1.2, 0.75, "lucene"
 EMPTY_TITLE = "<empty>"  # the one token of a title without terms (bm25s needs one)
 
 
+def title_tokens(title: str) -> list[str]:
+    """The tokens BM25 indexes for a title: an empty token list would break bm25s's
+    vocabulary, so a title without terms gets one dummy token."""
+    return lexical_tokens(title) or [EMPTY_TITLE]
+
+
 class LexicalIndex:
     """BM25 scores of a query against every product title (row i = catalogue row i)."""
 
@@ -42,8 +48,7 @@ class LexicalIndex:
     def build(cls, titles: Sequence[str]) -> LexicalIndex:
         if not titles:
             raise ValueError("cannot build a BM25 index over an empty catalogue")
-        # An empty token list would break bm25s's vocabulary; such a title gets a dummy token.
-        corpus = [lexical_tokens(t) or [EMPTY_TITLE] for t in titles]
+        corpus = [title_tokens(t) for t in titles]
         retriever = bm25s.BM25(k1=K1, b=B, method=METHOD, backend="numpy")
         retriever.index(corpus, show_progress=False)
         return cls(retriever, TitleCounts.of_corpus(corpus, retriever))
@@ -215,17 +220,12 @@ def normalised(scores: np.ndarray, rows: np.ndarray | None = None,
     return (picked / best).astype(np.float32) if best > 0 else np.zeros_like(picked)
 
 
-def merge_candidates(dense_rows: np.ndarray, scores: np.ndarray, extra: int) -> np.ndarray:
-    """The hybrid pool of one query: its dense candidates, then the `extra` best BM25 rows not
-    already among them. Always len(dense_rows) + extra rows (the catalogue permitting), so
-    pools of one batch stack into one tensor."""
-    return lexical_pool(dense_rows, scores, extra)[0]
-
-
 def lexical_pool(dense_rows: np.ndarray, scores: np.ndarray,
                  extra: int) -> tuple[np.ndarray, float]:
-    """merge_candidates' pool, and the query's best BM25 score (for `normalised`), both from
-    one top_k."""
+    """The hybrid pool of one query: its dense candidates, then the `extra` best BM25 rows not
+    already among them (always len(dense_rows) + extra rows, the catalogue permitting, so
+    pools of one batch stack into one tensor); and the query's best BM25 score (for
+    `normalised`), both from one top_k."""
     extra = min(extra, len(scores) - len(dense_rows))
     best, best_scores = top_k(scores, len(dense_rows) + max(extra, 0))
     top = float(best_scores[0]) if len(best_scores) else 0.0

@@ -5,8 +5,8 @@ query time so that it equals a BM25 index built afresh over the live titles.
 count, each term's document frequency and the mean title length, which any change set moves.
 Here each segment keeps what does not move, its titles' term counts and lengths, and a query
 combines them over the live rows (`CatalogueRows.live`): the same BM25 as bm25s's "lucene"
-method (`lexical.METHOD`, with its K1 and B), over the same tokens (`text.lexical_tokens`, an
-empty title one EMPTY_TITLE token). Dead rows score 0.
+method (`lexical.METHOD`, with its K1 and B), over the same tokens (`lexical.title_tokens`).
+Dead rows score 0.
 """
 
 from __future__ import annotations
@@ -17,8 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fusionrank.core.search.lexical import EMPTY_TITLE, K1, B, LexicalIndex, top_k
-from fusionrank.core.search.text import lexical_tokens
+from fusionrank.core.search.lexical import K1, B, LexicalIndex, title_tokens, top_k
 
 
 @dataclass(frozen=True)
@@ -35,7 +34,7 @@ class TermCounts:
         counts: dict[str, list[int]] = {}
         lengths = np.empty(len(titles), dtype=np.float32)
         for offset, title in enumerate(titles):
-            tokens = lexical_tokens(title) or [EMPTY_TITLE]
+            tokens = title_tokens(title)
             lengths[offset] = len(tokens)
             for term, count in Counter(tokens).items():
                 rows.setdefault(term, []).append(first_row + offset)
@@ -78,9 +77,8 @@ class LiveLexical:
         """float32 [rows]: BM25 of the terms against every live row (0 elsewhere)."""
         out = np.zeros(len(self.live), dtype=np.float32)
         for term in terms:
-            found = [(rows, counts) for segment in self.segments
-                     if (posting := segment.postings.get(term)) is not None
-                     for rows, counts in [posting]]
+            found = [posting for segment in self.segments
+                     if (posting := segment.postings.get(term)) is not None]
             if not found:
                 continue
             rows = np.concatenate([r for r, _ in found])
@@ -100,5 +98,4 @@ class LiveLexical:
         or deleted product's."""
         scores = self.scores(terms)
         scores[~self.live] = -np.inf
-        rows, best = top_k(scores, min(k, self.documents))
-        return rows, best
+        return top_k(scores, min(k, self.documents))
