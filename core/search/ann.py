@@ -79,6 +79,14 @@ class AnnRecord:
                                           f"({error}); rebuild the index") from error
 
 
+def check_sha256(path: Path, expected: str) -> None:
+    """An ArtefactError naming `path` where its SHA-256 is not the one its record holds."""
+    if artefacts.file_sha256(path) != expected:
+        raise artefacts.ArtefactError(
+            f"{path} does not match its SHA-256 {expected[:12]}… (changed or damaged since the "
+            "build); rebuild the index")
+
+
 def read_mapped(path: Path) -> faiss.Index:
     """The index, memory-mapped: FAISS 1.15's IO_FLAG_MMAP_IFC maps IVF codes and HNSW's
     vectors and graph alike, so the two served copies share the file's pages and only the
@@ -105,11 +113,7 @@ class AnnIndex:
         expected digest; None takes the one recorded beside it (record_path)."""
         self.path = Path(index_path)
         self.record = AnnRecord.load(record_path(self.path))
-        expected = sha256 or self.record.sha256
-        if artefacts.file_sha256(self.path) != expected:
-            raise artefacts.ArtefactError(
-                f"{self.path} does not match its SHA-256 {expected[:12]}… (changed or damaged "
-                "since the build); rebuild the index")
+        check_sha256(self.path, sha256 or self.record.sha256)
         self.index = read_mapped(self.path)
         self.embeddings = embeddings
         self.entry_rows = self._entry_rows()
@@ -131,10 +135,7 @@ class AnnIndex:
                     f"dimensions; the embeddings are {[products, dim]}")
             return None
         path = self.path.with_name(artefacts.ANN_ROWS)
-        if artefacts.file_sha256(path) != self.record.rows_sha256:
-            raise artefacts.ArtefactError(
-                f"{path} does not match its SHA-256 {self.record.rows_sha256[:12]}… (changed or "
-                "damaged since the build); rebuild the index")
+        check_sha256(path, self.record.rows_sha256)
         rows = artefacts.load_array(path, shape=(self.index.ntotal,), mmap=True)
         if self.index.d != dim or rows.max(initial=-1) >= products:
             raise artefacts.ArtefactError(

@@ -31,7 +31,7 @@ import faiss
 import numpy as np
 
 from fusionrank.core import artefacts
-from fusionrank.core.search.ann import AnnRecord, record_path
+from fusionrank.core.search.ann import AnnRecord, check_sha256, record_path
 
 INDEX_TYPES = ("ivf_flat", "ivf_sq8", "ivf_pq", "hnsw", "hnsw_sq8")
 ADD_CHUNK = 65_536  # rows added a call
@@ -231,15 +231,15 @@ def _updatable(folder: Path, factory: str, dim: int
     """The record, entry keys and entry rows of the index in `folder`, where it is intact and
     of this factory and dimension."""
     index_path, keys_path = folder / artefacts.ANN_INDEX, folder / artefacts.ANN_KEYS
+    rows_path = folder / artefacts.ANN_ROWS
     try:
         record = AnnRecord.load(record_path(index_path))
-        rows_path = folder / artefacts.ANN_ROWS
-        if (record.factory != factory or record.dim != dim or not keys_path.is_file()
-                or artefacts.file_sha256(index_path) != record.sha256
-                or artefacts.file_sha256(keys_path) != record.keys_sha256
-                or (record.rows_sha256 is not None
-                    and artefacts.file_sha256(rows_path) != record.rows_sha256)):
+        if record.factory != factory or record.dim != dim or record.keys_sha256 is None:
             return None
+        check_sha256(index_path, record.sha256)
+        check_sha256(keys_path, record.keys_sha256)
+        if record.rows_sha256 is not None:
+            check_sha256(rows_path, record.rows_sha256)
         entries = record.entries if record.entries is not None else record.products
         keys = artefacts.load_array(keys_path, shape=(entries,))
         rows = np.arange(entries, dtype=np.int64) if record.rows_sha256 is None else \
