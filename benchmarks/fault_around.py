@@ -15,21 +15,18 @@ from __future__ import annotations
 
 import argparse
 import mmap
+import os
 from pathlib import Path
 
 import numpy as np
 
+from benchmarks.harness import resident_by_file
+
 
 def resident_mib(path: Path) -> int:
-    """MiB of `path` resident in this process's mappings (/proc/self/smaps)."""
-    total, current = 0, None
-    for line in Path("/proc/self/smaps").read_text().splitlines():
-        parts = line.split()
-        if parts and "-" in parts[0] and not parts[0].endswith(":"):
-            current = parts[5] if len(parts) > 5 else None
-        elif parts[:1] == ["Rss:"] and current == str(path):
-            total += int(parts[1])
-    return total >> 10
+    """MiB of `path` resident in this process's mappings."""
+    mine = resident_by_file(os.getpid(), at_least_mib=0)[0]  # (the process, then children)
+    return mine["mib"].get(path.name, {"rss": 0})["rss"]
 
 
 def touched(path: Path, rows: int, row_bytes: int, advice: int | None, seed: int = 0) -> dict:

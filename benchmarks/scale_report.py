@@ -205,8 +205,9 @@ def write_scale_report(work: Path, quality_file: Path, sizes: tuple[int, ...],
         else:
             by_size.setdefault(catalogue["products"], catalogue)
     builds = [build_phases(work, n) for n in sizes]
-    rows = [size_row(n, build, load_phase(work, "serve", n), by_size.get(n))
-            for n, build in zip(sizes, builds, strict=True)]
+    serves = [load_phase(work, "serve", n) for n in sizes]
+    rows = [size_row(n, build, served, by_size.get(n))
+            for n, build, served in zip(sizes, builds, serves, strict=True)]
     cold = [b["build"] for b in builds if b and b["cold"] and b["build"]["embedding_seconds"]]
     rate = (sum(b["titles_embedded"] for b in cold) / sum(b["embedding_seconds"] for b in cold)
             if cold else None)
@@ -217,7 +218,7 @@ def write_scale_report(work: Path, quality_file: Path, sizes: tuple[int, ...],
                             "repository": portable(c["repository"])} for c in updated],
                         "one_ranker": [size_row(n, None, served, None) for n in sizes
                                        if (served := load_phase(work, "serve-one-ranker", n))]}
-    report["resident"] = resident_of(work, sizes[-1])
+    report["resident"] = resident_of(serves[-1], sizes[-1])
     plot(rows, REPORTS / "scale.png")
     save_report("scale", report, markdown(report))
     return report
@@ -240,11 +241,10 @@ def one_ranker_section(report: dict) -> list[str]:
                  for r in rows])]
 
 
-def resident_of(work: Path, products: int) -> dict:
+def resident_of(served: dict | None, products: int) -> dict:
     """What each process of the server held resident, file by file, as the load left it (the
     serve phase's resident_by_file at `products`); {} where the phase did not record it."""
-    served = load_phase(work, "serve", products) or {}
-    processes = [p for p in served.get("resident_by_file_after_load", []) if p["mib"]]
+    processes = [p for p in (served or {}).get("resident_by_file_after_load", []) if p["mib"]]
     return {"products": products, "processes": processes} if processes else {}
 
 

@@ -58,10 +58,6 @@ class ChangeSet:
     def __len__(self) -> int:
         return len(self.upserts) + len(self.deletes)
 
-    @property
-    def ids(self) -> list[str]:
-        return [p.product_id for p in self.upserts] + list(self.deletes)
-
     def against(self, catalogue_ids: Container[str]) -> ChangeReport:
         """What this set does to a catalogue holding `catalogue_ids`."""
         added = [p.product_id for p in self.upserts if p.product_id not in catalogue_ids]
