@@ -43,6 +43,7 @@ from fusionrank.model_repository.recommend.ensemble import recommend_ensemble
 from fusionrank.model_repository.search.ensemble import (
     SearchArtefacts,
     ServingOptions,
+    catalogue_model,
     search_ensemble,
 )
 from fusionrank.model_repository.sentiment.ensemble import sentiment_ensemble
@@ -121,6 +122,8 @@ def build_search_repository(catalogue: Catalogue, model_dir: Path, out_dir: Path
         shutil.rmtree(repository)  # a stale model left from another build would be served
     repository.mkdir(parents=True)
     search_ensemble(files, options).export(repository, version)
+    if options.live_catalogue:
+        catalogue_model(files).export(repository, version)
     int8 = asdict(quantised) | {"onnx_path": str(final(quantised.onnx_path))} if quantised else None
     served = {
         "built_at": built.isoformat(timespec="seconds"),

@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from fusionrank.app import deploy, recommend, search, sentiment, web
+from fusionrank.app import catalogue, deploy, recommend, search, sentiment, web
 from fusionrank.model_repository.search.ensemble import LAYOUTS, ServingOptions
 
 DEFAULT_BUILD = Path("build")
@@ -106,6 +106,10 @@ def add_build(commands: argparse._SubParsersAction) -> None:
                              "(layouts two and steps; default: --threads)")
     parser.add_argument("--no-response-cache", action="store_true",
                         help="leave the search ensemble out of Triton's response cache")
+    parser.add_argument("--live-catalogue", action="store_true",
+                        help="serve a catalogue that `fusionrank catalogue apply` changes while "
+                             "it serves (layouts one and two; the search answers then stay out "
+                             "of the response cache)")
     parser.add_argument("--max-queue-size", type=int, default=ServingOptions.max_queue_size,
                         help="requests each search model lets wait; more are refused at once "
                              "(UNAVAILABLE, the SDK's ServerOverloadedError); 0 = no bound")
@@ -148,16 +152,20 @@ def run_build(args: argparse.Namespace) -> int:
     catalogue, report = load_named_catalogue(args.catalogue, args.datasets, args.lenient)
     print(report.summary(), file=sys.stderr)
     build.check_capacity(len(catalogue), args.out)
-    options = ServingOptions(encoder_instances=args.encoder_instances,
-                             ranker_instances=args.ranker_instances,
-                             layout=args.layout,
-                             onnx_threads=args.threads, ranker_threads=args.ranker_threads,
-                             precision=args.precision,
-                             max_queue_delay_us=args.max_queue_delay_us,
-                             response_cache=not args.no_response_cache,
-                             max_queue_size=args.max_queue_size, device=args.device,
-                             tensorrt_engine=args.tensorrt_engine,
-                             engine_cache=args.engine_cache, retrieval=args.retrieval)
+    try:
+        options = ServingOptions(encoder_instances=args.encoder_instances,
+                                 ranker_instances=args.ranker_instances,
+                                 layout=args.layout,
+                                 onnx_threads=args.threads, ranker_threads=args.ranker_threads,
+                                 precision=args.precision,
+                                 max_queue_delay_us=args.max_queue_delay_us,
+                                 response_cache=not (args.no_response_cache or args.live_catalogue),
+                                 live_catalogue=args.live_catalogue,
+                                 max_queue_size=args.max_queue_size, device=args.device,
+                                 tensorrt_engine=args.tensorrt_engine,
+                                 engine_cache=args.engine_cache, retrieval=args.retrieval)
+    except ValueError as error:
+        raise CommandError(str(error)) from error
     model = Path(args.model) if args.model else bundled_model_path()
     # Built beside --out and switched in whole once complete: a server deployed from the old
     # --out keeps its files as they were (app/staging.py).
@@ -329,8 +337,8 @@ def run_export_tensorrt(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = [add_build, add_serve, *deploy.COMMANDS, *search.COMMANDS, *recommend.COMMANDS,
-            *sentiment.COMMANDS, *web.COMMANDS, add_export_tensorrt]
+COMMANDS = [add_build, add_serve, *deploy.COMMANDS, *catalogue.COMMANDS, *search.COMMANDS,
+            *recommend.COMMANDS, *sentiment.COMMANDS, *web.COMMANDS, add_export_tensorrt]
 
 
 def parser() -> argparse.ArgumentParser:

@@ -1,6 +1,7 @@
 """fusionrank's Python client SDK: typed calls to the served models over gRPC (KServe v2)."""
 
 from fusionrank.client.aio import AsyncFusionRankClient
+from fusionrank.client.catalogue import AppliedChanges, CatalogueAnswer, CatalogueStatus
 from fusionrank.client.errors import (
     FusionRankError,
     InvalidRequestError,
@@ -18,7 +19,10 @@ from fusionrank.client.sentiment import SentimentResult
 from fusionrank.client.sync import FusionRankClient
 
 __all__ = [
+    "AppliedChanges",
     "AsyncFusionRankClient",
+    "CatalogueAnswer",
+    "CatalogueStatus",
     "ExplainedHit",
     "FusionRankClient",
     "FusionRankError",

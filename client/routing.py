@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 
 from fusionrank.core.recommend.contract import RECOMMEND_MODEL
-from fusionrank.core.search.contract import SEARCH_MODEL
+from fusionrank.core.search.contract import CATALOGUE_MODEL, SEARCH_MODEL
 from fusionrank.core.sentiment.contract import SENTIMENT_MODEL
 
 
@@ -23,6 +23,7 @@ class ModelNames:
     search: str = SEARCH_MODEL  # search, search_batch, explain, explain_batch
     recommend: str = RECOMMEND_MODEL
     sentiment: str = SENTIMENT_MODEL
+    catalogue: str = CATALOGUE_MODEL  # apply_changes, catalogue_status
 
     @classmethod
     def of(cls, models: Mapping[str, str] | None) -> ModelNames:

@@ -8,7 +8,15 @@ from collections.abc import Mapping, Sequence
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from fusionrank.client.errors import ServerUnavailableError
+from fusionrank.client.catalogue import (
+    CatalogueAnswer,
+    CatalogueStatus,
+    Changes,
+    catalogue_inputs,
+    changes_payload,
+    parse_answer,
+)
+from fusionrank.client.errors import ServerUnavailableError, from_triton
 from fusionrank.client.recommend import (
     Purchase,
     Recommendations,
@@ -28,7 +36,7 @@ from fusionrank.client.search import (
 from fusionrank.client.sentiment import SentimentResult, parse_results, sentiment_inputs
 from fusionrank.core.contract import DEFAULT_K
 from fusionrank.core.recommend.contract import RECOMMEND_OUTPUTS
-from fusionrank.core.search.contract import Detail
+from fusionrank.core.search.contract import REPORT, Detail
 from fusionrank.core.sentiment.contract import PROBABILITIES
 
 
@@ -106,6 +114,31 @@ class FusionRankClient:
         result = self._infer(self.models.sentiment, sentiment_inputs(texts, self.transport),
                              (PROBABILITIES,))
         return parse_results(texts, result.as_numpy(PROBABILITIES.name))
+
+    def apply_changes(self, changes: Changes, timeout_s: float = 600.0) -> CatalogueAnswer:
+        """Apply a change set to the served catalogue (`client/catalogue.py`); searchable when
+        this returns. Sent once, to the address that answered last, never retried: a set
+        whose answer was lost may have been applied (applying it again is harmless: upserts
+        carry whole rows and deletes are idempotent, but that is the caller's call)."""
+        payload = changes_payload(changes)
+        return parse_answer(self._infer_once(self.models.catalogue,
+                                             catalogue_inputs(payload, self.transport),
+                                             (REPORT,), timeout_s))
+
+    def catalogue_status(self) -> CatalogueStatus:
+        """The live catalogue's base version, segments, pending log and last change."""
+        return parse_answer(self._infer_once(self.models.catalogue,
+                                             catalogue_inputs(b"", self.transport), (REPORT,),
+                                             self.timeout_s)).status
+
+    def _infer_once(self, model: str, inputs: list, outputs: Sequence, timeout_s: float):
+        url = self.urls[self._replicas.current]
+        try:
+            return self._replicas.clients[self._replicas.current].infer(
+                model, inputs, outputs=[grpcclient.InferRequestedOutput(s.name)
+                                        for s in outputs], client_timeout=timeout_s)
+        except InferenceServerException as error:
+            raise from_triton(error, url) from error
 
     def wait_ready(self, model: str | None = None, timeout_s: float = 60.0) -> None:
         """Until `model` (default: the one search calls go to) is ready, bounded."""

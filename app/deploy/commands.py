@@ -6,15 +6,19 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 from tritonclient.utils import InferenceServerException
 
+from fusionrank.app.catalogue import status_text
 from fusionrank.app.control import CONTROL_KEY_ENV, ControlError, key_for, live_records
 from fusionrank.app.deploy.errors import first_line
 from fusionrank.app.deploy.rollout import DRAIN_S, deploy, read_log
 from fusionrank.app.deploy.status import server_status, status_table
+from fusionrank.client import CatalogueStatus, FusionRankClient
 from fusionrank.core import artefacts as names
+from fusionrank.core.search.contract import CATALOGUE_MODEL
 
 DEFAULT_REPOSITORY = Path("build/model_repository")  # what README command 1 builds and serves
 
@@ -85,11 +89,21 @@ def run_status(args: argparse.Namespace) -> int:
         raise RuntimeError(f"no server answers at {args.url}: {first_line(error)}") from None
     log = read_log(args.repository) if args.repository else []
     last = log[-1] if log else None
+    live = live_status(args.url, rows)
     if args.json:
-        print(json.dumps({"models": rows, "last_rollout": last}, indent=2))
+        print(json.dumps({"models": rows, "last_rollout": last,
+                          "live_catalogue": live and asdict(live)}, indent=2))
     else:
-        print(status_table(rows, last))
+        print(status_table(rows, last) + (f"\n{status_text(live)}" if live else ""))
     return 0
+
+
+def live_status(url: str, rows: list[dict]) -> CatalogueStatus | None:
+    """The live catalogue's state, where the server serves a `catalogue` model."""
+    if not any(r["model"] == CATALOGUE_MODEL and r["state"] == "READY" for r in rows):
+        return None
+    with FusionRankClient(url) as client:
+        return client.catalogue_status()
 
 
 COMMANDS = [add_deploy, add_status]

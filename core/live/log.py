@@ -61,7 +61,7 @@ class ChangeLog:
         self.folder.mkdir(parents=True, exist_ok=True)
         if not self.path.exists():
             self.path.touch()
-            _fsync_folder(self.folder)
+            fsync_folder(self.folder)
         self._seen: tuple[int, int] | None = None  # (inode, size) of the log as last read
         self.torn_bytes = 0
         with self._locked():
@@ -118,7 +118,7 @@ class ChangeLog:
                 out.flush()
                 os.fsync(out.fileno())
             os.replace(staging, self.path)
-            _fsync_folder(self.folder)
+            fsync_folder(self.folder)
         with self._locked():  # reads the new file
             pass
 
@@ -210,7 +210,7 @@ def _any_record_after(data: bytes, start: int) -> bool:
     return False
 
 
-def _fsync_folder(folder: Path) -> None:
+def fsync_folder(folder: Path) -> None:
     descriptor = os.open(folder, os.O_RDONLY)
     try:
         os.fsync(descriptor)

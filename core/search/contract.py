@@ -92,3 +92,10 @@ def search_request(queries: Sequence[str], k: int,
         request["DETAIL"] = np.full((len(queries), 1), Detail(detail).value.encode("utf-8"),
                                     dtype=object)
     return request
+
+
+# The `catalogue` model (a build with a live catalogue: docs/live_catalogue.md): one change set
+# per request, applied to the served catalogue before the answer.
+CATALOGUE_MODEL = "catalogue"
+CHANGES = TensorSpec("CHANGES", "BYTES", (1,))  # JSON Lines (core/live/changes.py); empty: status
+REPORT = TensorSpec("REPORT", "BYTES", (1,))  # JSON: {"applied": ApplyReport | null, "status"}

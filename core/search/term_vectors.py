@@ -44,6 +44,9 @@ class TermVectors:
     idf: np.ndarray  # float32 [terms]
     title_terms: Ragged  # per catalogue row: its terms' rows in `vectors`, ascending
     head_terms: Ragged  # per catalogue row: its head phrase's, in order
+    # Titles the statistics were taken over (None: every row; a live catalogue's rows include
+    # replaced and deleted titles, core/search/live_titles.py).
+    documents: int | None = None
 
     # What `arrays` holds: its terms as ids of the titles' vocabulary, and its title_terms and
     # head_terms only where they differ from the titles' title_ids and head_tokens (OPTIONAL):
@@ -157,7 +160,8 @@ class TermVectors:
 
     def _idf_weights(self, ids: np.ndarray) -> np.ndarray:
         """float32: each query term's IDF; a term no title holds gets the highest possible."""
-        unseen = np.log1p(self.title_terms.rows)  # the idf of a term no title holds
+        # The idf of a term no title holds.
+        unseen = np.log1p(self.title_terms.rows if self.documents is None else self.documents)
         return np.where(ids >= 0, self.idf[ids], unseen).astype(np.float32)
 
 

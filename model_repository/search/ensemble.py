@@ -40,6 +40,7 @@ from fusionrank.core.contract import MAX_K, TensorSpec
 from fusionrank.core.encoding import MAX_QUERY_TOKENS
 from fusionrank.core.fusion import FusionWeights
 from fusionrank.core.search.contract import (
+    CATALOGUE_MODEL,
     EXPLAIN_OUTPUTS,
     SEARCH_INPUTS,
     SEARCH_MODEL,
@@ -57,6 +58,7 @@ from fusionrank.model_repository.config import (
 )
 from fusionrank.model_repository.ensemble import Ensemble, Inputs
 from fusionrank.model_repository.search import steps
+from fusionrank.model_repository.search.catalogue import ApplyChanges
 from fusionrank.model_repository.step import StepContract
 
 LAYOUTS = ("one", "two", "steps")  # ServingOptions.layout
@@ -122,6 +124,10 @@ class ServingOptions:
     # where the sweep found it faster at recall@100 ≥ 0.97 (benchmarks/reports/ann_sweep.md).
     # The GPU repository retrieves exactly, on the GPU.
     retrieval: str = "auto"
+    # A catalogue that `fusionrank catalogue apply` changes while it serves (the `catalogue`
+    # model; docs/live_catalogue.md). Its answers stay out of the response cache, which would
+    # answer a query with what the catalogue held before a change.
+    live_catalogue: bool = False
 
     def __post_init__(self) -> None:
         if self.precision not in ("fp32", "int8"):
@@ -138,6 +144,13 @@ class ServingOptions:
                 and self.ranker_threads != self.onnx_threads:
             raise ValueError("ranker_threads needs layout two or steps: layout one runs the "
                              "encoder and the ranker in one model, with onnx_threads")
+        if self.live_catalogue and (self.device != "cpu" or self.layout == "steps"):
+            raise ValueError("a live catalogue is served by the CPU layouts one and two, where "
+                             "retrieval, scoring and ranking run in one process and so answer "
+                             "a request from one state of the catalogue")
+        if self.live_catalogue and self.response_cache:
+            raise ValueError("a live catalogue's answers change under the same query: leave "
+                             "the response cache off (response_cache=False)")
         if self.retrieval == "ann" and self.device == "gpu":
             raise ValueError("retrieval ann is served by the CPU repository only; the GPU "
                              "repository retrieves exactly on the GPU")
@@ -193,7 +206,8 @@ def search_ensemble(files: SearchArtefacts, options: ServingOptions) -> Ensemble
     retrieve = PythonModel(
         "retrieval", steps.Retrieve,
         artefacts={name: files.index / name for name in retrieval_files(files, options)},
-        parameters={**options.ranker_parameters, "candidates": str(options.candidates)},
+        parameters={**options.ranker_parameters, "candidates": str(options.candidates),
+                    **({steps.LIVE_PARAMETER: "on"} if options.live_catalogue else {})},
         max_queue_delay_us=delay,
         # With BM25 candidates to merge, retrieval's pool is the dense part of the final one.
         tensor_names=dense_names(steps.CANDIDATES.name, steps.SIMILARITY.name) if fused else {})
@@ -210,6 +224,17 @@ def search_ensemble(files: SearchArtefacts, options: ServingOptions) -> Ensemble
                   merged("ranker", retrieve, *scoring, rank, instances=options.ranker_instances,
                          max_queue_delay_us=delay, **queue)]
     return search_pipeline(models, options)
+
+
+def catalogue_model(files: SearchArtefacts) -> PythonModel:
+    """The `catalogue` model of a live catalogue: it embeds upserted titles with the encoder
+    that embedded the base (not the query encoder, which may be a student or INT8)."""
+    return PythonModel(
+        CATALOGUE_MODEL, ApplyChanges,
+        artefacts={names.ENCODER: files.encoder / names.ENCODER,
+                   names.TOKENIZER: files.encoder / names.TOKENIZER,
+                   names.PRODUCTS: files.index / names.PRODUCTS},
+        max_batch_size=1, max_queue_delay_us=0)
 
 
 def retrieval_files(files: SearchArtefacts, options: ServingOptions) -> tuple[str, ...]:

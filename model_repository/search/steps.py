@@ -15,6 +15,7 @@ them, in one model by default (`search_steps`, a `Chain` of the five).
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from pathlib import Path
@@ -25,6 +26,7 @@ from fusionrank.core import artefacts
 from fusionrank.core.contract import MAX_K, RequestError, TensorSpec, check_batch, check_k
 from fusionrank.core.encoding import MAX_QUERY_TOKENS
 from fusionrank.core.fusion import SIGNAL_TENSORS, FusionWeights, ranked_positions
+from fusionrank.core.live.segments import LiveFolder, live_folder
 from fusionrank.core.product_table import ProductTable
 from fusionrank.core.search.contract import (
     EXPLAIN_OUTPUTS,
@@ -34,6 +36,7 @@ from fusionrank.core.search.contract import (
     check_detail,
     check_query,
 )
+from fusionrank.core.search.live_view import BaseSearch, LiveSearch, LiveSource
 from fusionrank.core.search.retrieval import served_retrieval
 from fusionrank.core.search.runtime import LEXICAL_CANDIDATES, SearchRuntime
 from fusionrank.model_repository.step import (
@@ -83,6 +86,38 @@ class EncodeQueries(TokenGraph):
     MODEL_FILE = artefacts.ENCODER
 
 
+# A model whose steps serve a live catalogue (`ServingOptions.live_catalogue`: the chained
+# layouts, where Retrieve, ScoreCandidates and Rank run in one process).
+LIVE_PARAMETER = "live_catalogue"
+_live_sources: dict[Path, LiveSource] = {}
+
+
+def live_source(folder: Path, parameters: Mapping[str, str]) -> LiveSource | None:
+    """The process's one LiveSource for a version folder, which its steps share; None where
+    the model serves no live catalogue."""
+    if parameters.get(LIVE_PARAMETER) != "on":
+        return None
+    folder = Path(folder).resolve()
+    if folder not in _live_sources:
+        _live_sources[folder] = LiveSource(
+            LiveFolder(live_folder(folder)),
+            BaseSearch(folder.name, ProductTable.open(folder / artefacts.PRODUCTS)))
+    return _live_sources[folder]
+
+
+def refreshed(live: LiveSource | None) -> LiveSearch | None:
+    """The live state to answer the next batch from. A state that cannot be read (a segment
+    a crash left unreadable, say) is logged and the state before is served: searches go on."""
+    if live is None:
+        return None
+    try:
+        return live.refresh()
+    except Exception as error:  # any failure: the last good state is served
+        print(f"fusionrank: live catalogue state not read, serving the one before: {error}",
+              file=sys.stderr, flush=True)
+        return live.view
+
+
 def checked_k(request: Tensors) -> int:
     return check_k(request[K.name].reshape(-1).tolist())
 
@@ -93,21 +128,31 @@ class Retrieve:
     ONNX graph (ONNX Runtime's MLAS kernels handle a dynamic batch of queries far faster than
     numpy's BLAS here, and the same graph runs unchanged on Triton's onnxruntime or TensorRT
     backends on a GPU; INT8: an 8-bit shortlist rescored exactly), or for a large catalogue a
-    FAISS index whose shortlist is rescored exactly the same way."""
+    FAISS index whose shortlist is rescored exactly the same way.
+
+    With a live catalogue, Retrieve is the step that reads a newly published state before a
+    batch (`LiveSource.refresh`); ScoreCandidates and Rank, after it in the same process,
+    answer the batch from that very state."""
 
     CONTRACT = StepContract(inputs=(EMBEDDING, K), outputs=(CANDIDATES, SIMILARITY))
 
     def __init__(self, folder: Path, parameters: Mapping[str, str]):
         threads = int(parameters.get("threads", "0"))
         self.retrieval = served_retrieval(folder, threads or None)
-        self.pool = min(int(parameters.get("candidates", str(MAX_K))), self.retrieval.products)
+        self.candidates = int(parameters.get("candidates", str(MAX_K)))
+        self.live = live_source(folder, parameters)
+        if self.live is not None:
+            self.live.base.retrieval = self.retrieval
 
     def __call__(self, requests: list[Tensors]) -> list[Tensors | RequestError]:
         valid, results = only_valid(requests, checked_k)
         if not valid:
             return results
+        view = refreshed(self.live)
+        retrieval = self.retrieval if view is None else view.retrieval
         embeddings = [requests[i][EMBEDDING.name] for i in valid]
-        rows, similarity = self.retrieval.search(np.concatenate(embeddings), self.pool)
+        rows, similarity = retrieval.search(np.concatenate(embeddings),
+                                            min(self.candidates, retrieval.products))
         sizes = [len(embedding) for embedding in embeddings]
         for i, sim, row in zip(valid, split_rows(similarity, sizes), split_rows(rows, sizes),
                                strict=True):
@@ -141,15 +186,20 @@ class ScoreCandidates:
         extra = int(parameters.get("lexical_candidates", LEXICAL_CANDIDATES))
         self.runtime = SearchRuntime.load(folder, threads=threads or None, extra=extra)
         return_freed_memory()  # building the title features leaves ~100 MB of temporaries
+        self.live = live_source(folder, parameters)
+        if self.live is not None:
+            self.live.base.runtime = self.runtime
 
     def __call__(self, requests: list[Tensors]) -> list[Tensors | RequestError]:
+        view = self.live.view if self.live is not None else None
+        runtime = self.runtime if view is None else view.runtime
         sizes = [len(request[EMBEDDING.name]) for request in requests]
         queries = [query_text(q) for request in requests for q in request[QUERY.name].reshape(-1)]
         vectors = joined(requests, EMBEDDING)
-        pool = self.runtime.candidates(queries, vectors, joined(requests, DENSE_CANDIDATES),
-                                       joined(requests, DENSE_SIMILARITY))
-        pool.feedback = self.runtime.feedback(pool, vectors, chunk=len(queries))
-        corrected = np.array([self.runtime.corrected_text(q).encode("utf-8") for q in queries],
+        pool = runtime.candidates(queries, vectors, joined(requests, DENSE_CANDIDATES),
+                                  joined(requests, DENSE_SIMILARITY))
+        pool.feedback = runtime.feedback(pool, vectors, chunk=len(queries))
+        corrected = np.array([runtime.corrected_text(q).encode("utf-8") for q in queries],
                              dtype=object).reshape(-1, 1)
         answer = {CANDIDATES: pool.rows, SIMILARITY: pool.similarity, LEXICAL: pool.lexical,
                   FEEDBACK: pool.feedback, CORRECTION: corrected}
@@ -195,7 +245,9 @@ class Rank:
 
     def __init__(self, folder: Path, parameters: Mapping[str, str]):
         # Mapped, each ranked row parsed when answered: no Python object per product.
-        self.products = ProductTable.open(folder / artefacts.PRODUCTS)
+        self.live = live_source(folder, parameters)
+        self.products = self.live.base.table if self.live is not None else \
+            ProductTable.open(folder / artefacts.PRODUCTS)
         self.weights = FusionWeights.load(folder / artefacts.FUSION_WEIGHTS)
         self.signal_names = np.array([n.encode("utf-8") for n in self.weights.weights],
                                      dtype=object)
@@ -203,16 +255,18 @@ class Rank:
 
     def __call__(self, requests: list[Tensors]) -> list[Tensors | RequestError]:
         valid, results = only_valid(requests, checked_rank_request)
+        view = self.live.view if self.live is not None else None
+        products = self.products if view is None else view.table
         for i in valid:
             request = requests[i]
             detail = requested_detail(request)
             candidates, signals = request[CANDIDATES.name], self.weights.signals(request)
             positions, scores = ranked_positions(candidates, signals, checked_k(request))
             rows = np.take_along_axis(candidates, positions, axis=1)
-            answer = {PRODUCT_IDS.name: self.products.product_ids(rows),
+            answer = {PRODUCT_IDS.name: products.product_ids(rows),
                       SCORES.name: scores.astype(np.float32)}
             if detail is not Detail.IDS:
-                answer[PRODUCTS.name] = self.products.json(rows)
+                answer[PRODUCTS.name] = products.json(rows)
             if detail is Detail.EXPLAIN:
                 answer |= self.explanation(request, signals, positions)
             results[i] = answer

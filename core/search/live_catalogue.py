@@ -1,0 +1,115 @@
+"""Change sets applied to a served catalogue: the `catalogue` model's job (docs/live_catalogue.md).
+
+    writer = CatalogueWriter(live_folder, version, base_ids, encode)   # replays what is pending
+    report = writer.apply(parse_changes(data))     # logged, embedded, published: searchable
+
+Order of work, and why:
+1. the set is checked whole (`parse_changes`, before this class sees it): a refused set changes
+   nothing;
+2. it is appended to the change log and fsynced: from here it is accepted, and a crash at any
+   later point is repaired by the next start, which applies what the log holds beyond the
+   published state (`CatalogueWriter.__init__`);
+3. only its upserted titles are embedded, with the encoder that embedded the base;
+4. its segment is written whole, then the state naming it replaces the old one in one rename:
+   the search processes see the state before the set or after it, never a part.
+One writer per live folder (the `catalogue` model runs one copy, and the log's lock serialises
+appends besides): two sets are applied one after the other.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from fusionrank.core.live.changes import ChangeSet
+from fusionrank.core.live.rows import CatalogueRows
+from fusionrank.core.live.segments import LiveFolder, LiveState
+
+Encode = Callable[[list[str]], np.ndarray]  # titles → float32 unit vectors [titles, d]
+
+
+@dataclass(frozen=True)
+class ApplyReport:
+    """One applied change set, as the `catalogue` model answers it."""
+
+    sequence: int  # its place in the change log
+    added: list[str]
+    changed: list[str]
+    deleted: list[str]
+    unknown_deletes: list[str]  # reported, not refused
+    products: int  # live products after it
+    segments: int  # segments served on the base
+    seconds: float  # from receipt to published, embedding included
+    embed_seconds: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class LiveStatus:
+    """What `fusionrank status` shows of a live catalogue."""
+
+    base: str
+    segments: int
+    rows: int
+    products: int
+    applied_through: int
+    pending: int  # logged sets not yet applied (a start applies them)
+    last_change_at: float | None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class CatalogueWriter:
+    def __init__(self, root: str | Path, version: str, base_ids: Sequence[str], encode: Encode):
+        self.folder = LiveFolder(Path(root))
+        self.version, self.encode = version, encode
+        base = CatalogueRows.of_base(list(base_ids))
+        state = self.folder.state()
+        if state.base != version:
+            # A new base (a deploy): every logged set is applied to it again. Upserts and
+            # deletes are idempotent, so sets a compacted base already holds change nothing.
+            state = LiveState(version, (), None, base.rows, base.products)
+            self.folder.publish(state)
+            self.folder.remove_unlisted(state)
+        rows = base
+        for sequence in state.segments:
+            rows, _ = rows.apply(self.folder.read_changes(sequence))
+        self.state, self.rows = state, rows
+        self.folder.remove_unlisted(state)  # a segment written before a crash, never published
+        for record in self.folder.log.records(after=state.applied_through):
+            self._apply(record.sequence, record.changes, time.perf_counter())
+
+    def apply(self, changes: ChangeSet) -> ApplyReport:
+        """Log `changes` (the acknowledgement point), then apply them."""
+        start = time.perf_counter()
+        sequence = self.folder.log.append(changes)
+        return self._apply(sequence, changes, start)
+
+    def status(self) -> LiveStatus:
+        state = self.state
+        return LiveStatus(state.base, len(state.segments), state.rows, state.products,
+                          state.applied_through, self.folder.log.pending(state.applied_through),
+                          self.folder.log.last_accepted_at)
+
+    def _apply(self, sequence: int, changes: ChangeSet, start: float) -> ApplyReport:
+        rows, done = self.rows.apply(changes)
+        titles = [product.title for product in changes.upserts]
+        embed_start = time.perf_counter()
+        vectors = self.encode(titles) if titles else np.zeros((0, 0), dtype=np.float32)
+        embed_seconds = time.perf_counter() - embed_start
+        self.folder.write_segment(sequence, changes, vectors)
+        state = LiveState(self.version, (*self.state.segments, sequence), time.time(),
+                          rows.rows, rows.products)
+        self.folder.publish(state)
+        self.state, self.rows = state, rows
+        report = done.report
+        return ApplyReport(sequence, report.added, report.changed, report.deleted,
+                           report.unknown_deletes, rows.products, len(state.segments),
+                           round(time.perf_counter() - start, 4), round(embed_seconds, 4))

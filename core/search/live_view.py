@@ -1,0 +1,289 @@
+"""One state of a live catalogue as the search steps serve it: the base version's files, and on
+them the applied segments (docs/live_catalogue.md).
+
+    base = BaseSearch(version, table, retrieval, runtime)   # what the steps loaded
+    view = LiveSearch.build(base, segments)                 # a state: base + segments
+    view.retrieval.search(vectors, k); view.runtime.candidates(...); view.table.json(rows)
+
+Every candidate source reads the live mask: dense retrieval asks the base for as many more
+products as it holds dead rows and drops them, then adds the segments' rows by an exact
+product; BM25 scores the live rows only (`LiveLexical`); the feature sources' catalogue-wide
+statistics are the live rows' (live_titles.py); the priors and the judgement memory follow
+each product id to its live row. A view is built whole beside the one being served and then
+replaces it (`LiveSource`), so a request is answered from one state.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from fusionrank.core.live.rows import CatalogueRows
+from fusionrank.core.live.segments import LiveFolder, LiveState, Segment
+from fusionrank.core.product_table import ProductTable
+from fusionrank.core.search.features import FeatureSources
+from fusionrank.core.search.judgements import ProductPriors
+from fusionrank.core.search.lexical import LexicalIndex
+from fusionrank.core.search.live_lexical import LiveLexical, TermCounts
+from fusionrank.core.search.live_titles import extended, live_term_vectors
+from fusionrank.core.search.runtime import SearchRuntime
+
+
+class RowStack:
+    """Row-indexed float32 vectors: the base's (memory-mapped) rows, then the segments'."""
+
+    def __init__(self, base: np.ndarray, appended: np.ndarray):
+        self.base, self.appended = base, appended
+        self.shape = (len(base) + len(appended), base.shape[1])
+        self.dtype = np.dtype(np.float32)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, rows) -> np.ndarray:
+        rows = np.asarray(rows, dtype=np.int64)
+        out = np.empty((*rows.shape, self.shape[1]), dtype=np.float32)
+        below = rows < len(self.base)
+        out[below] = self.base[rows[below]]
+        out[~below] = self.appended[rows[~below] - len(self.base)]
+        return out
+
+
+class RowTable:
+    """Product rows as JSON lines: the base's `products.jsonl`, then each segment's."""
+
+    def __init__(self, tables: Sequence[ProductTable]):
+        self.tables = list(tables)
+        self.starts = np.cumsum([0] + [len(t) for t in self.tables])
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    def _locate(self, row: int) -> tuple[ProductTable, int]:
+        part = int(np.searchsorted(self.starts, row, side="right")) - 1
+        return self.tables[part], row - int(self.starts[part])
+
+    def line(self, row: int) -> bytes:
+        table, own = self._locate(row)
+        return table.line(own)
+
+    def field(self, row: int, name: str):
+        table, own = self._locate(row)
+        return table.field(own, name)
+
+    def title(self, row: int) -> str:
+        return str(self.field(row, "title"))
+
+    def json(self, rows: np.ndarray) -> np.ndarray:
+        return ProductTable._each(rows, self.line)
+
+    def product_ids(self, rows: np.ndarray) -> np.ndarray:
+        return ProductTable._each(
+            rows, lambda row: str(self.field(row, "product_id")).encode("utf-8"))
+
+
+@dataclass
+class BaseSearch:
+    """What a search model process loaded from its version folder: the product table, and
+    where the process runs them, the dense retrieval and the search runtime."""
+
+    version: str
+    table: ProductTable
+    retrieval: object | None = None  # GraphRetrieval or AnnIndex: .search(vectors, k)
+    runtime: SearchRuntime | None = None
+    _segment_counts: dict[tuple[int, int], TermCounts] = field(default_factory=dict)
+
+    @functools.cached_property
+    def rows(self) -> CatalogueRows:
+        return CatalogueRows.of_base([str(self.table.field(r, "product_id"))
+                                      for r in range(len(self.table))])
+
+    @functools.cached_property
+    def term_counts(self) -> TermCounts:
+        return TermCounts.of_index(self.runtime.lexical)
+
+    def counts_of(self, segment: Segment) -> TermCounts:
+        """A segment's BM25 term counts, counted once for every state that serves it."""
+        key = (segment.sequence, segment.first_row)
+        if key not in self._segment_counts:
+            self._segment_counts[key] = TermCounts.of_titles(segment.titles, segment.first_row)
+        return self._segment_counts[key]
+
+    @functools.cached_property
+    def neutral_prior(self) -> float:
+        """A product no training judgement names: the mean the build gave unjudged products
+        (training/search/serving.py `aligned_priors`)."""
+        priors = self.runtime.sources.priors
+        unjudged = priors.count == 0
+        return float(np.median(priors.mean[unjudged])) if unjudged.any() else \
+            float(priors.mean.mean())
+
+
+class LiveRetrieval:
+    """The base's retrieval with its dead rows dropped, and the segments' live rows by an exact
+    product: each query's k most similar live rows, best first, ties by the lower row."""
+
+    def __init__(self, base, base_rows: int, live: np.ndarray, appended: np.ndarray):
+        self.base, self.base_rows, self.live = base, base_rows, live
+        self.dead_in_base = int((~live[:base_rows]).sum())
+        self.delta_rows = np.flatnonzero(live[base_rows:]) + base_rows
+        self.delta_vectors = np.ascontiguousarray(appended[self.delta_rows - base_rows])
+        self.products = int(live.sum())
+
+    def describe(self) -> str:
+        return f"{self.base.describe()}, live"
+
+    def search(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        k = min(k, self.products)
+        wanted = min(k + self.dead_in_base, self.base_rows)
+        base_rows, base_similarity = self.base.search(vectors, wanted)
+        delta_similarity = vectors @ self.delta_vectors.T if len(self.delta_rows) else \
+            np.zeros((len(vectors), 0), dtype=np.float32)
+        rows = np.empty((len(vectors), k), dtype=np.int64)
+        similarity = np.empty((len(vectors), k), dtype=np.float32)
+        for q in range(len(vectors)):
+            keep = self.live[base_rows[q]]
+            pool = np.concatenate([base_rows[q][keep].astype(np.int64), self.delta_rows])
+            scores = np.concatenate([base_similarity[q][keep], delta_similarity[q]])
+            best = np.lexsort((pool, -scores))[:k]
+            rows[q], similarity[q] = pool[best], scores[best]
+        return rows, similarity
+
+
+class LiveBM25:
+    """The LexicalIndex interface over the live rows: the base's speller reads the query, and
+    BM25 is scored over the live titles (dead rows score -1, below every live row, so they
+    never fill a pool)."""
+
+    def __init__(self, base: LexicalIndex, live: LiveLexical):
+        self.base, self.live_index = base, live
+        self.speller = base.speller
+        self.size = len(live.live)
+        self.pooled = live.documents
+
+    def query_terms(self, query: str) -> list[str]:
+        return self.base.query_terms(query)
+
+    def scores(self, terms: list[str]) -> np.ndarray:
+        scores = self.live_index.scores(terms)
+        scores[~self.live_index.live] = -1.0
+        return scores
+
+
+@dataclass
+class LiveSearch:
+    """A base and its applied segments, as one state the steps serve."""
+
+    state: LiveState
+    rows: CatalogueRows
+    table: RowTable
+    retrieval: LiveRetrieval | None
+    runtime: SearchRuntime | None
+
+    @property
+    def products(self) -> int:
+        return self.rows.products
+
+    @classmethod
+    def build(cls, base: BaseSearch, segments: Sequence[Segment],
+              state: LiveState | None = None) -> LiveSearch:
+        rows = base.rows
+        for segment in segments:
+            rows, _ = rows.apply(segment.changes)
+        vectors = [s.embeddings for s in segments if len(s.embeddings)]
+        dimension = vectors[0].shape[1] if vectors else (
+            base.runtime.sources.embeddings.shape[1] if base.runtime else 0)
+        appended = np.concatenate([np.zeros((0, dimension), np.float32), *vectors])
+        table = RowTable([base.table, *(s.products for s in segments if s.products)])
+        retrieval = None if base.retrieval is None else LiveRetrieval(
+            base.retrieval, len(base.table), rows.live, appended)
+        runtime = None if base.runtime is None else _live_runtime(base, segments, rows,
+                                                                  appended)
+        return cls(state or LiveState(), rows, table, retrieval, runtime)
+
+
+def _live_runtime(base: BaseSearch, segments: Sequence[Segment], rows: CatalogueRows,
+                  appended: np.ndarray) -> SearchRuntime:
+    served = base.runtime
+    sources = served.sources
+    embeddings = RowStack(sources.embeddings, appended)
+    titles = [title for segment in segments for title in segment.titles]
+    lexical = LiveBM25(served.lexical, LiveLexical(
+        [base.term_counts, *(base.counts_of(s) for s in segments)], rows.live))
+    terms = extended(sources.titles, titles, rows.live)
+    live_sources = FeatureSources(embeddings, terms, live_term_vectors(terms, embeddings,
+                                                                       rows.live),
+                                  _live_priors(base, rows), _live_memory(base, rows))
+    return SearchRuntime(lexical, live_sources, served.head, served.weights, served.extra)
+
+
+def _live_priors(base: BaseSearch, rows: CatalogueRows) -> ProductPriors:
+    """A product keeps the priors its training judgements gave it (the build matched them by
+    id; its base row holds them), whatever row it has now; a product the base did not hold
+    gets the neutral prior."""
+    priors = base.runtime.sources.priors
+    n = len(base.table)
+    added = rows.ids[n:]
+    source = np.array([base.rows.row_of(str(product_id)) if product_id in base.rows else -1
+                       for product_id in added], dtype=np.int64)
+    mean = np.full(len(added), base.neutral_prior, dtype=np.float32)
+    count = np.zeros(len(added), dtype=np.float32)
+    known = source >= 0
+    mean[known], count[known] = priors.mean[source[known]], priors.count[source[known]]
+    return ProductPriors(np.concatenate([priors.mean, mean]),
+                         np.concatenate([priors.count, count]))
+
+
+def _live_memory(base: BaseSearch, rows: CatalogueRows):
+    """The judgement memory with each judged product at its live row (-1: deleted); the base's
+    own where no judged product moved (its graph is built once per process)."""
+    memory = base.runtime.sources.memory
+    n = len(base.table)
+    row_map = np.arange(n, dtype=np.int64)
+    for row in np.flatnonzero(~rows.live[:n]):
+        now = rows.row_of(str(base.rows.ids[row]))
+        row_map[row] = -1 if now is None else now
+    moved = memory.aligned(row_map)
+    if np.array_equal(moved.product_rows, memory.product_rows):
+        return memory
+    _ = moved.graph  # built now, with the view, not at its first request
+    return moved
+
+
+class LiveSource:
+    """The state a search model process serves: `refresh` (between two requests: one `stat`
+    when nothing changed) reads a newly published state and builds its view beside the one
+    served, then serves it; `view` is the state the current request reads (None: the base
+    alone). A state of another base version (a deploy's) is not served: the base alone is,
+    until the new version's catalogue model has applied the log to it."""
+
+    def __init__(self, folder: LiveFolder, base: BaseSearch):
+        self.folder, self.base = folder, base
+        self.view: LiveSearch | None = None
+        self._stamp: tuple[int, int, int] | None = None
+        self._segments: dict[int, Segment] = {}
+
+    def refresh(self) -> LiveSearch | None:
+        stamp = self.folder.stamp()
+        if stamp == self._stamp:
+            return self.view
+        state = self.folder.state()
+        if state.base != self.base.version or not state.segments:
+            view = None
+        else:
+            first_row = len(self.base.table)
+            segments = []
+            for sequence in state.segments:
+                segment = self._segments.get(sequence)
+                if segment is None or segment.first_row != first_row:
+                    segment = self.folder.read_segment(sequence, first_row)
+                segments.append(segment)
+                first_row += len(segment.changes.upserts)
+            self._segments = {s.sequence: s for s in segments}
+            view = LiveSearch.build(self.base, segments, state)
+        self.view, self._stamp = view, stamp
+        return view

@@ -1,0 +1,80 @@
+"""The title structures of a live catalogue (core/live/titles.py) give the features a fresh
+build of its live titles gives, after a sequence of changes (issue 24's equivalence)."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+
+from fusionrank.core.search.live_titles import extended, live_term_vectors
+from fusionrank.core.search.term_vectors import TermVectors
+from fusionrank.core.search.title_terms import TitleTerms
+
+WORDS = ["red", "blue", "steel", "oak", "cordless", "drill", "saw", "kettle", "lamp", "shade",
+         "ceiling", "fan", "wool", "scarf", "garden", "hose", "brass", "tap", "white", "paint",
+         "18v", "2x4", "makita", "dewalt"]
+JOINS = [" with ", " in ", ", ", " - ", " "]
+
+
+def title(rng: random.Random, words: list[str]) -> str:
+    head = " ".join(rng.choice(words) for _ in range(rng.randint(1, 4)))
+    return head + rng.choice(JOINS) + " ".join(rng.choice(words) for _ in range(rng.randint(0, 3)))
+
+
+def unit(rows: np.ndarray) -> np.ndarray:
+    return (rows / np.linalg.norm(rows, axis=1, keepdims=True)).astype(np.float32)
+
+
+def test_live_title_structures_give_a_fresh_builds_features():
+    rng = random.Random(3)
+    np_rng = np.random.default_rng(3)
+    base_titles = [title(rng, WORDS[:18]) for _ in range(200)]
+    # The delta brings words the base never held, replaces 30 base rows and deletes 20.
+    delta_titles = [title(rng, WORDS) for _ in range(40)]
+    embeddings = unit(np_rng.normal(size=(240, 12)))
+    live = np.ones(240, dtype=bool)
+    live[rng.sample(range(200), 50)] = False
+    base = TitleTerms(base_titles)
+
+    terms = extended(base, delta_titles, live)
+    vectors = live_term_vectors(terms, embeddings, live)
+
+    rows = np.flatnonzero(live)  # the fresh build holds the live rows, in row order
+    all_titles = base_titles + delta_titles
+    fresh_terms = TitleTerms([all_titles[r] for r in rows])
+    fresh_vectors = TermVectors.fit(fresh_terms, embeddings[rows])
+
+    np.testing.assert_array_equal(terms.idf, fresh_terms.idf)
+    np.testing.assert_array_equal(terms.char_norms[rows], fresh_terms.char_norms)
+    assert set(vectors.index) == set(fresh_vectors.index)
+    mine = [vectors.index[t] for t in fresh_vectors.index]
+    np.testing.assert_allclose(vectors.vectors[mine], fresh_vectors.vectors, atol=1e-6)
+    np.testing.assert_array_equal(vectors.idf[mine], fresh_vectors.idf)
+
+    queries = ["red oak drill", "makita 18v cordless", "steel tap with brass", "2x4 lamp shade",
+               "kettel", "nothing here"]
+    tokens = [q.split() for q in queries]
+    candidates = np.array([rng.sample(range(len(rows)), 25) for _ in queries])
+    owner = np.repeat(np.arange(len(queries)), 25)
+    fresh_rows = candidates.ravel()
+    live_rows = rows[fresh_rows]
+    got = terms.term_features(tokens, live_rows, owner)
+    want = fresh_terms.term_features(tokens, fresh_rows, owner)
+    assert got.keys() == want.keys()
+    for name in want:
+        np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+    np.testing.assert_array_equal(terms.char_cosine(queries, live_rows, owner),
+                                  fresh_terms.char_cosine(queries, fresh_rows, owner))
+    np.testing.assert_allclose(vectors.features(tokens, live_rows, [25] * len(queries)),
+                               fresh_vectors.features(tokens, fresh_rows, [25] * len(queries)),
+                               atol=1e-5)
+
+
+def test_without_a_delta_the_base_is_served_with_its_live_rows_statistics():
+    rng = random.Random(4)
+    titles = [title(rng, WORDS) for _ in range(60)]
+    live = np.ones(60, dtype=bool)
+    live[:10] = False
+    terms = extended(TitleTerms(titles), [], live)
+    np.testing.assert_array_equal(terms.idf, TitleTerms(titles[10:]).idf)
