@@ -50,10 +50,12 @@ class ApplyChanges:
             return RequestError(f"{CHANGES.name}: one change set per request, not "
                                 f"{len(values)}")
         data = values[0]
-        try:
-            changes = parse_changes(data if isinstance(data, bytes) else str(data))
-        except ChangeSetError as error:
-            return RequestError(f"{CHANGES.name}: {error}")
-        applied = self.writer.apply(changes).to_dict() if len(changes) else None
+        applied = None
+        if len(data):  # empty: a status call
+            try:
+                changes = parse_changes(data if isinstance(data, bytes) else str(data))
+            except ChangeSetError as error:
+                return RequestError(f"{CHANGES.name}: {error}")
+            applied = self.writer.apply(changes).to_dict()
         answer = {"applied": applied, "status": self.writer.status().to_dict()}
         return {REPORT.name: np.array([[json.dumps(answer).encode("utf-8")]], dtype=object)}

@@ -9,6 +9,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from fusionrank.core.catalogue import Catalogue, Product
 from fusionrank.model_repository.search.ensemble import ServingOptions
@@ -118,3 +119,190 @@ def test_after_change_sets_the_served_ranking_equals_a_rebuild_of_the_final_cata
     assert not served - shop.ids()  # nothing deleted or unknown is served
     for title, row in zip(queries[-3:], live_ids[-3:], strict=True):  # new products are found
         assert next(p.product_id for p in sets[1][0] if p.title == title).encode() in row
+
+
+@pytest.fixture(scope="module")
+def live_build(search_run, model_dir, tmp_path_factory) -> Path:
+    """A trained build of the judged products with a live catalogue (its folder; the
+    repository is model_repository/ in it, the live folder live/)."""
+    from fusionrank.core.datasets import homedepot_catalogue
+
+    if search_run is None:
+        pytest.skip("shared datasets not found")
+    base, _ = homedepot_catalogue(search_run.data)
+    out = tmp_path_factory.mktemp("live_build")
+    build(base, model_dir, out, search_run.run, out.parent / "live_cache", LIVE)
+    return out
+
+
+def served(client, query: str) -> list[Product]:
+    return [hit.product for hit in client.search(query, k=K, products=True)]
+
+
+def test_a_served_change_is_searchable_when_apply_returns_and_bad_sets_change_nothing(
+        live_build, tmp_path, capsys):
+    from fusionrank.app.cli import main
+    from fusionrank.client import FusionRankClient, InvalidRequestError
+    from tests.support.catalogue import running_server
+
+    repository = live_build / "model_repository"
+    with running_server(repository, tmp_path / "triton.log") as server, \
+            FusionRankClient(server.grpc_url, timeout_s=30) as client:
+        before = client.catalogue_status()
+        first = served(client, "cordless drill")[0]
+        changes = tmp_path / "changes.jsonl"
+        changes.write_text(json.dumps({"op": "upsert", "product": {
+            "product_id": "LIVE-1", "title": "Zorbex quantum garden gnome", "price": 12.5}})
+            + "\n" + json.dumps({"op": "upsert", "product": {
+                "product_id": first.product_id, "title": first.title, "price": 1234.5}})
+            + "\n", encoding="utf-8")
+        assert main(["catalogue", "apply", str(changes), "--url", server.grpc_url]) == 0
+        assert "1 added, 1 changed, 0 deleted" in capsys.readouterr().out
+        gnome = served(client, "zorbex quantum garden gnome")[0]
+        assert (gnome.product_id, gnome.price) == ("LIVE-1", 12.5)
+        again = next(p for p in served(client, "cordless drill")
+                     if p.product_id == first.product_id)
+        assert again.price == 1234.5  # the shop shows the new price on the next search
+
+        answer = client.apply_changes([{"op": "delete", "product_id": first.product_id},
+                                       {"op": "delete", "product_id": "NO-SUCH-ID"}])
+        assert answer.applied.deleted == [first.product_id]
+        assert answer.applied.unknown_deletes == ["NO-SUCH-ID"]
+        assert first.product_id not in {p.product_id for p in served(client, first.title)}
+
+        status = client.catalogue_status()
+        assert (status.products, status.segments, status.pending) == (
+            before.products + 1 - 1, before.segments + 2, 0)
+        bad = {"no title": ({"op": "upsert", "product": {"product_id": "X"}}, "title"),
+               "wrong type": ({"op": "upsert", "product": {"product_id": "X", "title": "A",
+                                                            "price": "ten"}}, "price"),
+               "no id": ({"op": "upsert", "product": {"title": "A"}}, "product_id")}
+        for what, (row, field) in bad.items():
+            with pytest.raises(InvalidRequestError, match=f"line 2 field '{field}'"):
+                client.apply_changes([{"op": "upsert", "product": {"product_id": "OK",
+                                                                   "title": "fine"}}, row])
+            assert client.catalogue_status() == status, what
+        with pytest.raises(InvalidRequestError, match=r"line 2 field 'product_id': duplicate id"):
+            client.apply_changes([{"op": "delete", "product_id": "LIVE-1"},
+                                  {"op": "upsert", "product": {"product_id": "LIVE-1",
+                                                               "title": "again"}}])
+        with pytest.raises(InvalidRequestError, match="more than"):
+            client.apply_changes(b"x" * (64 << 20) + b"x")
+        assert client.catalogue_status() == status
+        assert "OK" not in {p.product_id for p in served(client, "fine")}
+
+
+
+def pair_set(n: int) -> list[dict]:
+    """Set n of the load test: two products, each found by "zorbex pair", priced n."""
+    return [{"op": "upsert", "product": {"product_id": f"PAIR-{side}",
+                                         "title": f"Zorbex pair {side} lamp", "price": float(n)}}
+            for side in ("A", "B")]
+
+
+def test_under_load_no_search_fails_or_sees_half_a_change_set(live_build, tmp_path):
+    import threading
+
+    from fusionrank.client import FusionRankClient
+    from tests.support.catalogue import running_server
+
+    sets, callers, each = 10, 8, 400
+    with running_server(live_build / "model_repository", tmp_path / "triton.log") as server:
+        with FusionRankClient(server.grpc_url, timeout_s=60) as client:
+            client.apply_changes(pair_set(0))
+        failures: list[str] = []
+        mixed: list[tuple] = []
+        seen: list[float] = []
+        done = threading.Event()
+
+        def search_caller() -> None:
+            with FusionRankClient(server.grpc_url, timeout_s=60) as client:
+                for _ in range(each):  # bounded: stops by itself
+                    if done.is_set():
+                        return
+                    try:
+                        hits = client.search("zorbex pair lamp", k=5, products=True)
+                    except Exception as error:  # every failure counts
+                        failures.append(repr(error))
+                        continue
+                    prices = {h.product_id: h.product.price for h in hits
+                              if h.product_id.startswith("PAIR-")}
+                    if len(prices) == 2:
+                        seen.append(prices["PAIR-A"])
+                        if prices["PAIR-A"] != prices["PAIR-B"]:
+                            mixed.append(tuple(prices.values()))
+
+        threads = [threading.Thread(target=search_caller) for _ in range(callers)]
+        for thread in threads:
+            thread.start()
+        with FusionRankClient(server.grpc_url, timeout_s=60) as client:
+            for n in range(1, sets + 1):
+                client.apply_changes(pair_set(n))
+        done.set()
+        for thread in threads:
+            thread.join(timeout=120)
+        assert not any(thread.is_alive() for thread in threads)
+    assert not failures, failures[:3]
+    assert not mixed, mixed[:3]
+    assert len(set(seen)) > 2  # the searches did run while the sets were applied
+
+
+def test_a_killed_server_loses_no_acknowledged_change(live_build, tmp_path):
+    """Sets are applied one after another while the server is killed (SIGKILL): after a
+    restart every acknowledged upsert is found and every acknowledged delete is gone; a set
+    logged but never applied before the kill (appended here while the server is down, as a
+    crash after the log's fsync leaves it) is applied by the restart."""
+    import threading
+    import time
+
+    from fusionrank.client import FusionRankClient
+    from fusionrank.core.live.changes import parse_changes
+    from fusionrank.core.live.log import ChangeLog
+    from tests.support.catalogue import running_server
+
+    acknowledged: list[tuple[str, str]] = []  # (op, id)
+
+    def one(n: int) -> list[dict]:
+        change = [{"op": "upsert", "product": {"product_id": f"KILL-{n}",
+                                               "title": f"Quokkaberry {n} teapot"}}]
+        if n % 3 == 2:  # and a delete of an earlier one
+            change.append({"op": "delete", "product_id": f"KILL-{n - 2}"})
+        return change
+
+    with running_server(live_build / "model_repository", tmp_path / "first.log") as server:
+        stop = threading.Event()
+
+        def writer() -> None:
+            with FusionRankClient(server.grpc_url, timeout_s=60) as client:
+                for n in range(200):  # bounded
+                    if stop.is_set():
+                        return
+                    try:
+                        client.apply_changes(one(n), timeout_s=30)
+                    except Exception:  # the kill: this set was not acknowledged
+                        return
+                    acknowledged.extend((c["op"], c.get("product_id") or
+                                         c["product"]["product_id"]) for c in one(n))
+
+        thread = threading.Thread(target=writer)
+        thread.start()
+        deadline = time.monotonic() + 60
+        while len(acknowledged) < 8 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        server.process.kill()
+        stop.set()
+        thread.join(timeout=60)
+    assert len(acknowledged) >= 8
+    ChangeLog(live_build / "live").append(parse_changes(json.dumps(
+        {"op": "upsert", "product": {"product_id": "LOGGED-ONLY",
+                                     "title": "Quokkaberry logged teapot"}})))
+
+    upserted = {i for op, i in acknowledged if op == "upsert"}
+    deleted = {i for op, i in acknowledged if op == "delete"}
+    with running_server(live_build / "model_repository", tmp_path / "second.log") as server, \
+            FusionRankClient(server.grpc_url, timeout_s=60) as client:
+        assert client.catalogue_status().pending == 0
+        for product_id in sorted(upserted | {"LOGGED-ONLY"}):
+            n = "logged" if product_id == "LOGGED-ONLY" else product_id.split("-")[1]
+            found = {h.product_id for h in client.search(f"quokkaberry {n} teapot", k=5)}
+            assert (product_id in found) == (product_id not in deleted), product_id
