@@ -91,6 +91,9 @@ class FeatureSources:
     term_vectors: TermVectors
     priors: ProductPriors
     memory: JudgementMemory
+    # Each row as the memory names its product (None: its own row). A live catalogue's
+    # upserted product has a new row and keeps its judgements (core/search/live_view.py).
+    memory_rows: np.ndarray | None = None
 
     @classmethod
     def build(cls, titles: Sequence[str], embeddings: np.ndarray, priors: ProductPriors,
@@ -148,7 +151,9 @@ class FeatureSources:
         numeric = graph_features(self.memory.graph, np.asarray(query_vectors, dtype=np.float32),
                                  sizes, rows, products,
                                  priors if priors is not None else [self.priors] * len(queries),
-                                 hidden_folds)
+                                 hidden_folds,
+                                 memory_rows=None if self.memory_rows is None
+                                 else self.memory_rows[rows])
         with one_blas_thread():
             term_matches = self.term_vectors.features(tokens, rows, sizes)
         columns = (self.titles.term_features(tokens, rows, owner)
@@ -177,14 +182,16 @@ def graph_features(graph: FeatureGraph, query_vectors: np.ndarray, sizes: Sequen
                    rows: np.ndarray, product_vectors: np.ndarray,
                    priors: Sequence[ProductPriors],
                    hidden_folds: Sequence[int | None] | None = None,
-                   chunk: int = 64) -> np.ndarray:
+                   chunk: int = 64, memory_rows: np.ndarray | None = None) -> np.ndarray:
     """float32 [len(rows), len(GRAPH_FEATURES)]: the graph's features of every candidate, one
     call per `chunk` queries. Queries with fewer candidates than the longest are padded (row
-    -1), and the padding is dropped again."""
+    -1), and the padding is dropped again. `memory_rows`: each candidate's row as the memory
+    names it, where not `rows` (the priors are read at `rows`)."""
     queries, n = len(sizes), len(rows)
     if n == 0:
         return np.zeros((0, len(GRAPH_FEATURES)), dtype=np.float32)
-    padded = _PaddedCandidates.of(sizes, rows, product_vectors, _prior_pairs(priors, sizes, rows))
+    padded = _PaddedCandidates.of(sizes, rows if memory_rows is None else memory_rows,
+                                  product_vectors, _prior_pairs(priors, sizes, rows))
     folds = np.array([-1 if f is None else f for f in hidden_folds] if hidden_folds
                      else [-1] * queries, dtype=np.int64)
     out = np.concatenate([

@@ -19,7 +19,7 @@ appends besides): two sets are applied one after the other.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -28,6 +28,7 @@ import numpy as np
 from fusionrank.core.live.changes import ChangeSet
 from fusionrank.core.live.rows import CatalogueRows
 from fusionrank.core.live.segments import LiveFolder, LiveState
+from fusionrank.core.product_table import ProductTable
 
 Encode = Callable[[list[str]], np.ndarray]  # titles → float32 unit vectors [titles, d]
 
@@ -67,10 +68,18 @@ class LiveStatus:
 
 
 class CatalogueWriter:
-    def __init__(self, root: str | Path, version: str, base_ids: Sequence[str], encode: Encode):
+    """`table` and `vectors`: the base's products and their embeddings (an upsert that keeps
+    its product's title, a price change say, keeps its vector rather than being embedded
+    again: a rebuild's embedding cache, keyed by the title, would give it the same one)."""
+
+    def __init__(self, root: str | Path, version: str, table: ProductTable, vectors: np.ndarray,
+                 encode: Encode):
         self.folder = LiveFolder(Path(root))
         self.version, self.encode = version, encode
-        base = CatalogueRows.of_base(list(base_ids))
+        self.table, self.vectors = table, vectors
+        self.appended: dict[int, tuple[str, np.ndarray]] = {}  # a segment row's title, vector
+        base = CatalogueRows.of_base([str(table.field(row, "product_id"))
+                                      for row in range(len(table))])
         state = self.folder.state()
         if state.base != version:
             # A new base (a deploy): every logged set is applied to it again. Upserts and
@@ -80,7 +89,9 @@ class CatalogueWriter:
             self.folder.remove_unlisted(state)
         rows = base
         for sequence in state.segments:
-            rows, _ = rows.apply(self.folder.read_changes(sequence))
+            segment = self.folder.read_segment(sequence, rows.rows)
+            rows, _ = rows.apply(segment.changes)
+            self._keep(segment.first_row, segment.titles, segment.embeddings)
         self.state, self.rows = state, rows
         self.folder.remove_unlisted(state)  # a segment written before a crash, never published
         for record in self.folder.log.records(after=state.applied_through):
@@ -94,17 +105,19 @@ class CatalogueWriter:
 
     def status(self) -> LiveStatus:
         state = self.state
+        log = self.folder.log  # sequences are consecutive: what follows the state is pending
         return LiveStatus(state.base, len(state.segments), state.rows, state.products,
-                          state.applied_through, self.folder.log.pending(state.applied_through),
-                          self.folder.log.last_accepted_at)
+                          state.applied_through, log.last_sequence - state.applied_through,
+                          log.last_accepted_at)
 
     def _apply(self, sequence: int, changes: ChangeSet, start: float) -> ApplyReport:
         rows, done = self.rows.apply(changes)
         titles = [product.title for product in changes.upserts]
         embed_start = time.perf_counter()
-        vectors = self.encode(titles) if titles else np.zeros((0, 0), dtype=np.float32)
+        vectors = self._vectors(changes)
         embed_seconds = time.perf_counter() - embed_start
         self.folder.write_segment(sequence, changes, vectors)
+        self._keep(self.rows.rows, titles, vectors)
         state = LiveState(self.version, (*self.state.segments, sequence), time.time(),
                           rows.rows, rows.products)
         self.folder.publish(state)
@@ -113,3 +126,28 @@ class CatalogueWriter:
         return ApplyReport(sequence, report.added, report.changed, report.deleted,
                            report.unknown_deletes, rows.products, len(state.segments),
                            round(time.perf_counter() - start, 4), round(embed_seconds, 4))
+
+    def _vectors(self, changes: ChangeSet) -> np.ndarray:
+        """The upserts' title vectors: the current row's where the title is unchanged, the
+        rest embedded in one call."""
+        out: list[np.ndarray | None] = []
+        for product in changes.upserts:
+            row = self.rows.row_of(product.product_id)
+            title, vector = (None, None) if row is None else self._row(row)
+            out.append(vector if title == product.title else None)
+        missing = [i for i, vector in enumerate(out) if vector is None]
+        if missing:
+            for i, vector in zip(missing, self.encode([changes.upserts[i].title
+                                                       for i in missing]), strict=True):
+                out[i] = vector
+        dimension = self.vectors.shape[1]
+        return np.stack(out).astype(np.float32) if out else np.zeros((0, dimension), np.float32)
+
+    def _row(self, row: int) -> tuple[str, np.ndarray]:
+        if row < len(self.table):
+            return self.table.title(row), np.asarray(self.vectors[row], dtype=np.float32)
+        return self.appended[row]
+
+    def _keep(self, first_row: int, titles: list[str], vectors: np.ndarray) -> None:
+        for offset, (title, vector) in enumerate(zip(titles, vectors, strict=True)):
+            self.appended[first_row + offset] = (title, vector)

@@ -5,22 +5,26 @@ the catalogue-wide statistics taken over the live rows only.
 - per title: its terms, head phrase, first term, adjacent pairs and character trigrams, as ids.
   These never change for a row, so a delta's titles are parsed alone (a tenth of a second per
   thousand titles, where parsing the whole Home Depot catalogue again takes four seconds) and
-  appended to the base's, their ids moved into one merged vocabulary;
+  appended to the base's; the base keeps its ids, the delta's new terms get the next ones;
 - over the catalogue: each trigram bucket's IDF (and so each title's trigram norm), each term's
-  vector (the mean embedding of the titles holding it) and IDF. These move with every change,
-  so they are computed again here, vectorised, from the live rows alone: a replaced or deleted
-  title counts for nothing, as it would not exist in a fresh build of the final catalogue.
+  vector (the mean embedding of the titles holding it) and IDF. These move with the live rows:
+  a replaced or deleted title counts for nothing, as it would not exist in a fresh build of the
+  final catalogue. Document frequencies are the base's (counted once per process,
+  `TitleBase`) corrected by the rows that died or were added; a term's vector is summed again
+  only where its holders changed, over its live holders in row order, as `TermVectors.fit`
+  sums it, and the base's vector is kept for every other term; a title's trigram norm is
+  computed for the candidates that need it (`RowNorms`), the bits `norms_of` gives.
 
 So the features of a live catalogue equal a fresh build's of its live titles in row order
-(tests/unit/search/test_live_titles.py), except the rounding of sums taken in another order.
-Two things are knowingly not the same: the vocabulary keeps the terms of dead titles (a query
-term only a dead title holds matches no live candidate, so no feature sees it), and a term's
-shown spelling (`surface`, used to display a corrected query) is the base's, new terms taking
-their delta's.
+(tests/unit/search/test_live_titles.py). Knowingly not the same: the vocabulary keeps the terms
+of dead titles (a query term only a dead title holds matches no live candidate, so no feature
+sees it), and a term's shown spelling (`surface`, to display a corrected query) is the base's,
+new terms taking their delta's.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import numpy as np
@@ -31,110 +35,282 @@ from fusionrank.core.search.term_vectors import TermVectors
 from fusionrank.core.search.title_terms import TitleTerms
 from fusionrank.core.search.trigrams import CHAR_BUCKETS, norms_of
 
-
-def extended(base: TitleTerms, titles: Sequence[str], live: np.ndarray) -> TitleTerms:
-    """`base`'s rows, then one row per title of `titles`, with the trigram statistics of the
-    rows `live` (bool [rows]) marks."""
-    merged = _copy(base) if not titles else _merged(base, TitleTerms(titles))
-    if len(live) != merged.products:
-        raise ValueError(f"the live mask covers {len(live)} rows, the titles {merged.products}")
-    _live_trigram_statistics(merged, live)
-    return merged
+# A term held by more base titles than this ("in", "white", "steel"...) has its vector moved
+# by a change set rather than summed again over every holder: its sum (float64) loses the
+# removed titles' embeddings and gains the added ones'. Summing such a term's thousands of
+# holders again took most of a state's build; the update differs from a fresh sum by float
+# rounding only (tested), and a rare term is still summed again exactly.
+EXACT_UP_TO = 100
 
 
-def live_term_vectors(titles: TitleTerms, embeddings, live: np.ndarray) -> TermVectors:
-    """`TermVectors.fit` over the live rows, its per-row structures kept for every row: each
-    term held by a live title gets the normalised sum of their embeddings, in row order."""
-    live_rows = np.flatnonzero(live)
-    held = np.unique(titles.title_ids.gather_ids(live_rows)[0])
-    term_row = np.full(len(titles.vocabulary), -1, dtype=np.int64)
-    term_row[held] = np.arange(len(held))
-    title_terms = _mapped(titles.title_ids, term_row)
-    head_terms = _mapped(titles.head_tokens, term_row)
-    entries, owner = title_terms.gather_ids(live_rows)
-    holders = sparse.csr_matrix((np.ones(len(entries), dtype=np.float32), (entries, owner)),
-                                shape=(len(held), len(live_rows)))
-    vectors = np.asarray(holders @ np.asarray(embeddings[live_rows], dtype=np.float32))
-    vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
-    titles_holding = np.asarray(holders.sum(axis=1)).ravel()
-    idf = np.log((1.0 + len(live_rows)) / (1.0 + titles_holding)).astype(np.float32)
-    index = {titles.vocabulary[i]: row for row, i in enumerate(held.tolist())}
-    return TermVectors(index, vectors.astype(np.float32), idf, title_terms, head_terms,
-                       len(live_rows))
+class TitleBase:
+    """A base's title structures and what extending them needs, computed once per process."""
+
+    def __init__(self, titles: TitleTerms, vectors: TermVectors, embeddings,
+                 exact_up_to: int = EXACT_UP_TO):
+        self.titles, self.vectors, self.embeddings = titles, vectors, embeddings
+        self.rows, self.exact_up_to = titles.products, exact_up_to
+
+    @functools.cached_property
+    def common(self) -> tuple[np.ndarray, np.ndarray]:
+        """The vector rows of the terms held by more than `exact_up_to` base titles, and the
+        float64 sums of their holders' embeddings (as `TermVectors.fit` sums them)."""
+        counts = np.diff(np.asarray(self.holders.indptr, np.int64))
+        terms = np.flatnonzero(counts > self.exact_up_to)
+        entries, owner = self.holders.gather(terms)
+        rows = np.asarray(self.holders.ids[entries], dtype=np.int64)
+        matrix = sparse.csr_matrix((np.ones(len(rows), dtype=np.float32), (owner, rows)),
+                                   shape=(len(terms), self.rows))
+        sums = np.asarray(matrix @ np.asarray(self.embeddings[:self.rows], dtype=np.float32))
+        return terms, sums.astype(np.float64)
+
+    @functools.cached_property
+    def char_df(self) -> np.ndarray:
+        """int64 [char_buckets]: the base titles holding each of its buckets."""
+        return np.bincount(np.asarray(self.titles.char_vectors.ids, dtype=np.int64),
+                           minlength=len(self.titles.char_buckets))
+
+    @functools.cached_property
+    def holders(self) -> Ragged:
+        """Per base term vector row: the base rows holding its term, ascending."""
+        terms = self.vectors.title_terms
+        owner = np.repeat(np.arange(terms.rows), np.diff(np.asarray(terms.indptr, np.int64)))
+        ids = np.asarray(terms.ids, dtype=np.int64)
+        order = np.argsort(ids, kind="stable")  # row order kept within a term
+        counts = np.bincount(ids, minlength=len(self.vectors.vectors))
+        return Ragged(np.concatenate([[0], np.cumsum(counts)]), owner[order])
 
 
-def _copy(base: TitleTerms) -> TitleTerms:
+def extended(base: TitleBase, delta: TitleTerms, live: np.ndarray,
+             embeddings) -> tuple[TitleTerms, TermVectors]:
+    """`base`'s rows, then the rows of `delta` (the titles the segments added, parsed); the
+    statistics of the rows `live` (bool [rows]) marks. `embeddings`: every row's vector (base
+    rows, then the new ones)."""
+    terms, delta_ids = merged(base.titles, delta)
+    if len(live) != terms.products:
+        raise ValueError(f"the live mask covers {len(live)} rows, the titles {terms.products}")
+    _live_trigram_statistics(base, terms, live)
+    return terms, _live_term_vectors(base, terms, delta, delta_ids, live, embeddings)
+
+
+class RowNorms:
+    """Each title's trigram norm under the live IDF, computed for the rows asked for (as
+    `norms_of` computes every row's, with the same bits): a change set moves the IDF of every
+    bucket, and a request reads a few hundred titles' norms."""
+
+    def __init__(self, titles: TitleTerms):
+        self.titles = titles
+
+    def __getitem__(self, rows) -> np.ndarray:
+        rows = np.asarray(rows, dtype=np.int64)
+        wanted, back = np.unique(rows, return_inverse=True)
+        vectors = self.titles.char_vectors
+        entries, _ = vectors.gather(wanted)
+        indptr = np.concatenate([[0], np.cumsum(vectors.lengths(wanted))])
+        buckets = self.titles.char_buckets[vectors.ids[entries]].astype(np.int64)
+        counts = np.asarray(self.titles.char_counts, dtype=np.int64)[entries]
+        return norms_of(indptr, buckets, counts, self.titles.idf)[back].reshape(rows.shape)
+
+
+class RowOverlay:
+    """Row-indexed vectors: a base array, some of its rows replaced, new rows after it."""
+
+    def __init__(self, base: np.ndarray, rows: np.ndarray, vectors: np.ndarray, total: int):
+        self.base, self.total = base, total
+        self.where = np.full(total, -1, dtype=np.int64)  # row → its row in `vectors`, or -1
+        self.where[rows] = np.arange(len(rows))
+        self.vectors = vectors
+
+    def __len__(self) -> int:
+        return self.total
+
+    def __getitem__(self, rows) -> np.ndarray:
+        rows = np.asarray(rows, dtype=np.int64)
+        own = self.where[rows]
+        out = np.empty((*rows.shape, self.base.shape[1]), dtype=np.float32)
+        replaced = own >= 0
+        out[~replaced] = self.base[rows[~replaced]]
+        out[replaced] = self.vectors[own[replaced]]
+        return out
+
+
+def merged(base: TitleTerms, delta: TitleTerms) -> tuple[TitleTerms, np.ndarray]:
+    """Both catalogues' rows, base first. The base's term ids stay; the delta's terms take the
+    base's ids, or the next ones for terms the base lacks (in sorted order). Also answers the
+    delta's term ids in the merged vocabulary."""
+    known = base.index
+    new_terms = sorted(set(delta.vocabulary) - known.keys())
     out = TitleTerms.__new__(TitleTerms)
-    out.__dict__.update({k: v for k, v in base.__dict__.items()
-                         if k not in ("terms", "heads", "_char_idf", "_log_counts")})
-    return out
-
-
-def _merged(base: TitleTerms, delta: TitleTerms) -> TitleTerms:
-    """Both catalogues' rows, base first, over the union of their vocabularies (ids moved; the
-    union is sorted, so each row's ids keep their order)."""
-    vocabulary = sorted(set(base.vocabulary) | set(delta.vocabulary))
-    index = {term: i for i, term in enumerate(vocabulary)}
-    moved = [np.array([index[t] for t in part.vocabulary], dtype=np.int64)
-             for part in (base, delta)]
-    out = TitleTerms.__new__(TitleTerms)
-    out.vocabulary, out.index = vocabulary, index
+    out.vocabulary = [*base.vocabulary, *new_terms]
+    out.index = known | {term: len(base.vocabulary) + i for i, term in enumerate(new_terms)}
+    ids = np.array([out.index[t] for t in delta.vocabulary], dtype=np.int64)
     out.surface = {**delta.surface, **base.surface}
-    for name in ("title_ids", "head_ids", "head_tokens"):
-        setattr(out, name, _stacked([_mapped(getattr(part, name), ids)
-                                     for part, ids in zip((base, delta), moved, strict=True)]))
+    for name, keep_order in (("title_ids", False), ("head_ids", False), ("head_tokens", True)):
+        moved = _mapped(getattr(delta, name), ids)
+        setattr(out, name, _stacked([getattr(base, name),
+                                     moved if keep_order else _sorted_rows(moved)]))
     out.first_id = np.concatenate([
-        np.where(part.first_id >= 0, ids[np.maximum(part.first_id, 0)], -1)
-        for part, ids in zip((base, delta), moved, strict=True)]).astype(np.int32)
+        base.first_id, np.where(delta.first_id >= 0, ids[np.maximum(delta.first_id, 0)], -1)
+    ]).astype(np.int32)
     # A pair's key is a·V + b over the vocabulary's size V: decoded, moved, encoded again.
-    keys = [_moved_pairs(part, ids, len(vocabulary))
-            for part, ids in zip((base, delta), moved, strict=True)]
-    out.bigram_keys = np.unique(np.concatenate(keys))
-    out.bigram_ids = _stacked([
-        Ragged(part.bigram_ids.indptr,
-               np.searchsorted(out.bigram_keys, own[part.bigram_ids.ids]).astype(np.int32))
-        for part, own in zip((base, delta), keys, strict=True)])
+    size = len(out.vocabulary)
+    base_keys = _moved_pairs(base, np.arange(len(base.vocabulary)), size)
+    delta_keys = _moved_pairs(delta, ids, size)
+    out.bigram_keys = np.union1d(base_keys, delta_keys)
+    base_ids = np.searchsorted(out.bigram_keys, base_keys).astype(np.int32)
+    delta_pairs = np.searchsorted(out.bigram_keys, delta_keys).astype(np.int32)
+    out.bigram_ids = _stacked([  # the base's keep their order: its keys' order is unchanged
+        Ragged(base.bigram_ids.indptr, base_ids[np.asarray(base.bigram_ids.ids, np.int64)]),
+        _sorted_rows(Ragged(delta.bigram_ids.indptr,
+                            delta_pairs[np.asarray(delta.bigram_ids.ids, np.int64)]))])
     out.char_buckets = np.union1d(base.char_buckets, delta.char_buckets).astype(np.int32)
+    # Each row's trigram entries keep their order (the order `tfidf` weighs them in).
     out.char_vectors = _stacked([
         Ragged(part.char_vectors.indptr,
-               np.searchsorted(out.char_buckets, part.char_buckets[part.char_vectors.ids])
-               .astype(np.int32)) for part in (base, delta)])
+               np.searchsorted(out.char_buckets, part.char_buckets).astype(np.int32)[
+                   np.asarray(part.char_vectors.ids, dtype=np.int64)])
+        for part in (base, delta)])
     counts = np.concatenate([np.asarray(base.char_counts, dtype=np.int64),
                              np.asarray(delta.char_counts, dtype=np.int64)])
     out.char_counts = counts.astype(smallest_unsigned(int(counts.max(initial=0))))
-    return out
+    return out, ids
 
 
 def _moved_pairs(part: TitleTerms, ids: np.ndarray, size: int) -> np.ndarray:
-    """int64: `part`'s pair keys over the merged vocabulary (of `size` terms), in the order of
-    its own keys (so its bigram ids index them)."""
+    """int64: `part`'s pair keys over a vocabulary of `size` terms where its term i is ids[i],
+    in the order of its own keys (so its bigram ids index them)."""
     first, second = np.divmod(np.asarray(part.bigram_keys, dtype=np.int64), len(part.vocabulary))
     return ids[first] * size + ids[second]
 
 
-def _live_trigram_statistics(titles: TitleTerms, live: np.ndarray) -> None:
+def _live_trigram_statistics(base: TitleBase, titles: TitleTerms, live: np.ndarray) -> None:
     """The trigram IDF over the live rows (as `trigrams.idf_of` computes it over a catalogue's
-    titles) and every row's norm under it (as `TitleTerms` computes them)."""
-    entries, _ = titles.char_vectors.gather(np.flatnonzero(live))
-    df = np.bincount(titles.char_buckets[titles.char_vectors.ids[entries]].astype(np.int64),
-                     minlength=CHAR_BUCKETS)
-    titles.idf = np.log((1 + int(live.sum())) / (1 + df)).astype(np.float32) + 1.0
-    buckets = titles.char_buckets[titles.char_vectors.ids].astype(np.int64)
-    titles.char_norms = norms_of(titles.char_vectors.indptr, buckets,
-                                 np.asarray(titles.char_counts, dtype=np.int64), titles.idf)
-    for cached in ("_char_idf", "_log_counts"):
-        titles.__dict__.pop(cached, None)
+    titles) and the norms under it, per row asked for."""
+    n = base.rows
+    columns = np.searchsorted(titles.char_buckets, base.titles.char_buckets)
+    df = np.zeros(len(titles.char_buckets), dtype=np.int64)
+    df[columns] = base.char_df
+    vectors = titles.char_vectors
+    dead, _ = vectors.gather(np.flatnonzero(~live[:n]))
+    added, _ = vectors.gather(np.flatnonzero(live[n:]) + n)
+    df -= np.bincount(np.asarray(vectors.ids[dead], np.int64), minlength=len(df))
+    df += np.bincount(np.asarray(vectors.ids[added], np.int64), minlength=len(df))
+    full = np.zeros(CHAR_BUCKETS, dtype=np.int64)
+    full[titles.char_buckets] = df
+    titles.idf = np.log((1 + int(live.sum())) / (1 + full)).astype(np.float32) + 1.0
+    titles.char_norms = RowNorms(titles)
+
+
+def _live_term_vectors(base: TitleBase, titles: TitleTerms, delta: TitleTerms,
+                       delta_ids: np.ndarray, live: np.ndarray, embeddings) -> TermVectors:
+    """`TermVectors.fit` of the live rows: the base's vector rows stay, the delta's new terms
+    get the next rows; a term is summed again where its holders changed."""
+    n, served = base.rows, base.vectors
+    # Every term of the merged vocabulary → its vector row (-1: in no title).
+    row_of = np.full(len(titles.vocabulary), -1, dtype=np.int64)
+    for term, row in served.index.items():
+        row_of[titles.index[term]] = row
+    new = np.unique(delta_ids[np.asarray(delta.title_ids.ids, dtype=np.int64)])
+    new = new[row_of[new] < 0]  # the delta's terms no base title holds
+    row_of[new] = len(served.vectors) + np.arange(len(new))
+    total = len(served.vectors) + len(new)
+    delta_rows = row_of[delta_ids]
+    title_terms = _stacked([served.title_terms,
+                            _sorted_rows(_mapped(delta.title_ids, delta_rows))])
+    head_terms = _stacked([served.head_terms, _mapped(delta.head_tokens, delta_rows)])
+    dead_base = np.flatnonzero(~live[:n])
+    live_delta = np.flatnonzero(live[n:]) + n
+    lost, _ = title_terms.gather_ids(dead_base)
+    gained, _ = title_terms.gather_ids(live_delta)
+    count = np.zeros(total, dtype=np.int64)
+    count[:len(served.vectors)] = np.diff(np.asarray(base.holders.indptr, np.int64))
+    count -= np.bincount(np.asarray(lost, np.int64), minlength=total)
+    count += np.bincount(np.asarray(gained, np.int64), minlength=total)
+    changed = np.union1d(lost, gained).astype(np.int64)
+    vectors = _summed(base, title_terms, changed, live, embeddings)
+    held = count > 0
+    index = {term: int(row_of[i]) for term, i in titles.index.items()
+             if row_of[i] >= 0 and held[row_of[i]]}
+    documents = int(live.sum())
+    # As `TermVectors.fit` computes it (its holder counts are float32 sums): the same bits.
+    idf = np.log((1.0 + documents) / (1.0 + count.astype(np.float32))).astype(np.float32)
+    return TermVectors(index, RowOverlay(served.vectors, changed, vectors, total), idf,
+                       title_terms, head_terms, documents)
+
+
+def _summed(base: TitleBase, title_terms: Ragged, terms: np.ndarray, live: np.ndarray,
+            embeddings) -> np.ndarray:
+    """float32 [terms, d]: each term's normalised sum of its live holders' embeddings; a
+    common term's moved from the base's sum (`TitleBase.common`), the others' summed again."""
+    common, sums = base.common
+    moved = np.isin(terms, common)
+    out = np.empty((len(terms), base.embeddings.shape[1]), dtype=np.float32)
+    out[~moved] = _summed_again(base, title_terms, terms[~moved], live, embeddings)
+    if moved.any():
+        out[moved] = _moved(base, title_terms, terms[moved],
+                            sums[np.searchsorted(common, terms[moved])], live, embeddings)
+    return out
+
+
+def _moved(base: TitleBase, title_terms: Ragged, terms: np.ndarray, sums: np.ndarray,
+           live: np.ndarray, embeddings) -> np.ndarray:
+    """The base's sums of `terms` less their dead base holders, plus their live new ones."""
+    n = base.rows
+    rows = np.concatenate([np.flatnonzero(~live[:n]), np.flatnonzero(live[n:]) + n])
+    sign = np.where(rows < n, -1.0, 1.0)  # a dead base holder leaves, a live new one joins
+    held, owner = title_terms.gather_ids(rows)
+    wanted = np.isin(held, terms)
+    change = sparse.csr_matrix((sign[owner[wanted]], (np.searchsorted(terms, held[wanted]),
+                                                      owner[wanted])),
+                               shape=(len(terms), len(rows)))
+    sums = sums + change @ np.asarray(embeddings[rows], dtype=np.float64)
+    vectors = sums / np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), 1e-12)
+    return vectors.astype(np.float32)
+
+
+def _summed_again(base: TitleBase, title_terms: Ragged, terms: np.ndarray, live: np.ndarray,
+                  embeddings) -> np.ndarray:
+    """Each term's normalised sum over its live holders, in row order, by the sparse product
+    `TermVectors.fit` uses: the same bits as a fresh build's."""
+    n = base.rows
+    in_base = terms[terms < len(base.vectors.vectors)]
+    base_entries, base_owner = base.holders.gather(in_base)
+    base_rows = np.asarray(base.holders.ids[base_entries], dtype=np.int64)
+    keep = live[base_rows]
+    local = np.searchsorted(terms, in_base)
+    delta_rows = np.flatnonzero(live[n:]) + n
+    delta_terms, delta_owner = title_terms.gather_ids(delta_rows)
+    wanted = np.isin(delta_terms, terms)
+    term_of = np.concatenate([local[base_owner[keep]],
+                              np.searchsorted(terms, delta_terms[wanted])])
+    row_of = np.concatenate([base_rows[keep], delta_rows[delta_owner[wanted]]])
+    holders, column = np.unique(row_of, return_inverse=True)
+    order = np.lexsort((row_of, term_of))
+    matrix = sparse.csr_matrix((np.ones(len(order), dtype=np.float32),
+                                (term_of[order], column[order])),
+                               shape=(len(terms), len(holders)))
+    vectors = np.asarray(matrix @ np.asarray(embeddings[holders], dtype=np.float32))
+    vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+    return vectors.astype(np.float32)
 
 
 def _mapped(ragged: Ragged, ids: np.ndarray) -> Ragged:
     """`ragged` with each id i replaced by ids[i], entries mapped to -1 dropped."""
     moved = ids[np.asarray(ragged.ids, dtype=np.int64)]
     keep = moved >= 0
+    indptr = np.asarray(ragged.indptr, dtype=np.int64)
     if keep.all():
-        return Ragged(ragged.indptr, moved.astype(np.int32))
+        return Ragged(indptr.astype(np.int32), moved.astype(np.int32))
     kept = np.concatenate([[0], np.cumsum(keep)])
-    return Ragged(kept[np.asarray(ragged.indptr, dtype=np.int64)].astype(np.int32),
-                  moved[keep].astype(np.int32))
+    return Ragged(kept[indptr].astype(np.int32), moved[keep].astype(np.int32))
+
+
+def _sorted_rows(ragged: Ragged) -> Ragged:
+    """Each row's ids ascending (as TitleTerms stores a title's term and pair ids)."""
+    indptr = np.asarray(ragged.indptr, dtype=np.int64)
+    owner = np.repeat(np.arange(len(indptr) - 1), np.diff(indptr))
+    ids = np.asarray(ragged.ids)
+    return Ragged(ragged.indptr, ids[np.lexsort((ids, owner))])
 
 
 def _stacked(parts: Sequence[Ragged]) -> Ragged:

@@ -16,6 +16,7 @@ replaces it (`LiveSource`), so a request is answered from one state.
 from __future__ import annotations
 
 import functools
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -28,8 +29,9 @@ from fusionrank.core.search.features import FeatureSources
 from fusionrank.core.search.judgements import ProductPriors
 from fusionrank.core.search.lexical import LexicalIndex
 from fusionrank.core.search.live_lexical import LiveLexical, TermCounts
-from fusionrank.core.search.live_titles import extended, live_term_vectors
+from fusionrank.core.search.live_titles import TitleBase, extended, merged
 from fusionrank.core.search.runtime import SearchRuntime
+from fusionrank.core.search.title_terms import TitleTerms
 
 
 class RowStack:
@@ -85,6 +87,13 @@ class RowTable:
             rows, lambda row: str(self.field(row, "product_id")).encode("utf-8"))
 
 
+@dataclass(frozen=True)
+class Applied:
+    key: tuple[tuple[int, int], ...]  # (sequence, first row) of each segment applied
+    rows: CatalogueRows
+    delta_titles: TitleTerms | None  # the segments' titles, parsed (None: no runtime)
+
+
 @dataclass
 class BaseSearch:
     """What a search model process loaded from its version folder: the product table, and
@@ -95,6 +104,7 @@ class BaseSearch:
     retrieval: object | None = None  # GraphRetrieval or AnnIndex: .search(vectors, k)
     runtime: SearchRuntime | None = None
     _segment_counts: dict[tuple[int, int], TermCounts] = field(default_factory=dict)
+    _applied: Applied | None = None  # the segments of the last state built, applied
 
     @functools.cached_property
     def rows(self) -> CatalogueRows:
@@ -104,6 +114,28 @@ class BaseSearch:
     @functools.cached_property
     def term_counts(self) -> TermCounts:
         return TermCounts.of_index(self.runtime.lexical)
+
+    @functools.cached_property
+    def titles(self) -> TitleBase:
+        sources = self.runtime.sources
+        return TitleBase(sources.titles, sources.term_vectors, sources.embeddings)
+
+    def applied(self, segments: Sequence[Segment]) -> Applied:
+        """The rows after `segments`, and their titles parsed: carried on from the last state
+        where it is a beginning of this one (a stream of sets adds a few each time), else
+        from the base."""
+        done = self._applied
+        key = tuple((s.sequence, s.first_row) for s in segments)
+        if done is None or key[:len(done.key)] != done.key:
+            done = Applied((), self.rows, TitleTerms([]) if self.runtime else None)
+        rows, terms = done.rows, done.delta_titles
+        new = segments[len(done.key):]
+        for segment in new:
+            rows, _ = rows.apply(segment.changes)
+        if terms is not None and new:
+            terms = merged(terms, TitleTerms([t for s in new for t in s.titles]))[0]
+        self._applied = Applied(key, rows, terms)
+        return self._applied
 
     def counts_of(self, segment: Segment) -> TermCounts:
         """A segment's BM25 term counts, counted once for every state that serves it."""
@@ -124,14 +156,21 @@ class BaseSearch:
 
 class LiveRetrieval:
     """The base's retrieval with its dead rows dropped, and the segments' live rows by an exact
-    product: each query's k most similar live rows, best first, ties by the lower row."""
+    product: each query's k most similar live rows, best first, ties by the lower row.
+
+    The base is asked for enough products that k of them are live at the base's live share,
+    with a margin, and asked again for twice as many where a query still lacks some: the base's
+    exact top k' less its dead rows is the exact top of its live rows. (Asking for k plus every
+    dead row instead made the 8-bit graph rescore tens of thousands of rows a query once a
+    quarter of the base had changed.)"""
 
     def __init__(self, base, base_rows: int, live: np.ndarray, appended: np.ndarray):
         self.base, self.base_rows, self.live = base, base_rows, live
-        self.dead_in_base = int((~live[:base_rows]).sum())
+        self.live_share = max(float(live[:base_rows].mean()), 1e-3) if base_rows else 1.0
         self.delta_rows = np.flatnonzero(live[base_rows:]) + base_rows
         self.delta_vectors = np.ascontiguousarray(appended[self.delta_rows - base_rows])
         self.products = int(live.sum())
+        self.base_live = int(live[:base_rows].sum())
 
     def describe(self) -> str:
         return f"{self.base.describe()}, live"
@@ -139,16 +178,21 @@ class LiveRetrieval:
     def search(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         k = min(k, self.products)
-        wanted = min(k + self.dead_in_base, self.base_rows)
-        base_rows, base_similarity = self.base.search(vectors, wanted)
+        needed = min(k, self.base_live)  # the live base rows a query can need
+        wanted = min(self.base_rows, int(np.ceil(needed / self.live_share * 1.25)) + 16)
+        while True:
+            base_rows, base_similarity = self.base.search(vectors, wanted)
+            keep = self.live[base_rows]
+            if wanted >= self.base_rows or keep.sum(axis=1).min() >= needed:
+                break
+            wanted = min(self.base_rows, 2 * wanted)
         delta_similarity = vectors @ self.delta_vectors.T if len(self.delta_rows) else \
             np.zeros((len(vectors), 0), dtype=np.float32)
         rows = np.empty((len(vectors), k), dtype=np.int64)
         similarity = np.empty((len(vectors), k), dtype=np.float32)
         for q in range(len(vectors)):
-            keep = self.live[base_rows[q]]
-            pool = np.concatenate([base_rows[q][keep].astype(np.int64), self.delta_rows])
-            scores = np.concatenate([base_similarity[q][keep], delta_similarity[q]])
+            pool = np.concatenate([base_rows[q][keep[q]].astype(np.int64), self.delta_rows])
+            scores = np.concatenate([base_similarity[q][keep[q]], delta_similarity[q]])
             best = np.lexsort((pool, -scores))[:k]
             rows[q], similarity[q] = pool[best], scores[best]
         return rows, similarity
@@ -191,9 +235,8 @@ class LiveSearch:
     @classmethod
     def build(cls, base: BaseSearch, segments: Sequence[Segment],
               state: LiveState | None = None) -> LiveSearch:
-        rows = base.rows
-        for segment in segments:
-            rows, _ = rows.apply(segment.changes)
+        applied = base.applied(segments)
+        rows = applied.rows
         vectors = [s.embeddings for s in segments if len(s.embeddings)]
         dimension = vectors[0].shape[1] if vectors else (
             base.runtime.sources.embeddings.shape[1] if base.runtime else 0)
@@ -201,23 +244,21 @@ class LiveSearch:
         table = RowTable([base.table, *(s.products for s in segments if s.products)])
         retrieval = None if base.retrieval is None else LiveRetrieval(
             base.retrieval, len(base.table), rows.live, appended)
-        runtime = None if base.runtime is None else _live_runtime(base, segments, rows,
-                                                                  appended)
+        runtime = None if base.runtime is None else _live_runtime(
+            base, segments, rows, applied.delta_titles, appended)
         return cls(state or LiveState(), rows, table, retrieval, runtime)
 
 
 def _live_runtime(base: BaseSearch, segments: Sequence[Segment], rows: CatalogueRows,
-                  appended: np.ndarray) -> SearchRuntime:
+                  delta_titles: TitleTerms, appended: np.ndarray) -> SearchRuntime:
     served = base.runtime
     sources = served.sources
     embeddings = RowStack(sources.embeddings, appended)
-    titles = [title for segment in segments for title in segment.titles]
     lexical = LiveBM25(served.lexical, LiveLexical(
         [base.term_counts, *(base.counts_of(s) for s in segments)], rows.live))
-    terms = extended(sources.titles, titles, rows.live)
-    live_sources = FeatureSources(embeddings, terms, live_term_vectors(terms, embeddings,
-                                                                       rows.live),
-                                  _live_priors(base, rows), _live_memory(base, rows))
+    terms, term_vectors = extended(base.titles, delta_titles, rows.live, embeddings)
+    live_sources = FeatureSources(embeddings, terms, term_vectors, _live_priors(base, rows),
+                                  sources.memory, _memory_rows(base, rows))
     return SearchRuntime(lexical, live_sources, served.head, served.weights, served.extra)
 
 
@@ -238,20 +279,25 @@ def _live_priors(base: BaseSearch, rows: CatalogueRows) -> ProductPriors:
                          np.concatenate([priors.count, count]))
 
 
-def _live_memory(base: BaseSearch, rows: CatalogueRows):
-    """The judgement memory with each judged product at its live row (-1: deleted); the base's
-    own where no judged product moved (its graph is built once per process)."""
-    memory = base.runtime.sources.memory
+def _memory_rows(base: BaseSearch, rows: CatalogueRows) -> np.ndarray:
+    """int64 [rows]: the row the judgement memory knows each row's product by. The memory
+    names judged products by their base row, so a product upserted since keeps its base row
+    there (its judgements are still its own), and a product the base did not hold its new row,
+    which no judgement names (as in a rebuild, whose memory is aligned by id)."""
     n = len(base.table)
-    row_map = np.arange(n, dtype=np.int64)
-    for row in np.flatnonzero(~rows.live[:n]):
-        now = rows.row_of(str(base.rows.ids[row]))
-        row_map[row] = -1 if now is None else now
-    moved = memory.aligned(row_map)
-    if np.array_equal(moved.product_rows, memory.product_rows):
-        return memory
-    _ = moved.graph  # built now, with the view, not at its first request
-    return moved
+    out = np.arange(rows.rows, dtype=np.int64)
+    for row in range(n, rows.rows):
+        before = base.rows.row_of(str(rows.ids[row]))
+        if before is not None:
+            out[row] = before
+    return out
+
+
+# Under a stream of change sets, a search process builds a new state at most this often (as
+# Elasticsearch refreshes an index every second): building one costs it tenths of a second at
+# 45,782 products (benchmarks/reports/live_catalogue.md), which each set would otherwise charge
+# to the searches. A set applied after a quiet second is served by the next request.
+REFRESH_INTERVAL_S = 1.0
 
 
 class LiveSource:
@@ -261,15 +307,17 @@ class LiveSource:
     alone). A state of another base version (a deploy's) is not served: the base alone is,
     until the new version's catalogue model has applied the log to it."""
 
-    def __init__(self, folder: LiveFolder, base: BaseSearch):
+    def __init__(self, folder: LiveFolder, base: BaseSearch, interval_s: float | None = None):
         self.folder, self.base = folder, base
+        self.interval_s = REFRESH_INTERVAL_S if interval_s is None else interval_s
         self.view: LiveSearch | None = None
         self._stamp: tuple[int, int, int] | None = None
         self._segments: dict[int, Segment] = {}
+        self._built_at = -float("inf")
 
     def refresh(self) -> LiveSearch | None:
         stamp = self.folder.stamp()
-        if stamp == self._stamp:
+        if stamp == self._stamp or time.monotonic() - self._built_at < self.interval_s:
             return self.view
         state = self.folder.state()
         if state.base != self.base.version or not state.segments:
@@ -285,5 +333,5 @@ class LiveSource:
                 first_row += len(segment.changes.upserts)
             self._segments = {s.sequence: s for s in segments}
             view = LiveSearch.build(self.base, segments, state)
-        self.view, self._stamp = view, stamp
+        self.view, self._stamp, self._built_at = view, stamp, time.monotonic()
         return view

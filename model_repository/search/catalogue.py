@@ -37,9 +37,11 @@ class ApplyChanges:
         encoder = TextEncoder(TextTokenizer(folder / artefacts.TOKENIZER, MAX_TITLE_TOKENS),
                               OnnxEncoder(folder / artefacts.ENCODER, threads))
         table = ProductTable.open(folder / artefacts.PRODUCTS)
-        ids = [str(table.field(row, "product_id")) for row in range(len(table))]
+        vectors = artefacts.load_array(folder / artefacts.EMBEDDINGS, shape=(len(table), None),
+                                       mmap=True)
         # Applies what the log holds beyond the published state (a crash, a restart).
-        self.writer = CatalogueWriter(live_folder(folder), folder.name, ids, encoder.encode)
+        self.writer = CatalogueWriter(live_folder(folder), folder.name, table, vectors,
+                                      encoder.encode)
 
     def __call__(self, requests: list[Tensors]) -> list[Tensors | RequestError]:
         return [self.answer(request) for request in requests]

@@ -233,7 +233,8 @@ def catalogue_model(files: SearchArtefacts) -> PythonModel:
         CATALOGUE_MODEL, ApplyChanges,
         artefacts={names.ENCODER: files.encoder / names.ENCODER,
                    names.TOKENIZER: files.encoder / names.TOKENIZER,
-                   names.PRODUCTS: files.index / names.PRODUCTS},
+                   names.PRODUCTS: files.index / names.PRODUCTS,
+                   names.EMBEDDINGS: files.index / names.EMBEDDINGS},
         max_batch_size=1, max_queue_delay_us=0)
 
 

@@ -73,10 +73,8 @@ def build(catalogue: Catalogue, model_dir: Path, out: Path, run: Path, cache: Pa
                                    embedding_cache=cache)
 
 
-def search(repository: Path, queries: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    from fusionrank.model_repository.runner import InProcessEnsemble
-
-    answer = InProcessEnsemble(repository, "search")({
+def search(ensemble, queries: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    answer = ensemble({
         "QUERY": np.array([[q.encode()] for q in queries], dtype=object),
         "K": np.full((len(queries), 1), K, dtype=np.int32),
         "DETAIL": np.array([[b"ids"]] * len(queries), dtype=object)})
@@ -84,9 +82,12 @@ def search(repository: Path, queries: list[str]) -> tuple[np.ndarray, np.ndarray
 
 
 def test_after_change_sets_the_served_ranking_equals_a_rebuild_of_the_final_catalogue(
-        trained_run, model_dir, tmp_path):
+        trained_run, model_dir, tmp_path, monkeypatch):
     from fusionrank.core.datasets import homedepot_catalogue
-    from fusionrank.model_repository.runner import load_step
+    from fusionrank.core.search import live_view
+    from fusionrank.model_repository.runner import InProcessEnsemble, load_step
+
+    monkeypatch.setattr(live_view, "REFRESH_INTERVAL_S", 0.0)  # each search reads the newest
 
     base, _ = homedepot_catalogue(trained_run.data)
     sets = change_sets(base.products, random.Random(11))
@@ -94,7 +95,8 @@ def test_after_change_sets_the_served_ranking_equals_a_rebuild_of_the_final_cata
     repository = build(base, model_dir, tmp_path / "live", trained_run.run, cache, LIVE)
     apply = load_step(repository, "catalogue")
     shop = Shop(list(base.products))
-    for upserts, deletes in sets:
+    served = InProcessEnsemble(repository, "search")
+    for step, (upserts, deletes) in enumerate(sets):
         (answer,) = apply([{"CHANGES": np.array([[change_lines(upserts, deletes)]],
                                                 dtype=object)}])
         report = json.loads(answer["REPORT"].reshape(-1)[0])
@@ -103,20 +105,22 @@ def test_after_change_sets_the_served_ranking_equals_a_rebuild_of_the_final_cata
         assert report["applied"]["unknown_deletes"] == [d for d in deletes if d not in known]
         shop.apply(upserts, known)
         assert report["status"]["products"] == len(shop.products)
+        if step == 1:  # a state served in between: the next one is built on from it
+            search(served, trained_run.queries[:5])
     queries = trained_run.queries[:40] + [p.title for p in sets[1][0][-3:]]
-    live_ids, live_scores = search(repository, queries)
+    live_ids, live_scores = search(served, queries)
 
     rebuilt = build(Catalogue(shop.products, source="final"), model_dir, tmp_path / "rebuilt",
                     trained_run.run, cache, replace(LIVE, live_catalogue=False))
-    ids, scores = search(rebuilt, queries)
+    ids, scores = search(InProcessEnsemble(rebuilt, "search"), queries)
 
     np.testing.assert_allclose(live_scores, scores, atol=1e-5)
     for q in range(len(queries)):
         for i in np.flatnonzero(live_ids[q] != ids[q]):  # only near-ties may swap places
             neighbours = live_scores[q][max(i - 1, 0):i + 2]
             assert np.ptp(neighbours) < 2e-5, (queries[q], i, live_ids[q], ids[q])
-    served = {i.decode() for i in live_ids.ravel()}
-    assert not served - shop.ids()  # nothing deleted or unknown is served
+    answered = {i.decode() for i in live_ids.ravel()}
+    assert not answered - shop.ids()  # nothing deleted or unknown is served
     for title, row in zip(queries[-3:], live_ids[-3:], strict=True):  # new products are found
         assert next(p.product_id for p in sets[1][0] if p.title == title).encode() in row
 
@@ -139,10 +143,26 @@ def served(client, query: str) -> list[Product]:
     return [hit.product for hit in client.search(query, k=K, products=True)]
 
 
+def eventually(check, what: str, timeout_s: float = 30.0):
+    """`check()`'s first truthy answer: a change is served within the search processes'
+    refresh interval (`live_view.REFRESH_INTERVAL_S`) of its apply; bounded."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if answer := check():
+            return answer
+        time.sleep(0.1)
+    raise AssertionError(f"not served within {timeout_s} s: {what}")
+
+
 def test_a_served_change_is_searchable_when_apply_returns_and_bad_sets_change_nothing(
         live_build, tmp_path, capsys):
+    import time
+
     from fusionrank.app.cli import main
     from fusionrank.client import FusionRankClient, InvalidRequestError
+    from fusionrank.core.search.live_view import REFRESH_INTERVAL_S
     from tests.support.catalogue import running_server
 
     repository = live_build / "model_repository"
@@ -158,17 +178,19 @@ def test_a_served_change_is_searchable_when_apply_returns_and_bad_sets_change_no
             + "\n", encoding="utf-8")
         assert main(["catalogue", "apply", str(changes), "--url", server.grpc_url]) == 0
         assert "1 added, 1 changed, 0 deleted" in capsys.readouterr().out
-        gnome = served(client, "zorbex quantum garden gnome")[0]
-        assert (gnome.product_id, gnome.price) == ("LIVE-1", 12.5)
-        again = next(p for p in served(client, "cordless drill")
-                     if p.product_id == first.product_id)
-        assert again.price == 1234.5  # the shop shows the new price on the next search
+        eventually(lambda: [(p.product_id, p.price) for p in served(
+            client, "zorbex quantum garden gnome")][:1] == [("LIVE-1", 12.5)], "the new product")
+        # The shop shows the new price (and the product keeps its place in the results).
+        eventually(lambda: any(p.product_id == first.product_id and p.price == 1234.5
+                               for p in served(client, "cordless drill")), "the new price")
 
         answer = client.apply_changes([{"op": "delete", "product_id": first.product_id},
                                        {"op": "delete", "product_id": "NO-SUCH-ID"}])
         assert answer.applied.deleted == [first.product_id]
         assert answer.applied.unknown_deletes == ["NO-SUCH-ID"]
-        assert first.product_id not in {p.product_id for p in served(client, first.title)}
+        eventually(lambda: first.product_id not in {p.product_id
+                                                    for p in served(client, first.title)},
+                   "the deleted product gone")
 
         status = client.catalogue_status()
         assert (status.products, status.segments, status.pending) == (
@@ -189,6 +211,7 @@ def test_a_served_change_is_searchable_when_apply_returns_and_bad_sets_change_no
         with pytest.raises(InvalidRequestError, match="more than"):
             client.apply_changes(b"x" * (64 << 20) + b"x")
         assert client.catalogue_status() == status
+        time.sleep(2 * REFRESH_INTERVAL_S)  # whatever was published is served by now
         assert "OK" not in {p.product_id for p in served(client, "fine")}
 
 
@@ -202,11 +225,12 @@ def pair_set(n: int) -> list[dict]:
 
 def test_under_load_no_search_fails_or_sees_half_a_change_set(live_build, tmp_path):
     import threading
+    import time
 
     from fusionrank.client import FusionRankClient
     from tests.support.catalogue import running_server
 
-    sets, callers, each = 10, 8, 400
+    sets, callers, each = 10, 8, 2000
     with running_server(live_build / "model_repository", tmp_path / "triton.log") as server:
         with FusionRankClient(server.grpc_url, timeout_s=60) as client:
             client.apply_changes(pair_set(0))
@@ -238,6 +262,8 @@ def test_under_load_no_search_fails_or_sees_half_a_change_set(live_build, tmp_pa
         with FusionRankClient(server.grpc_url, timeout_s=60) as client:
             for n in range(1, sets + 1):
                 client.apply_changes(pair_set(n))
+                time.sleep(0.3)  # a stream: several states reach the searches
+            eventually(lambda: sets in seen, "the last set")
         done.set()
         for thread in threads:
             thread.join(timeout=120)
@@ -304,5 +330,6 @@ def test_a_killed_server_loses_no_acknowledged_change(live_build, tmp_path):
         assert client.catalogue_status().pending == 0
         for product_id in sorted(upserted | {"LOGGED-ONLY"}):
             n = "logged" if product_id == "LOGGED-ONLY" else product_id.split("-")[1]
-            found = {h.product_id for h in client.search(f"quokkaberry {n} teapot", k=5)}
-            assert (product_id in found) == (product_id not in deleted), product_id
+            eventually(lambda product_id=product_id, n=n: (product_id in {
+                h.product_id for h in client.search(f"quokkaberry {n} teapot", k=5)}) == (
+                product_id not in deleted), product_id)

@@ -7,7 +7,7 @@ import random
 
 import numpy as np
 
-from fusionrank.core.search.live_titles import extended, live_term_vectors
+from fusionrank.core.search.live_titles import TitleBase, extended
 from fusionrank.core.search.term_vectors import TermVectors
 from fusionrank.core.search.title_terms import TitleTerms
 
@@ -35,10 +35,10 @@ def test_live_title_structures_give_a_fresh_builds_features():
     embeddings = unit(np_rng.normal(size=(240, 12)))
     live = np.ones(240, dtype=bool)
     live[rng.sample(range(200), 50)] = False
-    base = TitleTerms(base_titles)
+    base_terms = TitleTerms(base_titles)
+    base = TitleBase(base_terms, TermVectors.fit(base_terms, embeddings[:200]), embeddings[:200])
 
-    terms = extended(base, delta_titles, live)
-    vectors = live_term_vectors(terms, embeddings, live)
+    terms, vectors = extended(base, TitleTerms(delta_titles), live, embeddings)
 
     rows = np.flatnonzero(live)  # the fresh build holds the live rows, in row order
     all_titles = base_titles + delta_titles
@@ -47,9 +47,11 @@ def test_live_title_structures_give_a_fresh_builds_features():
 
     np.testing.assert_array_equal(terms.idf, fresh_terms.idf)
     np.testing.assert_array_equal(terms.char_norms[rows], fresh_terms.char_norms)
+    assert terms.vocabulary[:len(base_terms.vocabulary)] == base_terms.vocabulary
     assert set(vectors.index) == set(fresh_vectors.index)
     mine = [vectors.index[t] for t in fresh_vectors.index]
-    np.testing.assert_allclose(vectors.vectors[mine], fresh_vectors.vectors, atol=1e-6)
+    # Summed over the same rows in the same order: the same bits.
+    np.testing.assert_array_equal(vectors.vectors[mine], fresh_vectors.vectors)
     np.testing.assert_array_equal(vectors.idf[mine], fresh_vectors.idf)
 
     queries = ["red oak drill", "makita 18v cordless", "steel tap with brass", "2x4 lamp shade",
@@ -74,7 +76,34 @@ def test_live_title_structures_give_a_fresh_builds_features():
 def test_without_a_delta_the_base_is_served_with_its_live_rows_statistics():
     rng = random.Random(4)
     titles = [title(rng, WORDS) for _ in range(60)]
+    embeddings = unit(np.random.default_rng(4).normal(size=(60, 8)))
     live = np.ones(60, dtype=bool)
     live[:10] = False
-    terms = extended(TitleTerms(titles), [], live)
-    np.testing.assert_array_equal(terms.idf, TitleTerms(titles[10:]).idf)
+    base = TitleTerms(titles)
+    terms, vectors = extended(TitleBase(base, TermVectors.fit(base, embeddings), embeddings),
+                              TitleTerms([]), live, embeddings)
+    fresh = TitleTerms(titles[10:])
+    np.testing.assert_array_equal(terms.idf, fresh.idf)
+    fresh_vectors = TermVectors.fit(fresh, embeddings[10:])
+    mine = [vectors.index[t] for t in fresh_vectors.index]
+    assert set(vectors.index) == set(fresh_vectors.index)
+    np.testing.assert_array_equal(vectors.vectors[mine], fresh_vectors.vectors)
+
+
+def test_a_common_terms_vector_is_moved_by_the_changes_to_within_rounding():
+    rng = random.Random(5)
+    titles = [title(rng, WORDS[:6]) for _ in range(120)]  # six words: every term is common
+    delta = [title(rng, WORDS[:8]) for _ in range(30)]
+    embeddings = unit(np.random.default_rng(5).normal(size=(150, 8)))
+    live = np.ones(150, dtype=bool)
+    live[rng.sample(range(120), 40)] = False
+    base_terms = TitleTerms(titles)
+    base = TitleBase(base_terms, TermVectors.fit(base_terms, embeddings[:120]), embeddings[:120],
+                     exact_up_to=10)
+    assert len(base.common[0]) >= 6
+    _, vectors = extended(base, TitleTerms(delta), live, embeddings)
+    rows = np.flatnonzero(live)
+    fresh = TermVectors.fit(TitleTerms([(titles + delta)[r] for r in rows]), embeddings[rows])
+    mine = [vectors.index[t] for t in fresh.index]
+    np.testing.assert_allclose(vectors.vectors[mine], fresh.vectors, atol=1e-6)
+    np.testing.assert_array_equal(vectors.idf[mine], fresh.idf)
