@@ -144,6 +144,15 @@ class LiveFolder:
         return parse_changes((self.segment_path(sequence) / "changes.jsonl")
                              .read_text(encoding="utf-8"))
 
+    def withdrawn(self, state: LiveState) -> set[str]:
+        """The ids the state's segments leave deleted (a later upsert brings one back)."""
+        gone: set[str] = set()
+        for sequence in state.segments:
+            changes = self.read_changes(sequence)
+            gone.difference_update(p.product_id for p in changes.upserts)
+            gone.update(changes.deletes)
+        return gone
+
     def read_segment(self, sequence: int, first_row: int) -> Segment:
         folder = self.segment_path(sequence)
         changes = self.read_changes(sequence)

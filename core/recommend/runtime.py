@@ -335,20 +335,26 @@ class Recommender:
         feedback = self.head(features, shopper.vector, self.embeddings[rows])
         return Candidates(rows, features, similarity[rows].astype(np.float32), feedback)
 
-    def recommend(self, shopper: Shopper, k: int,
-                  exclude_purchased: bool = False) -> tuple[np.ndarray, np.ndarray]:
-        """The k best catalogue rows for the shopper and their scores, best first."""
+    def recommend(self, shopper: Shopper, k: int, exclude_purchased: bool = False,
+                  withdrawn: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The k best catalogue rows for the shopper and their scores, best first; never a
+        row `withdrawn` (bool [products]: deleted from a live catalogue) marks."""
         if shopper.is_cold:
-            return self.cold_start(k)
-        pool = self.candidates(shopper, need=k if exclude_purchased else 0)
+            return self.cold_start(k, withdrawn)
+        gone = 0 if withdrawn is None else int(withdrawn.sum())
+        pool = self.candidates(shopper, need=k + gone if exclude_purchased or gone else 0)
         keep = np.ones(len(pool.rows), bool)
         if exclude_purchased:
             keep = ~np.isin(pool.rows, shopper.rows)
+        if gone:
+            keep &= ~withdrawn[pool.rows]
         signals = {"SIMILARITY": pool.similarity[keep][None], "FEEDBACK": pool.feedback[keep][None]}
         rows, scores = rank(pool.rows[keep][None], self.weights.signals(signals), k)
         return rows[0], scores[0].astype(np.float32)
 
-    def cold_start(self, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def cold_start(self, k: int,
+                   withdrawn: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """No known purchase: the most popular products, scored by log(1 + recent buyers)."""
-        rows = self.popular[:k]
+        popular = self.popular if withdrawn is None else self.popular[~withdrawn[self.popular]]
+        rows = popular[:k]
         return rows.astype(np.int64), np.log1p(self.stats.buyers_4w[rows]).astype(np.float32)

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from fusionrank.core.contract import RequestError, check_batch, check_k
+from fusionrank.core.live.segments import LiveFolder, live_folder
 from fusionrank.core.recommend.contract import (
     BOUGHT_COUNTS,
     BOUGHT_DAYS,
@@ -123,12 +124,29 @@ class RecommendRank:
                                     dtype=object)
         self.product_json = np.array([line.encode("utf-8")
                                       for line in self.recommender.product_json], dtype=object)
+        # A live catalogue's deletes (core/live/segments.py), read when its state changes.
+        self.live, self.version = LiveFolder(live_folder(folder)), folder.name
+        self._stamp: tuple | None = None
+        self._withdrawn: np.ndarray | None = None
+
+    def withdrawn(self) -> np.ndarray | None:
+        """bool [products]: the products a live catalogue deleted (None: none)."""
+        stamp = self.live.stamp()
+        if stamp != self._stamp:
+            state = self.live.state()
+            gone = self.live.withdrawn(state) if state.base == self.version else set()
+            rows = [self.recommender.row_of[i] for i in gone if i in self.recommender.row_of]
+            mask = np.zeros(len(self.product_ids), dtype=bool)
+            mask[rows] = True
+            self._stamp, self._withdrawn = stamp, mask if mask.any() else None
+        return self._withdrawn
 
     def __call__(self, requests: list[Tensors]) -> list[Tensors | RequestError]:
         valid, results = only_valid(requests, check_options)
+        withdrawn = self.withdrawn()
         for i in valid:
             k, exclude = check_options(requests[i])
-            ranked = [self.recommender.recommend(s, k, exclude)
+            ranked = [self.recommender.recommend(s, k, exclude, withdrawn)
                       for s in shoppers_from_tensors(requests[i])]
             results[i] = self.outputs(ranked)
         return results

@@ -111,7 +111,13 @@ def refreshed(live: LiveSource | None) -> LiveSearch | None:
     if live is None:
         return None
     try:
-        return live.refresh()
+        before = live.view
+        view = live.refresh()
+        if view is not before:
+            # A state's build leaves tens of MB of temporaries: without this, glibc keeps the
+            # high-water mark of every build, and a stream of sets grew each copy by GBs.
+            return_freed_memory()
+        return view
     except Exception as error:  # any failure: the last good state is served
         print(f"fusionrank: live catalogue state not read, serving the one before: {error}",
               file=sys.stderr, flush=True)

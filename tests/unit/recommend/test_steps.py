@@ -217,3 +217,35 @@ def test_cli_recommends_in_process(served, tmp_path, capsys):
     expected = shop.expected_ranking(served, [THEME_1[0], (THEME_1[1], 1_300_000_000), "X"], 3)
     assert [r["product_id"] for r in printed["results"]] == [pid for pid, _ in expected]
     assert parser.parse_args(["train-recommender", "--out", "x"]).run is not None
+
+
+def test_a_product_a_live_catalogue_deleted_is_never_recommended(served, tmp_path):
+    """The recommend model of a live build reads the deletes of the live folder beside its
+    repository (docs/live_catalogue.md): a deleted product leaves both the warm ranking and
+    the cold start's popular list, and comes back when upserted again."""
+    from fusionrank.core.live.changes import parse_changes
+    from fusionrank.core.live.segments import LiveFolder, LiveState
+
+    folder = tmp_path / "out" / "model_repository" / "recommend_rank" / "7"
+    folder.mkdir(parents=True)
+    for path in served.iterdir():
+        (folder / path.name).symlink_to(path)
+    steps = (EncodeHistory(folder, {}), RecommendRank(folder, {}))
+    now = reference_time(served)
+    warm = (THEME_1[:2], [now - 86_400, now - 3 * 86_400])
+    before = {False: recommend(steps, [], k=5)[1], True: recommend(steps, *warm, k=5)[1]}
+    gone = [before[False]["PRODUCT_IDS"][0][0].decode(), before[True]["PRODUCT_IDS"][0][0].decode()]
+    live = LiveFolder(tmp_path / "out" / "live")
+
+    def publish(sequence: int, lines: list[dict]) -> None:
+        changes = parse_changes("\n".join(json.dumps(line) for line in lines))
+        live.write_segment(sequence, changes, np.zeros((len(changes.upserts), 4), np.float32))
+        live.publish(LiveState("7", tuple(range(1, sequence + 1))))
+
+    publish(1, [{"op": "delete", "product_id": i} for i in dict.fromkeys(gone)])
+    for warm_shopper in (False, True):
+        ranked = recommend(steps, *warm, k=5)[1] if warm_shopper else recommend(steps, [], k=5)[1]
+        ids = [i.decode() for i in ranked["PRODUCT_IDS"][0]]
+        assert not set(gone) & set(ids) and len(ids) == 5, ids
+    publish(2, [{"op": "upsert", "product": {"product_id": gone[0], "title": "back again"}}])
+    assert recommend(steps, [], k=5)[1]["PRODUCT_IDS"][0][0].decode() == gone[0]
