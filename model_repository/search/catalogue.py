@@ -13,6 +13,7 @@ state (`fusionrank status`).
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -33,7 +34,9 @@ class ApplyChanges:
     CONTRACT = StepContract(inputs=(CHANGES,), outputs=(REPORT,))
 
     def __init__(self, folder: Path, parameters: Mapping[str, str]):
-        threads = int(parameters.get("threads", "0")) or None
+        # Every core by default, as the build embeds: a set is searchable only once embedded,
+        # and sets come one at a time; the searches share the cores meanwhile.
+        threads = int(parameters.get("threads", "0")) or os.cpu_count()
         encoder = TextEncoder(TextTokenizer(folder / artefacts.TOKENIZER, MAX_TITLE_TOKENS),
                               OnnxEncoder(folder / artefacts.ENCODER, threads))
         table = ProductTable.open(folder / artefacts.PRODUCTS)

@@ -195,6 +195,13 @@ def test_a_served_change_is_searchable_when_apply_returns_and_bad_sets_change_no
         status = client.catalogue_status()
         assert (status.products, status.segments, status.pending) == (
             before.products + 1 - 1, before.segments + 2, 0)
+        capsys.readouterr()
+        assert main(["catalogue", "status", "--url", server.grpc_url, "--json"]) == 0
+        shown = json.loads(capsys.readouterr().out)
+        assert (shown["base"], shown["products"], shown["applied_through"]) == (
+            status.base, status.products, status.applied_through)
+        assert status.base == next(p.name for p in (repository / "search_steps").iterdir()
+                                   if p.name.isdigit())
         bad = {"no title": ({"op": "upsert", "product": {"product_id": "X"}}, "title"),
                "wrong type": ({"op": "upsert", "product": {"product_id": "X", "title": "A",
                                                             "price": "ten"}}, "price"),
