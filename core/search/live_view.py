@@ -207,7 +207,6 @@ class LiveBM25:
         self.base, self.live_index = base, live
         self.speller = base.speller
         self.size = len(live.live)
-        self.pooled = live.documents
 
     def query_terms(self, query: str) -> list[str]:
         return self.base.query_terms(query)
@@ -294,9 +293,10 @@ def _memory_rows(base: BaseSearch, rows: CatalogueRows) -> np.ndarray:
 
 
 # Under a stream of change sets, a search process builds a new state at most this often (as
-# Elasticsearch refreshes an index every second): building one costs it tenths of a second at
-# 45,782 products (benchmarks/reports/live_catalogue.md), which each set would otherwise charge
-# to the searches. A set applied after a quiet second is served by the next request.
+# Elasticsearch refreshes an index every second): building one costs it up to tenths of a
+# second at 45,782 products (benchmarks/reports/live_state_build.md), which each set would
+# otherwise charge to the searches. A set applied after a quiet second is served by the next
+# request.
 REFRESH_INTERVAL_S = 1.0
 
 

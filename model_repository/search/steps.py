@@ -114,8 +114,8 @@ def refreshed(live: LiveSource | None) -> LiveSearch | None:
         before = live.view
         view = live.refresh()
         if view is not before:
-            # A state's build leaves tens of MB of temporaries: without this, glibc keeps the
-            # high-water mark of every build, and a stream of sets grew each copy by GBs.
+            # A state's build leaves tens of MB of temporaries, which glibc would otherwise
+            # keep: under a stream of sets each copy would hold its largest build's for good.
             return_freed_memory()
         return view
     except Exception as error:  # any failure: the last good state is served
