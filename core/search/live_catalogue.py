@@ -1,6 +1,6 @@
 """Change sets applied to a served catalogue: the `catalogue` model's job (docs/live_catalogue.md).
 
-    writer = CatalogueWriter(live_folder, version, base_ids, encode)   # replays what is pending
+    writer = CatalogueWriter(live_folder, version, table, vectors, encode)  # applies the pending
     report = writer.apply(parse_changes(data))     # logged, embedded, published: searchable
 
 Order of work, and why:
@@ -9,7 +9,8 @@ Order of work, and why:
 2. it is appended to the change log and fsynced: from here it is accepted, and a crash at any
    later point is repaired by the next start, which applies what the log holds beyond the
    published state (`CatalogueWriter.__init__`);
-3. only its upserted titles are embedded, with the encoder that embedded the base;
+3. only its new or retitled products' titles are embedded, with the encoder that embedded the
+   base;
 4. its segment is written whole, then the state naming it replaces the old one in one rename:
    the search processes see the state before the set or after it, never a part.
 One writer per live folder (the `catalogue` model runs one copy, and the log's lock serialises
@@ -83,7 +84,8 @@ class CatalogueWriter:
         state = self.folder.state()
         if state.base != version:
             # A new base (a deploy): every logged set is applied to it again. Upserts and
-            # deletes are idempotent, so sets a compacted base already holds change nothing.
+            # deletes are idempotent: a set the new base already holds leaves its products as
+            # they are (its rows are replaced by equal ones until the log drops it).
             state = LiveState(version, (), None, base.rows, base.products)
             self.folder.publish(state)
             self.folder.remove_unlisted(state)
