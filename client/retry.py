@@ -76,6 +76,7 @@ class RetryPolicy:
 
 
 DEFAULT_RETRY = RetryPolicy()
+NEVER_RETRY = RetryPolicy(attempts=1)
 
 # gRPC's own reconnection back-off (1 s growing 1.6× to 120 s) would keep a channel failing
 # fast for up to 4 s after a restarted server is back; capped like the retries' back-off, the
@@ -108,9 +109,12 @@ class Replicas(Generic[Client]):
         self.current = 0
         self._rng = random.Random()
 
-    def attempts(self) -> Attempts:
-        """A new call's course, starting where the last call was answered."""
-        return Attempts(self.retry, len(self.urls), self.current, self.timeout_s, self._rng)
+    def attempts(self, retry: RetryPolicy | None = None,
+                 timeout_s: float | None = None) -> Attempts:
+        """A new call's course, starting where the last call was answered; `retry` and
+        `timeout_s` replace the client's own for this call."""
+        return Attempts(retry or self.retry, len(self.urls), self.current,
+                        self.timeout_s if timeout_s is None else timeout_s, self._rng)
 
     def wait_after(self, attempts: Attempts, error: Exception) -> float:
         """After a try that failed with tritonclient's `error`: how long to wait before the next

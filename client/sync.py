@@ -16,14 +16,14 @@ from fusionrank.client.catalogue import (
     changes_payload,
     parse_answer,
 )
-from fusionrank.client.errors import ServerUnavailableError, from_triton
+from fusionrank.client.errors import ServerUnavailableError
 from fusionrank.client.recommend import (
     Purchase,
     Recommendations,
     parse_recommendations,
     recommend_inputs,
 )
-from fusionrank.client.retry import DEFAULT_RETRY, Replicas, RetryPolicy
+from fusionrank.client.retry import DEFAULT_RETRY, NEVER_RETRY, Replicas, RetryPolicy
 from fusionrank.client.routing import ModelNames
 from fusionrank.client.search import (
     SearchAnswer,
@@ -63,9 +63,10 @@ class FusionRankClient:
         """The address that answered last (where the next call goes first)."""
         return self.urls[self._replicas.current]
 
-    def _infer(self, model: str, inputs: list, outputs: Sequence):
+    def _infer(self, model: str, inputs: list, outputs: Sequence,
+               retry: RetryPolicy | None = None, timeout_s: float | None = None):
         requested = [grpcclient.InferRequestedOutput(spec.name) for spec in outputs]
-        attempts = self._replicas.attempts()
+        attempts = self._replicas.attempts(retry, timeout_s)
         while True:
             try:
                 result = self._replicas.clients[attempts.address].infer(
@@ -121,24 +122,15 @@ class FusionRankClient:
         whose answer was lost may have been applied (applying it again is harmless: upserts
         carry whole rows and deletes are idempotent, but that is the caller's call)."""
         payload = changes_payload(changes)
-        return parse_answer(self._infer_once(self.models.catalogue,
-                                             catalogue_inputs(payload, self.transport),
-                                             (REPORT,), timeout_s))
+        return parse_answer(self._infer(self.models.catalogue,
+                                        catalogue_inputs(payload, self.transport), (REPORT,),
+                                        NEVER_RETRY, timeout_s))
 
     def catalogue_status(self) -> CatalogueStatus:
         """The live catalogue's base version, segments, pending log and last change."""
-        return parse_answer(self._infer_once(self.models.catalogue,
-                                             catalogue_inputs(b"", self.transport), (REPORT,),
-                                             self.timeout_s)).status
-
-    def _infer_once(self, model: str, inputs: list, outputs: Sequence, timeout_s: float):
-        url = self.urls[self._replicas.current]
-        try:
-            return self._replicas.clients[self._replicas.current].infer(
-                model, inputs, outputs=[grpcclient.InferRequestedOutput(s.name)
-                                        for s in outputs], client_timeout=timeout_s)
-        except InferenceServerException as error:
-            raise from_triton(error, url) from error
+        return parse_answer(self._infer(self.models.catalogue,
+                                        catalogue_inputs(b"", self.transport), (REPORT,),
+                                        NEVER_RETRY)).status
 
     def wait_ready(self, model: str | None = None, timeout_s: float = 60.0) -> None:
         """Until `model` (default: the one search calls go to) is ready, bounded."""
