@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from fusionrank.client import CatalogueStatus, FusionRankClient
+from fusionrank.core.live.changes import ChangeReport
 
 
 def add_catalogue(commands: argparse._SubParsersAction) -> None:
@@ -48,13 +49,10 @@ def run_apply(args: argparse.Namespace) -> int:
         print("an empty change set: nothing applied", file=sys.stderr)
         print(status_text(answer.status))
     else:
-        unknown = (f"; {len(applied.unknown_deletes)} deletes of unknown ids ("
-                   + ", ".join(applied.unknown_deletes[:5])
-                   + (", …" if len(applied.unknown_deletes) > 5 else "") + ")"
-                   if applied.unknown_deletes else "")
+        done = ChangeReport(applied.added, applied.changed, applied.deleted,
+                            applied.unknown_deletes)
         print(f"change set {applied.sequence} applied in {applied.seconds:.2f} s "
-              f"(embedding {applied.embed_seconds:.2f} s): {len(applied.added)} added, "
-              f"{len(applied.changed)} changed, {len(applied.deleted)} deleted{unknown}; "
+              f"(embedding {applied.embed_seconds:.2f} s): {done.summary()}; "
               f"{applied.products} products")
     return 0
 
