@@ -98,8 +98,11 @@ class ChangeLog:
                 yield LogRecord(sequence, accepted_at, parse_changes(payload), offset)
 
     def pending(self, applied: int) -> int:
-        """Logged change sets after the `applied` one (what a restart replays)."""
-        return sum(1 for _ in self.records(after=applied))
+        """Logged change sets after the `applied` one (what a restart replays), at or after
+        what the log has dropped: sequences are consecutive, so the count is the difference,
+        without reading a record (the catalogue model answers it with every set)."""
+        with self._locked():  # (the log as it is now, others' appends included)
+            return max(self._last - applied, 0)
 
     def drop_through(self, sequence: int) -> None:
         """Remove the records up to `sequence` (a compacted base holds them): the rest are

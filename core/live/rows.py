@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from fusionrank.core.live.changes import ChangeReport, ChangeSet
+from fusionrank.core.product_table import ProductTable
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,11 @@ class CatalogueRows:
         if len(base) != len(ids):
             raise ValueError("a base catalogue holds each product id once")
         return cls(base, np.asarray(ids, dtype=object), np.ones(len(ids), dtype=bool), {})
+
+    @classmethod
+    def of_table(cls, table: ProductTable) -> CatalogueRows:
+        """A base from a build's products.jsonl (each row's id parsed once)."""
+        return cls.of_base([str(table.field(row, "product_id")) for row in range(len(table))])
 
     @property
     def rows(self) -> int:

@@ -79,8 +79,7 @@ class CatalogueWriter:
         self.version, self.encode = version, encode
         self.table, self.vectors = table, vectors
         self.appended: dict[int, tuple[str, np.ndarray]] = {}  # a segment row's title, vector
-        base = CatalogueRows.of_base([str(table.field(row, "product_id"))
-                                      for row in range(len(table))])
+        base = CatalogueRows.of_table(table)
         state = self.folder.state()
         if state.base != version:
             # A new base (a deploy): every logged set is applied to it again. Upserts and
@@ -88,14 +87,14 @@ class CatalogueWriter:
             # they are (its rows are replaced by equal ones until the log drops it).
             state = LiveState(version, (), None, base.rows, base.products)
             self.folder.publish(state)
-            self.folder.remove_unlisted(state)
         rows = base
         for sequence in state.segments:
             segment = self.folder.read_segment(sequence, rows.rows)
             rows, _ = rows.apply(segment.changes)
             self._keep(segment.first_row, segment.titles, segment.embeddings)
         self.state, self.rows = state, rows
-        self.folder.remove_unlisted(state)  # a segment written before a crash, never published
+        # A replaced base's segments, or one written before a crash and never published.
+        self.folder.remove_unlisted(state)
         for record in self.folder.log.records(after=state.applied_through):
             self._apply(record.sequence, record.changes, time.perf_counter())
 
@@ -107,9 +106,9 @@ class CatalogueWriter:
 
     def status(self) -> LiveStatus:
         state = self.state
-        log = self.folder.log  # sequences are consecutive: what follows the state is pending
+        log = self.folder.log
         return LiveStatus(state.base, len(state.segments), state.rows, state.products,
-                          state.applied_through, log.last_sequence - state.applied_through,
+                          state.applied_through, log.pending(state.applied_through),
                           log.last_accepted_at)
 
     def _apply(self, sequence: int, changes: ChangeSet, start: float) -> ApplyReport:

@@ -108,8 +108,7 @@ class BaseSearch:
 
     @functools.cached_property
     def rows(self) -> CatalogueRows:
-        return CatalogueRows.of_base([str(self.table.field(r, "product_id"))
-                                      for r in range(len(self.table))])
+        return CatalogueRows.of_table(self.table)
 
     @functools.cached_property
     def term_counts(self) -> TermCounts:
