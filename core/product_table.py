@@ -24,8 +24,43 @@ BLOCK = 16 << 20  # bytes read at a time while finding the line ends
 NEWLINE = ord("\n")
 
 
+class ProductRows:
+    """What Rank and the search runtime read of product rows, given each row's JSON `line`
+    and a `field` of it: a ProductTable, or a live catalogue's rows over several of them
+    (core/search/live_view.py `RowTable`)."""
+
+    def line(self, row: int) -> bytes:
+        raise NotImplementedError
+
+    def field(self, row: int, name: str) -> Any:
+        raise NotImplementedError
+
+    def title(self, row: int) -> str:
+        return str(self.field(row, "title"))
+
+    def titles(self, rows: Sequence[int] | np.ndarray) -> list[str]:
+        return [self.title(int(row)) for row in np.asarray(rows).reshape(-1)]
+
+    def json(self, rows: np.ndarray) -> np.ndarray:
+        """object [rows.shape]: each row's JSON line as UTF-8 bytes (Rank's PRODUCTS)."""
+        return self._each(rows, self.line)
+
+    def product_ids(self, rows: np.ndarray) -> np.ndarray:
+        """object [rows.shape]: each row's product_id as UTF-8 bytes (Rank's PRODUCT_IDS)."""
+        return self._each(rows, lambda row: str(self.field(row, "product_id")).encode("utf-8"))
+
+    @staticmethod
+    def _each(rows: np.ndarray, value: Any) -> np.ndarray:
+        rows = np.asarray(rows)
+        out = np.empty(rows.shape, dtype=object)
+        flat = out.reshape(-1)
+        for i, row in enumerate(rows.reshape(-1).tolist()):
+            flat[i] = value(row)
+        return out
+
+
 @dataclass(frozen=True)
-class ProductTable:
+class ProductTable(ProductRows):
     """Row r is line r of the file (JSON never holds a raw newline, so lines are rows)."""
 
     path: Path
@@ -76,19 +111,6 @@ class ProductTable:
             raise ArtefactError(f"{self.path} line {row + 1} has no {name!r}; rebuild it")
         return record[name]
 
-    def title(self, row: int) -> str:
-        return str(self.field(row, "title"))
-
-    def titles(self, rows: Sequence[int] | np.ndarray) -> list[str]:
-        return [self.title(int(row)) for row in np.asarray(rows).reshape(-1)]
-
-    def json(self, rows: np.ndarray) -> np.ndarray:
-        """object [rows.shape]: each row's JSON line as UTF-8 bytes (Rank's PRODUCTS)."""
-        return self._each(rows, self.line)
-
-    def product_ids(self, rows: np.ndarray) -> np.ndarray:
-        """object [rows.shape]: each row's product_id as UTF-8 bytes (Rank's PRODUCT_IDS)."""
-        return self._each(rows, lambda row: str(self.field(row, "product_id")).encode("utf-8"))
 
     @property
     def title_column(self) -> TitleColumn:
@@ -96,14 +118,6 @@ class ProductTable:
         where none were saved) reads them all, what needs a few reads only those."""
         return TitleColumn(self)
 
-    @staticmethod
-    def _each(rows: np.ndarray, value: Any) -> np.ndarray:
-        rows = np.asarray(rows)
-        out = np.empty(rows.shape, dtype=object)
-        flat = out.reshape(-1)
-        for i, row in enumerate(rows.reshape(-1).tolist()):
-            flat[i] = value(row)
-        return out
 
 
 class TitleColumn(Sequence[str]):

@@ -5,8 +5,8 @@ them the applied segments (docs/live_catalogue.md).
     view = LiveSearch.build(base, segments)                 # a state: base + segments
     view.retrieval.search(vectors, k); view.runtime.candidates(...); view.table.json(rows)
 
-Every candidate source reads the live mask: dense retrieval asks the base for as many more
-products as it holds dead rows and drops them, then adds the segments' rows by an exact
+Every candidate source reads the live mask: dense retrieval asks the base for enough products
+that k of them are live and drops the dead ones, then adds the segments' rows by an exact
 product; BM25 scores the live rows only (`LiveLexical`); the feature sources' catalogue-wide
 statistics are the live rows' (live_titles.py); the priors and the judgement memory follow
 each product id to its live row. A view is built whole beside the one being served and then
@@ -24,7 +24,7 @@ import numpy as np
 
 from fusionrank.core.live.rows import CatalogueRows
 from fusionrank.core.live.segments import LiveFolder, LiveState, Segment
-from fusionrank.core.product_table import ProductTable
+from fusionrank.core.product_table import ProductRows, ProductTable
 from fusionrank.core.search.features import FeatureSources
 from fusionrank.core.search.judgements import ProductPriors
 from fusionrank.core.search.lexical import LexicalIndex
@@ -54,7 +54,7 @@ class RowStack:
         return out
 
 
-class RowTable:
+class RowTable(ProductRows):
     """Product rows as JSON lines: the base's `products.jsonl`, then each segment's."""
 
     def __init__(self, tables: Sequence[ProductTable]):
@@ -75,16 +75,6 @@ class RowTable:
     def field(self, row: int, name: str):
         table, own = self._locate(row)
         return table.field(own, name)
-
-    def title(self, row: int) -> str:
-        return str(self.field(row, "title"))
-
-    def json(self, rows: np.ndarray) -> np.ndarray:
-        return ProductTable._each(rows, self.line)
-
-    def product_ids(self, rows: np.ndarray) -> np.ndarray:
-        return ProductTable._each(
-            rows, lambda row: str(self.field(row, "product_id")).encode("utf-8"))
 
 
 @dataclass(frozen=True)
@@ -255,40 +245,42 @@ def _live_runtime(base: BaseSearch, segments: Sequence[Segment], rows: Catalogue
     lexical = LiveBM25(served.lexical, LiveLexical(
         [base.term_counts, *(base.counts_of(s) for s in segments)], rows.live))
     terms, term_vectors = extended(base.titles, delta_titles, rows.live, embeddings)
-    live_sources = FeatureSources(embeddings, terms, term_vectors, _live_priors(base, rows),
-                                  sources.memory, _memory_rows(base, rows))
+    in_base = _base_rows(base, rows)
+    live_sources = FeatureSources(embeddings, terms, term_vectors, _live_priors(base, in_base),
+                                  sources.memory, _memory_rows(base, rows, in_base))
     return SearchRuntime(lexical, live_sources, served.head, served.weights, served.extra)
 
 
-def _live_priors(base: BaseSearch, rows: CatalogueRows) -> ProductPriors:
+def _base_rows(base: BaseSearch, rows: CatalogueRows) -> np.ndarray:
+    """int64 [rows appended]: the base row of each appended row's product (-1: a product the
+    base did not hold)."""
+    rows_of = base.rows.row_of
+    return np.array([-1 if (row := rows_of(str(product_id))) is None else row
+                     for product_id in rows.ids[len(base.table):]], dtype=np.int64)
+
+
+def _live_priors(base: BaseSearch, in_base: np.ndarray) -> ProductPriors:
     """A product keeps the priors its training judgements gave it (the build matched them by
     id; its base row holds them), whatever row it has now; a product the base did not hold
     gets the neutral prior."""
     priors = base.runtime.sources.priors
-    n = len(base.table)
-    added = rows.ids[n:]
-    source = np.array([base.rows.row_of(str(product_id)) if product_id in base.rows else -1
-                       for product_id in added], dtype=np.int64)
-    mean = np.full(len(added), base.neutral_prior, dtype=np.float32)
-    count = np.zeros(len(added), dtype=np.float32)
-    known = source >= 0
-    mean[known], count[known] = priors.mean[source[known]], priors.count[source[known]]
+    mean = np.full(len(in_base), base.neutral_prior, dtype=np.float32)
+    count = np.zeros(len(in_base), dtype=np.float32)
+    known = in_base >= 0
+    mean[known], count[known] = priors.mean[in_base[known]], priors.count[in_base[known]]
     return ProductPriors(np.concatenate([priors.mean, mean]),
                          np.concatenate([priors.count, count]))
 
 
-def _memory_rows(base: BaseSearch, rows: CatalogueRows) -> np.ndarray:
+def _memory_rows(base: BaseSearch, rows: CatalogueRows, in_base: np.ndarray) -> np.ndarray:
     """int64 [rows]: the row the judgement memory knows each row's product by. The memory
     names judged products by their base row, so a product upserted since keeps its base row
     there (its judgements are still its own), and a product the base did not hold its new row,
     which no judgement names (as in a rebuild, whose memory is aligned by id)."""
     n = len(base.table)
-    out = np.arange(rows.rows, dtype=np.int64)
-    for row in range(n, rows.rows):
-        before = base.rows.row_of(str(rows.ids[row]))
-        if before is not None:
-            out[row] = before
-    return out
+    appended = np.arange(n, rows.rows, dtype=np.int64)
+    return np.concatenate([np.arange(n, dtype=np.int64),
+                           np.where(in_base >= 0, in_base, appended)])
 
 
 # Under a stream of change sets, a search process builds a new state at most this often (as
