@@ -317,15 +317,16 @@ def process_tree_rss_mib(root: int) -> float:
 
 
 class PeakMemory(threading.Thread):
-    """The highest resident memory of a process tree, sampled every half second from
-    `start()` to `stop()` (which returns it, in MiB)."""
+    """The highest resident memory of a process tree, sampled every `every_s` (half a second
+    by default) from `start()` to `stop()` (which returns it, in MiB)."""
 
-    def __init__(self, pid: int):
+    def __init__(self, pid: int, every_s: float = 0.5):
         super().__init__(daemon=True)
         self.pid, self.peak_mib, self._stop_event = pid, 0.0, threading.Event()
+        self.every_s = every_s
 
     def run(self) -> None:
-        while not self._stop_event.wait(0.5):
+        while not self._stop_event.wait(self.every_s):
             self.peak_mib = max(self.peak_mib, process_tree_rss_mib(self.pid))
 
     def stop(self) -> float:
@@ -339,7 +340,7 @@ class PeakMemoryShares(PeakMemory):
 
     def run(self) -> None:
         self.peak = {"rss": 0.0, "pss": 0.0}
-        while not self._stop_event.wait(0.5):
+        while not self._stop_event.wait(self.every_s):
             now = process_memory_mib(self.pid)
             self.peak = {k: max(self.peak[k], now[k]) for k in now}
 

@@ -69,23 +69,18 @@ class Changes:
                                              "lamp", "price": float(n)}} for side in PAIR]
 
 
-class Peak(threading.Thread):
-    """The server tree's peak RSS and PSS, sampled every 0.1 s from `start` (once at once) to
-    `stop`: an apply of a few changes lasts less than the harness's half-second period."""
+def peak_memory(pid: int) -> harness.PeakMemoryShares:
+    """The server tree's peak RSS and PSS from now, sampled every 0.1 s (an apply of a few
+    changes lasts less than the harness's default half second); `peak_of` stops it."""
+    memory = harness.PeakMemoryShares(pid, every_s=0.1)
+    memory.start()
+    return memory
 
-    def __init__(self, pid: int):
-        super().__init__(daemon=True)
-        self.pid, self.done = pid, threading.Event()
-        self.peak = harness.process_memory_mib(pid)
 
-    def run(self) -> None:
-        while not self.done.wait(0.1):
-            now = harness.process_memory_mib(self.pid)
-            self.peak = {k: max(self.peak[k], now[k]) for k in now}
-
-    def stop(self) -> None:
-        self.done.set()
-        self.join()
+def peak_of(memory: harness.PeakMemoryShares, before: dict[str, float]) -> dict[str, float]:
+    """The peak, the sample taken `before` the sampler started counting as its first."""
+    memory.stop()
+    return {k: max(before[k], memory.peak[k]) for k in before}
 
 
 def visible(client: FusionRankClient, change: dict, deadline_s: float = 120.0) -> tuple[float,
@@ -110,14 +105,13 @@ def apply_to_searchable(client: FusionRankClient, changes: Changes, pid: int,
     for size in sizes:
         for _ in range(3 if size <= 1000 else 1):
             change_set = changes.set_of(size)
-            memory = Peak(pid)
-            before = dict(memory.peak)
-            memory.start()
+            before = harness.process_memory_mib(pid)
+            memory = peak_memory(pid)
             start = time.perf_counter()
             answer = client.apply_changes(change_set)
             acknowledged = time.perf_counter() - start
             after, searches = visible(client, change_set[-1])
-            memory.stop()
+            peak = peak_of(memory, before)
             rows.append({"changes": size, "acknowledged_s": round(acknowledged, 3),
                          "server_s": answer.applied.seconds,
                          "embed_s": answer.applied.embed_seconds,
@@ -125,8 +119,8 @@ def apply_to_searchable(client: FusionRankClient, changes: Changes, pid: int,
                          "searches_until_found": searches,
                          "before_rss_mib": round(before["rss"], 1),
                          "before_pss_mib": round(before["pss"], 1),
-                         "peak_rss_mib": round(memory.peak["rss"], 1),
-                         "peak_pss_mib": round(memory.peak["pss"], 1)})
+                         "peak_rss_mib": round(peak["rss"], 1),
+                         "peak_pss_mib": round(peak["pss"], 1)})
             print(rows[-1], file=sys.stderr)
     return rows
 
@@ -294,12 +288,11 @@ def main(argv: list[str] | None = None) -> int:
         report["at_rest"] = searches(server.grpc_url, queries, args.callers, args.seconds)
         print(report["at_rest"], file=sys.stderr)
         for kind, titles in (("during_stream", True), ("during_price_stream", False)):
-            memory = Peak(pid)
-            memory.start()
+            before = harness.process_memory_mib(pid)
+            memory = peak_memory(pid)
             report[kind] = searches(server.grpc_url, queries, args.callers, args.seconds,
                                     changes, args.rate, args.set_size, titles)
-            memory.stop()
-            report[kind]["peak_memory_mib"] = memory.peak
+            report[kind]["peak_memory_mib"] = peak_of(memory, before)
             print(report[kind], file=sys.stderr)
         with FusionRankClient(server.grpc_url, timeout_s=60) as client:
             report["apply"] = apply_to_searchable(
