@@ -32,6 +32,7 @@ from pathlib import Path
 from fusionrank.core import artefacts as names
 from fusionrank.core.catalogue import Catalogue
 from fusionrank.core.fusion import FusionWeights
+from fusionrank.core.live.segments import LiveBase
 from fusionrank.core.search.ann import EXACT_BELOW
 from fusionrank.export.encoder import ExportedEncoder
 from fusionrank.export.index import build_index, load_embeddings
@@ -64,7 +65,8 @@ def build_search_repository(catalogue: Catalogue, model_dir: Path, out_dir: Path
                             run_dir: Path | None = None,
                             student_dir: Path | None = None,
                             final_out: Path | None = None,
-                            embedding_cache: Path | None = None) -> Path:
+                            embedding_cache: Path | None = None,
+                            live_through: int = 0) -> Path:
     """Export the encoder, embed the catalogue and write the model repository; returns it.
     With `run_dir` (a finished `fusionrank train` run) its fine-tuned encoder, BM25 candidates,
     feedback head and fusion weights are served; `model_dir` is then ignored. With
@@ -78,7 +80,10 @@ def build_search_repository(catalogue: Catalogue, model_dir: Path, out_dir: Path
 
     `embedding_cache`: where each title's embedding is kept by its text and encoder, so a build
     embeds only the titles no earlier build embedded (and an interrupted one resumes); None: a
-    temporary one (`fusionrank build` passes cli.EMBEDDING_CACHE)."""
+    temporary one (`fusionrank build` passes cli.EMBEDDING_CACHE).
+
+    `live_through`: with a live catalogue, the last change set `catalogue` already holds (a
+    compaction's, app/compact.py; 0: none)."""
     from fusionrank.training.search.serving import search_artefacts
 
     options = options or ServingOptions()
@@ -109,6 +114,8 @@ def build_search_repository(catalogue: Catalogue, model_dir: Path, out_dir: Path
     retrieval = build_retrieval(embeddings, files.index, options, quantised is not None,
                                 previous=final(files.index))
     FusionWeights().save(files.index / names.FUSION_WEIGHTS)
+    if options.live_catalogue:
+        LiveBase(live_through, encoder.sha256).write(files.index / names.LIVE_BASE)
     if files.run is not None:
         search_artefacts(run_dir, catalogue, files.run, embeddings)
 

@@ -3,19 +3,28 @@ with `--live-catalogue`; docs/live_catalogue.md).
 
     fusionrank catalogue apply changes.jsonl --url 127.0.0.1:8001
     fusionrank catalogue status --url 127.0.0.1:8001
+    fusionrank catalogue compact --url 127.0.0.1:8001 --repository build/model_repository
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from dataclasses import asdict
-from datetime import UTC, datetime
 from pathlib import Path
 
-from fusionrank.client import CatalogueStatus, FusionRankClient
+from fusionrank.app.deploy.commands import DEFAULT_REPOSITORY, add_key_file
+from fusionrank.app.deploy.rollout import DRAIN_S
+from fusionrank.app.deploy.status import status_text
+from fusionrank.client import FusionRankClient
 from fusionrank.core.live.changes import ChangeReport
+
+# A compaction is a build (minutes of CPU at 45,782 products) on the machine that serves: at
+# niceness 10 it gets about a tenth of the CPU while searches want all of it, as a merge is
+# throttled in a search engine (benchmarks/reports/live_catalogue.md has what each costs).
+COMPACTION_NICENESS = 10
 
 
 def add_catalogue(commands: argparse._SubParsersAction) -> None:
@@ -35,6 +44,24 @@ def add_catalogue(commands: argparse._SubParsersAction) -> None:
                        help="how long to wait for the server to apply the set")
     apply.set_defaults(run=run_apply)
     status.set_defaults(run=run_status)
+    compact = actions.add_parser(
+        "compact", help="fold the segments into a new base (a build over the live catalogue, "
+                        "embedding nothing again) and roll it out; searches and change sets "
+                        "go on meanwhile")
+    compact.add_argument("--url", default="127.0.0.1:8001", help="the server's gRPC address")
+    compact.add_argument("--repository", type=Path, default=DEFAULT_REPOSITORY,
+                         help="the model repository the server serves (changed in place)")
+    compact.add_argument("--out", type=Path,
+                         help="where the new base is built (default: beside the served build, "
+                              "<build>-compacted)")
+    compact.add_argument("--drain-s", type=float, default=DRAIN_S,
+                         help="seconds between the switch and dropping the old base")
+    compact.add_argument("--niceness", type=int, default=COMPACTION_NICENESS,
+                         help="the CPU priority the compaction lowers itself by (os.nice): "
+                              "searches on the same machine come first")
+    compact.add_argument("--json", action="store_true", help="one JSON document")
+    add_key_file(compact)
+    compact.set_defaults(run=run_compact)
 
 
 def run_apply(args: argparse.Namespace) -> int:
@@ -64,13 +91,16 @@ def run_status(args: argparse.Namespace) -> int:
     return 0
 
 
-def status_text(status: CatalogueStatus) -> str:
-    last = "never" if status.last_change_at is None else datetime.fromtimestamp(
-        status.last_change_at, UTC).isoformat(timespec="seconds")
-    return (f"live catalogue on base version {status.base}: {status.products} products, "
-            f"{status.segments} segments ({status.rows} rows, "
-            f"{status.rows - status.products} replaced or deleted), applied through change "
-            f"set {status.applied_through}, {status.pending} pending; last change {last}")
+def run_compact(args: argparse.Namespace) -> int:
+    from fusionrank.app.compact import compact, default_out
+    from fusionrank.app.control import key_for
+
+    key = key_for(args.url, args.repository, args.control_key_file)
+    os.nice(args.niceness)  # a background job: the searches beside it come first
+    report = compact(args.url, args.repository, args.out or default_out(args.repository),
+                     args.drain_s, control_key=key)
+    print(json.dumps(asdict(report), indent=2) if args.json else report.summary())
+    return 0 if report.outcome == "switched" else 1
 
 
 COMMANDS = [add_catalogue]

@@ -127,9 +127,10 @@ def apply_to_searchable(client: FusionRankClient, changes: Changes, pid: int,
 
 def searches(url: str, queries: list[str], callers: int, seconds: float,
              stream: Changes | None = None, rate: float = 10.0, set_size: int = 10,
-             titles: bool = True) -> dict:
-    """Closed-loop searches for `seconds`, one caller of which checks the pair (and, with
-    `stream`, change sets at `rate` a second meanwhile); q/s, latency, failures."""
+             titles: bool = True, until: threading.Event | None = None) -> dict:
+    """Closed-loop searches for `seconds` (or, with `until`, until it is set, `seconds` at
+    most), one caller of which checks the pair (and, with `stream`, change sets at `rate` a
+    second meanwhile); q/s, latency, failures."""
     position = iter(range(10**9))
     mixed, pairs_seen, applied, apply_failures = [], [], [], []
 
@@ -173,7 +174,10 @@ def searches(url: str, queries: list[str], callers: int, seconds: float,
     loop = harness.ClosedLoop(callers, caller)
     loop.threads[0] = threading.Thread(target=pair_checker, args=(loop,))
     with loop:
-        time.sleep(seconds)
+        if until is None:
+            time.sleep(seconds)
+        else:
+            until.wait(seconds)
     elapsed = time.perf_counter() - start
     done.set()
     for thread in extra:
@@ -189,6 +193,50 @@ def searches(url: str, queries: list[str], callers: int, seconds: float,
                    "set_failures": len(apply_failures), "pair_checks": len(pairs_seen),
                    "pair_states_seen": len(set(pairs_seen)), "mixed_answers": len(mixed)}
     return result
+
+
+def link_large(source: str, target: str) -> None:
+    """Artefacts hard-linked (never written in place), the small files a rollout rewrites in
+    place (configs, fusionrank.json, rollouts.jsonl) copied."""
+    if os.path.getsize(source) > 1 << 20:
+        os.link(source, target)
+    else:
+        shutil.copy2(source, target)
+
+
+def compaction(url: str, repository: Path, work: Path, queries: list[str], changes: Changes,
+               args: argparse.Namespace, pid: int) -> dict:
+    """`fusionrank catalogue compact` (its own process) while the callers search and a stream
+    of price changes goes on (the pair checked): its phases, the searches' failures and mixed
+    answers, the server's peak memory and the compaction process's."""
+    before = harness.process_memory_mib(pid)
+    memory = peak_memory(pid)
+    finished, outcome = threading.Event(), {}
+
+    def run() -> None:
+        out = work.with_name(work.name + "-compacted")
+        command = [sys.executable, "-m", "fusionrank.app.cli", "catalogue", "compact",
+                   "--url", url, "--repository", str(repository), "--out", str(out), "--json"]
+        try:
+            done = subprocess.run(command, capture_output=True, text=True, timeout=3600)
+            outcome["report"] = json.loads(done.stdout) if done.returncode in (0, 1) else None
+            outcome["error"] = done.stderr[-2000:] if done.returncode else ""
+        finally:
+            finished.set()
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    during = searches(url, queries, args.callers, 3600, changes, rate=2.0,
+                      set_size=args.set_size, titles=False, until=finished)
+    thread.join()
+    if outcome.get("report") is None:
+        raise RuntimeError(f"compaction failed: {outcome.get('error')}")
+    with FusionRankClient(url, timeout_s=60) as client:
+        status = client.catalogue_status()
+    return {"report": outcome["report"], "searches": during,
+            "peak_memory_mib": peak_of(memory, before), "before_memory_mib": before,
+            "after_memory_mib": harness.process_memory_mib(pid),
+            "rows_after": status.rows, "segments_after": status.segments}
 
 
 def serve(repository: Path, ports: Ports, log) -> subprocess.Popen:
@@ -264,11 +312,16 @@ def main(argv: list[str] | None = None) -> int:
                         help="change set sizes timed from apply to searchable")
     parser.add_argument("--out", type=Path, default=harness.REPORTS)
     args = parser.parse_args(argv)
-    repository = args.build / "model_repository"
-    manifest = json.loads((repository / "fusionrank.json").read_text())
+    manifest = json.loads((args.build / "model_repository" / "fusionrank.json").read_text())
     if not manifest["serving"].get("live_catalogue"):
         parser.error(f"{args.build} was not built with --live-catalogue")
-    shutil.rmtree(args.build / LIVE_FOLDER, ignore_errors=True)  # from the base
+    # A copy of the build (hard links) with no live folder: every figure starts from the base,
+    # and the compaction's rollout changes the copy, not the build.
+    work = args.build.with_name(args.build.name + "-benchmark")
+    shutil.rmtree(work, ignore_errors=True)
+    shutil.copytree(args.build, work, copy_function=link_large,
+                    ignore=shutil.ignore_patterns(LIVE_FOLDER, "benchmark-logs", "*.lock"))
+    repository = work / "model_repository"
     table = ProductTable.open(served_version(repository, "catalogue") / "products.jsonl")
     changes = Changes(table)
     queries = harness.benchmark_queries(2000)
@@ -303,6 +356,12 @@ def main(argv: list[str] | None = None) -> int:
             status = client.catalogue_status()
         report["at_rest_after"]["changed_rows"] = status.rows - report["products"]
         print(report["at_rest_after"], file=sys.stderr)
+        report["compaction"] = compaction(server.grpc_url, repository, work, queries, changes,
+                                          args, pid)
+        print(report["compaction"], file=sys.stderr)
+        report["at_rest_compacted"] = searches(server.grpc_url, queries, args.callers,
+                                               args.seconds)
+        print(report["at_rest_compacted"], file=sys.stderr)
     report["kill_serve"] = kill_serve(repository, table, logs / "serve.log")
     print(report["kill_serve"], file=sys.stderr)
     harness.save_report(NAME, report, render(report), args.out)
@@ -313,6 +372,7 @@ def targets(report: dict) -> str:
     """Issue 24's targets against this run's figures."""
     thousand = [r for r in report["apply"] if r["changes"] == 1000]
     streams = [report["during_stream"], report["during_price_stream"]]
+    loaded = [*streams, report["compaction"]["searches"]]
     rest = report["at_rest"]["qps"]
     ratio = max(r["peak_rss_mib"] / r["before_rss_mib"] for r in report["apply"])
     kill = report["kill_serve"]
@@ -320,9 +380,10 @@ def targets(report: dict) -> str:
         ("apply → searchable, 1,000 upserts", "≤ 5 s",
          ", ".join(f"{r['searchable_s']:.2f} s" for r in thousand),
          all(r["searchable_s"] <= 5 for r in thousand)),
-        ("failed requests, mixed answers (apply and streams)", "0, 0",
-         f"{sum(r['failed'] for r in streams)}, {sum(r['mixed_answers'] for r in streams)}",
-         not any(r["failed"] or r["mixed_answers"] for r in streams)),
+        ("failed requests, mixed answers (streams and compaction)", "0, 0",
+         f"{sum(r['failed'] + r['set_failures'] for r in loaded)}, "
+         f"{sum(r['mixed_answers'] for r in loaded)}",
+         not any(r["failed"] or r["set_failures"] or r["mixed_answers"] for r in loaded)),
         ("search throughput during a stream", "≥ 0.8× at rest",
          ", ".join(f"{r['qps'] / rest:.2f}×" for r in streams),
          all(r["qps"] / rest >= 0.8 for r in streams)),
@@ -338,6 +399,37 @@ def targets(report: dict) -> str:
         [(what, aim, got, "yes" if met else "no") for what, aim, got, met in rows]) + "\n"
 
 
+def compaction_text(report: dict) -> str:
+    run = report["compaction"]
+    done, during = run["report"], run["searches"]
+    before, peak = run["before_memory_mib"], run["peak_memory_mib"]
+    rest, compacted = report["at_rest"], report["at_rest_compacted"]
+    phases = ", ".join(f"{k} {v:.1f} s" for k, v in done["seconds"].items())
+    return (
+        "\n## Compaction under load\n\n"
+        f"`fusionrank catalogue compact` (its own process) while {during['callers']} callers "
+        f"searched and price changes streamed ({during['sets_applied']} sets, "
+        f"{during['sets_per_s']} a second): {done['rows_before']:,} rows "
+        f"({done['segments_folded']} segments) folded into a base of {done['products']:,} "
+        f"products through set {done['through']}, {done['titles_embedded']} titles embedded "
+        f"again; rollout {done['outcome']}; {phases}.\n\n"
+        f"- searches meanwhile: {during['qps']} q/s ({during['qps'] / rest['qps']:.2f}× at "
+        f"rest), p99 {during.get('p99_ms')} ms, {during['failed']} failed, "
+        f"{during['set_failures']} sets failed, {during['mixed_answers']} mixed answers in "
+        f"{during['pair_checks']} pair checks over {during['pair_states_seen']} states;\n"
+        f"- the server's memory: RSS {before['rss']:,.0f} → peak {peak['rss']:,.0f} MiB "
+        f"({peak['rss'] / before['rss']:.2f}×), PSS {before['pss']:,.0f} → {peak['pss']:,.0f} "
+        f"MiB ({peak['pss'] / before['pss']:.2f}×), then {run['after_memory_mib']['rss']:,.0f} "
+        "MiB RSS: the rollout loads the new base's search and catalogue models beside the "
+        "serving ones, and drops the old ones after the drain;\n"
+        f"- the compaction process's own peak RSS: {done['peak_rss_mib']:,.0f} MiB (the build: "
+        "encoder export and parity check, the product rows and their vectors, BM25 and title "
+        "features);\n"
+        f"- after it, {run['rows_after']:,} rows in {run['segments_after']} segments, and "
+        f"searches at rest {compacted['qps']} q/s: {compacted['qps'] / rest['qps']:.2f}× the "
+        f"base's at the start (p99 {compacted.get('p99_ms')} ms).\n")
+
+
 def render(report: dict) -> str:
     rest, stream = report["at_rest"], report["during_stream"]
     prices = report["during_price_stream"]
@@ -347,8 +439,8 @@ def render(report: dict) -> str:
         f"Catalogue: every Home Depot product ({report['products']:,}), a trained run, layout "
         "one (2 copies of search_steps), the catalogue model embedding on "
         f"{report['embed_threads']} threads; searches: distinct real queries through the SDK, "
-        "closed loops; no compaction (not built yet): each figure pays for every row changed "
-        "before it")
+        "closed loops; the figures before the compaction pay for every row changed before "
+        "them")
     text += "\n" + targets(report)
     text += "\n## From apply to searchable\n\n" + harness.table(
         ("changes", "acknowledged, s", "server, s", "embedding, s", "searchable, s",
@@ -364,6 +456,9 @@ def render(report: dict) -> str:
         [("at rest", rest["qps"], rest.get("p50_ms"), rest.get("p99_ms"), rest["failed"]),
          (f"at rest, {after['changed_rows']:,} rows changed since the base", after["qps"],
           after.get("p50_ms"), after.get("p99_ms"), after["failed"]),
+         ("at rest, after the compaction", report["at_rest_compacted"]["qps"],
+          report["at_rest_compacted"].get("p50_ms"), report["at_rest_compacted"].get("p99_ms"),
+          report["at_rest_compacted"]["failed"]),
          *((f"{run['sets_per_s']} sets/s, {what}", run["qps"], run.get("p50_ms"),
             run.get("p99_ms"), run["failed"])
            for what, run in (("titles changed", stream), ("prices only", prices)))])
@@ -375,6 +470,7 @@ def render(report: dict) -> str:
                  f"answers; peak memory RSS {run['peak_memory_mib']['rss']:,.0f} MiB, PSS "
                  f"{run['peak_memory_mib']['pss']:,.0f} MiB.")
     text += "\n"
+    text += compaction_text(report)
     kill = report["kill_serve"]
     text += ("\n## kill -9 of `fusionrank serve` during a stream\n\n"
              f"{kill['acknowledged_sets']} sets acknowledged before the kill; after the "

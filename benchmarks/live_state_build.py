@@ -8,12 +8,14 @@ In process, from the build's search_steps version folder (as a search model load
 one segment of N real products with a word added to each title (embeddings: random unit
 vectors; the build does not read their values' meaning). Each size: the median of 5 builds
 after one warm-up build (its caches: the base's rows, BM25 counts and title structures, the
-segment's parsed titles).
+segment's parsed titles). Then, as under a stream, five sets of 10 more, each state built on
+the one before (`previous`): what a refresh costs once a second.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import statistics
 import sys
@@ -25,7 +27,7 @@ import numpy as np
 
 from benchmarks import harness
 from fusionrank.core.live.changes import parse_changes
-from fusionrank.core.live.segments import LiveFolder
+from fusionrank.core.live.segments import LiveBase, LiveFolder, Segment
 from fusionrank.core.product_table import ProductTable
 from fusionrank.core.search.live_view import BaseSearch, LiveSearch
 from fusionrank.core.search.retrieval import served_retrieval
@@ -34,6 +36,20 @@ from fusionrank.model_repository.config import served_version
 
 NAME = "live_state_build"
 SIZES = (100, 1000, 3000, 10_000)
+STREAM_SETS = 5
+
+
+def write_segment(live: LiveFolder, table: ProductTable, rng: np.random.Generator, n: int,
+                  sequence: int, first_row: int) -> Segment:
+    """A segment of n real products, a word added to each title, random unit vectors."""
+    picked = rng.choice(len(table), n, replace=False)
+    changes = parse_changes("\n".join(json.dumps({"op": "upsert", "product": {
+        "product_id": str(table.field(int(r), "product_id")),
+        "title": f"{table.title(int(r))} deluxe", "price": float(sequence)}}) for r in picked))
+    vectors = rng.normal(size=(n, 384)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    live.write_segment(sequence, changes, vectors)
+    return live.read_segment(sequence, first_row)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,37 +59,48 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     folder = served_version(args.build / "model_repository", "search_steps")
     table = ProductTable.open(folder / "products.jsonl")
-    base = BaseSearch(folder.name, table, served_retrieval(folder, 1),
-                      SearchRuntime.load(folder, 1))
+    base = BaseSearch(folder.name, table, LiveBase.read(folder / "live_base.json"),
+                      served_retrieval(folder, 1), SearchRuntime.load(folder, 1))
     rng = np.random.default_rng(0)
     rows = []
+    sequences = itertools.count(1)
     with tempfile.TemporaryDirectory() as scratch:
         for n in SIZES:
-            picked = rng.choice(len(table), n, replace=False)
-            changes = parse_changes("\n".join(json.dumps({"op": "upsert", "product": {
-                "product_id": str(table.field(int(r), "product_id")),
-                "title": f"{table.title(int(r))} deluxe", "price": 1.0}}) for r in picked))
-            vectors = rng.normal(size=(n, 384)).astype(np.float32)
-            vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
             live = LiveFolder(Path(scratch) / str(n))
-            live.write_segment(n, changes, vectors)
-            segment = live.read_segment(n, len(table))
+            # (a sequence names one segment in a search process's caches: fresh ones per size)
+            first = next(sequences)
+            segment = write_segment(live, table, rng, n, first, len(table))
             LiveSearch.build(base, [segment])  # warm: the caches a search process keeps
             seconds = []
             for _ in range(5):
                 start = time.perf_counter()
-                LiveSearch.build(base, [segment])
+                view = LiveSearch.build(base, [segment])
                 seconds.append(time.perf_counter() - start)
+            # A stream: sets of 10 more, each state built on the one before (as a search
+            # process refreshes).
+            segments, stream = [segment], []
+            for _ in range(STREAM_SETS):
+                sequence = next(sequences)
+                segments.append(write_segment(live, table, rng, 10, sequence,
+                                              segments[-1].first_row
+                                              + len(segments[-1].changes.upserts)))
+                start = time.perf_counter()
+                view = LiveSearch.build(base, segments, previous=view)
+                stream.append(time.perf_counter() - start)
             rows.append({"changed_rows": n, "median_s": round(statistics.median(seconds), 3),
-                         "runs_s": [round(s, 3) for s in seconds]})
+                         "runs_s": [round(s, 3) for s in seconds],
+                         "next_median_s": round(statistics.median(stream), 3),
+                         "next_runs_s": [round(s, 3) for s in stream]})
             print(rows[-1], file=sys.stderr)
     report = {**harness.stamp(), "products": len(table), "builds": rows}
     text = harness.heading(
         "Building a live catalogue's state in one search process", report,
         f"Catalogue: {args.build.name}, {len(table):,} products; one segment of N upserts")
-    text += "\n" + harness.table(("changed rows", "median, s", "runs, s"),
-                                 [(r["changed_rows"], r["median_s"],
-                                   ", ".join(map(str, r["runs_s"]))) for r in rows]) + "\n"
+    text += "\n" + harness.table(
+        ("changed rows", "from the base: median, s", "runs, s",
+         "10 more, on the state before: median, s", "runs, s"),
+        [(r["changed_rows"], r["median_s"], ", ".join(map(str, r["runs_s"])),
+          r["next_median_s"], ", ".join(map(str, r["next_runs_s"]))) for r in rows]) + "\n"
     harness.save_report(NAME, report, text, args.out)
     return 0
 

@@ -28,6 +28,7 @@ TOKENIZER = "tokenizer.json"  # the encoder's WordPiece tokenizer
 EMBEDDINGS = "embeddings.npy"  # float32 [products, d], unit rows
 PRODUCTS = "products.jsonl"  # one JSON object per product
 INDEX_MANIFEST = "manifest.json"  # which encoder and which titles the embeddings came from
+LIVE_BASE = "live_base.json"  # a live catalogue's base: the change sets it holds, its encoder
 
 FUSION_WEIGHTS = "ranking.json"  # FusionWeights: S = Σ wᵢ·signalᵢ (search and recommend)
 REPOSITORY_MANIFEST = "fusionrank.json"  # what a built model repository serves, from what

@@ -11,11 +11,10 @@ from pathlib import Path
 
 from tritonclient.utils import InferenceServerException
 
-from fusionrank.app.catalogue import status_text
 from fusionrank.app.control import CONTROL_KEY_ENV, ControlError, key_for, live_records
 from fusionrank.app.deploy.errors import first_line
 from fusionrank.app.deploy.rollout import DRAIN_S, deploy, read_log
-from fusionrank.app.deploy.status import server_status, status_table
+from fusionrank.app.deploy.status import server_status, status_table, status_text
 from fusionrank.client import CatalogueStatus, FusionRankClient
 from fusionrank.core import artefacts as names
 from fusionrank.core.search.contract import CATALOGUE_MODEL

@@ -4,6 +4,7 @@ a version the repository holds and the server does not serve is a MISSING row.""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 
 import tritonclient.grpc as grpcclient
@@ -12,6 +13,7 @@ from fusionrank.app.control import control_headers, key_for
 from fusionrank.app.deploy.errors import first_line
 from fusionrank.app.deploy.plan import FIRST_BUILT, is_probe, model_configs, read_manifest
 from fusionrank.app.deploy.rollout import read_log
+from fusionrank.client import CatalogueStatus
 from fusionrank.model_repository.config import versions
 
 MISSING = "MISSING"  # status's state for a model the repository holds and the server does not serve
@@ -77,3 +79,13 @@ def status_table(rows: list[dict], last: dict | None) -> str:
         lines.append(f"\nlast rollout {last['started_at']}: {last['outcome']} (version "
                      f"{last['version']}){': ' + last['reason'] if last['reason'] else ''}")
     return "\n".join(lines)
+
+
+def status_text(status: CatalogueStatus) -> str:
+    """A live catalogue's state in one line (`fusionrank status`, `catalogue status`)."""
+    last = "never" if status.last_change_at is None else datetime.fromtimestamp(
+        status.last_change_at, UTC).isoformat(timespec="seconds")
+    return (f"live catalogue on base version {status.base}: {status.products} products, "
+            f"{status.segments} segments ({status.rows} rows, "
+            f"{status.rows - status.products} replaced or deleted), applied through change "
+            f"set {status.applied_through}, {status.pending} pending; last change {last}")

@@ -5,7 +5,17 @@ which segments the servers serve.
     <live>/segments/<sequence>/changes.jsonl  one applied set, as logged
                                products.jsonl its upserted rows (as a build writes rows)
                                embeddings.npy their title vectors, in the set's order
-    <live>/state.json                       the base version and the segments served on it
+    <live>/state.json                       the segments served, and the encoder of their vectors
+    <live>/compacted.json                   what compaction folded into a base: its last
+                                            sequence, and the ids its sets left deleted
+
+A segment does not depend on the base it was applied to: its rows are whole products and its
+vectors those of the encoder the state names. A base records the last change set it already
+holds (`LiveBase.through`: 0 for a build, N for a compaction through set N), and serves the
+state's segments after it. So, while a deploy loads a compacted base beside the one serving,
+both serve the same catalogue from the same state: the old base its segments from 1, the new
+one those after N. Compaction removes the segments it folded in only once the old base is gone
+(`prune`).
 
 A segment is written whole under a temporary name and renamed; `state.json` is replaced in one
 rename after it. So the state names only complete segments, and a crash at any point leaves
@@ -16,10 +26,13 @@ between two requests (`LiveFolder.stamp` is one `stat`), and a request sees one 
 
 from __future__ import annotations
 
+import fcntl
 import functools
 import json
 import os
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +43,8 @@ from fusionrank.core.live.log import ChangeLog, fsync_folder
 from fusionrank.core.product_table import ProductTable
 
 STATE_FILE = "state.json"
+COMPACTED_FILE = "compacted.json"
+WRITER_LOCK = ".writer.lock"
 SEGMENTS = "segments"
 LIVE_FOLDER = "live"  # beside the model repository: <build out>/live
 
@@ -40,19 +55,55 @@ def live_folder(version_folder: str | Path) -> Path:
     return Path(version_folder).resolve().parents[2] / LIVE_FOLDER
 
 
+class LiveGapError(RuntimeError):
+    """A base older than what compaction removed: the sets between are no longer anywhere."""
+
+
+@dataclass(frozen=True)
+class LiveBase:
+    """What a built base holds of the live catalogue (artefacts.LIVE_BASE, in the version
+    folders of the models that read the live folder)."""
+
+    through: int  # the last change set the base's rows include (0: a build's own catalogue)
+    encoder: str  # SHA-256 of the encoder that embedded its titles (and must embed upserts)
+
+    @classmethod
+    def read(cls, path: str | Path) -> LiveBase:
+        saved = json.loads(Path(path).read_text(encoding="utf-8"))
+        return cls(int(saved["through"]), str(saved["encoder"]))
+
+    def write(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps({"through": self.through, "encoder": self.encoder})
+                              + "\n", encoding="utf-8")
+
+
 @dataclass(frozen=True)
 class LiveState:
-    """What the servers serve: the base model version and, on it, the applied segments."""
+    """What the servers serve: the applied segments, and the encoder of their vectors."""
 
-    base: str = ""  # the model version the segments were applied to ("": none yet)
-    segments: tuple[int, ...] = ()  # applied change sets' sequences, in order
+    base: str = ""  # the model version whose writer published this state ("": none yet)
+    segments: tuple[int, ...] = ()  # applied change sets' sequences, consecutive, in order
     updated_at: float | None = None  # when the last one was applied (Unix seconds)
-    rows: int = 0  # catalogue rows, dead ones included
+    rows: int = 0  # catalogue rows on the writer's base, dead ones included
     products: int = 0  # live products
+    encoder: str = ""  # SHA-256 of the encoder that embedded the segments' titles
 
     @property
     def applied_through(self) -> int:
         return self.segments[-1] if self.segments else 0
+
+    def served_on(self, base: LiveBase) -> tuple[int, ...] | None:
+        """The segments `base` serves: those after what it holds; None where they are not
+        its (another encoder's vectors: a deploy of a new encoder re-embeds them)."""
+        if self.encoder != base.encoder:
+            return None
+        after = tuple(s for s in self.segments if s > base.through)
+        if after and after[0] != base.through + 1:
+            raise LiveGapError(
+                f"this base holds the change sets through {base.through}, and the live "
+                f"catalogue was compacted through {after[0] - 1}: the sets between are gone; "
+                "serve a build made by `fusionrank catalogue compact` since")
+        return after
 
 
 @dataclass(frozen=True)
@@ -103,7 +154,17 @@ class LiveFolder:
             return LiveState()
         return LiveState(str(saved["base"]), tuple(int(s) for s in saved["segments"]),
                          saved.get("updated_at"), int(saved.get("rows", 0)),
-                         int(saved.get("products", 0)))
+                         int(saved.get("products", 0)), str(saved.get("encoder", "")))
+
+    @contextmanager
+    def writing(self) -> Iterator[None]:
+        """The one writer's lock: a catalogue model applying a set, or compaction pruning.
+        While a deploy loads a second catalogue model beside the serving one, the two take
+        turns, each reading the state the other left (`CatalogueWriter`)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        with (self.root / WRITER_LOCK).open("a") as handle:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+            yield  # (closing the file releases the lock)
 
     def publish(self, state: LiveState) -> None:
         """Replace the state in one rename (after its segments are on disk)."""
@@ -112,7 +173,7 @@ class LiveFolder:
         with staging.open("w", encoding="utf-8") as out:
             json.dump({"base": state.base, "segments": list(state.segments),
                        "updated_at": state.updated_at, "rows": state.rows,
-                       "products": state.products}, out)
+                       "products": state.products, "encoder": state.encoder}, out)
             out.flush()
             os.fsync(out.fileno())
         os.replace(staging, self.state_path)
@@ -144,10 +205,21 @@ class LiveFolder:
         return parse_changes((self.segment_path(sequence) / "changes.jsonl")
                              .read_text(encoding="utf-8"))
 
+    def compacted(self) -> tuple[int, set[str]]:
+        """What compaction folded into a base: through which set, and the ids left deleted."""
+        try:
+            saved = json.loads((self.root / COMPACTED_FILE).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return 0, set()
+        return int(saved["through"]), set(saved["withdrawn"])
+
     def withdrawn(self, state: LiveState) -> set[str]:
-        """The ids the state's segments leave deleted (a later upsert brings one back)."""
-        gone: set[str] = set()
+        """The ids the live catalogue has deleted (a later upsert brings one back): those
+        compaction folded in, then the state's segments'."""
+        through, gone = self.compacted()
         for sequence in state.segments:
+            if sequence <= through:
+                continue
             changes = self.read_changes(sequence)
             gone.difference_update(p.product_id for p in changes.upserts)
             gone.update(changes.deletes)
@@ -162,6 +234,28 @@ class LiveFolder:
                              f"{len(changes.upserts)} upserts")
         products = ProductTable.open(folder / "products.jsonl") if changes.upserts else None
         return Segment(sequence, changes, products, embeddings, first_row)
+
+    def prune(self, through: int) -> LiveState:
+        """Forget the change sets through `through`, once a base holding them is the only one
+        served (`fusionrank catalogue compact`): their deletes go to compacted.json (the
+        recommender keeps leaving those products out), then the state drops their segments,
+        then their folders and log records go."""
+        with self.writing():
+            state = self.state()
+            gone = self.withdrawn(LiveState(state.base, tuple(s for s in state.segments
+                                                          if s <= through)))
+            staging = self.root / (COMPACTED_FILE + ".staging")
+            staging.write_text(json.dumps({"through": through, "withdrawn": sorted(gone)}),
+                               encoding="utf-8")
+            with staging.open("rb") as handle:
+                os.fsync(handle.fileno())
+            os.replace(staging, self.root / COMPACTED_FILE)
+            kept = LiveState(state.base, tuple(s for s in state.segments if s > through),
+                             state.updated_at, state.rows, state.products, state.encoder)
+            self.publish(kept)
+            self.remove_unlisted(kept)
+            self.log.drop_through(through)
+            return kept
 
     def remove_unlisted(self, state: LiveState) -> None:
         """Delete the segments the state does not name (of a replaced base, or a crash)."""

@@ -1,6 +1,6 @@
 """Change sets applied to a served catalogue: the `catalogue` model's job (docs/live_catalogue.md).
 
-    writer = CatalogueWriter(live_folder, version, table, vectors, encode)  # applies the pending
+    writer = CatalogueWriter(live_folder, version, base, table, vectors, encode)  # + pending
     report = writer.apply(parse_changes(data))     # logged, embedded, published: searchable
 
 Order of work, and why:
@@ -28,7 +28,7 @@ import numpy as np
 
 from fusionrank.core.live.changes import ChangeSet
 from fusionrank.core.live.rows import CatalogueRows
-from fusionrank.core.live.segments import LiveFolder, LiveState
+from fusionrank.core.live.segments import LiveBase, LiveFolder, LiveState
 from fusionrank.core.product_table import ProductTable
 
 Encode = Callable[[list[str]], np.ndarray]  # titles → float32 unit vectors [titles, d]
@@ -71,45 +71,61 @@ class LiveStatus:
 class CatalogueWriter:
     """`table` and `vectors`: the base's products and their embeddings (an upsert that keeps
     its product's title, a price change say, keeps its vector rather than being embedded
-    again: a rebuild's embedding cache, keyed by the title, would give it the same one)."""
+    again: a rebuild's embedding cache, keyed by the title, would give it the same one).
+    `base`: the change sets the base already holds, and its encoder."""
 
-    def __init__(self, root: str | Path, version: str, table: ProductTable, vectors: np.ndarray,
-                 encode: Encode):
+    def __init__(self, root: str | Path, version: str, base: LiveBase, table: ProductTable,
+                 vectors: np.ndarray, encode: Encode):
         self.folder = LiveFolder(Path(root))
-        self.version, self.encode = version, encode
+        self.version, self.base, self.encode = version, base, encode
         self.table, self.vectors = table, vectors
-        self.appended: dict[int, tuple[str, np.ndarray]] = {}  # a segment row's title, vector
-        base = CatalogueRows.of_table(table)
-        state = self.folder.state()
-        if state.base != version:
-            # A new base (a deploy): every logged set is applied to it again. Upserts and
-            # deletes are idempotent: a set the new base already holds leaves its products as
-            # they are (its rows are replaced by equal ones until the log drops it).
-            state = LiveState(version, (), None, base.rows, base.products)
-            self.folder.publish(state)
-        rows = base
-        for sequence in state.segments:
-            segment = self.folder.read_segment(sequence, rows.rows)
-            rows, _ = rows.apply(segment.changes)
-            self._keep(segment.first_row, segment.titles, segment.embeddings)
-        self.state, self.rows = state, rows
-        # A replaced base's segments, or one written before a crash and never published.
-        self.folder.remove_unlisted(state)
-        for record in self.folder.log.records(after=state.applied_through):
-            self._apply(record.sequence, record.changes, time.perf_counter())
+        self._stamp: tuple[int, int, int] | None = None
+        with self.folder.writing():
+            self._load()
 
     def apply(self, changes: ChangeSet) -> ApplyReport:
         """Log `changes` (the acknowledgement point), then apply them."""
         start = time.perf_counter()
-        sequence = self.folder.log.append(changes)
-        return self._apply(sequence, changes, start)
+        with self.folder.writing():
+            if self.folder.stamp() != self._stamp:  # another writer's set, or a prune
+                self._load()
+            sequence = self.folder.log.append(changes)
+            return self._apply(sequence, changes, start)
 
     def status(self) -> LiveStatus:
         state = self.state
         log = self.folder.log
-        return LiveStatus(state.base, len(state.segments), state.rows, state.products,
+        return LiveStatus(self.version, len(state.segments), self.rows.rows, self.rows.products,
                           state.applied_through, log.pending(state.applied_through),
                           log.last_accepted_at)
+
+    def _load(self) -> None:
+        """The rows of the published state on this base, then every logged set after it
+        applied (a crash, a restart, or sets a deploy's other writer took)."""
+        self.appended: dict[int, tuple[str, np.ndarray]] = {}  # a segment row's title, vector
+        rows = CatalogueRows.of_table(self.table)
+        state = self.folder.state()
+        served = state.served_on(self.base)
+        if served is None:
+            # The segments carry another encoder's vectors (a deploy of a new encoder, or no
+            # state yet): every set after the base is applied again, embedded with this one.
+            served = ()
+            kept = tuple(s for s in state.segments if s <= self.base.through)
+            state = LiveState(self.version, kept, state.updated_at, rows.rows, rows.products,
+                              self.base.encoder)
+            self.folder.publish(state)
+        for sequence in served:
+            segment = self.folder.read_segment(sequence, rows.rows)
+            rows, _ = rows.apply(segment.changes)
+            self._keep(segment.first_row, segment.titles, segment.embeddings)
+        self.state, self.rows = state, rows
+        # Segments no state names: written before a crash and never published, or another
+        # encoder's.
+        self.folder.remove_unlisted(state)
+        after = max(state.applied_through, self.base.through)
+        for record in self.folder.log.records(after=after):
+            self._apply(record.sequence, record.changes, time.perf_counter())
+        self._stamp = self.folder.stamp()
 
     def _apply(self, sequence: int, changes: ChangeSet, start: float) -> ApplyReport:
         rows, done = self.rows.apply(changes)
@@ -120,9 +136,9 @@ class CatalogueWriter:
         self.folder.write_segment(sequence, changes, vectors)
         self._keep(self.rows.rows, titles, vectors)
         state = LiveState(self.version, (*self.state.segments, sequence), time.time(),
-                          rows.rows, rows.products)
+                          rows.rows, rows.products, self.base.encoder)
         self.folder.publish(state)
-        self.state, self.rows = state, rows
+        self.state, self.rows, self._stamp = state, rows, self.folder.stamp()
         report = done.report
         return ApplyReport(sequence, report.added, report.changed, report.deleted,
                            report.unknown_deletes, rows.products, len(state.segments),

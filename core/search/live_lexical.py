@@ -73,6 +73,19 @@ class LiveLexical:
         self._norm = (K1 * ((1 - B) + B * lengths / self.mean_length)
                       if self.documents else lengths)
 
+    def frequency(self, term: str) -> int:
+        """Live titles holding `term` (what the speller counts)."""
+        return sum(int(np.count_nonzero(self.live[posting[0]])) for segment in self.segments
+                   if (posting := segment.postings.get(term)) is not None)
+
+    def new_terms(self, known: frozenset[str]) -> dict[str, int]:
+        """The terms of the delta segments' titles that `known` lacks, with their live
+        titles (0s left out)."""
+        terms = {term for segment in self.segments[1:] for term in segment.postings
+                 if term not in known}
+        counts = {term: self.frequency(term) for term in sorted(terms)}
+        return {term: count for term, count in counts.items() if count}
+
     def scores(self, terms: Sequence[str]) -> np.ndarray:
         """float32 [rows]: BM25 of the terms against every live row (0 elsewhere)."""
         out = np.zeros(len(self.live), dtype=np.float32)

@@ -81,16 +81,19 @@ class TitleBase:
         return Ragged(np.concatenate([[0], np.cumsum(counts)]), owner[order])
 
 
-def extended(base: TitleBase, delta: TitleTerms, live: np.ndarray,
-             embeddings) -> tuple[TitleTerms, TermVectors]:
+def extended(base: TitleBase, delta: TitleTerms, live: np.ndarray, embeddings,
+             previous: tuple[np.ndarray, TermVectors] | None = None
+             ) -> tuple[TitleTerms, TermVectors]:
     """`base`'s rows, then the rows of `delta` (the titles the segments added, parsed); the
     statistics of the rows `live` (bool [rows]) marks. `embeddings`: every row's vector (base
-    rows, then the new ones)."""
+    rows, then the new ones). `previous`: the live mask and term vectors of a state this one
+    extends (its rows are a beginning of these): a base term whose holders did not change
+    since keeps its vector from there rather than being summed again."""
     terms, delta_ids = merged(base.titles, delta)
     if len(live) != terms.products:
         raise ValueError(f"the live mask covers {len(live)} rows, the titles {terms.products}")
     _live_trigram_statistics(base, terms, live)
-    return terms, _live_term_vectors(base, terms, delta, delta_ids, live, embeddings)
+    return terms, _live_term_vectors(base, terms, delta, delta_ids, live, embeddings, previous)
 
 
 class RowNorms:
@@ -108,7 +111,7 @@ class RowNorms:
         entries, _ = vectors.gather(wanted)
         indptr = np.concatenate([[0], np.cumsum(vectors.lengths(wanted))])
         buckets = self.titles.char_buckets[vectors.ids[entries]].astype(np.int64)
-        counts = np.asarray(self.titles.char_counts, dtype=np.int64)[entries]
+        counts = np.asarray(self.titles.char_counts[entries], dtype=np.int64)
         return norms_of(indptr, buckets, counts, self.titles.idf)[back].reshape(rows.shape)
 
 
@@ -119,7 +122,7 @@ class RowOverlay:
         self.base, self.total = base, total
         self.where = np.full(total, -1, dtype=np.int64)  # row → its row in `vectors`, or -1
         self.where[rows] = np.arange(len(rows))
-        self.vectors = vectors
+        self.rows, self.vectors = rows, vectors
 
     def __len__(self) -> int:
         return self.total
@@ -202,7 +205,8 @@ def _live_trigram_statistics(base: TitleBase, titles: TitleTerms, live: np.ndarr
 
 
 def _live_term_vectors(base: TitleBase, titles: TitleTerms, delta: TitleTerms,
-                       delta_ids: np.ndarray, live: np.ndarray, embeddings) -> TermVectors:
+                       delta_ids: np.ndarray, live: np.ndarray, embeddings,
+                       previous: tuple[np.ndarray, TermVectors] | None) -> TermVectors:
     """`TermVectors.fit` of the live rows: the base's vector rows stay, the delta's new terms
     get the next rows; a term is summed again where its holders changed."""
     n, served = base.rows, base.vectors
@@ -227,7 +231,13 @@ def _live_term_vectors(base: TitleBase, titles: TitleTerms, delta: TitleTerms,
     count -= np.bincount(np.asarray(lost, np.int64), minlength=total)
     count += np.bincount(np.asarray(gained, np.int64), minlength=total)
     changed = np.union1d(lost, gained).astype(np.int64)
-    vectors = _summed(base, title_terms, changed, live, embeddings)
+    vectors = np.empty((len(changed), served.vectors.shape[1]), dtype=np.float32)
+    kept = _unchanged_since(previous, title_terms, changed, live, len(served.vectors))
+    if kept.any():
+        overlay = previous[1].vectors
+        vectors[kept] = overlay.vectors[overlay.where[changed[kept]]]
+    if not kept.all():
+        vectors[~kept] = _summed(base, title_terms, changed[~kept], live, embeddings)
     held = count > 0
     index = {term: int(row_of[i]) for term, i in titles.index.items()
              if row_of[i] >= 0 and held[row_of[i]]}
@@ -236,6 +246,21 @@ def _live_term_vectors(base: TitleBase, titles: TitleTerms, delta: TitleTerms,
     idf = np.log((1.0 + documents) / (1.0 + count.astype(np.float32))).astype(np.float32)
     return TermVectors(index, RowOverlay(served.vectors, changed, vectors, total), idf,
                        title_terms, head_terms, documents)
+
+
+def _unchanged_since(previous: tuple[np.ndarray, TermVectors] | None, title_terms: Ragged,
+                     terms: np.ndarray, live: np.ndarray, base_terms: int) -> np.ndarray:
+    """bool [terms]: the base terms (their vector rows are the same in every state) that the
+    previous state had summed again and whose holders no row changed since: each term's sum
+    reads its own holders alone, so its vector there has the bits it would have here."""
+    if previous is None or not isinstance(previous[1].vectors, RowOverlay):
+        return np.zeros(len(terms), dtype=bool)
+    before, overlay = previous[0], previous[1].vectors
+    since = np.concatenate([np.flatnonzero(before & ~live[:len(before)]),
+                            np.flatnonzero(live[len(before):]) + len(before)])
+    touched, _ = title_terms.gather_ids(since)
+    return ((terms < base_terms) & np.isin(terms, overlay.rows)
+            & ~np.isin(terms, np.asarray(touched, dtype=np.int64)))
 
 
 def _summed(base: TitleBase, title_terms: Ragged, terms: np.ndarray, live: np.ndarray,

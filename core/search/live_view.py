@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from fusionrank.core.live.rows import CatalogueRows
-from fusionrank.core.live.segments import LiveFolder, LiveState, Segment
+from fusionrank.core.live.segments import LiveBase, LiveFolder, LiveState, Segment
 from fusionrank.core.product_table import ProductRows, ProductTable
 from fusionrank.core.search.features import FeatureSources
 from fusionrank.core.search.judgements import ProductPriors
@@ -31,6 +31,8 @@ from fusionrank.core.search.lexical import LexicalIndex
 from fusionrank.core.search.live_lexical import LiveLexical, TermCounts
 from fusionrank.core.search.live_titles import TitleBase, extended, merged
 from fusionrank.core.search.runtime import SearchRuntime
+from fusionrank.core.search.spelling import LiveSpeller
+from fusionrank.core.search.text import lexical_tokens
 from fusionrank.core.search.title_terms import TitleTerms
 
 
@@ -91,6 +93,7 @@ class BaseSearch:
 
     version: str
     table: ProductTable
+    live: LiveBase  # the change sets the base holds, and its encoder
     retrieval: object | None = None  # GraphRetrieval or AnnIndex: .search(vectors, k)
     runtime: SearchRuntime | None = None
     _segment_counts: dict[tuple[int, int], TermCounts] = field(default_factory=dict)
@@ -188,17 +191,18 @@ class LiveRetrieval:
 
 
 class LiveBM25:
-    """The LexicalIndex interface over the live rows: the base's speller reads the query, and
-    BM25 is scored over the live titles (dead rows score -1, below every live row, so they
-    never fill a pool)."""
+    """The LexicalIndex interface over the live rows: the speller knows the live titles'
+    terms (`LiveSpeller`), and BM25 is scored over the live titles (dead rows score -1, below
+    every live row, so they never fill a pool)."""
 
     def __init__(self, base: LexicalIndex, live: LiveLexical):
         self.base, self.live_index = base, live
-        self.speller = base.speller
+        self.speller = LiveSpeller(base.speller, live.frequency,
+                                   live.new_terms(base.speller.vocabulary))
         self.size = len(live.live)
 
     def query_terms(self, query: str) -> list[str]:
-        return self.base.query_terms(query)
+        return self.speller.correct(lexical_tokens(query))
 
     def scores(self, terms: list[str]) -> np.ndarray:
         scores = self.live_index.scores(terms)
@@ -215,6 +219,7 @@ class LiveSearch:
     table: RowTable
     retrieval: LiveRetrieval | None
     runtime: SearchRuntime | None
+    key: tuple[tuple[int, int], ...] = ()  # (sequence, first row) of each segment applied
 
     @property
     def products(self) -> int:
@@ -222,7 +227,10 @@ class LiveSearch:
 
     @classmethod
     def build(cls, base: BaseSearch, segments: Sequence[Segment],
-              state: LiveState | None = None) -> LiveSearch:
+              state: LiveState | None = None, previous: LiveSearch | None = None
+              ) -> LiveSearch:
+        """The state of `segments` on `base`; `previous`, the state served before, where it
+        is one this one extends, lends it what did not change since."""
         applied = base.applied(segments)
         rows = applied.rows
         vectors = [s.embeddings for s in segments if len(s.embeddings)]
@@ -232,19 +240,23 @@ class LiveSearch:
         table = RowTable([base.table, *(s.products for s in segments if s.products)])
         retrieval = None if base.retrieval is None else LiveRetrieval(
             base.retrieval, len(base.table), rows.live, appended)
+        extends = (previous is not None and previous.runtime is not None
+                   and applied.key[:len(previous.key)] == previous.key)
         runtime = None if base.runtime is None else _live_runtime(
-            base, segments, rows, applied.delta_titles, appended)
-        return cls(state or LiveState(), rows, table, retrieval, runtime)
+            base, segments, rows, applied.delta_titles, appended,
+            (previous.rows.live, previous.runtime.sources.term_vectors) if extends else None)
+        return cls(state or LiveState(), rows, table, retrieval, runtime, applied.key)
 
 
 def _live_runtime(base: BaseSearch, segments: Sequence[Segment], rows: CatalogueRows,
-                  delta_titles: TitleTerms, appended: np.ndarray) -> SearchRuntime:
+                  delta_titles: TitleTerms, appended: np.ndarray,
+                  previous: tuple[np.ndarray, object] | None) -> SearchRuntime:
     served = base.runtime
     sources = served.sources
     embeddings = RowStack(sources.embeddings, appended)
     lexical = LiveBM25(served.lexical, LiveLexical(
         [base.term_counts, *(base.counts_of(s) for s in segments)], rows.live))
-    terms, term_vectors = extended(base.titles, delta_titles, rows.live, embeddings)
+    terms, term_vectors = extended(base.titles, delta_titles, rows.live, embeddings, previous)
     in_base = _base_rows(base, rows)
     live_sources = FeatureSources(embeddings, terms, term_vectors, _live_priors(base, in_base),
                                   sources.memory, _memory_rows(base, rows, in_base))
@@ -295,8 +307,9 @@ class LiveSource:
     """The state a search model process serves: `refresh` (between two requests: one `stat`
     when nothing changed) reads a newly published state and builds its view beside the one
     served, then serves it; `view` is the state the current request reads (None: the base
-    alone). A state of another base version (a deploy's) is not served: the base alone is,
-    until the new version's catalogue model has applied the log to it."""
+    alone). The state's segments after what the base holds are served (`LiveState.served_on`);
+    a state of another encoder is not: the base alone is, until the new encoder's catalogue
+    model has embedded the log again (a deploy of a new encoder)."""
 
     def __init__(self, folder: LiveFolder, base: BaseSearch, interval_s: float | None = None):
         self.folder, self.base = folder, base
@@ -311,18 +324,19 @@ class LiveSource:
         if stamp == self._stamp or time.monotonic() - self._built_at < self.interval_s:
             return self.view
         state = self.folder.state()
-        if state.base != self.base.version or not state.segments:
+        served = state.served_on(self.base.live)
+        if not served:
             view = None
         else:
             first_row = len(self.base.table)
             segments = []
-            for sequence in state.segments:
+            for sequence in served:
                 segment = self._segments.get(sequence)
                 if segment is None or segment.first_row != first_row:
                     segment = self.folder.read_segment(sequence, first_row)
                 segments.append(segment)
                 first_row += len(segment.changes.upserts)
             self._segments = {s.sequence: s for s in segments}
-            view = LiveSearch.build(self.base, segments, state)
+            view = LiveSearch.build(self.base, segments, state, previous=self.view)
         self.view, self._stamp, self._built_at = view, stamp, time.monotonic()
         return view

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from symspellpy import SymSpell, Verbosity
 
@@ -38,18 +38,69 @@ class QuerySpeller:
             self._symspell.create_dictionary_entry(term, int(count))
         self._remembered = functools.lru_cache(maxsize=REMEMBERED)(self._correction)
 
+    def known(self, term: str) -> bool:
+        """Whether a title holds `term` (then it is never corrected)."""
+        return term in self.vocabulary
+
     def correct(self, terms: list[str]) -> list[str]:
         out: list[str] = []
         for term in terms:
-            out.extend([term] if term in self.vocabulary else self._remembered(term))
+            out.extend([term] if self.known(term) else self._remembered(term))
         return out
+
+    def suggest(self, term: str, distance: int) -> str | None:
+        """The most frequent title term within `distance` edits (None: none)."""
+        found = self._symspell.lookup(term, Verbosity.TOP, max_edit_distance=distance)
+        return found[0].term if found else None
+
+    def near(self, term: str, distance: int) -> list[tuple[int, str]]:
+        """Every title term within `distance` edits, with its distance."""
+        return [(s.distance, s.term) for s in self._symspell.lookup(
+            term, Verbosity.ALL, max_edit_distance=distance)]
 
     def _correction(self, term: str) -> tuple[str, ...]:
         runs = RUNS.findall(term)
-        if len(runs) > 1 and all(r in self.vocabulary for r in runs):
+        if len(runs) > 1 and all(self.known(r) for r in runs):
             return tuple(runs)
         if term.isdigit() or len(term) < MIN_LENGTH:
             return (term,)
-        distance = 1 if len(term) < LONG_TERM else 2
-        suggestions = self._symspell.lookup(term, Verbosity.TOP, max_edit_distance=distance)
-        return (suggestions[0].term,) if suggestions else (term,)
+        best = self.suggest(term, 1 if len(term) < LONG_TERM else 2)
+        return (best,) if best is not None else (term,)
+
+
+class LiveSpeller(QuerySpeller):
+    """The base's speller over a live catalogue's titles (docs/live_catalogue.md): a term is
+    known while a live title holds it, and a misspelling goes to the most frequent live term
+    near it, new terms of the segments' titles included, with the live counts. Nothing is
+    built per state but a dictionary of the segments' new terms: the base's dictionary finds
+    the candidates, `frequency` counts their live titles when a query asks."""
+
+    def __init__(self, base: QuerySpeller, frequency: Callable[[str], int],
+                 new_terms: Mapping[str, int]):
+        self.base, self.frequency = base, frequency
+        self.new = QuerySpeller(new_terms)
+        self._frequencies: dict[str, int] = {}
+        self._remembered = functools.lru_cache(maxsize=REMEMBERED)(self._correction)
+
+    def count(self, term: str) -> int:
+        if term not in self._frequencies:
+            if len(self._frequencies) >= REMEMBERED:
+                self._frequencies.clear()
+            self._frequencies[term] = self.frequency(term)
+        return self._frequencies[term]
+
+    def known(self, term: str) -> bool:
+        return self.count(term) > 0
+
+    def suggest(self, term: str, distance: int) -> str | None:
+        near = [(d, -self.count(t), t) for d, t in
+                self.base.near(term, distance) + self.new.near(term, distance)]
+        near = [candidate for candidate in near if candidate[1] < 0]  # held by a live title
+        if not near:
+            return None
+        best = min(candidate[:2] for candidate in near)
+        tied = [t for d, negative, t in near if (d, negative) == best]
+        # Equally near and frequent: the base's own choice where it is one of them (as the
+        # speller served before the change), else the first in term order.
+        top = self.base.suggest(term, distance)
+        return top if top in tied else min(tied)

@@ -125,7 +125,7 @@ class RecommendRank:
         self.product_json = np.array([line.encode("utf-8")
                                       for line in self.recommender.product_json], dtype=object)
         # A live catalogue's deletes (core/live/segments.py), read when its state changes.
-        self.live, self.version = LiveFolder(live_folder(folder)), folder.name
+        self.live = LiveFolder(live_folder(folder))
         self._stamp: tuple | None = None
         self._withdrawn: np.ndarray | None = None
 
@@ -134,7 +134,7 @@ class RecommendRank:
         stamp = self.live.stamp()
         if stamp != self._stamp:
             state = self.live.state()
-            gone = self.live.withdrawn(state) if state.base == self.version else set()
+            gone = self.live.withdrawn(state)
             rows = [self.recommender.row_of[i] for i in gone if i in self.recommender.row_of]
             mask = np.zeros(len(self.product_ids), dtype=bool)
             mask[rows] = True

@@ -23,7 +23,7 @@ from fusionrank.core import artefacts
 from fusionrank.core.contract import RequestError
 from fusionrank.core.encoding import MAX_TITLE_TOKENS, OnnxEncoder, TextEncoder, TextTokenizer
 from fusionrank.core.live.changes import ChangeSetError, parse_changes
-from fusionrank.core.live.segments import live_folder
+from fusionrank.core.live.segments import LiveBase, live_folder
 from fusionrank.core.product_table import ProductTable
 from fusionrank.core.search.contract import CHANGES, REPORT
 from fusionrank.core.search.live_catalogue import CatalogueWriter
@@ -43,8 +43,9 @@ class ApplyChanges:
         vectors = artefacts.load_array(folder / artefacts.EMBEDDINGS, shape=(len(table), None),
                                        mmap=True)
         # Applies what the log holds beyond the published state (a crash, a restart).
-        self.writer = CatalogueWriter(live_folder(folder), folder.name, table, vectors,
-                                      encoder.encode)
+        self.writer = CatalogueWriter(live_folder(folder), folder.name,
+                                      LiveBase.read(folder / artefacts.LIVE_BASE), table,
+                                      vectors, encoder.encode)
 
     def __call__(self, requests: list[Tensors]) -> list[Tensors | RequestError]:
         return [self.answer(request) for request in requests]

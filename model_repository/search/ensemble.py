@@ -205,7 +205,9 @@ def search_ensemble(files: SearchArtefacts, options: ServingOptions) -> Ensemble
         parameters=threads, instances=options.encoder_instances, max_queue_delay_us=delay)
     retrieve = PythonModel(
         "retrieval", steps.Retrieve,
-        artefacts={name: files.index / name for name in retrieval_files(files, options)},
+        artefacts={name: files.index / name for name in (
+            *retrieval_files(files, options),
+            *((names.LIVE_BASE,) if options.live_catalogue else ()))},
         parameters={**options.ranker_parameters, "candidates": str(options.candidates),
                     **({steps.LIVE_PARAMETER: "on"} if options.live_catalogue else {})},
         max_queue_delay_us=delay,
@@ -234,7 +236,8 @@ def catalogue_model(files: SearchArtefacts) -> PythonModel:
         artefacts={names.ENCODER: files.encoder / names.ENCODER,
                    names.TOKENIZER: files.encoder / names.TOKENIZER,
                    names.PRODUCTS: files.index / names.PRODUCTS,
-                   names.EMBEDDINGS: files.index / names.EMBEDDINGS},
+                   names.EMBEDDINGS: files.index / names.EMBEDDINGS,
+                   names.LIVE_BASE: files.index / names.LIVE_BASE},
         max_batch_size=1, max_queue_delay_us=0)
 
 

@@ -26,7 +26,7 @@ from fusionrank.core import artefacts
 from fusionrank.core.contract import MAX_K, RequestError, TensorSpec, check_batch, check_k
 from fusionrank.core.encoding import MAX_QUERY_TOKENS
 from fusionrank.core.fusion import SIGNAL_TENSORS, FusionWeights, ranked_positions
-from fusionrank.core.live.segments import LiveFolder, live_folder
+from fusionrank.core.live.segments import LiveBase, LiveFolder, live_folder
 from fusionrank.core.product_table import ProductTable
 from fusionrank.core.search.contract import (
     EXPLAIN_OUTPUTS,
@@ -101,7 +101,8 @@ def live_source(folder: Path, parameters: Mapping[str, str]) -> LiveSource | Non
     if folder not in _live_sources:
         _live_sources[folder] = LiveSource(
             LiveFolder(live_folder(folder)),
-            BaseSearch(folder.name, ProductTable.open(folder / artefacts.PRODUCTS)))
+            BaseSearch(folder.name, ProductTable.open(folder / artefacts.PRODUCTS),
+                       LiveBase.read(folder / artefacts.LIVE_BASE)))
     return _live_sources[folder]
 
 

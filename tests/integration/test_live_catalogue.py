@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import json
 import random
-from dataclasses import dataclass, replace
+import threading
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -230,8 +231,41 @@ def pair_set(n: int) -> list[dict]:
             for side in ("A", "B")]
 
 
+@dataclass
+class PairWatch:
+    """Searches for the pair of `pair_set` until `done` is set (each caller bounded): every
+    failure, each answer's price of PAIR-A, and every answer with two different prices."""
+
+    url: str
+    failures: list[str] = field(default_factory=list)
+    seen: list[float] = field(default_factory=list)
+    mixed: list[tuple] = field(default_factory=list)
+    done: threading.Event = field(default_factory=threading.Event)
+
+    def callers(self, n: int, searches: int) -> list[threading.Thread]:
+        return [threading.Thread(target=self.search, args=(searches,)) for _ in range(n)]
+
+    def search(self, searches: int) -> None:
+        from fusionrank.client import FusionRankClient
+
+        with FusionRankClient(self.url, timeout_s=60) as client:
+            for _ in range(searches):  # bounded: stops by itself
+                if self.done.is_set():
+                    return
+                try:
+                    hits = client.search("zorbex pair lamp", k=5, products=True)
+                except Exception as error:  # every failure counts
+                    self.failures.append(repr(error))
+                    continue
+                prices = {h.product_id: h.product.price for h in hits
+                          if h.product_id.startswith("PAIR-")}
+                if len(prices) == 2:
+                    self.seen.append(prices["PAIR-A"])
+                    if prices["PAIR-A"] != prices["PAIR-B"]:
+                        self.mixed.append(tuple(prices.values()))
+
+
 def test_under_load_no_search_fails_or_sees_half_a_change_set(live_build, tmp_path):
-    import threading
     import time
 
     from fusionrank.client import FusionRankClient
@@ -241,43 +275,22 @@ def test_under_load_no_search_fails_or_sees_half_a_change_set(live_build, tmp_pa
     with running_server(live_build / "model_repository", tmp_path / "triton.log") as server:
         with FusionRankClient(server.grpc_url, timeout_s=60) as client:
             client.apply_changes(pair_set(0))
-        failures: list[str] = []
-        mixed: list[tuple] = []
-        seen: list[float] = []
-        done = threading.Event()
-
-        def search_caller() -> None:
-            with FusionRankClient(server.grpc_url, timeout_s=60) as client:
-                for _ in range(each):  # bounded: stops by itself
-                    if done.is_set():
-                        return
-                    try:
-                        hits = client.search("zorbex pair lamp", k=5, products=True)
-                    except Exception as error:  # every failure counts
-                        failures.append(repr(error))
-                        continue
-                    prices = {h.product_id: h.product.price for h in hits
-                              if h.product_id.startswith("PAIR-")}
-                    if len(prices) == 2:
-                        seen.append(prices["PAIR-A"])
-                        if prices["PAIR-A"] != prices["PAIR-B"]:
-                            mixed.append(tuple(prices.values()))
-
-        threads = [threading.Thread(target=search_caller) for _ in range(callers)]
+        watch = PairWatch(server.grpc_url)
+        threads = watch.callers(callers, each)
         for thread in threads:
             thread.start()
         with FusionRankClient(server.grpc_url, timeout_s=60) as client:
             for n in range(1, sets + 1):
                 client.apply_changes(pair_set(n))
                 time.sleep(0.3)  # a stream: several states reach the searches
-            eventually(lambda: sets in seen, "the last set")
-        done.set()
+            eventually(lambda: sets in watch.seen, "the last set")
+        watch.done.set()
         for thread in threads:
             thread.join(timeout=120)
         assert not any(thread.is_alive() for thread in threads)
-    assert not failures, failures[:3]
-    assert not mixed, mixed[:3]
-    assert len(set(seen)) > 2  # the searches did run while the sets were applied
+    assert not watch.failures, watch.failures[:3]
+    assert not watch.mixed, watch.mixed[:3]
+    assert len(set(watch.seen)) > 2  # the searches did run while the sets were applied
 
 
 def test_a_killed_server_loses_no_acknowledged_change(live_build, tmp_path):
@@ -287,7 +300,6 @@ def test_a_killed_server_loses_no_acknowledged_change(live_build, tmp_path):
     crash after the log's fsync leaves it) is applied by the restart. The set in flight at the
     kill was not acknowledged but may have been logged: the products it names may be either
     way (one of them an acknowledged upsert it deletes), and only they."""
-    import threading
     import time
 
     from fusionrank.client import FusionRankClient
@@ -356,7 +368,7 @@ def test_with_ann_retrieval_change_sets_keep_a_fresh_builds_recall(trained_run, 
     from fusionrank.core import artefacts
     from fusionrank.core.datasets import homedepot_catalogue
     from fusionrank.core.encoding import MAX_QUERY_TOKENS, OnnxEncoder, TextEncoder, TextTokenizer
-    from fusionrank.core.live.segments import LiveFolder, live_folder
+    from fusionrank.core.live.segments import LiveBase, LiveFolder, live_folder
     from fusionrank.core.product_table import ProductTable
     from fusionrank.core.search.live_view import BaseSearch, LiveSource
     from fusionrank.core.search.retrieval import served_retrieval
@@ -385,7 +397,9 @@ def test_with_ann_retrieval_change_sets_keep_a_fresh_builds_recall(trained_run, 
         retrieval, table = served_retrieval(folder), ProductTable.open(folder / "products.jsonl")
         if serves_live:
             view = LiveSource(LiveFolder(live_folder(folder)),
-                              BaseSearch(folder.name, table, retrieval), interval_s=0).refresh()
+                              BaseSearch(folder.name, table,
+                                         LiveBase.read(folder / "live_base.json"), retrieval),
+                              interval_s=0).refresh()
             retrieval, table = view.retrieval, view.table
         rows, _ = retrieval.search(vectors, 100)
         return [{i.decode() for i in row} for row in table.product_ids(rows)]
@@ -400,3 +414,81 @@ def test_with_ann_retrieval_change_sets_keep_a_fresh_builds_recall(trained_run, 
     live_recall, fresh_recall = recall(served), recall(top(fresh, False))
     print(f"recall@100 against exact: live {live_recall:.4f}, fresh build {fresh_recall:.4f}")
     assert live_recall >= fresh_recall - 0.01
+
+
+def test_compaction_under_load_fails_no_search_and_serves_the_same_catalogue(live_build,
+                                                                              tmp_path, capsys):
+    """`fusionrank catalogue compact` while 8 callers search and change sets keep coming: no
+    search fails or sees half a set; afterwards the new base serves the rankings the segments
+    served (scores within 1e-5), the folded segments and log records are gone, the sets
+    applied during the compaction are served, and nothing was embedded again."""
+    from fusionrank.app.cli import main
+    from fusionrank.client import FusionRankClient
+    from fusionrank.core.live.segments import LiveFolder
+    from fusionrank.model_repository.config import served_version
+    from tests.support.catalogue import running_server
+
+    repository = live_build / "model_repository"
+    queries = ["cordless drill", "led light bulb", "zorbex pair lamp", "garden hose"]
+    with running_server(repository, tmp_path / "triton.log") as server:
+        url = server.grpc_url
+        with FusionRankClient(url, timeout_s=60) as client:
+            client.apply_changes(pair_set(100))
+            client.apply_changes([{"op": "upsert", "product": {
+                "product_id": "COMPACT-1", "title": "Vantablack compaction kettle"}}])
+            old_base = served_version(repository, "search_steps").name
+            eventually(lambda: "COMPACT-1" in {h.product_id for h in client.search(
+                "vantablack compaction kettle", k=3)}, "the new product")
+            before = [client.search(q, k=K) for q in queries]
+            folded = client.catalogue_status().applied_through
+        watch = PairWatch(url)
+
+        def change_stream() -> None:
+            with FusionRankClient(url, timeout_s=60) as client:
+                for n in range(101, 400):  # bounded
+                    if watch.done.is_set():
+                        return
+                    try:
+                        client.apply_changes(pair_set(n))
+                    except Exception as error:
+                        watch.failures.append(f"set {n}: {error!r}")
+                    watch.done.wait(0.5)
+
+        threads = [*watch.callers(8, 5000), threading.Thread(target=change_stream)]
+        for thread in threads:
+            thread.start()
+        try:
+            code = main(["catalogue", "compact", "--url", url, "--repository", str(repository),
+                         "--out", str(tmp_path / "compacted"), "--drain-s", "1",
+                         "--niceness", "0", "--json"])
+        finally:
+            watch.done.set()
+            for thread in threads:
+                thread.join(timeout=120)
+        assert not any(thread.is_alive() for thread in threads)
+        report = json.loads(capsys.readouterr().out)
+        assert code == 0 and report["outcome"] == "switched", report
+        assert report["through"] >= folded and report["titles_embedded"] == 0
+        assert served_version(repository, "search_steps").name != old_base
+        assert not watch.failures, watch.failures[:3]
+        assert not watch.mixed, watch.mixed[:3]
+
+        with FusionRankClient(url, timeout_s=60) as client:
+            status = client.catalogue_status()
+            live = LiveFolder(live_build / "live")
+            assert live.state().segments == tuple(range(report["through"] + 1,
+                                                        status.applied_through + 1))
+            assert [r.sequence for r in live.log.records()] == list(live.state().segments)
+            assert status.pending == 0 and status.base != old_base
+            last = status.applied_through
+            if last > report["through"]:  # a pair set applied during the compaction
+                price = live.read_changes(last).upserts[0].price
+                eventually(lambda: {h.product.price for h in client.search(
+                    "zorbex pair lamp", k=5, products=True)
+                    if h.product_id.startswith("PAIR-")} == {price}, "the last set")
+            after = [client.search(q, k=K) for q in queries if q != "zorbex pair lamp"]
+        for hits, again in zip([b for q, b in zip(queries, before, strict=True)
+                                if q != "zorbex pair lamp"], after, strict=True):
+            np.testing.assert_allclose([h.score for h in again], [h.score for h in hits],
+                                       atol=1e-5)
+            assert {h.product_id for h in again} == {h.product_id for h in hits}

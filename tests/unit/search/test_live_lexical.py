@@ -90,3 +90,41 @@ def test_a_saved_index_s_term_counts_are_a_base_segment(tmp_path):
     live = LiveLexical([base], np.ones(len(titles), dtype=bool))
     for terms in (["red", "kettle"], ["oak", "oak"], ["nothing"]):
         np.testing.assert_allclose(live.scores(terms), saved.scores(terms), rtol=0, atol=1e-5)
+
+
+def test_the_live_speller_corrects_as_a_speller_built_over_the_live_titles():
+    """A word only a new title holds is known (never corrected to a base word); a word no live
+    title holds any more is corrected; a misspelling goes to the most frequent live term, new
+    ones included, as a speller rebuilt over the live titles would."""
+    from fusionrank.core.search.live_view import LiveBM25
+
+    rng = random.Random(3)
+    words = [*WORDS, "lantern", "lanterns", "planter", "hammer", "hammock"]
+    catalogue = {f"P{i}": " ".join(rng.choice(words) for _ in range(rng.randint(1, 5)))
+                 for i in range(200)}
+    catalogue["ONLY-HAMMOCK"] = "hammock"
+    catalogue = {i: t.replace("hammock", "hammer") if i != "ONLY-HAMMOCK" else t
+                 for i, t in catalogue.items()}
+    base = LexicalIndex.build(list(catalogue.values()))
+    rows = CatalogueRows.of_base(list(catalogue))
+    segments = [TermCounts.of_titles(list(catalogue.values()))]
+    lines = [json.dumps({"op": "delete", "product_id": "ONLY-HAMMOCK"})]
+    upserts = {f"NEW-{j}": "zorbex lampshade planters hamper" for j in range(60)}
+    upserts |= {f"P{j}": "lanterns lanterns" for j in range(40)}  # "lanterns" now the commoner
+    for product_id, text in upserts.items():
+        catalogue[product_id] = text
+        lines.append(json.dumps({"op": "upsert", "product": {"product_id": product_id,
+                                                             "title": text}}))
+    del catalogue["ONLY-HAMMOCK"]
+    before = rows.rows
+    rows, done = rows.apply(parse_changes(lines))
+    segments.append(TermCounts.of_titles([catalogue[i] for i in done.added], before))
+    served = LiveBM25(base, LiveLexical(segments, rows.live))
+    rebuilt = LexicalIndex.build(list(catalogue.values()))
+
+    probes = ["zorbex", "zorbx", "lampshade", "lampshad", "planters", "plantrs", "hammock",
+              "hamock", "lanternz", "lantrns", "kettle", "ketle", "qqqq", "oak", "100kettle",
+              "hamper", "hampers"]
+    assert served.speller.correct(probes) == rebuilt.speller.correct(probes)
+    assert base.speller.correct(["hamper"]) == ["hammer"]  # what the base alone would read
+    assert served.query_terms("Hamper lampshad") == ["hamper", "lampshade"]

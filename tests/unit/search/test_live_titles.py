@@ -107,3 +107,43 @@ def test_a_common_terms_vector_is_moved_by_the_changes_to_within_rounding():
     mine = [vectors.index[t] for t in fresh.index]
     np.testing.assert_allclose(vectors.vectors[mine], fresh.vectors, atol=1e-6)
     np.testing.assert_array_equal(vectors.idf[mine], fresh.idf)
+
+
+def test_a_state_built_on_the_previous_one_has_the_bits_of_one_built_from_the_base(
+        monkeypatch):
+    """`extended(..., previous=)` takes the vectors of the base terms no row touched since the
+    previous state from it: every term's vector equals, bit for bit, a build from the base."""
+    from fusionrank.core.search import live_titles
+
+    rng = random.Random(5)
+    np_rng = np.random.default_rng(5)
+    words = [*WORDS, *(f"w{i}" for i in range(300))]
+    base_titles = [title(rng, words) for _ in range(300)]
+    embeddings = unit(np_rng.normal(size=(300 + 80, 12)))
+    base_terms = TitleTerms(base_titles)
+    base = TitleBase(base_terms, TermVectors.fit(base_terms, embeddings[:300]), embeddings[:300])
+    first_titles = [title(rng, words) for _ in range(40)]
+    first = np.ones(340, dtype=bool)
+    first[rng.sample(range(300), 40)] = False
+    _, before = extended(base, TitleTerms(first_titles), first, embeddings[:340])
+    # The next state: 40 more rows, some of the first state's and the base's rows killed.
+    later_titles = first_titles + [title(rng, words) for _ in range(40)]
+    live = np.concatenate([first, np.ones(40, dtype=bool)])
+    live[rng.sample(sorted(np.flatnonzero(live[:340])), 15)] = False
+
+    summed: list[int] = []
+    real = live_titles._summed
+
+    def counting(base, title_terms, terms, live, embeddings):
+        summed.append(len(terms))
+        return real(base, title_terms, terms, live, embeddings)
+
+    monkeypatch.setattr(live_titles, "_summed", counting)
+    _, fresh = extended(base, TitleTerms(later_titles), live, embeddings)
+    _, carried = extended(base, TitleTerms(later_titles), live, embeddings, (first, before))
+
+    assert carried.index == fresh.index
+    rows = np.array(sorted(fresh.index.values()))
+    np.testing.assert_array_equal(carried.vectors[rows], fresh.vectors[rows])
+    np.testing.assert_array_equal(carried.idf, fresh.idf)
+    assert 0 < summed[1] < summed[0]  # fewer terms summed again: the rest carried over
