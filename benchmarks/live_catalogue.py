@@ -127,7 +127,8 @@ def apply_to_searchable(client: FusionRankClient, changes: Changes, pid: int,
 
 def searches(url: str, queries: list[str], callers: int, seconds: float,
              stream: Changes | None = None, rate: float = 10.0, set_size: int = 10,
-             titles: bool = True, until: threading.Event | None = None) -> dict:
+             titles: bool = True, until: threading.Event | None = None,
+             answered_at: list[float] | None = None) -> dict:
     """Closed-loop searches for `seconds` (or, with `until`, until it is set, `seconds` at
     most), one caller of which checks the pair (and, with `stream`, change sets at `rate` a
     second meanwhile); q/s, latency, failures."""
@@ -183,6 +184,8 @@ def searches(url: str, queries: list[str], callers: int, seconds: float,
     for thread in extra:
         thread.join()
     ok = [c.seconds * 1000 for c in loop.calls if c.error is None]
+    if answered_at is not None:  # (the caller splits them by the phases it waited through)
+        answered_at.extend(c.end for c in loop.calls if c.error is None)
     result = {"callers": callers, "seconds": round(elapsed, 1),
               "searches": len(ok), "qps": round(len(ok) / elapsed, 1),
               **harness.latency_percentiles(ok),
@@ -222,15 +225,30 @@ def compaction(url: str, repository: Path, work: Path, queries: list[str], chang
             outcome["report"] = json.loads(done.stdout) if done.returncode in (0, 1) else None
             outcome["error"] = done.stderr[-2000:] if done.returncode else ""
         finally:
+            outcome["ended"] = time.monotonic()
             finished.set()
 
     thread = threading.Thread(target=run)
+    started, answered_at = time.monotonic(), []
     thread.start()
     during = searches(url, queries, args.callers, 3600, changes, rate=2.0,
-                      set_size=args.set_size, titles=False, until=finished)
+                      set_size=args.set_size, titles=False, until=finished,
+                      answered_at=answered_at)
     thread.join()
     if outcome.get("report") is None:
         raise RuntimeError(f"compaction failed: {outcome.get('error')}")
+    # Searches a second in each phase of the compaction, the phases laid back from its end
+    # by its own record of their seconds ("start": the process's start-up before them).
+    ended, times = outcome["ended"], np.asarray(answered_at)
+    spans = [(k, v) for k, v in outcome["report"]["seconds"].items() if k != "total"]
+    bounds = ended - np.cumsum([0.0, *(v for _, v in reversed(spans))])[::-1]
+    windows = [("start", started, bounds[0]),
+               *((name, bounds[i], bounds[i + 1]) for i, (name, _) in enumerate(spans))]
+    phases = {name: {"seconds": round(end - begin, 1),
+                     "qps": round(float(((times >= begin) & (times < end)).sum())
+                                  / max(end - begin, 1e-9), 1)}
+              for name, begin, end in windows}
+    during["phases"] = phases
     with FusionRankClient(url, timeout_s=60) as client:
         status = client.catalogue_status()
     return {"report": outcome["report"], "searches": during,
@@ -416,7 +434,9 @@ def compaction_text(report: dict) -> str:
         f"- searches meanwhile: {during['qps']} q/s ({during['qps'] / rest['qps']:.2f}× at "
         f"rest), p99 {during.get('p99_ms')} ms, {during['failed']} failed, "
         f"{during['set_failures']} sets failed, {during['mixed_answers']} mixed answers in "
-        f"{during['pair_checks']} pair checks over {during['pair_states_seen']} states;\n"
+        f"{during['pair_checks']} pair checks over {during['pair_states_seen']} states; "
+        "by phase: " + ", ".join(f"{name} {v['qps']} q/s over {v['seconds']} s"
+                                 for name, v in during.get("phases", {}).items()) + ";\n"
         f"- the server's memory: RSS {before['rss']:,.0f} → peak {peak['rss']:,.0f} MiB "
         f"({peak['rss'] / before['rss']:.2f}×), PSS {before['pss']:,.0f} → {peak['pss']:,.0f} "
         f"MiB ({peak['pss'] / before['pss']:.2f}×), then {run['after_memory_mib']['rss']:,.0f} "

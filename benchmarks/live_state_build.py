@@ -35,7 +35,7 @@ from fusionrank.core.search.runtime import SearchRuntime
 from fusionrank.model_repository.config import served_version
 
 NAME = "live_state_build"
-SIZES = (100, 1000, 3000, 10_000)
+SIZES = (100, 1000, 3000, 10_000, 20_000)
 STREAM_SETS = 5
 
 

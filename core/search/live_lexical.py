@@ -59,6 +59,22 @@ class TermCounts:
             if i + 1 < len(indptr) and indptr[i + 1] > indptr[i]})
 
 
+    def extended(self, others: Sequence[TermCounts]) -> TermCounts:
+        """These rows, then those of `others` (each beginning where the last ends), as one:
+        the segments a state serves, merged once so that a query looks each term up once."""
+        postings = dict(self.postings)
+        for other in others:
+            for term, (rows, counts) in other.postings.items():
+                if term in postings:
+                    held_rows, held_counts = postings[term]
+                    rows = np.concatenate([held_rows, rows])
+                    counts = np.concatenate([held_counts, counts])
+                postings[term] = (rows, counts)
+        return TermCounts(self.first_row,
+                          np.concatenate([self.lengths, *(other.lengths for other in others)]),
+                          postings)
+
+
 class LiveLexical:
     """BM25 of query terms against the live rows of a base and its deltas."""
 

@@ -103,16 +103,21 @@ class RowNorms:
 
     def __init__(self, titles: TitleTerms):
         self.titles = titles
+        # Each row's norm once computed (NaN: not yet): a state serves many requests.
+        self.known = np.full(titles.products, np.nan, dtype=np.float64)
 
     def __getitem__(self, rows) -> np.ndarray:
         rows = np.asarray(rows, dtype=np.int64)
-        wanted, back = np.unique(rows, return_inverse=True)
-        vectors = self.titles.char_vectors
-        entries, _ = vectors.gather(wanted)
-        indptr = np.concatenate([[0], np.cumsum(vectors.lengths(wanted))])
-        buckets = self.titles.char_buckets[vectors.ids[entries]].astype(np.int64)
-        counts = np.asarray(self.titles.char_counts[entries], dtype=np.int64)
-        return norms_of(indptr, buckets, counts, self.titles.idf)[back].reshape(rows.shape)
+        wanted = np.unique(rows)
+        wanted = wanted[np.isnan(self.known[wanted])]
+        if len(wanted):
+            vectors = self.titles.char_vectors
+            entries, _ = vectors.gather(wanted)
+            indptr = np.concatenate([[0], np.cumsum(vectors.lengths(wanted))])
+            buckets = self.titles.char_buckets[vectors.ids[entries]].astype(np.int64)
+            counts = np.asarray(self.titles.char_counts[entries], dtype=np.int64)
+            self.known[wanted] = norms_of(indptr, buckets, counts, self.titles.idf)
+        return self.known[rows]
 
 
 class RowOverlay:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import functools
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -96,7 +96,8 @@ class BaseSearch:
     live: LiveBase  # the change sets the base holds, and its encoder
     retrieval: object | None = None  # GraphRetrieval or AnnIndex: .search(vectors, k)
     runtime: SearchRuntime | None = None
-    _segment_counts: dict[tuple[int, int], TermCounts] = field(default_factory=dict)
+    # The segments' BM25 term counts, merged, for the segments of the last state built.
+    _delta_counts: tuple[tuple[tuple[int, int], ...], TermCounts] | None = None
     _applied: Applied | None = None  # the segments of the last state built, applied
 
     @functools.cached_property
@@ -129,12 +130,18 @@ class BaseSearch:
         self._applied = Applied(key, rows, terms)
         return self._applied
 
-    def counts_of(self, segment: Segment) -> TermCounts:
-        """A segment's BM25 term counts, counted once for every state that serves it."""
-        key = (segment.sequence, segment.first_row)
-        if key not in self._segment_counts:
-            self._segment_counts[key] = TermCounts.of_titles(segment.titles, segment.first_row)
-        return self._segment_counts[key]
+    def delta_counts(self, segments: Sequence[Segment]) -> TermCounts:
+        """The segments' titles' BM25 term counts, as one: carried on from the last state
+        where it is a beginning of this one, so each segment's titles are counted once."""
+        key = tuple((s.sequence, s.first_row) for s in segments)
+        done_key, done = self._delta_counts or ((), None)
+        if done is None or key[:len(done_key)] != done_key:
+            done_key = ()
+            done = TermCounts(len(self.table), np.zeros(0, dtype=np.float32), {})
+        counts = done.extended([TermCounts.of_titles(s.titles, s.first_row)
+                                for s in segments[len(done_key):]])
+        self._delta_counts = (key, counts)
+        return counts
 
     @functools.cached_property
     def neutral_prior(self) -> float:
@@ -255,7 +262,7 @@ def _live_runtime(base: BaseSearch, segments: Sequence[Segment], rows: Catalogue
     sources = served.sources
     embeddings = RowStack(sources.embeddings, appended)
     lexical = LiveBM25(served.lexical, LiveLexical(
-        [base.term_counts, *(base.counts_of(s) for s in segments)], rows.live))
+        [base.term_counts, base.delta_counts(segments)], rows.live))
     terms, term_vectors = extended(base.titles, delta_titles, rows.live, embeddings, previous)
     in_base = _base_rows(base, rows)
     live_sources = FeatureSources(embeddings, terms, term_vectors, _live_priors(base, in_base),

@@ -37,6 +37,10 @@ class QuerySpeller:
         for term, count in sorted(term_counts.items()):  # ties resolve the same everywhere
             self._symspell.create_dictionary_entry(term, int(count))
         self._remembered = functools.lru_cache(maxsize=REMEMBERED)(self._correction)
+        # A live catalogue's spellers (one per state) ask the base's dictionary the same
+        # lookups again and again: remembered here, where they do not change.
+        self.suggest = functools.lru_cache(maxsize=REMEMBERED)(self._suggest)
+        self.near = functools.lru_cache(maxsize=REMEMBERED)(self._near)
 
     def known(self, term: str) -> bool:
         """Whether a title holds `term` (then it is never corrected)."""
@@ -48,15 +52,15 @@ class QuerySpeller:
             out.extend([term] if self.known(term) else self._remembered(term))
         return out
 
-    def suggest(self, term: str, distance: int) -> str | None:
+    def _suggest(self, term: str, distance: int) -> str | None:
         """The most frequent title term within `distance` edits (None: none)."""
         found = self._symspell.lookup(term, Verbosity.TOP, max_edit_distance=distance)
         return found[0].term if found else None
 
-    def near(self, term: str, distance: int) -> list[tuple[int, str]]:
+    def _near(self, term: str, distance: int) -> tuple[tuple[int, str], ...]:
         """Every title term within `distance` edits, with its distance."""
-        return [(s.distance, s.term) for s in self._symspell.lookup(
-            term, Verbosity.ALL, max_edit_distance=distance)]
+        return tuple((s.distance, s.term) for s in self._symspell.lookup(
+            term, Verbosity.ALL, max_edit_distance=distance))
 
     def _correction(self, term: str) -> tuple[str, ...]:
         runs = RUNS.findall(term)
@@ -94,7 +98,7 @@ class LiveSpeller(QuerySpeller):
 
     def suggest(self, term: str, distance: int) -> str | None:
         near = [(d, -self.count(t), t) for d, t in
-                self.base.near(term, distance) + self.new.near(term, distance)]
+                (*self.base.near(term, distance), *self.new.near(term, distance))]
         near = [candidate for candidate in near if candidate[1] < 0]  # held by a live title
         if not near:
             return None

@@ -117,7 +117,7 @@ def refreshed(live: LiveSource | None) -> LiveSearch | None:
         if view is not before:
             # A state's build leaves tens of MB of temporaries, which glibc would otherwise
             # keep: under a stream of sets each copy would hold its largest build's for good.
-            return_freed_memory()
+            return_freed_memory(after_load=False)
         return view
     except Exception as error:  # any failure: the last good state is served
         print(f"fusionrank: live catalogue state not read, serving the one before: {error}",

@@ -43,11 +43,15 @@ def test_bm25_over_segments_equals_a_fresh_index_of_the_live_titles():
         rows, done = rows.apply(parse_changes(lines))
         segments.append(TermCounts.of_titles([catalogue[i] for i in done.added], before))
         live = LiveLexical(segments, rows.live)
+        # The segments merged into one (as a search process carries them from state to state)
+        merged = LiveLexical([segments[0], TermCounts(
+            300, np.zeros(0, dtype=np.float32), {}).extended(segments[1:])], rows.live)
         fresh_ids = list(catalogue)
         fresh = LexicalIndex.build([catalogue[i] for i in fresh_ids])
         served_rows = np.array([rows.row_of(i) for i in fresh_ids])
         for terms in queries:
             scores = live.scores(terms)
+            np.testing.assert_array_equal(merged.scores(terms), scores)
             expected = fresh.scores(terms)
             np.testing.assert_allclose(scores[served_rows], expected, rtol=0, atol=1e-5)
             assert not scores[~rows.live].any()  # replaced and deleted rows never score
