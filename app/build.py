@@ -66,7 +66,8 @@ def build_search_repository(catalogue: Catalogue, model_dir: Path, out_dir: Path
                             student_dir: Path | None = None,
                             final_out: Path | None = None,
                             embedding_cache: Path | None = None,
-                            live_through: int = 0) -> Path:
+                            live_through: int = 0,
+                            previous_index: Path | None = None) -> Path:
     """Export the encoder, embed the catalogue and write the model repository; returns it.
     With `run_dir` (a finished `fusionrank train` run) its fine-tuned encoder, BM25 candidates,
     feedback head and fusion weights are served; `model_dir` is then ignored. With
@@ -83,7 +84,8 @@ def build_search_repository(catalogue: Catalogue, model_dir: Path, out_dir: Path
     temporary one (`fusionrank build` passes cli.EMBEDDING_CACHE).
 
     `live_through`: with a live catalogue, the last change set `catalogue` already holds (a
-    compaction's, app/compact.py; 0: none)."""
+    compaction's, app/compact.py; 0: none). `previous_index`: the index folder of the build
+    this one follows, where it is not the one at `final_out` (a compaction's first)."""
     from fusionrank.training.search.serving import search_artefacts
 
     options = options or ServingOptions()
@@ -108,11 +110,12 @@ def build_search_repository(catalogue: Catalogue, model_dir: Path, out_dir: Path
         quantised = quantise_encoder(queries.onnx_path, queries.tokenizer_path,
                                      files.queries / names.ENCODER_INT8,
                                      catalogue.titles[:PARITY_TEXTS])
-    index = build_index(catalogue, encoder, files.index, previous=final(files.index),
+    previous = previous_index or final(files.index)
+    index = build_index(catalogue, encoder, files.index, previous=previous,
                         cache=embedding_cache)
     embeddings = load_embeddings(files.index)
     retrieval = build_retrieval(embeddings, files.index, options, quantised is not None,
-                                previous=final(files.index))
+                                previous=previous)
     FusionWeights().save(files.index / names.FUSION_WEIGHTS)
     if options.live_catalogue:
         LiveBase(live_through, encoder.sha256).write(files.index / names.LIVE_BASE)

@@ -248,6 +248,7 @@ def keep_serving(server, max_restarts: int) -> int:
 def run_serve(args: argparse.Namespace) -> int:
     from fusionrank.app.control import control_folder
     from fusionrank.app.model_watch import ModelWatch
+    from fusionrank.app.processes import clean_after_dead_servers
     from fusionrank.app.serve import Ports, TritonServer
     from fusionrank.app.stub_watch import StubWatch
 
@@ -255,6 +256,8 @@ def run_serve(args: argparse.Namespace) -> int:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, interrupt)  # SIGTERM stops as cleanly as Ctrl-C does
+    for leftovers in clean_after_dead_servers():  # of a `serve` before this one, killed -9
+        print(f"fusionrank serve: {leftovers}", file=sys.stderr, flush=True)
     server = TritonServer(args.repository, Ports(args.grpc_port, args.http_port, args.metrics_port),
                           host=args.host, verbose=args.verbose, cache_mib=args.cache_mib)
     server.check_ports()  # a port in use: refused now (exit 2), before the page or any model

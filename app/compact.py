@@ -34,8 +34,8 @@ from fusionrank.app.deploy.plan import only_version
 from fusionrank.app.deploy.rollout import DRAIN_S, deploy
 from fusionrank.core import artefacts as names
 from fusionrank.core.catalogue import catalogue_from_records
-from fusionrank.core.live.compaction import served_catalogue
-from fusionrank.core.live.segments import LiveBase, LiveFolder
+from fusionrank.core.live.compaction import ServedCatalogue, served_catalogue
+from fusionrank.core.live.segments import LIVE_FOLDER, LiveBase, LiveFolder
 from fusionrank.core.product_table import ProductTable
 from fusionrank.core.search.contract import CATALOGUE_MODEL
 from fusionrank.export.embedding_cache import EmbeddingCache, title_keys
@@ -65,8 +65,22 @@ class Compaction:
                 f"peak memory {self.peak_rss_mib:,.0f} MiB")
 
 
-def compact(url: str, repository: Path, out: Path, drain_s: float = DRAIN_S,
-            control_key: str | None = None) -> Compaction:
+@dataclass(frozen=True)
+class CompactedBuild:
+    """A new base built over a live catalogue's products (not rolled out yet)."""
+
+    repository: Path  # its model repository, in --out
+    gathered: ServedCatalogue
+    base: LiveBase  # the base it replaces
+    manifest: dict  # its fusionrank.json
+    seconds: dict[str, float]  # gather, build
+
+
+def build_compacted(repository: Path, out: Path) -> CompactedBuild:
+    """Steps 1 and 2: the live products of the state `repository` serves, built again as the
+    served build was into `out`. The FAISS index of a large catalogue is updated from the last
+    compaction's (or, the first time, the served build's) rather than built whole: the
+    products that did not change keep their vectors, so their entries are carried."""
     repository = Path(repository).resolve()
     started = time.monotonic()
     served = json.loads((repository / names.REPOSITORY_MANIFEST).read_text())
@@ -78,15 +92,16 @@ def compact(url: str, repository: Path, out: Path, drain_s: float = DRAIN_S,
     base = LiveBase.read(folder / names.LIVE_BASE)
     table = ProductTable.open(folder / names.PRODUCTS)
     vectors = names.load_array(folder / names.EMBEDDINGS, shape=(len(table), None), mmap=True)
-    live = LiveFolder(repository.parent / "live")
-    gathered = served_catalogue(live, base, table, vectors)
+    gathered = served_catalogue(LiveFolder(repository.parent / LIVE_FOLDER), base, table,
+                                vectors)
     catalogue, _ = catalogue_from_records(gathered.products,
                                           f"live catalogue through set {gathered.through}")
-    seconds = {"gather": time.monotonic() - started}
-
+    gathered_at = time.monotonic()
     options = ServingOptions(**served["serving"])
     run = (served.get("training_run") or {}).get("run")
     student = (served.get("query_encoder") or {}).get("source")
+    index = out / "artefacts" / "index"
+    previous = index if index.is_dir() else repository.parent / "artefacts" / "index"
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="compaction-cache-", dir=out.parent) as cache:
         keys, first = np.unique(title_keys(catalogue.titles), return_index=True)
@@ -96,23 +111,40 @@ def compact(url: str, repository: Path, out: Path, drain_s: float = DRAIN_S,
                 catalogue, Path(served["encoder"]["source"]), staged, options,
                 run_dir=Path(run) if run else None,
                 student_dir=Path(student) if student else None, final_out=out,
-                embedding_cache=Path(cache), live_through=gathered.through)
+                embedding_cache=Path(cache), live_through=gathered.through,
+                previous_index=previous)
             built = json.loads((new / names.REPOSITORY_MANIFEST).read_text())
             if built["encoder"]["onnx_sha256"] != base.encoder:
                 raise build.BuildError(
                     f"the served run's encoder ({served['encoder']['source']}) no longer "
                     "exports to the encoder that embedded the catalogue: a compaction keeps "
                     "the encoder; build and deploy a new one instead")
-    seconds["build"] = time.monotonic() - started - sum(seconds.values())
-    record = deploy(url, repository, out / "model_repository", drain_s, control_key)
-    seconds["deploy"] = time.monotonic() - started - sum(seconds.values())
+    return CompactedBuild(out / new.name, gathered, base, built,
+                          {"gather": round(gathered_at - started, 2),
+                           "build": round(time.monotonic() - gathered_at, 2)})
+
+
+def compact(url: str, repository: Path, out: Path, drain_s: float = DRAIN_S,
+            control_key: str | None = None) -> Compaction:
+    """All four steps, on the server at `url` serving `repository`."""
+    started = time.monotonic()
+    seconds: dict[str, float] = {}
+
+    def lap(phase: str) -> None:
+        seconds[phase] = round(time.monotonic() - started - sum(seconds.values()), 2)
+
+    built = build_compacted(repository, out)
+    seconds.update(built.seconds)
+    record = deploy(url, repository, built.repository, drain_s, control_key)
+    lap("deploy")
+    through = built.gathered.through
     if record.outcome == "switched":
-        live.prune(gathered.through)
-        seconds["prune"] = time.monotonic() - started - sum(seconds.values())
-    seconds["total"] = time.monotonic() - started
-    return Compaction(gathered.through, len(catalogue), gathered.rows,
-                      gathered.through - base.through, built["index"]["titles_embedded"],
-                      record.outcome, record.reason, {k: round(v, 2) for k, v in seconds.items()},
+        LiveFolder(Path(repository).resolve().parent / LIVE_FOLDER).prune(through)
+        lap("prune")
+    seconds["total"] = round(time.monotonic() - started, 2)
+    return Compaction(through, len(built.gathered.products), built.gathered.rows,
+                      through - built.base.through, built.manifest["index"]["titles_embedded"],
+                      record.outcome, record.reason, seconds,
                       resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 
 

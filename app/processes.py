@@ -82,7 +82,7 @@ def kill_and_wait(pids: list[int], timeout_s: float = GONE_WITHIN_S) -> list[int
     """SIGKILL each process and wait (bounded) until it is gone or a zombie; the pids that were
     still running at the deadline."""
     for pid in pids:
-        with contextlib.suppress(ProcessLookupError):
+        with contextlib.suppress(ProcessLookupError, PermissionError):  # (another user's)
             os.kill(pid, signal.SIGKILL)
     deadline = time.monotonic() + timeout_s
     left = list(pids)
@@ -121,6 +121,15 @@ def clean_after_server(server_pid: int, known_regions: list[str] = ()) -> Leftov
     return Leftovers(server_pid, [stub.pid for stub in leftover],
                      [name for name in regions if remove_region(name)], running)
 
+
+
+def clean_after_dead_servers() -> list[Leftovers]:
+    """`clean_after_server` for every tritonserver that no longer runs and left model
+    processes: a `serve` killed -9 takes its server with it, and a model process caught
+    answering that server cannot end itself (it waits on the server holding its interpreter's
+    lock, so its watch never runs) and would live on under PID 1."""
+    dead = {stub.args.server_pid for stub in stubs() if not running(stub.args.server_pid)}
+    return [clean_after_server(pid) for pid in sorted(dead)]
 
 
 def configured_copies(repository: Path) -> dict[str, int]:

@@ -302,6 +302,7 @@ def test_a_killed_server_loses_no_acknowledged_change(live_build, tmp_path):
     way (one of them an acknowledged upsert it deletes), and only they."""
     import time
 
+    from fusionrank.app.processes import clean_after_dead_servers, stubs
     from fusionrank.client import FusionRankClient
     from fusionrank.core.live.changes import parse_changes
     from fusionrank.core.live.log import ChangeLog
@@ -342,6 +343,12 @@ def test_a_killed_server_loses_no_acknowledged_change(live_build, tmp_path):
         server.process.kill()
         stop.set()
         thread.join(timeout=60)
+        server.process.wait(timeout=60)
+        # As `fusionrank serve` does at its start: a model process caught sending its answer
+        # to the killed server cannot end itself (stub_process.watch_server), and would live
+        # on under PID 1.
+        clean_after_dead_servers()
+        assert not stubs(server.process.pid)
     assert len(acknowledged) >= 8
     ChangeLog(live_build / "live").append(parse_changes(json.dumps(
         {"op": "upsert", "product": {"product_id": "LOGGED-ONLY",
@@ -414,6 +421,48 @@ def test_with_ann_retrieval_change_sets_keep_a_fresh_builds_recall(trained_run, 
     live_recall, fresh_recall = recall(served), recall(top(fresh, False))
     print(f"recall@100 against exact: live {live_recall:.4f}, fresh build {fresh_recall:.4f}")
     assert live_recall >= fresh_recall - 0.01
+
+    # A compaction's new base (app/compact.py, built without a server): nothing embedded
+    # again, the final catalogue's products, a fresh build's recall. (These sets leave more
+    # than ann.MAX_STALE of the index stale: it is built whole; the next test updates one.)
+    from fusionrank.app.compact import build_compacted
+
+    compacted = build_compacted(live, tmp_path / "compacted")
+    assert compacted.manifest["index"]["titles_embedded"] == 0
+    new_base = top(compacted.repository, False)
+    assert set().union(*new_base) <= shop.ids()
+    assert recall(new_base) >= fresh_recall - 0.01
+
+
+def test_a_compaction_updates_the_served_faiss_index_rather_than_building_it_whole(
+        trained_run, model_dir, tmp_path):
+    from fusionrank.app.compact import build_compacted
+    from fusionrank.core.datasets import homedepot_catalogue
+    from fusionrank.core.product_table import ProductTable
+    from fusionrank.model_repository.config import served_version
+    from fusionrank.model_repository.runner import load_step
+
+    base, _ = homedepot_catalogue(trained_run.data)
+    live = build(base, model_dir, tmp_path / "live", trained_run.run,
+                 tmp_path / "embedding_cache", replace(LIVE, retrieval="ann"))
+    retitled = [replace(p, title=f"{p.title} deluxe") for p in base.products[:5]]
+    new = [Product(f"NEW-{i}", f"Zorbex garden lamp {i}") for i in range(5)]
+    (answer,) = load_step(live, "catalogue")([{"CHANGES": np.array(
+        [[change_lines(retitled + new, [])]], dtype=object)}])
+    assert json.loads(answer["REPORT"].reshape(-1)[0])["applied"]["added"] == [
+        p.product_id for p in new]
+
+    compacted = build_compacted(live, tmp_path / "compacted")
+
+    ann = compacted.manifest["retrieval"]["ann"]
+    assert (ann["carried"], ann["added"], ann["stale"]) == (len(base) - 5, 10, 5)
+    assert compacted.manifest["index"]["titles_embedded"] == 0
+    assert compacted.gathered.through == 1
+    table = ProductTable.open(served_version(compacted.repository, "search_steps")
+                              / "products.jsonl")
+    shop = Shop(list(base.products))
+    shop.apply(retitled + new, [])
+    assert [table.title(row) for row in range(len(table))] == [p.title for p in shop.products]
 
 
 def test_compaction_under_load_fails_no_search_and_serves_the_same_catalogue(live_build,
