@@ -46,11 +46,9 @@ def served_catalogue(folder: LiveFolder, base: LiveBase, table: ProductTable,
         raise NothingToCompact(f"the base already holds every applied change set (through "
                                f"{base.through}): nothing to compact")
     rows = CatalogueRows.of_table(table)
-    segments = []
-    for sequence in served:
-        segment = folder.read_segment(sequence, rows.rows)
+    segments = folder.read_segments(served, rows.rows)
+    for segment in segments:
         rows, _ = rows.apply(segment.changes)
-        segments.append(segment)
     live = np.flatnonzero(rows.live)
     in_base = live[live < len(table)]
     products = [json.loads(table.line(int(row))) for row in in_base]

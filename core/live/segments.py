@@ -26,12 +26,13 @@ between two requests (`LiveFolder.stamp` is one `stat`), and a request sees one 
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import functools
 import json
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,6 +54,18 @@ def live_folder(version_folder: str | Path) -> Path:
     """The live folder of the repository a model version folder belongs to
     (<out>/model_repository/<model>/<version> → <out>/live)."""
     return Path(version_folder).resolve().parents[2] / LIVE_FOLDER
+
+
+def replace_durably(path: Path, saved: dict) -> None:
+    """`path` replaced by `saved` as JSON in one rename, on disk (file and folder fsynced)
+    when this returns: a crash leaves the old file or the new one, whole."""
+    staging = path.with_name(path.name + ".staging")
+    with staging.open("w", encoding="utf-8") as out:
+        json.dump(saved, out)
+        out.flush()
+        os.fsync(out.fileno())
+    os.replace(staging, path)
+    fsync_folder(path.parent)
 
 
 class LiveGapError(RuntimeError):
@@ -169,15 +182,10 @@ class LiveFolder:
     def publish(self, state: LiveState) -> None:
         """Replace the state in one rename (after its segments are on disk)."""
         self.root.mkdir(parents=True, exist_ok=True)
-        staging = self.state_path.with_suffix(".staging")
-        with staging.open("w", encoding="utf-8") as out:
-            json.dump({"base": state.base, "segments": list(state.segments),
-                       "updated_at": state.updated_at, "rows": state.rows,
-                       "products": state.products, "encoder": state.encoder}, out)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(staging, self.state_path)
-        fsync_folder(self.root)
+        replace_durably(self.state_path, {
+            "base": state.base, "segments": list(state.segments),
+            "updated_at": state.updated_at, "rows": state.rows, "products": state.products,
+            "encoder": state.encoder})
 
     def segment_path(self, sequence: int) -> Path:
         return self.root / SEGMENTS / f"{sequence:012d}"
@@ -235,6 +243,19 @@ class LiveFolder:
         products = ProductTable.open(folder / "products.jsonl") if changes.upserts else None
         return Segment(sequence, changes, products, embeddings, first_row)
 
+    def read_segments(self, sequences: Sequence[int], first_row: int,
+                      read: Mapping[int, Segment] | None = None) -> list[Segment]:
+        """The segments of `sequences`, one after the other from row `first_row` (a base's
+        length); one of `read` (by sequence) is taken as it is where it starts at its row."""
+        out = []
+        for sequence in sequences:
+            segment = (read or {}).get(sequence)
+            if segment is None or segment.first_row != first_row:
+                segment = self.read_segment(sequence, first_row)
+            out.append(segment)
+            first_row += len(segment.changes.upserts)
+        return out
+
     def prune(self, through: int) -> LiveState:
         """Forget the change sets through `through`, once a base holding them is the only one
         served (`fusionrank catalogue compact`): their deletes go to compacted.json (the
@@ -242,16 +263,12 @@ class LiveFolder:
         then their folders and log records go."""
         with self.writing():
             state = self.state()
-            gone = self.withdrawn(LiveState(state.base, tuple(s for s in state.segments
-                                                          if s <= through)))
-            staging = self.root / (COMPACTED_FILE + ".staging")
-            staging.write_text(json.dumps({"through": through, "withdrawn": sorted(gone)}),
-                               encoding="utf-8")
-            with staging.open("rb") as handle:
-                os.fsync(handle.fileno())
-            os.replace(staging, self.root / COMPACTED_FILE)
-            kept = LiveState(state.base, tuple(s for s in state.segments if s > through),
-                             state.updated_at, state.rows, state.products, state.encoder)
+            gone = self.withdrawn(dataclasses.replace(
+                state, segments=tuple(s for s in state.segments if s <= through)))
+            replace_durably(self.root / COMPACTED_FILE,
+                            {"through": through, "withdrawn": sorted(gone)})
+            kept = dataclasses.replace(
+                state, segments=tuple(s for s in state.segments if s > through))
             self.publish(kept)
             self.remove_unlisted(kept)
             self.log.drop_through(through)

@@ -114,8 +114,7 @@ class CatalogueWriter:
             state = LiveState(self.version, kept, state.updated_at, rows.rows, rows.products,
                               self.base.encoder)
             self.folder.publish(state)
-        for sequence in served:
-            segment = self.folder.read_segment(sequence, rows.rows)
+        for segment in self.folder.read_segments(served, rows.rows):
             rows, _ = rows.apply(segment.changes)
             self._keep(segment.first_row, segment.titles, segment.embeddings)
         self.state, self.rows = state, rows

@@ -84,6 +84,7 @@ class Applied:
     key: tuple[tuple[int, int], ...]  # (sequence, first row) of each segment applied
     rows: CatalogueRows
     delta_titles: TitleTerms | None  # the segments' titles, parsed (None: no runtime)
+    delta_counts: TermCounts | None  # their BM25 term counts, merged into one (None: no runtime)
 
 
 @dataclass
@@ -96,8 +97,6 @@ class BaseSearch:
     live: LiveBase  # the change sets the base holds, and its encoder
     retrieval: object | None = None  # GraphRetrieval or AnnIndex: .search(vectors, k)
     runtime: SearchRuntime | None = None
-    # The segments' BM25 term counts, merged, for the segments of the last state built.
-    _delta_counts: tuple[tuple[tuple[int, int], ...], TermCounts] | None = None
     _applied: Applied | None = None  # the segments of the last state built, applied
 
     @functools.cached_property
@@ -114,34 +113,25 @@ class BaseSearch:
         return TitleBase(sources.titles, sources.term_vectors, sources.embeddings)
 
     def applied(self, segments: Sequence[Segment]) -> Applied:
-        """The rows after `segments`, and their titles parsed: carried on from the last state
-        where it is a beginning of this one (a stream of sets adds a few each time), else
-        from the base."""
+        """The rows after `segments`, their titles parsed and their BM25 term counts: carried
+        on from the last state where it is a beginning of this one (a stream of sets adds a
+        few each time), else from the base."""
         done = self._applied
         key = tuple((s.sequence, s.first_row) for s in segments)
         if done is None or key[:len(done.key)] != done.key:
-            done = Applied((), self.rows, TitleTerms([]) if self.runtime else None)
-        rows, terms = done.rows, done.delta_titles
+            done = Applied((), self.rows, *((TitleTerms([]), TermCounts(
+                len(self.table), np.zeros(0, dtype=np.float32), {})) if self.runtime
+                else (None, None)))
+        rows, terms, counts = done.rows, done.delta_titles, done.delta_counts
         new = segments[len(done.key):]
         for segment in new:
             rows, _ = rows.apply(segment.changes)
         if terms is not None and new:
             terms = merged(terms, TitleTerms([t for s in new for t in s.titles]))[0]
-        self._applied = Applied(key, rows, terms)
+            counts = counts.extended([TermCounts.of_titles(s.titles, s.first_row)
+                                      for s in new])
+        self._applied = Applied(key, rows, terms, counts)
         return self._applied
-
-    def delta_counts(self, segments: Sequence[Segment]) -> TermCounts:
-        """The segments' titles' BM25 term counts, as one: carried on from the last state
-        where it is a beginning of this one, so each segment's titles are counted once."""
-        key = tuple((s.sequence, s.first_row) for s in segments)
-        done_key, done = self._delta_counts or ((), None)
-        if done is None or key[:len(done_key)] != done_key:
-            done_key = ()
-            done = TermCounts(len(self.table), np.zeros(0, dtype=np.float32), {})
-        counts = done.extended([TermCounts.of_titles(s.titles, s.first_row)
-                                for s in segments[len(done_key):]])
-        self._delta_counts = (key, counts)
-        return counts
 
     @functools.cached_property
     def neutral_prior(self) -> float:
@@ -250,20 +240,20 @@ class LiveSearch:
         extends = (previous is not None and previous.runtime is not None
                    and applied.key[:len(previous.key)] == previous.key)
         runtime = None if base.runtime is None else _live_runtime(
-            base, segments, rows, applied.delta_titles, appended,
+            base, applied, appended,
             (previous.rows.live, previous.runtime.sources.term_vectors) if extends else None)
         return cls(state or LiveState(), rows, table, retrieval, runtime, applied.key)
 
 
-def _live_runtime(base: BaseSearch, segments: Sequence[Segment], rows: CatalogueRows,
-                  delta_titles: TitleTerms, appended: np.ndarray,
+def _live_runtime(base: BaseSearch, applied: Applied, appended: np.ndarray,
                   previous: tuple[np.ndarray, object] | None) -> SearchRuntime:
-    served = base.runtime
+    served, rows = base.runtime, applied.rows
     sources = served.sources
     embeddings = RowStack(sources.embeddings, appended)
-    lexical = LiveBM25(served.lexical, LiveLexical(
-        [base.term_counts, base.delta_counts(segments)], rows.live))
-    terms, term_vectors = extended(base.titles, delta_titles, rows.live, embeddings, previous)
+    lexical = LiveBM25(served.lexical, LiveLexical([base.term_counts, applied.delta_counts],
+                                                   rows.live))
+    terms, term_vectors = extended(base.titles, applied.delta_titles, rows.live, embeddings,
+                                   previous)
     in_base = _base_rows(base, rows)
     live_sources = FeatureSources(embeddings, terms, term_vectors, _live_priors(base, in_base),
                                   sources.memory, _memory_rows(base, rows, in_base))
@@ -335,14 +325,8 @@ class LiveSource:
         if not served:
             view = None
         else:
-            first_row = len(self.base.table)
-            segments = []
-            for sequence in served:
-                segment = self._segments.get(sequence)
-                if segment is None or segment.first_row != first_row:
-                    segment = self.folder.read_segment(sequence, first_row)
-                segments.append(segment)
-                first_row += len(segment.changes.upserts)
+            segments = self.folder.read_segments(served, len(self.base.table),
+                                                 self._segments)
             self._segments = {s.sequence: s for s in segments}
             view = LiveSearch.build(self.base, segments, state, previous=self.view)
         self.view, self._stamp, self._built_at = view, stamp, time.monotonic()

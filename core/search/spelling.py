@@ -81,17 +81,10 @@ class LiveSpeller(QuerySpeller):
 
     def __init__(self, base: QuerySpeller, frequency: Callable[[str], int],
                  new_terms: Mapping[str, int]):
-        self.base, self.frequency = base, frequency
+        self.base = base
+        self.count = functools.lru_cache(maxsize=REMEMBERED)(frequency)  # live titles holding it
         self.new = QuerySpeller(new_terms)
-        self._frequencies: dict[str, int] = {}
         self._remembered = functools.lru_cache(maxsize=REMEMBERED)(self._correction)
-
-    def count(self, term: str) -> int:
-        if term not in self._frequencies:
-            if len(self._frequencies) >= REMEMBERED:
-                self._frequencies.clear()
-            self._frequencies[term] = self.frequency(term)
-        return self._frequencies[term]
 
     def known(self, term: str) -> bool:
         return self.count(term) > 0
