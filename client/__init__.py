@@ -12,13 +12,14 @@ from fusionrank.client.errors import (
     ServerUnavailableError,
 )
 from fusionrank.client.recommend import Recommendations, RecommendedProduct
-from fusionrank.client.retry import RetryPolicy
+from fusionrank.client.retry import NEVER_RETRY, RetryPolicy
 from fusionrank.client.routing import ModelNames
 from fusionrank.client.search import ExplainedHit, ScorePart, SearchAnswer, SearchHit
 from fusionrank.client.sentiment import SentimentResult
 from fusionrank.client.sync import FusionRankClient
 
 __all__ = [
+    "NEVER_RETRY",
     "AppliedChanges",
     "AsyncFusionRankClient",
     "CatalogueAnswer",

@@ -7,7 +7,7 @@ instead of failing it. Bad input (INVALID_ARGUMENT), a model the server does not
 spent deadline are never retried, and no wait runs past the deadline.
 
     with FusionRankClient(["10.0.0.5:8001", "10.0.0.6:8001"], timeout_s=2) as client: ...
-    FusionRankClient(url, retry=RetryPolicy(attempts=1))     # never retry: see every failure
+    FusionRankClient(url, retry=NEVER_RETRY)                 # never retry: see every failure
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ import math
 from collections.abc import Callable
 
 from fusionrank.app.deploy.errors import RolloutRefused, first_line
-from fusionrank.client import FusionRankClient, FusionRankError, RetryPolicy
+from fusionrank.client import NEVER_RETRY, FusionRankClient, FusionRankError
 from fusionrank.core.recommend.contract import RECOMMEND_MODEL
 from fusionrank.core.search.contract import SEARCH_MODEL
 from fusionrank.core.sentiment.contract import SENTIMENT_MODEL
@@ -63,7 +63,7 @@ def check_answers(url: str, ensemble: str, probe: str, serving: bool) -> None:
     if ask is None:
         return
     try:
-        with FusionRankClient(url, retry=RetryPolicy(attempts=1),
+        with FusionRankClient(url, retry=NEVER_RETRY,
                               models={ensemble: probe}) as client:
             new = ask(client)
         old = None

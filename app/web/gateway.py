@@ -30,11 +30,11 @@ from fusionrank.app.web.schemas import (
     SentimentResult,
 )
 from fusionrank.client import (
+    NEVER_RETRY,
     AsyncFusionRankClient,
     ExplainedHit,
     FusionRankError,
     RecommendedProduct,
-    RetryPolicy,
 )
 from fusionrank.client.recommend import Purchase
 from fusionrank.core.recommend.contract import RECOMMEND_MODEL
@@ -50,7 +50,6 @@ PROBES: dict[str, Call] = {
     RECOMMEND_MODEL: lambda sdk: sdk.recommend([], k=1),
     SENTIMENT_MODEL: lambda sdk: sdk.sentiment(["health check"]),
 }
-PROBE_RETRY = RetryPolicy(attempts=1)  # a probe reports the server as it is now
 PROBE_STATE: dict[str, ModelState] = {"model_missing": "missing",
                                       "server_unavailable": "unavailable"}
 
@@ -81,9 +80,9 @@ class TritonGateway:
     def sdk(self, probe: bool = False) -> AsyncFusionRankClient:
         """The SDK client, made in the running event loop (gRPC's asyncio channel is bound to
         the loop that creates it)."""
-        if self._sdk[probe] is None:
+        if self._sdk[probe] is None:  # (a probe is never retried: it reports the server now)
             self._sdk[probe] = AsyncFusionRankClient(
-                self.url, timeout_s=self.timeout_s, **({"retry": PROBE_RETRY} if probe else {}))
+                self.url, timeout_s=self.timeout_s, **({"retry": NEVER_RETRY} if probe else {}))
         return self._sdk[probe]
 
     async def call(self, model: str, call: Call[T], probe: bool = False) -> tuple[T, float]:
