@@ -55,6 +55,10 @@ class Product:
         # in a fraction of its time.
         return {name: getattr(self, name) for name in PRODUCT_FIELDS}
 
+    def line(self) -> str:
+        """The product's row as products.jsonl holds it (a build's, a live segment's)."""
+        return json.dumps(self.to_dict(), ensure_ascii=False)
+
 
 PRODUCT_FIELDS = tuple(f.name for f in fields(Product))
 
@@ -130,7 +134,7 @@ class Catalogue:
     def write_jsonl(self, path: Path) -> None:
         with path.open("w", encoding="utf-8") as out:
             for product in self.products:
-                out.write(json.dumps(product.to_dict(), ensure_ascii=False) + "\n")
+                out.write(product.line() + "\n")
 
 
 def load_catalogue(path: str | Path, *, lenient: bool = False) -> tuple[Catalogue, LoadReport]:

@@ -5,7 +5,8 @@
     rows.products, rows.vectors, rows.through     # live rows in row order, their vectors
 
 The rows come in row order (the base's live rows, then each segment's), the order a rebuild of
-the final catalogue is equivalent to, and with the vectors the state serves: a compacted base
+the final catalogue is equivalent to, each with its last record (an update in place changes a
+row's record, not its place), and with the vectors the state serves: a compacted base
 embeds nothing again, and serves what the state served.
 """
 
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from fusionrank.core.catalogue import Product
 from fusionrank.core.live.rows import CatalogueRows
 from fusionrank.core.live.segments import LiveBase, LiveFolder
 from fusionrank.core.product_table import ProductTable
@@ -47,16 +49,19 @@ def served_catalogue(folder: LiveFolder, base: LiveBase, table: ProductTable,
                                f"{base.through}): nothing to compact")
     rows = CatalogueRows.of_table(table)
     segments = folder.read_segments(served, rows.rows)
+    updates: dict[int, Product] = {}  # row → its product's record, updated in place
     for segment in segments:
-        rows, _ = rows.apply(segment.changes)
+        rows, done = rows.apply(segment.changes, segment.updated)
+        by_id = segment.updates()
+        updates.update({row: by_id[product_id] for product_id, row in done.updated.items()})
     live = np.flatnonzero(rows.live)
     in_base = live[live < len(table)]
-    products = [json.loads(table.line(int(row))) for row in in_base]
+    products = [updates[row].to_dict() if row in updates else json.loads(table.line(row))
+                for row in in_base.tolist()]
     gathered = [np.asarray(vectors[in_base], dtype=np.float32)]
     for segment in segments:
-        own = live[(live >= segment.first_row)
-                   & (live < segment.first_row + len(segment.changes.upserts))]
-        own = own - segment.first_row
-        products += [segment.changes.upserts[int(i)].to_dict() for i in own]
-        gathered.append(segment.embeddings[own])
+        own = live[(live >= segment.first_row) & (live < segment.first_row + segment.rows)]
+        products += [updates.get(row, segment.appended[row - segment.first_row]).to_dict()
+                     for row in own.tolist()]
+        gathered.append(segment.embeddings[own - segment.first_row])
     return ServedCatalogue(products, np.concatenate(gathered), served[-1], rows.rows)

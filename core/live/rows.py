@@ -1,10 +1,14 @@
 """Which catalogue row serves each product id while change sets arrive (docs/live_catalogue.md).
 
 A base has rows 0..n-1. Each change set appends a row for every upserted product, new or
-changed, and kills the row it replaces; a delete kills its row. Rows are never reused or moved,
-so every array indexed by row (embeddings, title features, BM25 postings, ANN entries) only
-grows, and a request holding one `CatalogueRows` keeps a consistent view while the next is
-made: `apply` returns a new object and leaves this one as it was.
+retitled, and kills the row it replaces; a delete kills its row. An upsert that keeps its
+product's title (a price, a brand, a description: nothing search reads) is a field update: the
+product keeps its row, and only its record changes (as Vespa updates attribute fields in place
+rather than reindexing the document), so a stream of price changes leaves every search
+structure as it was. Rows are never reused or moved, so every array indexed by row
+(embeddings, title features, BM25 postings, ANN entries) only grows, and a request holding one
+`CatalogueRows` keeps a consistent view while the next is made: `apply` returns a new object
+and leaves this one as it was.
 
 The base's id → row dict is shared by every later view, never copied (a million ids); what
 changed since the base lives in a small overlay that compaction folds into the next base.
@@ -12,7 +16,7 @@ changed since the base lives in a small overlay that compaction folds into the n
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,6 +32,12 @@ class RowChanges:
     added: dict[str, int]  # upserted id → its new row (in the set's order)
     killed: np.ndarray  # int64 rows no longer live (replaced or deleted), ascending
     report: ChangeReport
+    updated: dict[str, int]  # id updated in place (its title kept) → the row it keeps
+
+    @property
+    def moved(self) -> bool:
+        """Whether the set added or killed a row (else every row-indexed structure stands)."""
+        return bool(self.added) or bool(len(self.killed))
 
 
 class CatalogueRows:
@@ -79,13 +89,22 @@ class CatalogueRows:
         """Every live product's row (a full pass: for checks and compaction, not requests)."""
         return {str(self.ids[row]): int(row) for row in np.flatnonzero(self.live)}
 
-    def apply(self, changes: ChangeSet) -> tuple[CatalogueRows, RowChanges]:
-        """The rows after `changes`, and what they did; this object is left unchanged."""
+    def apply(self, changes: ChangeSet, updated: Collection[str] = ()
+              ) -> tuple[CatalogueRows, RowChanges]:
+        """The rows after `changes`, and what they did; this object is left unchanged.
+        `updated`: the upserted ids whose title the set keeps (the writer compares them, and
+        its segment records them), each updated in its row."""
         report = changes.against(self)
+        kept = {product_id: self.row_of(product_id) for product_id in updated}
+        upserted = {p.product_id for p in changes.upserts}
+        if None in kept.values() or not kept.keys() <= upserted:
+            raise ValueError("only a product the set upserts and the catalogue holds is "
+                             f"updated in place: {sorted(kept)}")
         killed = [row for product_id in report.changed + report.deleted
-                  if (row := self.row_of(product_id)) is not None]
+                  if product_id not in kept and (row := self.row_of(product_id)) is not None]
         start = self.rows
-        added = {p.product_id: start + i for i, p in enumerate(changes.upserts)}
+        added = {p.product_id: start + i for i, p in enumerate(
+            p for p in changes.upserts if p.product_id not in kept)}
         overlay = dict(self._overlay)
         overlay.update(added)
         overlay.update(dict.fromkeys(report.deleted))
@@ -93,4 +112,4 @@ class CatalogueRows:
         live[killed] = False
         ids = np.concatenate([self.ids, np.asarray(list(added), dtype=object)])
         return (CatalogueRows(self._base, ids, live, overlay),
-                RowChanges(added, np.sort(np.asarray(killed, dtype=np.int64)), report))
+                RowChanges(added, np.sort(np.asarray(killed, dtype=np.int64)), report, kept))

@@ -3,8 +3,11 @@ which segments the servers serve.
 
     <live>/changes.log                      every accepted change set (log.py)
     <live>/segments/<sequence>/changes.jsonl  one applied set, as logged
-                               products.jsonl its upserted rows (as a build writes rows)
+                               products.jsonl its appended rows (new or retitled products,
+                                              as a build writes rows)
                                embeddings.npy their title vectors, in the set's order
+                               updated.json   the ids it updated in place (title kept,
+                                              core/live/rows.py; absent: none)
     <live>/state.json                       the segments served, and the encoder of their vectors
     <live>/compacted.json                   what compaction folded into a base: its last
                                             sequence, and the ids its sets left deleted
@@ -32,13 +35,14 @@ import functools
 import json
 import os
 import shutil
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from fusionrank.core.catalogue import Product
 from fusionrank.core.live.changes import ChangeSet, parse_changes
 from fusionrank.core.live.log import ChangeLog, fsync_folder
 from fusionrank.core.product_table import ProductTable
@@ -47,6 +51,7 @@ STATE_FILE = "state.json"
 COMPACTED_FILE = "compacted.json"
 WRITER_LOCK = ".writer.lock"
 SEGMENTS = "segments"
+UPDATED_FILE = "updated.json"
 LIVE_FOLDER = "live"  # beside the model repository: <build out>/live
 
 
@@ -121,17 +126,31 @@ class LiveState:
 
 @dataclass(frozen=True)
 class Segment:
-    """One applied change set: its changes, its upserted rows and their vectors."""
+    """One applied change set: its changes, the rows it appended (new or retitled products)
+    and their vectors, and the products it updated in their rows."""
 
     sequence: int
     changes: ChangeSet
-    products: ProductTable | None  # None: the set upserts nothing
-    embeddings: np.ndarray  # float32 [upserts, d]
-    first_row: int  # the row of its first upsert
+    products: ProductTable | None  # the appended rows (None: the set appends none)
+    embeddings: np.ndarray  # float32 [appended, d]
+    first_row: int  # the row of its first appended product
+    updated: frozenset[str] = frozenset()  # ids updated in place
+
+    @functools.cached_property
+    def appended(self) -> tuple[Product, ...]:
+        return tuple(p for p in self.changes.upserts if p.product_id not in self.updated)
+
+    @property
+    def rows(self) -> int:
+        return len(self.appended)
 
     @property
     def titles(self) -> list[str]:
-        return [p.title for p in self.changes.upserts]
+        return [p.title for p in self.appended]
+
+    def updates(self) -> dict[str, Product]:
+        """The products updated in place, by id."""
+        return {p.product_id: p for p in self.changes.upserts if p.product_id in self.updated}
 
 
 @dataclass
@@ -190,8 +209,10 @@ class LiveFolder:
     def segment_path(self, sequence: int) -> Path:
         return self.root / SEGMENTS / f"{sequence:012d}"
 
-    def write_segment(self, sequence: int, changes: ChangeSet, embeddings: np.ndarray) -> None:
-        """The segment of one change set, whole or not at all."""
+    def write_segment(self, sequence: int, changes: ChangeSet, embeddings: np.ndarray,
+                      updated: Collection[str] = ()) -> None:
+        """The segment of one change set, whole or not at all: `embeddings` are those of the
+        upserts not `updated` in place, in the set's order."""
         final = self.segment_path(sequence)
         staging = final.with_name(final.name + ".staging")
         shutil.rmtree(staging, ignore_errors=True)
@@ -200,7 +221,10 @@ class LiveFolder:
                                                encoding="utf-8")
         with (staging / "products.jsonl").open("w", encoding="utf-8") as out:
             for product in changes.upserts:
-                out.write(json.dumps(product.to_dict(), ensure_ascii=False) + "\n")
+                if product.product_id not in updated:
+                    out.write(product.line() + "\n")
+        (staging / UPDATED_FILE).write_text(json.dumps(sorted(updated)) + "\n",
+                                            encoding="utf-8")
         np.save(staging / "embeddings.npy", np.ascontiguousarray(embeddings, dtype=np.float32))
         for path in staging.iterdir():
             with path.open("rb") as handle:
@@ -236,12 +260,16 @@ class LiveFolder:
     def read_segment(self, sequence: int, first_row: int) -> Segment:
         folder = self.segment_path(sequence)
         changes = self.read_changes(sequence)
+        try:  # (a segment of an earlier version appended every upsert)
+            updated = frozenset(json.loads((folder / UPDATED_FILE).read_text(encoding="utf-8")))
+        except FileNotFoundError:
+            updated = frozenset()
         embeddings = np.load(folder / "embeddings.npy")
-        if len(embeddings) != len(changes.upserts):
-            raise ValueError(f"{folder}: {len(embeddings)} vectors for "
-                             f"{len(changes.upserts)} upserts")
-        products = ProductTable.open(folder / "products.jsonl") if changes.upserts else None
-        return Segment(sequence, changes, products, embeddings, first_row)
+        rows = len(changes.upserts) - len(updated)
+        if len(embeddings) != rows:
+            raise ValueError(f"{folder}: {len(embeddings)} vectors for {rows} appended rows")
+        products = ProductTable.open(folder / "products.jsonl") if rows else None
+        return Segment(sequence, changes, products, embeddings, first_row, updated)
 
     def read_segments(self, sequences: Sequence[int], first_row: int,
                       read: Mapping[int, Segment] | None = None) -> list[Segment]:
@@ -253,7 +281,7 @@ class LiveFolder:
             if segment is None or segment.first_row != first_row:
                 segment = self.read_segment(sequence, first_row)
             out.append(segment)
-            first_row += len(segment.changes.upserts)
+            first_row += segment.rows
         return out
 
     def prune(self, through: int) -> LiveState:

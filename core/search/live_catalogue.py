@@ -1,6 +1,6 @@
 """Change sets applied to a served catalogue: the `catalogue` model's job (docs/live_catalogue.md).
 
-    writer = CatalogueWriter(live_folder, version, base, table, vectors, encode)  # + pending
+    writer = CatalogueWriter(live_folder, version, base, table, dimension, encode)  # + pending
     report = writer.apply(parse_changes(data))     # logged, embedded, published: searchable
 
 Order of work, and why:
@@ -10,7 +10,8 @@ Order of work, and why:
    later point is repaired by the next start, which applies what the log holds beyond the
    published state (`CatalogueWriter.__init__`);
 3. only its new or retitled products' titles are embedded, with the encoder that embedded the
-   base;
+   base; an upsert that keeps its product's title is an update in place (core/live/rows.py),
+   embedded by nobody;
 4. its segment is written whole, then the state naming it replaces the old one in one rename:
    the search processes see the state before the set or after it, never a part.
 One writer per live folder (the `catalogue` model runs one copy, and the log's lock serialises
@@ -69,16 +70,14 @@ class LiveStatus:
 
 
 class CatalogueWriter:
-    """`table` and `vectors`: the base's products and their embeddings (an upsert that keeps
-    its product's title, a price change say, keeps its vector rather than being embedded
-    again: a rebuild's embedding cache, keyed by the title, would give it the same one).
-    `base`: the change sets the base already holds, and its encoder."""
+    """`table`: the base's products; `dimension`: its title vectors'; `base`: the change sets
+    the base already holds, and its encoder (`encode` embeds with the same)."""
 
     def __init__(self, root: str | Path, version: str, base: LiveBase, table: ProductTable,
-                 vectors: np.ndarray, encode: Encode):
+                 dimension: int, encode: Encode):
         self.folder = LiveFolder(Path(root))
         self.version, self.base, self.encode = version, base, encode
-        self.table, self.vectors = table, vectors
+        self.table, self.dimension = table, dimension
         self._stamp: tuple[int, int, int] | None = None
         with self.folder.writing():
             self._load()
@@ -102,7 +101,7 @@ class CatalogueWriter:
     def _load(self) -> None:
         """The rows of the published state on this base, then every logged set after it
         applied (a crash, a restart, or sets a deploy's other writer took)."""
-        self.appended: dict[int, tuple[str, np.ndarray]] = {}  # a segment row's title, vector
+        self.appended: dict[int, str] = {}  # a segment row's title
         rows = CatalogueRows.of_table(self.table)
         state = self.folder.state()
         served = state.served_on(self.base)
@@ -115,8 +114,8 @@ class CatalogueWriter:
                               self.base.encoder)
             self.folder.publish(state)
         for segment in self.folder.read_segments(served, rows.rows):
-            rows, _ = rows.apply(segment.changes)
-            self._keep(segment.first_row, segment.titles, segment.embeddings)
+            rows, _ = rows.apply(segment.changes, segment.updated)
+            self._keep(segment.first_row, segment.titles)
         self.state, self.rows = state, rows
         # Segments no state names: written before a crash and never published, or another
         # encoder's.
@@ -127,13 +126,15 @@ class CatalogueWriter:
         self._stamp = self.folder.stamp()
 
     def _apply(self, sequence: int, changes: ChangeSet, start: float) -> ApplyReport:
-        rows, done = self.rows.apply(changes)
-        titles = [product.title for product in changes.upserts]
+        updated = self._updated(changes)
+        rows, done = self.rows.apply(changes, updated)
+        titles = [p.title for p in changes.upserts if p.product_id not in updated]
         embed_start = time.perf_counter()
-        vectors = self._vectors(changes)
+        vectors = np.asarray(self.encode(titles), dtype=np.float32) if titles else \
+            np.zeros((0, self.dimension), np.float32)
         embed_seconds = time.perf_counter() - embed_start
-        self.folder.write_segment(sequence, changes, vectors)
-        self._keep(self.rows.rows, titles, vectors)
+        self.folder.write_segment(sequence, changes, vectors, updated)
+        self._keep(self.rows.rows, titles)
         state = LiveState(self.version, (*self.state.segments, sequence), time.time(),
                           rows.rows, rows.products, self.base.encoder)
         self.folder.publish(state)
@@ -143,27 +144,15 @@ class CatalogueWriter:
                            report.unknown_deletes, rows.products, len(state.segments),
                            round(time.perf_counter() - start, 4), round(embed_seconds, 4))
 
-    def _vectors(self, changes: ChangeSet) -> np.ndarray:
-        """The upserts' title vectors: the current row's where the title is unchanged, the
-        rest embedded in one call."""
-        out: list[np.ndarray | None] = []
-        for product in changes.upserts:
-            row = self.rows.row_of(product.product_id)
-            title, vector = (None, None) if row is None else self._row(row)
-            out.append(vector if title == product.title else None)
-        missing = [i for i, vector in enumerate(out) if vector is None]
-        if missing:
-            for i, vector in zip(missing, self.encode([changes.upserts[i].title
-                                                       for i in missing]), strict=True):
-                out[i] = vector
-        dimension = self.vectors.shape[1]
-        return np.stack(out).astype(np.float32) if out else np.zeros((0, dimension), np.float32)
+    def _updated(self, changes: ChangeSet) -> frozenset[str]:
+        """The upserts that keep their product's title: updated in place, not embedded (a
+        rebuild's embedding cache, keyed by the title, would give them the vector they have)."""
+        return frozenset(p.product_id for p in changes.upserts
+                         if (row := self.rows.row_of(p.product_id)) is not None
+                         and self._title(row) == p.title)
 
-    def _row(self, row: int) -> tuple[str, np.ndarray]:
-        if row < len(self.table):
-            return self.table.title(row), np.asarray(self.vectors[row], dtype=np.float32)
-        return self.appended[row]
+    def _title(self, row: int) -> str:
+        return self.table.title(row) if row < len(self.table) else self.appended[row]
 
-    def _keep(self, first_row: int, titles: list[str], vectors: np.ndarray) -> None:
-        for offset, (title, vector) in enumerate(zip(titles, vectors, strict=True)):
-            self.appended[first_row + offset] = (title, vector)
+    def _keep(self, first_row: int, titles: list[str]) -> None:
+        self.appended.update(enumerate(titles, start=first_row))

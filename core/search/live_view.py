@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
+from fusionrank.core.catalogue import Product
 from fusionrank.core.live.rows import CatalogueRows
 from fusionrank.core.live.segments import LiveBase, LiveFolder, LiveState, Segment
 from fusionrank.core.product_table import ProductRows, ProductTable
@@ -57,10 +58,11 @@ class RowStack:
 
 
 class RowTable(ProductRows):
-    """Product rows as JSON lines: the base's `products.jsonl`, then each segment's."""
+    """Product rows as JSON lines: the base's `products.jsonl`, then each segment's, and over
+    them the records of the rows updated in place."""
 
-    def __init__(self, tables: Sequence[ProductTable]):
-        self.tables = list(tables)
+    def __init__(self, tables: Sequence[ProductTable], updated: Mapping[int, Product]):
+        self.tables, self.updated = list(tables), updated
         self.starts = np.cumsum([0] + [len(t) for t in self.tables])
 
     def __len__(self) -> int:
@@ -71,10 +73,14 @@ class RowTable(ProductRows):
         return self.tables[part], row - int(self.starts[part])
 
     def line(self, row: int) -> bytes:
+        if (product := self.updated.get(row)) is not None:
+            return product.line().encode("utf-8")
         table, own = self._locate(row)
         return table.line(own)
 
     def field(self, row: int, name: str):
+        if (product := self.updated.get(row)) is not None:
+            return getattr(product, name)
         table, own = self._locate(row)
         return table.field(own, name)
 
@@ -85,6 +91,9 @@ class Applied:
     rows: CatalogueRows
     delta_titles: TitleTerms | None  # the segments' titles, parsed (None: no runtime)
     delta_counts: TermCounts | None  # their BM25 term counts, merged into one (None: no runtime)
+    updated: dict[int, Product]  # row → its product's record, where updated in place
+    moved: int  # how many of the segments, from the first, end with the last that added or
+    # killed a row (the ones after it updated records only: every row-indexed structure stands)
 
 
 @dataclass
@@ -121,16 +130,21 @@ class BaseSearch:
         if done is None or key[:len(done.key)] != done.key:
             done = Applied((), self.rows, *((TitleTerms([]), TermCounts(
                 len(self.table), np.zeros(0, dtype=np.float32), {})) if self.runtime
-                else (None, None)))
+                else (None, None)), {}, 0)
         rows, terms, counts = done.rows, done.delta_titles, done.delta_counts
+        updated, moved = dict(done.updated), done.moved
         new = segments[len(done.key):]
-        for segment in new:
-            rows, _ = rows.apply(segment.changes)
-        if terms is not None and new:
-            terms = merged(terms, TitleTerms([t for s in new for t in s.titles]))[0]
+        for position, segment in enumerate(new, start=len(done.key) + 1):
+            rows, changed = rows.apply(segment.changes, segment.updated)
+            by_id = segment.updates()
+            updated.update({row: by_id[i] for i, row in changed.updated.items()})
+            moved = position if changed.moved else moved
+        appended = [s for s in new if s.rows]
+        if terms is not None and appended:
+            terms = merged(terms, TitleTerms([t for s in appended for t in s.titles]))[0]
             counts = counts.extended([TermCounts.of_titles(s.titles, s.first_row)
-                                      for s in new])
-        self._applied = Applied(key, rows, terms, counts)
+                                      for s in appended])
+        self._applied = Applied(key, rows, terms, counts, updated, moved)
         return self._applied
 
     @functools.cached_property
@@ -230,18 +244,29 @@ class LiveSearch:
         is one this one extends, lends it what did not change since."""
         applied = base.applied(segments)
         rows = applied.rows
+        table = RowTable([base.table, *(s.products for s in segments if s.products)],
+                         applied.updated)
+        if applied.moved == 0:
+            # The segments only updated records in place (prices, say): the base's own rows
+            # serve, and its structures, with no live layer over them.
+            return cls(state or LiveState(), rows, table, base.retrieval, base.runtime,
+                       applied.key)
+        extends = (previous is not None and applied.key[:len(previous.key)] == previous.key)
+        if extends and applied.moved <= len(previous.key):
+            # Only records changed since: the rows, and every structure indexed by them, are
+            # the previous state's.
+            return cls(state or LiveState(), rows, table, previous.retrieval, previous.runtime,
+                       applied.key)
         vectors = [s.embeddings for s in segments if len(s.embeddings)]
         dimension = vectors[0].shape[1] if vectors else (
             base.runtime.sources.embeddings.shape[1] if base.runtime else 0)
         appended = np.concatenate([np.zeros((0, dimension), np.float32), *vectors])
-        table = RowTable([base.table, *(s.products for s in segments if s.products)])
         retrieval = None if base.retrieval is None else LiveRetrieval(
             base.retrieval, len(base.table), rows.live, appended)
-        extends = (previous is not None and previous.runtime is not None
-                   and applied.key[:len(previous.key)] == previous.key)
+        lends = extends and previous.runtime is not None and previous.runtime is not base.runtime
         runtime = None if base.runtime is None else _live_runtime(
             base, applied, appended,
-            (previous.rows.live, previous.runtime.sources.term_vectors) if extends else None)
+            (previous.rows.live, previous.runtime.sources.term_vectors) if lends else None)
         return cls(state or LiveState(), rows, table, retrieval, runtime, applied.key)
 
 

@@ -45,7 +45,7 @@ class ApplyChanges:
         # Applies what the log holds beyond the published state (a crash, a restart).
         self.writer = CatalogueWriter(live_folder(folder), folder.name,
                                       LiveBase.read(folder / artefacts.LIVE_BASE), table,
-                                      vectors, encoder.encode)
+                                      vectors.shape[1], encoder.encode)
 
     def __call__(self, requests: list[Tensors]) -> list[Tensors | RequestError]:
         return [self.answer(request) for request in requests]

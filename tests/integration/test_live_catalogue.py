@@ -23,22 +23,28 @@ LIVE = ServingOptions(onnx_threads=1, max_queue_delay_us=100, response_cache=Fal
 @dataclass
 class Shop:
     """The catalogue a sequence of change sets leaves: ids in the order a rebuild of it serves
-    them (a product keeps its place until it changes; a changed or new one goes last), kept
-    here by plain list operations, independently of the code under test."""
+    them (a product keeps its place until its title changes, a new price taking effect there;
+    a retitled or new one goes last), kept here by plain list operations, independently of
+    the code under test."""
 
     products: list[Product]
 
     def apply(self, upserts: list[Product], deletes: list[str]) -> None:
-        touched = {p.product_id for p in upserts} | set(deletes)
-        self.products = [p for p in self.products if p.product_id not in touched] + upserts
+        titles = {p.product_id: p.title for p in self.products}
+        in_place = {p.product_id: p for p in upserts if titles.get(p.product_id) == p.title}
+        touched = {p.product_id for p in upserts} - in_place.keys() | set(deletes)
+        self.products = [in_place.get(p.product_id, p) for p in self.products
+                         if p.product_id not in touched] + \
+            [p for p in upserts if p.product_id not in in_place]
 
     def ids(self) -> set[str]:
         return {p.product_id for p in self.products}
 
 
 def change_sets(base: list[Product], rng: random.Random) -> list[tuple[list[Product], list[str]]]:
-    """Four sets of upserts (new products, changed titles and prices) and deletes, judged
-    products among them; a product deleted then added again; an unknown id deleted."""
+    """Four sets of upserts (new products, changed titles and prices, prices alone) and
+    deletes, judged products among them; a product deleted then added again; an unknown id
+    deleted."""
     words = sorted({w for p in base for w in p.title.split()})
     shop = Shop(list(base))
     sets = []
@@ -54,8 +60,12 @@ def change_sets(base: list[Product], rng: random.Random) -> list[tuple[list[Prod
             back = next(p for p in base if p.product_id in sets[0][1])
             new.append(back)
             deletes.append("NOT-A-PRODUCT")
-        sets.append((changed + new, deletes))
-        shop.apply(changed + new, [d for d in deletes if d in shop.ids()])
+        held_now = {p.product_id: p for p in shop.products}
+        taken = {p.product_id for p in changed + new} | set(deletes)
+        priced = [replace(held_now[i], price=100.0 + step)
+                  for i in rng.sample(sorted(held_now.keys() - taken), 6)]
+        sets.append((changed + new + priced, deletes))
+        shop.apply(changed + new + priced, [d for d in deletes if d in shop.ids()])
     return sets
 
 
@@ -82,6 +92,16 @@ def search(ensemble, queries: list[str]) -> tuple[np.ndarray, np.ndarray]:
     return answer["PRODUCT_IDS"], answer["SCORES"]
 
 
+def served_prices(ensemble, queries: list[str]) -> dict[str, float | None]:
+    """id → price of every product the queries' answers carry."""
+    answer = ensemble({
+        "QUERY": np.array([[q.encode()] for q in queries], dtype=object),
+        "K": np.full((len(queries), 1), K, dtype=np.int32),
+        "DETAIL": np.array([[b"products"]] * len(queries), dtype=object)})
+    records = [json.loads(line) for line in answer["PRODUCTS"].ravel()]
+    return {r["product_id"]: r["price"] for r in records}
+
+
 def test_after_change_sets_the_served_ranking_equals_a_rebuild_of_the_final_catalogue(
         trained_run, model_dir, tmp_path, monkeypatch):
     from fusionrank.core.datasets import homedepot_catalogue
@@ -106,10 +126,16 @@ def test_after_change_sets_the_served_ranking_equals_a_rebuild_of_the_final_cata
         assert report["applied"]["unknown_deletes"] == [d for d in deletes if d not in known]
         shop.apply(upserts, known)
         assert report["status"]["products"] == len(shop.products)
-        if step == 1:  # a state served in between: the next one is built on from it
+        if step in (1, 3):  # a state served in between: the next one is built on from it
             search(served, trained_run.queries[:5])
-    queries = trained_run.queries[:40] + [p.title for p in sets[1][0][-3:]]
+    # Last, prices alone: updated in place, served on the structures of the state before.
+    queries = trained_run.queries[:40] + [p.title for p in sets[1][0][-9:-6]]  # new
+    priced = [replace(p, price=7.25) for p in shop.products
+              if p.product_id.encode() in set(search(served, queries)[0].ravel())][:10]
+    apply([{"CHANGES": np.array([[change_lines(priced, [])]], dtype=object)}])
+    shop.apply(priced, [])
     live_ids, live_scores = search(served, queries)
+    assert served_prices(served, queries).items() >= {p.product_id: 7.25 for p in priced}.items()
 
     rebuilt = build(Catalogue(shop.products, source="final"), model_dir, tmp_path / "rebuilt",
                     trained_run.run, cache, replace(LIVE, live_catalogue=False))
@@ -181,9 +207,10 @@ def test_a_served_change_is_searchable_when_apply_returns_and_bad_sets_change_no
         assert "1 added, 1 changed, 0 deleted" in capsys.readouterr().out
         eventually(lambda: [(p.product_id, p.price) for p in served(
             client, "zorbex quantum garden gnome")][:1] == [("LIVE-1", 12.5)], "the new product")
-        # The shop shows the new price (and the product keeps its place in the results).
-        eventually(lambda: any(p.product_id == first.product_id and p.price == 1234.5
-                               for p in served(client, "cordless drill")), "the new price")
+        # The shop shows the new price, and the product keeps its place in the results (a
+        # price change is an update in place: its row, and so its scores, stay).
+        eventually(lambda: [(p.product_id, p.price) for p in served(
+            client, "cordless drill")][:1] == [(first.product_id, 1234.5)], "the new price")
 
         answer = client.apply_changes([{"op": "delete", "product_id": first.product_id},
                                        {"op": "delete", "product_id": "NO-SUCH-ID"}])

@@ -20,13 +20,14 @@ from fusionrank.core.product_table import ProductTable
 from fusionrank.core.search.live_catalogue import CatalogueWriter
 
 ENCODER = "e" * 64
+DIM = 8
 
 
 def encode(titles: list[str]) -> np.ndarray:
     """A fixed vector per title (the writer's bookkeeping is under test here, not the
     encoder: the integration tests embed with the real one)."""
     out = np.stack([np.random.default_rng(int.from_bytes(hashlib.sha256(t.encode()).digest()[:4],
-                                                         "little")).normal(size=8)
+                                                         "little")).normal(size=DIM)
                     for t in titles]).astype(np.float32)
     return out / np.linalg.norm(out, axis=1, keepdims=True)
 
@@ -49,36 +50,36 @@ def upsert(product_id: str, title: str, price: float | None = None) -> dict:
 def live_products(writer: CatalogueWriter) -> dict[str, str]:
     """id → title of every live product the writer's rows hold."""
     rows = writer.rows.live_ids()
-    return {product_id: writer._row(row)[0] for product_id, row in rows.items()}
+    return {product_id: writer._title(row) for product_id, row in rows.items()}
 
 
 def test_a_compacted_base_serves_with_the_later_sets_what_the_old_one_serves(tmp_path):
     root = tmp_path / "live"
     table, vectors = base_files(tmp_path / "v1", [
         {"product_id": f"P{i}", "title": f"product {i}"} for i in range(6)])
-    old = CatalogueWriter(root, "1", LiveBase(0, ENCODER), table, vectors, encode)
+    old = CatalogueWriter(root, "1", LiveBase(0, ENCODER), table, DIM, encode)
     old.apply(changes(upsert("P1", "product 1 renamed"), upsert("N1", "new one", 2.0),
                       {"op": "delete", "product_id": "P2"}))
     old.apply(changes(upsert("P3", "product 3", 9.5), {"op": "delete", "product_id": "N1"}))
 
     gathered = served_catalogue(LiveFolder(root), LiveBase(0, ENCODER), table, vectors)
-    assert gathered.through == 2 and gathered.rows == 6 + 2 + 1
-    assert [p["product_id"] for p in gathered.products] == ["P0", "P4", "P5", "P1", "P3"]
-    assert gathered.products[-1]["price"] == 9.5
+    assert gathered.through == 2 and gathered.rows == 6 + 2  # the price change kept its row
+    assert [p["product_id"] for p in gathered.products] == ["P0", "P3", "P4", "P5", "P1"]
+    assert gathered.products[1]["price"] == 9.5
     # The vectors the state served: a price change kept its title's vector, a retitle's is new.
-    np.testing.assert_array_equal(gathered.vectors[-1], vectors[3])
-    np.testing.assert_array_equal(gathered.vectors[-2], encode(["product 1 renamed"])[0])
+    np.testing.assert_array_equal(gathered.vectors[1], vectors[3])
+    np.testing.assert_array_equal(gathered.vectors[-1], encode(["product 1 renamed"])[0])
 
     # The compacted base loads beside the old one (a deploy) and takes the next set.
     new_table, _ = base_files(tmp_path / "v2", gathered.products)
-    new = CatalogueWriter(root, "2", LiveBase(2, ENCODER), new_table, gathered.vectors, encode)
+    new = CatalogueWriter(root, "2", LiveBase(2, ENCODER), new_table, DIM, encode)
     assert new.state.segments == (1, 2)  # kept for the old base, which still serves
     new.apply(changes(upsert("N2", "newer one"), {"op": "delete", "product_id": "P0"}))
     # The old writer, still loaded, sees that set before it applies its own.
     old.apply(changes(upsert("P4", "product 4 again")))
     assert "N2" in live_products(old)
     new.apply(changes(upsert("N3", "newest")))
-    restarted = CatalogueWriter(root, "1", LiveBase(0, ENCODER), table, vectors, encode)
+    restarted = CatalogueWriter(root, "1", LiveBase(0, ENCODER), table, DIM, encode)
     assert live_products(restarted) == live_products(new) == {
         "P1": "product 1 renamed", "P3": "product 3", "P4": "product 4 again", "P5": "product 5",
         "N2": "newer one", "N3": "newest"}
@@ -93,7 +94,7 @@ def test_a_prune_forgets_the_folded_sets_but_not_their_deletes(tmp_path):
     root = tmp_path / "live"
     table, vectors = base_files(tmp_path / "v1", [
         {"product_id": f"P{i}", "title": f"product {i}"} for i in range(4)])
-    writer = CatalogueWriter(root, "1", LiveBase(0, ENCODER), table, vectors, encode)
+    writer = CatalogueWriter(root, "1", LiveBase(0, ENCODER), table, DIM, encode)
     writer.apply(changes({"op": "delete", "product_id": "P0"},
                          {"op": "delete", "product_id": "P1"}))
     writer.apply(changes(upsert("P1", "product 1 back")))
@@ -101,7 +102,7 @@ def test_a_prune_forgets_the_folded_sets_but_not_their_deletes(tmp_path):
     gathered = served_catalogue(folder, LiveBase(0, ENCODER), table, vectors)
     writer.apply(changes({"op": "delete", "product_id": "P2"}))
     new_table, _ = base_files(tmp_path / "v2", gathered.products)
-    compacted = CatalogueWriter(root, "2", LiveBase(2, ENCODER), new_table, gathered.vectors,
+    compacted = CatalogueWriter(root, "2", LiveBase(2, ENCODER), new_table, DIM,
                                 encode)
     before = folder.withdrawn(folder.state())
     assert before == {"P0", "P2"}
@@ -122,15 +123,15 @@ def test_a_prune_forgets_the_folded_sets_but_not_their_deletes(tmp_path):
     with pytest.raises(LiveGapError, match="compacted through 2"):
         writer.apply(changes(upsert("P9", "too late")))
     with pytest.raises(LiveGapError):
-        CatalogueWriter(root, "0", LiveBase(0, ENCODER), table, vectors, encode)
+        CatalogueWriter(root, "0", LiveBase(0, ENCODER), table, DIM, encode)
     assert folder.state().segments == (3, 4)  # and changed nothing
 
 
 def test_a_new_encoder_embeds_every_set_after_its_base_again(tmp_path):
     root = tmp_path / "live"
-    table, vectors = base_files(tmp_path / "v1", [
+    table, _ = base_files(tmp_path / "v1", [
         {"product_id": f"P{i}", "title": f"product {i}"} for i in range(3)])
-    writer = CatalogueWriter(root, "1", LiveBase(0, ENCODER), table, vectors, encode)
+    writer = CatalogueWriter(root, "1", LiveBase(0, ENCODER), table, DIM, encode)
     writer.apply(changes(upsert("N1", "new one")))
     embedded: list[str] = []
 
@@ -138,7 +139,7 @@ def test_a_new_encoder_embeds_every_set_after_its_base_again(tmp_path):
         embedded.extend(titles)
         return -encode(titles)
 
-    again = CatalogueWriter(root, "2", LiveBase(0, "f" * 64), table, -vectors, other)
+    again = CatalogueWriter(root, "2", LiveBase(0, "f" * 64), table, DIM, other)
     assert embedded == ["new one"]
     state = LiveFolder(root).state()
     assert (state.encoder, state.segments) == ("f" * 64, (1,))
@@ -150,7 +151,7 @@ def test_a_new_encoder_embeds_every_set_after_its_base_again(tmp_path):
 
 def test_nothing_to_compact_is_said(tmp_path):
     table, vectors = base_files(tmp_path / "v1", [{"product_id": "P0", "title": "product 0"}])
-    CatalogueWriter(tmp_path / "live", "1", LiveBase(0, ENCODER), table, vectors, encode)
+    CatalogueWriter(tmp_path / "live", "1", LiveBase(0, ENCODER), table, DIM, encode)
     with pytest.raises(NothingToCompact):
         served_catalogue(LiveFolder(tmp_path / "live"), LiveBase(0, ENCODER), table, vectors)
     assert LiveFolder(tmp_path / "live").state() == LiveState(
