@@ -8,9 +8,9 @@ searches get during a stream of change sets, what memory it takes, and that a ki
 
 The build's live folder is emptied first (every figure starts from the base). Searches are
 distinct real Home Depot queries through the SDK in closed loops; the change sets change real
-products of the catalogue (a word added to the title, a new price), each set also prices the
-two products of a pair alike, which a search for the pair checks (a request that saw half a
-set would show two prices).
+products of the catalogue (a new price, and for a share of them a word added to the title:
+`STREAMS`), each set also prices the two products of a pair alike, which a search for the pair
+checks (a request that saw half a set would show two prices).
 """
 
 from __future__ import annotations
