@@ -248,14 +248,7 @@ class LiveFolder:
     def withdrawn(self, state: LiveState) -> set[str]:
         """The ids the live catalogue has deleted (a later upsert brings one back): those
         compaction folded in, then the state's segments'."""
-        through, gone = self.compacted()
-        for sequence in state.segments:
-            if sequence <= through:
-                continue
-            changes = self.read_changes(sequence)
-            gone.difference_update(p.product_id for p in changes.upserts)
-            gone.update(changes.deletes)
-        return gone
+        return WithdrawnIds(self).update(state)
 
     def read_segment(self, sequence: int, first_row: int) -> Segment:
         folder = self.segment_path(sequence)
@@ -309,3 +302,27 @@ class LiveFolder:
         for path in folder.iterdir() if folder.is_dir() else ():
             if path.name not in listed:
                 shutil.rmtree(path, ignore_errors=True)
+
+
+class WithdrawnIds:
+    """`LiveFolder.withdrawn`, kept by a reader from state to state (the recommender): each
+    segment's changes are read once, where a stream publishes several states a second and the
+    folder holds thousands of segments between two compactions."""
+
+    def __init__(self, folder: LiveFolder):
+        self.folder = folder
+        self.ids: set[str] = set()
+        self.through = -1  # the last change set folded in (-1: none read yet)
+
+    def update(self, state: LiveState) -> set[str]:
+        """The ids deleted as of `state` (read only; the next update changes it)."""
+        compacted, gone = self.folder.compacted()
+        if compacted > self.through:  # sets a compaction folded since: its record holds them
+            self.ids, self.through = gone, compacted
+        for sequence in state.segments:
+            if sequence > self.through:
+                changes = self.folder.read_changes(sequence)
+                self.ids.difference_update(p.product_id for p in changes.upserts)
+                self.ids.update(changes.deletes)
+                self.through = sequence
+        return self.ids

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from fusionrank.core.contract import RequestError, check_batch, check_k
-from fusionrank.core.live.segments import LiveFolder, live_folder
+from fusionrank.core.live.segments import LiveFolder, WithdrawnIds, live_folder
 from fusionrank.core.recommend.contract import (
     BOUGHT_COUNTS,
     BOUGHT_DAYS,
@@ -126,6 +126,7 @@ class RecommendRank:
                                       for line in self.recommender.product_json], dtype=object)
         # A live catalogue's deletes (core/live/segments.py), read when its state changes.
         self.live = LiveFolder(live_folder(folder))
+        self.gone = WithdrawnIds(self.live)
         self._stamp: tuple | None = None
         self._withdrawn: np.ndarray | None = None
 
@@ -133,8 +134,7 @@ class RecommendRank:
         """bool [products]: the products a live catalogue deleted (None: none)."""
         stamp = self.live.stamp()
         if stamp != self._stamp:
-            state = self.live.state()
-            gone = self.live.withdrawn(state)
+            gone = self.gone.update(self.live.state())
             rows = [self.recommender.row_of[i] for i in gone if i in self.recommender.row_of]
             mask = np.zeros(len(self.product_ids), dtype=bool)
             mask[rows] = True

@@ -15,7 +15,13 @@ import pytest
 from fusionrank.core.live.changes import parse_changes
 from fusionrank.core.live.compaction import NothingToCompact, served_catalogue
 from fusionrank.core.live.rows import CatalogueRows
-from fusionrank.core.live.segments import LiveBase, LiveFolder, LiveGapError, LiveState
+from fusionrank.core.live.segments import (
+    LiveBase,
+    LiveFolder,
+    LiveGapError,
+    LiveState,
+    WithdrawnIds,
+)
 from fusionrank.core.product_table import ProductTable
 from fusionrank.core.search.live_catalogue import CatalogueWriter
 
@@ -125,6 +131,34 @@ def test_a_prune_forgets_the_folded_sets_but_not_their_deletes(tmp_path):
     with pytest.raises(LiveGapError):
         CatalogueWriter(root, "0", LiveBase(0, ENCODER), table, DIM, encode)
     assert folder.state().segments == (3, 4)  # and changed nothing
+
+
+def test_a_reader_keeps_the_deleted_ids_reading_each_segment_once(tmp_path, monkeypatch):
+    root = tmp_path / "live"
+    table, _ = base_files(tmp_path / "v1", [
+        {"product_id": f"P{i}", "title": f"product {i}"} for i in range(4)])
+    writer = CatalogueWriter(root, "1", LiveBase(0, ENCODER), table, DIM, encode)
+    folder = LiveFolder(root)
+    reads: list[int] = []
+    read_changes = LiveFolder.read_changes
+    monkeypatch.setattr(LiveFolder, "read_changes",
+                        lambda self, sequence: reads.append(sequence) or read_changes(self,
+                                                                                   sequence))
+    reader, late = WithdrawnIds(folder), WithdrawnIds(folder)
+    writer.apply(changes({"op": "delete", "product_id": "P0"},
+                         {"op": "delete", "product_id": "P1"}))
+    assert reader.update(folder.state()) == late.update(folder.state()) == {"P0", "P1"}
+    writer.apply(changes(upsert("P1", "product 1 back"), upsert("P2", "product 2", 3.0)))
+    assert reader.update(folder.state()) == {"P0"}  # brought back; a price change deletes nothing
+    writer.apply(changes({"op": "delete", "product_id": "P3"}))
+    assert reader.update(folder.state()) == {"P0", "P3"}
+    assert reads == [1, 1, 2, 3]  # each reader read each segment once
+    # A compaction through 2 and its prune: the reader that had read no further than set 1
+    # takes the folded deletes from compacted.json, then reads set 3 alone.
+    folder.prune(2)
+    reads.clear()
+    assert late.update(folder.state()) == reader.update(folder.state()) == {"P0", "P3"}
+    assert reads == [3]
 
 
 def test_a_new_encoder_embeds_every_set_after_its_base_again(tmp_path):
