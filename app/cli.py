@@ -15,6 +15,7 @@ serve every feature (build, serve, export-tensorrt) live here.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import shlex
 import signal
 import sys
@@ -207,6 +208,17 @@ def add_serve(commands: argparse._SubParsersAction) -> None:
                         help="restart a tritonserver that exits by itself (a crash) up to this "
                              f"many times in a row, then exit with an error (default "
                              f"{MAX_RESTARTS}; a run of {STEADY_S // 60} minutes resets the count)")
+    parser.add_argument("--compact-dead-share", type=float, default=0.2,
+                        help="with a live catalogue: compact it in the background once this "
+                             "share of its rows is dead (replaced or deleted products'; "
+                             "default 0.2)")
+    parser.add_argument("--compact-segments", type=int, default=2000,
+                        help="... or once it serves this many segments (default 2000)")
+    parser.add_argument("--compact-check-s", type=float, default=30.0,
+                        help="how often to look (seconds, default 30)")
+    parser.add_argument("--no-compact", action="store_true",
+                        help="never compact in the background (`fusionrank catalogue compact` "
+                             "still does)")
     parser.set_defaults(run=run_serve)
 
 
@@ -246,6 +258,7 @@ def keep_serving(server, max_restarts: int) -> int:
 
 
 def run_serve(args: argparse.Namespace) -> int:
+    from fusionrank.app.compaction_watch import CompactionPolicy, CompactionWatch
     from fusionrank.app.control import control_folder
     from fusionrank.app.model_watch import ModelWatch
     from fusionrank.app.processes import clean_after_dead_servers
@@ -255,6 +268,10 @@ def run_serve(args: argparse.Namespace) -> int:
     def interrupt(_signum: int, _frame: object) -> None:
         raise KeyboardInterrupt
 
+    try:  # checked before anything starts
+        policy = CompactionPolicy(args.compact_dead_share, args.compact_segments)
+    except ValueError as error:
+        raise CommandError(f"--compact-dead-share / --compact-segments: {error}") from None
     signal.signal(signal.SIGTERM, interrupt)  # SIGTERM stops as cleanly as Ctrl-C does
     for leftovers in clean_after_dead_servers():  # of a `serve` before this one, killed -9
         print(f"fusionrank serve: {leftovers}", file=sys.stderr, flush=True)
@@ -279,8 +296,11 @@ def run_serve(args: argparse.Namespace) -> int:
               f"{args.http_port}, metrics {args.host}:{args.metrics_port}, {cache}{shop}; "
               f"model control needs the key in {control_folder(args.repository)} (owner "
               "only); Ctrl-C stops", file=sys.stderr, flush=True)
-        # StubWatch reloads a model whose process died; ModelWatch one that was unloaded.
-        with StubWatch(server), ModelWatch(server):
+        # StubWatch reloads a model whose process died; ModelWatch one that was unloaded;
+        # CompactionWatch compacts a live catalogue when it is due.
+        compaction = contextlib.nullcontext() if args.no_compact else CompactionWatch(
+            server, policy, interval_s=args.compact_check_s)
+        with StubWatch(server), ModelWatch(server), compaction:
             return keep_serving(server, args.max_restarts)
     except KeyboardInterrupt:
         return 0

@@ -92,10 +92,14 @@ class CatalogueWriter:
             return self._apply(sequence, changes, start)
 
     def status(self) -> LiveStatus:
-        state = self.state
+        if self.folder.stamp() != self._stamp:  # a prune, or the other writer's set
+            with self.folder.writing():
+                self._load()
+        # What this base serves: the sets it holds (a compaction's), then its segments'.
+        through = max(self.state.applied_through, self.base.through)
         log = self.folder.log
-        return LiveStatus(self.version, len(state.segments), self.rows.rows, self.rows.products,
-                          state.applied_through, log.pending(state.applied_through),
+        return LiveStatus(self.version, len(self.state.served_on(self.base) or ()),
+                          self.rows.rows, self.rows.products, through, log.pending(through),
                           log.last_accepted_at)
 
     def _load(self) -> None:
@@ -141,7 +145,7 @@ class CatalogueWriter:
         self.state, self.rows, self._stamp = state, rows, self.folder.stamp()
         report = done.report
         return ApplyReport(sequence, report.added, report.changed, report.deleted,
-                           report.unknown_deletes, rows.products, len(state.segments),
+                           report.unknown_deletes, rows.products, len(state.served_on(self.base)),
                            round(time.perf_counter() - start, 4), round(embed_seconds, 4))
 
     def _updated(self, changes: ChangeSet) -> frozenset[str]:

@@ -568,3 +568,39 @@ def test_compaction_under_load_fails_no_search_and_serves_the_same_catalogue(liv
             np.testing.assert_allclose([h.score for h in again], [h.score for h in hits],
                                        atol=1e-5)
             assert {h.product_id for h in again} == {h.product_id for h in hits}
+
+
+def test_serve_compacts_in_the_background_once_the_segments_are_due(live_build, tmp_path):
+    """`fusionrank serve`'s CompactionWatch: once the served segments reach the policy's
+    count, a compaction starts by itself, in its own process, and ends switched; the catalogue
+    is served as before, on a new base with the segments folded."""
+    import time
+
+    from fusionrank.app.compaction_watch import CompactionPolicy, CompactionWatch
+    from fusionrank.client import FusionRankClient
+    from tests.support.catalogue import running_server
+
+    repository = live_build / "model_repository"
+    with running_server(repository, tmp_path / "triton.log") as server, \
+            FusionRankClient(server.grpc_url, timeout_s=60) as client:
+        start = client.catalogue_status()
+        said: list[str] = []
+        policy = CompactionPolicy(dead_share=1.0, segments=start.segments + 2)
+        with CompactionWatch(server, policy, interval_s=0.5, say=said.append) as watch:
+            client.apply_changes([{"op": "upsert", "product": {
+                "product_id": "BACKGROUND-1", "title": "Quokka background compaction mug"}}])
+            time.sleep(2.0)  # four looks: one set short of the count, nothing starts
+            assert not said
+            client.apply_changes(pair_set(900))
+            deadline = time.monotonic() + 600  # bounded: a compaction here takes ~1-2 min
+            while not watch.ended and time.monotonic() < deadline:
+                time.sleep(1.0)
+        assert watch.ended == [0], watch.log_path.read_text()[-3000:]
+        assert said[0] == ("compacting the live catalogue in the background: it serves "
+                           f"{start.segments + 2} segments (at {start.segments + 2} or more)")
+        assert said[1].startswith("the background compaction ended: compaction through change "
+                                  f"set {start.applied_through + 2} switched")
+        status = client.catalogue_status()
+        assert status.base != start.base and status.segments == 0 and status.pending == 0
+        assert [h.product_id for h in client.search("quokka background compaction mug",
+                                                    k=1)] == ["BACKGROUND-1"]
