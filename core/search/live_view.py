@@ -228,7 +228,9 @@ class LiveSearch:
     state: LiveState
     rows: CatalogueRows
     table: RowTable
-    retrieval: LiveRetrieval | None
+    # The live layer over the base's retrieval and runtime; the base's own while no segment
+    # has moved a row (only records updated in place); None where the process runs neither.
+    retrieval: object | None
     runtime: SearchRuntime | None
     key: tuple[tuple[int, int], ...] = ()  # (sequence, first row) of each segment applied
 
