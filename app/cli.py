@@ -212,8 +212,8 @@ def add_serve(commands: argparse._SubParsersAction) -> None:
                         help="with a live catalogue: compact it in the background once this "
                              "share of its rows is dead (replaced or deleted products'; "
                              "default 0.2)")
-    parser.add_argument("--compact-segments", type=int, default=2000,
-                        help="... or once it serves this many segments (default 2000)")
+    parser.add_argument("--compact-segments", type=int, default=10_000,
+                        help="... or once it serves this many segments (default 10000)")
     parser.add_argument("--compact-check-s", type=float, default=30.0,
                         help="how often to look (seconds, default 30)")
     parser.add_argument("--no-compact", action="store_true",

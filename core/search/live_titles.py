@@ -25,6 +25,7 @@ new terms taking their delta's.
 from __future__ import annotations
 
 import functools
+import itertools
 from collections.abc import Sequence
 
 import numpy as np
@@ -203,9 +204,12 @@ def _live_trigram_statistics(base: TitleBase, titles: TitleTerms, live: np.ndarr
     added, _ = vectors.gather(np.flatnonzero(live[n:]) + n)
     df -= np.bincount(np.asarray(vectors.ids[dead], np.int64), minlength=len(df))
     df += np.bincount(np.asarray(vectors.ids[added], np.int64), minlength=len(df))
-    full = np.zeros(CHAR_BUCKETS, dtype=np.int64)
-    full[titles.char_buckets] = df
-    titles.idf = np.log((1 + int(live.sum())) / (1 + full)).astype(np.float32) + 1.0
+    # As `idf_of` computes it over every bucket, element by element; a bucket no live title
+    # holds (all but ~15k of the 2²⁰) takes the value of a document frequency of 0.
+    values = np.log((1 + int(live.sum())) / (1 + np.concatenate([[0], df]))).astype(
+        np.float32) + 1.0
+    titles.idf = np.full(CHAR_BUCKETS, values[0], dtype=np.float32)
+    titles.idf[titles.char_buckets] = values[1:]
     titles.char_norms = RowNorms(titles)
 
 
@@ -243,9 +247,10 @@ def _live_term_vectors(base: TitleBase, titles: TitleTerms, delta: TitleTerms,
         vectors[kept] = overlay.vectors[overlay.where[changed[kept]]]
     if not kept.all():
         vectors[~kept] = _summed(base, title_terms, changed[~kept], live, embeddings)
-    held = count > 0
-    index = {term: int(row_of[i]) for term, i in titles.index.items()
-             if row_of[i] >= 0 and held[row_of[i]]}
+    # Each term some live title holds → its vector row.
+    held = (row_of >= 0) & (count > 0)[np.maximum(row_of, 0)]
+    index = dict(zip(itertools.compress(titles.vocabulary, held.tolist()),
+                     row_of[held].tolist(), strict=True))
     documents = int(live.sum())
     # As `TermVectors.fit` computes it (its holder counts are float32 sums): the same bits.
     idf = np.log((1.0 + documents) / (1.0 + count.astype(np.float32))).astype(np.float32)

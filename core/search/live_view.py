@@ -128,7 +128,7 @@ class BaseSearch:
         done = self._applied
         key = tuple((s.sequence, s.first_row) for s in segments)
         if done is None or key[:len(done.key)] != done.key:
-            done = Applied((), self.rows, *((TitleTerms([]), TermCounts(
+            done = Applied((), self.rows, *((TitleTerms([], statistics=False), TermCounts(
                 len(self.table), np.zeros(0, dtype=np.float32), {})) if self.runtime
                 else (None, None)), {}, 0)
         rows, terms, counts = done.rows, done.delta_titles, done.delta_counts
@@ -141,7 +141,8 @@ class BaseSearch:
             moved = position if changed.moved else moved
         appended = [s for s in new if s.rows]
         if terms is not None and appended:
-            terms = merged(terms, TitleTerms([t for s in appended for t in s.titles]))[0]
+            terms = merged(terms, TitleTerms([t for s in appended for t in s.titles],
+                                             statistics=False))[0]
             counts = counts.extended([TermCounts.of_titles(s.titles, s.first_row)
                                       for s in appended])
         self._applied = Applied(key, rows, terms, counts, updated, moved)

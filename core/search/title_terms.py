@@ -56,7 +56,10 @@ class TitleTerms:
     RAGGED = ("title_ids", "head_ids", "head_tokens", "bigram_ids", "char_vectors")
     SAVED = (*STRINGS, *ARRAYS, *(key for name in RAGGED for key in Ragged.names(name)))
 
-    def __init__(self, titles: Sequence[str]):
+    def __init__(self, titles: Sequence[str], statistics: bool = True):
+        """`statistics`: the trigram IDF over these titles and each title's norm under it
+        (False for a live catalogue's new titles, whose statistics are the live rows':
+        live_titles.py)."""
         tokens = [lexical_tokens(t) for t in titles]
         heads = [lexical_tokens(HEAD_END.split(t, 1)[0]) for t in titles]
         self.vocabulary = sorted({t for terms in tokens for t in terms}
@@ -65,7 +68,7 @@ class TitleTerms:
         self.surface = _commonest_forms(titles)
         self._keep_terms(tokens, heads)
         self._keep_bigrams(tokens)
-        self._keep_char_vectors([char_trigrams(t) for t in titles])
+        self._keep_char_vectors([char_trigrams(t) for t in titles], statistics)
 
     def _keep_terms(self, tokens: list[list[str]], heads: list[list[str]]) -> None:
         """Each title's distinct terms, its head phrase and first term, as ids."""
@@ -88,13 +91,12 @@ class TitleTerms:
         self.bigram_ids = Ragged.of([np.searchsorted(self.bigram_keys, k) for k in pair_keys],
                                     "bigram_ids")
 
-    def _keep_char_vectors(self, grams: list[list[int]]) -> None:
+    def _keep_char_vectors(self, grams: list[list[int]], statistics: bool) -> None:
         """The titles' trigram vectors, each entry a bucket's count in the title, in the order
         `tfidf` weighs them (the order char_cosine sums in), with each bucket as its column
         among the buckets the titles hold (`char_buckets`, ~15k of the 2²⁰): a query trigram is
         then looked up in a table that small. `char_norms`: each title's L2 norm, as `tfidf`
         computes it."""
-        self.idf = idf_of(grams)
         counts = [gram_counts(gs) for gs in grams]
         buckets = Ragged.of([list(c) for c in counts], "char_vectors")
         buckets_held, columns = np.unique(buckets.ids, return_inverse=True)
@@ -103,7 +105,9 @@ class TitleTerms:
         tally = np.fromiter((n for c in counts for n in c.values()), dtype=np.int64,
                             count=len(columns))
         self.char_counts = tally.astype(smallest_unsigned(tally.max(initial=0)))
-        self.char_norms = norms_of(buckets.indptr, buckets.ids, tally, self.idf)
+        if statistics:
+            self.idf = idf_of(grams)
+            self.char_norms = norms_of(buckets.indptr, buckets.ids, tally, self.idf)
 
     def arrays(self) -> dict[str, np.ndarray]:
         """The SAVED arrays: the STRINGS as UTF-8 bytes, each string ended by a NUL."""
