@@ -37,7 +37,7 @@ LOG_FILE = "compaction.log"
 class CompactionPolicy:
     """When a live catalogue is worth compacting. Each dead row costs every query and every
     state build until it is folded away; each segment is a folder that every search process
-    reads and holds. A compaction costs a build (90 s of niced CPU at 45,782 products,
+    reads and holds. A compaction costs a build (1.5 minutes of niced CPU at 45,782 products,
     benchmarks/reports/live_catalogue.md), so it waits for enough of either."""
 
     dead_share: float = 0.2  # of the rows, replaced or deleted products' rows

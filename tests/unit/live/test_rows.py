@@ -29,6 +29,28 @@ def test_a_change_set_appends_rows_and_kills_the_ones_it_replaces():
     assert [before.row_of(i) for i in "ABCD"] == [0, 1, 2, None] and before.rows == 3
 
 
+def test_an_update_in_place_keeps_its_row_and_moves_nothing():
+    before = CatalogueRows.of_base(["A", "B", "C"])
+    repriced_and_retitled = parse_changes([
+        json.dumps({"op": "upsert", "product": {"product_id": "B", "title": "B", "price": 2.0}}),
+        json.dumps({"op": "upsert", "product": {"product_id": "C", "title": "new C"}})])
+    after, done = before.apply(repriced_and_retitled, updated={"B"})
+    assert done.updated == {"B": 1} and done.added == {"C": 3}
+    assert done.killed.tolist() == [2] and done.moved
+    assert done.report.changed == ["B", "C"]  # reported as changed all the same
+    assert [after.row_of(i) for i in "ABC"] == [0, 1, 3]
+    prices = parse_changes([json.dumps({"op": "upsert", "product": {
+        "product_id": "A", "title": "A", "price": 1.0}})])
+    again, done = after.apply(prices, updated={"A"})
+    assert not done.moved and again.rows == after.rows
+    assert np.array_equal(again.live, after.live)
+    with pytest.raises(ValueError, match="updated in place"):
+        after.apply(prices, updated={"B"})  # not upserted by the set
+    with pytest.raises(ValueError, match="updated in place"):
+        after.apply(parse_changes([json.dumps({"op": "upsert", "product": {
+            "product_id": "Z", "title": "Z"}})]), updated={"Z"})  # not held
+
+
 def test_any_sequence_of_change_sets_leaves_exactly_the_final_catalogue_live():
     rng = random.Random(24)
     catalogue = {f"P{i}": f"title {i}" for i in range(200)}
