@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from fusionrank.app.deploy import model_configs
+from fusionrank.app.looks import Looks
 from fusionrank.app.serve import TritonServer
 from fusionrank.core.live.segments import LIVE_FOLDER
 from fusionrank.core.search.contract import CATALOGUE_MODEL
@@ -76,33 +76,24 @@ class CompactionWatch:
     def __post_init__(self) -> None:
         self._process: subprocess.Popen | None = None
         self._failed_at = -float("inf")
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="compaction-watch", daemon=True)
+        self._looks = Looks("compaction-watch", self.interval_s, self.check, lambda error: self.say(
+            f"the compaction watch failed a look: {error}"))
 
     @property
     def log_path(self) -> Path:
         return Path(self.server.repository).resolve().parent / LIVE_FOLDER / LOG_FILE
 
     def __enter__(self) -> CompactionWatch:
-        self._thread.start()
+        self._looks.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join()
+        self._looks.stop()
         if self._process is not None and self._process.poll() is None:
             # The server it deploys to is stopping: the rollout would fail, and the next
             # compaction starts from the state as it is.
             self._process.terminate()
             self._process.wait(timeout=60)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            try:
-                self.check()
-            except Exception as error:  # a look that failed (a restart under way) is not fatal
-                self.say(f"the compaction watch failed a look: {error}")
 
     def check(self) -> None:
         """One look: the running compaction's end, or whether to start one."""

@@ -18,12 +18,12 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from fusionrank.app.deploy import LOCK, model_configs
+from fusionrank.app.looks import Looks
 from fusionrank.app.serve import TritonServer
 
 INTERVAL_S = 1.0
@@ -54,24 +54,15 @@ class ModelWatch:
 
     def __post_init__(self) -> None:
         self._failed_at: dict[str, float] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="model-watch", daemon=True)
+        self._looks = Looks("model-watch", self.interval_s, self.check, lambda error: self.say(
+            f"the model watch failed a look: {error}"))
 
     def __enter__(self) -> ModelWatch:
-        self._thread.start()
+        self._looks.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join()
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            try:
-                self.check()
-            except Exception as error:  # a look that failed (a restart under way) is not fatal
-                self.say(f"the model watch failed a look: {error}")
+        self._looks.stop()
 
     def missing(self, client) -> list[str]:
         """The models of the repository the server does not serve now."""

@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import json
 import sys
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -47,6 +46,7 @@ from datetime import UTC, datetime
 
 import psutil
 
+from fusionrank.app.looks import Looks
 from fusionrank.app.processes import kill_and_wait, running, stub_args, stubs
 from fusionrank.app.serve import TritonServer, children
 from fusionrank.model_repository.stub_process import (
@@ -106,31 +106,22 @@ class StubWatch:
         self._server_pid: int | None = None
         self._stubs: dict[int, StubArgs] = {}  # live stub pid → what it runs, as seen alive
         self._dead: dict[int, StubArgs] = {}  # died, their copy not yet retired
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="stub-watch", daemon=True)
+        self._looks = Looks("stub-watch", self.interval_s, self.check, lambda error: self.say(
+            f"the model-process watch failed a look: {error!r}"))
 
     def start(self) -> StubWatch:
         self.check()  # learn every stub of the started server at once
-        self._thread.start()
+        self._looks.start()
         return self
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join()
+        self._looks.stop()
 
     def __enter__(self) -> StubWatch:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            try:
-                self.check()
-            except Exception as error:  # a look that failed must not end the watch
-                self.say(f"the model-process watch failed a look: {error!r}")
 
     def check(self) -> list[Reload]:
         """One look at the server's stubs; reloads the models of the dead ones."""
