@@ -67,7 +67,8 @@ def build_search_repository(catalogue: Catalogue, model_dir: Path, out_dir: Path
                             final_out: Path | None = None,
                             embedding_cache: Path | None = None,
                             live_through: int = 0,
-                            previous_index: Path | None = None) -> Path:
+                            previous_index: Path | None = None,
+                            cascade_depth: int | str = "auto") -> Path:
     """Export the encoder, embed the catalogue and write the model repository; returns it.
     With `run_dir` (a finished `fusionrank train` run) its fine-tuned encoder, BM25 candidates,
     feedback head and fusion weights are served; `model_dir` is then ignored. With
@@ -85,7 +86,13 @@ def build_search_repository(catalogue: Catalogue, model_dir: Path, out_dir: Path
 
     `live_through`: with a live catalogue, the last change set `catalogue` already holds (a
     compaction's, app/compact.py; 0: none). `previous_index`: the index folder of the build
-    this one follows, where it is not the one at `final_out` (a compaction's first)."""
+    this one follows, where it is not the one at `final_out` (a compaction's first).
+
+    `cascade_depth` (with `run_dir`): rank in a cascade whose feedback head scores each pool's
+    top N by the hybrid score, with the weights `fusionrank tune-cascade` fitted for N on the
+    run (`served_ranking`); "off" (or the pool's size) ranks the whole pool by S, as before;
+    "auto" serves the depth the run's tuning chose, or the whole pool where it was never
+    tuned."""
     from fusionrank.training.search.serving import search_artefacts
 
     options = options or ServingOptions()
@@ -97,6 +104,8 @@ def build_search_repository(catalogue: Catalogue, model_dir: Path, out_dir: Path
 
     if student_dir is not None and run_dir is None:
         raise BuildError("a student query encoder needs the trained run it was distilled from")
+    ranking = None if run_dir is None else served_ranking(Path(run_dir), cascade_depth,
+                                                          options.pool)
     files = SearchArtefacts(out_dir / "artefacts" / "encoder", out_dir / "artefacts" / "index",
                             out_dir / "artefacts" / "ranking" if run_dir is not None else None,
                             out_dir / "artefacts" / "query_encoder" if student_dir else None)
@@ -120,7 +129,7 @@ def build_search_repository(catalogue: Catalogue, model_dir: Path, out_dir: Path
     if options.live_catalogue:
         LiveBase(live_through, encoder.sha256).write(files.index / names.LIVE_BASE)
     if files.run is not None:
-        search_artefacts(run_dir, catalogue, files.run, embeddings)
+        search_artefacts(run_dir, catalogue, files.run, embeddings, ranking)
 
     repository = out_dir / "model_repository"
     built = datetime.now(UTC)
@@ -196,6 +205,24 @@ class Capacity:
                         f"{needed / 2**30:,.1f} GiB of {what} to build (measured per product: "
                         f"benchmarks/reports/scale.md), and {has / 2**30:,.1f} GiB is free")
         return None
+
+
+def served_ranking(run_dir: Path, depth: int | str, pool: int) -> FusionWeights:
+    """The fusion weights a build serves for `--cascade-depth` (see build_search_repository):
+    a depth outside 1..pool is refused, naming the range."""
+    from fusionrank.training.search.cascade import cascade_weights, chosen_depth
+
+    if depth == "auto":
+        depth = chosen_depth(run_dir) or "off"
+    if depth == "off":
+        return FusionWeights.load(run_dir / names.FUSION_WEIGHTS)
+    if isinstance(depth, bool) or not isinstance(depth, int) or not 1 <= depth <= pool:
+        raise BuildError(f"--cascade-depth must be between 1 and {pool} (the pool each query's "
+                         f"candidates fill), or off or auto, not {depth!r}")
+    try:
+        return cascade_weights(run_dir, depth)
+    except (FileNotFoundError, ValueError) as error:
+        raise BuildError(str(error)) from error
 
 
 def check_capacity(products: int, out: Path) -> None:

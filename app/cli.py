@@ -107,6 +107,12 @@ def add_build(commands: argparse._SubParsersAction) -> None:
                              "(layouts two and steps; default: --threads)")
     parser.add_argument("--no-response-cache", action="store_true",
                         help="leave the search ensemble out of Triton's response cache")
+    parser.add_argument("--cascade-depth", type=cascade_depth, default="auto",
+                        metavar="N|off|auto",
+                        help="rank in a cascade: the feedback head scores each query's top N "
+                             "candidates by the hybrid score, with the weights `fusionrank "
+                             "tune-cascade` fitted for N; off: every candidate (200, as before);"
+                             " auto (default): the depth the run's tuning chose, else off")
     parser.add_argument("--live-catalogue", action="store_true",
                         help="serve a catalogue that `fusionrank catalogue apply` changes while "
                              "it serves (layouts one and two; the search answers then stay out "
@@ -125,6 +131,16 @@ def add_build(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--engine-cache", default=ServingOptions.engine_cache,
                         help="with --device gpu: the container's TensorRT engine cache folder")
     parser.set_defaults(run=run_build)
+
+
+def cascade_depth(text: str) -> int | str:
+    if text in ("off", "auto"):
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a depth (an integer), off or auto, not {text!r}"
+                                         ) from None
 
 
 def load_named_catalogue(name: str, datasets: str | None, lenient: bool):
@@ -150,6 +166,9 @@ def run_build(args: argparse.Namespace) -> int:
     if args.student is not None and args.pretrained:
         raise CommandError("--student needs the trained run it was distilled from, not "
                            "--pretrained")
+    if isinstance(args.cascade_depth, int) and args.pretrained:
+        raise CommandError("--cascade-depth ranks with a trained run's feedback head, which "
+                           "--pretrained does not serve")
     catalogue, report = load_named_catalogue(args.catalogue, args.datasets, args.lenient)
     print(report.summary(), file=sys.stderr)
     build.check_capacity(len(catalogue), args.out)
@@ -180,7 +199,8 @@ def run_build(args: argparse.Namespace) -> int:
             print(f"serving the trained run {run}", file=sys.stderr)
         repository = build.build_search_repository(catalogue, model, out, options, run_dir=run,
                                                    student_dir=args.student, final_out=args.out,
-                                                   embedding_cache=args.embedding_cache)
+                                                   embedding_cache=args.embedding_cache,
+                                                   cascade_depth=args.cascade_depth)
         if not args.no_recommend:
             build.add_recommender(repository, args.recommender)
         build.add_sentiment_model(repository, args.sentiment)

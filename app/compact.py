@@ -76,6 +76,13 @@ class CompactedBuild:
     seconds: dict[str, float]  # gather, build
 
 
+def served_depth(served: dict) -> int | str:
+    """The cascade depth the served build ranks with ("off": none), so the compacted base
+    ranks as it did whatever the run's tuning says since."""
+    cascade = (served.get("ranking") or {}).get("cascade")
+    return cascade["depth"] if cascade else "off"
+
+
 def build_compacted(repository: Path, out: Path) -> CompactedBuild:
     """Steps 1 and 2: the live products of the state `repository` serves, built again as the
     served build was into `out`. The FAISS index of a large catalogue is updated from the last
@@ -112,7 +119,7 @@ def build_compacted(repository: Path, out: Path) -> CompactedBuild:
                 run_dir=Path(run) if run else None,
                 student_dir=Path(student) if student else None, final_out=out,
                 embedding_cache=Path(cache), live_through=gathered.through,
-                previous_index=previous)
+                previous_index=previous, cascade_depth=served_depth(served))
             built = json.loads((new / names.REPOSITORY_MANIFEST).read_text())
             if built["encoder"]["onnx_sha256"] != base.encoder:
                 raise build.BuildError(

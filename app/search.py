@@ -138,6 +138,52 @@ def run_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def depth_list(text: str) -> tuple[int, ...]:
+    try:
+        depths = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"depths must be integers separated by commas, not "
+                                         f"{text!r}") from None
+    if not depths or min(depths) < 1:
+        raise argparse.ArgumentTypeError(f"depths must be positive, not {text!r}")
+    return depths
+
+
+def add_tune_cascade(commands: argparse._SubParsersAction) -> None:
+    from fusionrank.training.search.cascade import DEPTHS, TOLERANCE
+
+    parser = commands.add_parser(
+        "tune-cascade", help="refit the fused ranking for a cascade of each depth on dev, time "
+                             "it, and choose the depth `fusionrank build` serves by default "
+                             "(writes RUN/cascade.json)")
+    parser.add_argument("--run", dest="run_dir", type=Path, default=DEFAULT_RUN,
+                        help=f"a `fusionrank train` run folder (default {DEFAULT_RUN})")
+    parser.add_argument("--cache", type=Path, default=Path("runs/cache"),
+                        help="where catalogue embeddings are cached (default runs/cache)")
+    parser.add_argument("--threads", type=int, help="CPU threads (default: all)")
+    parser.add_argument("--data", type=Path, help="relevance CSV (default: the run's own)")
+    parser.add_argument("--depths", type=depth_list, default=DEPTHS,
+                        help="cascade depths to fit, comma-separated (default "
+                             f"{','.join(map(str, DEPTHS))})")
+    parser.add_argument("--timing-queries", type=int, default=400,
+                        help="dev queries timed per depth (default 400)")
+    parser.add_argument("--tolerance", type=float, default=TOLERANCE,
+                        help="dev NDCG@10 the chosen depth may lose against the one-stage "
+                             f"ranking (default {TOLERANCE})")
+    parser.set_defaults(run=run_tune_cascade)
+
+
+def run_tune_cascade(args: argparse.Namespace) -> int:
+    from fusionrank.training.search.cascade import CascadeConfig, markdown_table, tune_cascade
+
+    report = tune_cascade(CascadeConfig(
+        run=args.run_dir, depths=args.depths, data=args.data, cache=args.cache,
+        threads=args.threads, timing_queries=args.timing_queries, tolerance=args.tolerance,
+        command=getattr(args, "command_line", None)))
+    print(markdown_table(report), file=sys.stdout)
+    return 0
+
+
 def add_distil(commands: argparse._SubParsersAction) -> None:
     from fusionrank.training.search.distil import DistilConfig
 
@@ -235,4 +281,4 @@ def run_search(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = [add_search, add_train, add_distil, add_evaluate]
+COMMANDS = [add_search, add_train, add_distil, add_evaluate, add_tune_cascade]

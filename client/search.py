@@ -114,10 +114,14 @@ def parse_explained(queries: Sequence[str], result) -> list[SearchAnswer]:
     for row, query in enumerate(queries):
         row_names = [name.decode("utf-8") for name in names[row]]
         explained = []
-        for hit, values in zip(hits[row], signals[row], strict=False):
+        # [k, s]: each hit's own weights (a cascade's head and the rest differ); [s] from a
+        # server built before cascades, the same for every hit.
+        per_hit = weights[row] if weights.ndim == 3 else np.tile(weights[row],
+                                                                  (len(signals[row]), 1))
+        for hit, values, hit_weights in zip(hits[row], signals[row], per_hit, strict=False):
             parts = tuple(ScorePart(name, float(value), float(weight),
                                     float(weight) * float(value))
-                          for name, weight, value in zip(row_names, weights[row], values,
+                          for name, weight, value in zip(row_names, hit_weights, values,
                                                          strict=True))
             explained.append(ExplainedHit(hit.product_id, hit.score, hit.product, parts))
         correction = corrected[row].reshape(-1)[0].decode("utf-8")

@@ -28,11 +28,13 @@ SEARCH_OUTPUTS = (
     TensorSpec("PRODUCTS", "BYTES", (-1,)),  # each product's metadata as a JSON object
 )
 
-# Optional outputs, for "why this result": S = Σ SIGNAL_WEIGHTS[i] · SIGNALS[:, i], summed in
-# float64 in this order, then rounded to float32, is SCORES exactly.
+# Optional outputs, for "why this result": each product's SCORES is Σ SIGNAL_WEIGHTS[j, i] ·
+# SIGNALS[j, i], summed in float64 in this order, then rounded to float32. The weights are a
+# product's own: in a cascade (core/fusion.py), a product below the head was scored by the
+# first stage, whose weights it shows (0 for the feedback, which was not computed for it).
 EXPLAIN_OUTPUTS = (
     TensorSpec("SIGNAL_NAMES", "BYTES", (-1,)),  # the fused signals: similarity, feedback, ...
-    TensorSpec("SIGNAL_WEIGHTS", "FP64", (-1,)),  # their fitted weights
+    TensorSpec("SIGNAL_WEIGHTS", "FP64", (-1, -1)),  # [k, signals]: the weights that scored it
     TensorSpec("SIGNALS", "FP32", (-1, -1)),  # [k, signals]: each product's signal values
     TensorSpec("CORRECTED", "BYTES", (1,)),  # the query as spelling-corrected; "" if unchanged
 )

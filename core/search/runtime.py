@@ -2,7 +2,7 @@
 
     runtime = SearchRuntime.load(folder)        # the files the `scoring` step serves
     pool = runtime.candidates(queries, vectors, dense_rows, dense_similarity)
-    pool.feedback = runtime.feedback(pool, vectors)
+    pool.feedback = runtime.feedback(pool, vectors, weights.head(pool.rows, pool.tensors()))
     rows, scores = ranked(pool, weights, k)
 
 The server's steps (`model_repository/search/steps.py`) call these very methods, and so do the
@@ -22,7 +22,7 @@ import numpy as np
 
 from fusionrank.core import artefacts
 from fusionrank.core.encoding import onnx_session
-from fusionrank.core.fusion import FusionWeights, rank
+from fusionrank.core.fusion import FusionWeights
 from fusionrank.core.product_table import ProductTable
 from fusionrank.core.search.features import FeatureSources, HeadInputs
 from fusionrank.core.search.judgements import JudgementMemory, ProductPriors
@@ -100,8 +100,11 @@ def candidate_pool(lexical: LexicalIndex, embeddings: np.ndarray, queries: Seque
 
 def ranked(pool: CandidatePool, weights: FusionWeights,
            depth: int = DEPTH) -> tuple[np.ndarray, np.ndarray]:
-    """Catalogue rows [queries, depth], best first by S, and their fused scores."""
-    return rank(pool.rows, weights.signals(pool.tensors()), min(depth, pool.rows.shape[1]))
+    """Catalogue rows [queries, depth], best first by S (in a cascade, its head by S, then the
+    rest by the first stage), and their scores."""
+    order, scores = weights.ranked_positions(pool.rows, pool.tensors(),
+                                             min(depth, pool.rows.shape[1]))
+    return np.take_along_axis(pool.rows, order, axis=1), scores
 
 
 class OnnxFeedbackHead:
@@ -179,15 +182,25 @@ class SearchRuntime:
         return " ".join(words) if changed else ""
 
     def feedback(self, pool: CandidatePool, vectors: np.ndarray,
+                 positions: np.ndarray | None = None,
                  chunk: int = QUERIES_PER_HEAD_CALL) -> np.ndarray:
-        """The head's predicted grade for every candidate [queries, pool], one ONNX Runtime
-        call per `chunk` queries."""
-        out = np.empty(pool.rows.shape, dtype=np.float32)
+        """The head's predicted grade [queries, pool] for every candidate, or (a cascade's
+        head) for the pool `positions` [queries, n] only, NaN at the others; one ONNX Runtime
+        call per `chunk` queries. A pair's grade does not depend on the other candidates."""
+        rows, lexical = pool.rows, pool.lexical
+        if positions is not None:
+            rows = np.take_along_axis(rows, positions, axis=1)
+            lexical = np.take_along_axis(lexical, positions, axis=1)
+        grades = np.empty(rows.shape, dtype=np.float32)
         for start in range(0, len(pool.queries), chunk):
             part = slice(start, start + chunk)
             inputs = self.sources.head_inputs(pool.queries[part], pool.terms[part],
-                                              vectors[part], pool.rows[part], pool.lexical[part])
-            out[part] = self.head(inputs).reshape(pool.rows[part].shape)
+                                              vectors[part], rows[part], lexical[part])
+            grades[part] = self.head(inputs).reshape(rows[part].shape)
+        if positions is None:
+            return grades
+        out = np.full(pool.rows.shape, np.nan, dtype=np.float32)
+        np.put_along_axis(out, positions, grades, axis=1)
         return out
 
     def search(self, queries: Sequence[str], vectors: np.ndarray, k: int,
@@ -199,5 +212,6 @@ class SearchRuntime:
         vectors = np.asarray(vectors, dtype=np.float32)
         pool = self.candidates(queries, vectors,
                                *dense_candidates(self.sources.embeddings, vectors, dense))
-        pool.feedback = self.feedback(pool, vectors)
+        pool.feedback = self.feedback(pool, vectors,
+                                      self.weights.head(pool.rows, pool.tensors()))
         return ranked(pool, self.weights, depth=k)

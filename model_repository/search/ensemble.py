@@ -160,6 +160,11 @@ class ServingOptions:
         return {"threads": str(self.ranker_threads or self.onnx_threads)}
 
     @property
+    def pool(self) -> int:
+        """Candidates a query's pool holds: the dense ones, then the BM25 ones added."""
+        return self.candidates + self.lexical_candidates
+
+    @property
     def encoder_file(self) -> str:
         return names.ENCODER_INT8 if self.precision == "int8" else names.ENCODER
 
@@ -282,8 +287,10 @@ def ranking_models(files: SearchArtefacts,
         run_files += (names.TITLE_FEATURES,)  # saves the step computing them at each load
     scoring = [PythonModel(
         "scoring", steps.ScoreCandidates,
+        # The weights too: in a cascade, the feedback is computed for the head Rank reads.
         artefacts={**{name: files.index / name for name in (names.EMBEDDINGS, names.PRODUCTS)},
-                   **{name: files.run / name for name in run_files}},
+                   **{name: files.run / name for name in run_files},
+                   names.FUSION_WEIGHTS: files.weights},
         parameters={**options.ranker_parameters,
                     "lexical_candidates": str(options.lexical_candidates)},
         instances=options.ranker_instances,

@@ -25,7 +25,7 @@ import numpy as np
 from fusionrank.core import artefacts
 from fusionrank.core.contract import MAX_K, RequestError, TensorSpec, check_batch, check_k
 from fusionrank.core.encoding import MAX_QUERY_TOKENS
-from fusionrank.core.fusion import SIGNAL_TENSORS, FusionWeights, ranked_positions
+from fusionrank.core.fusion import SIGNAL_TENSORS, FusionWeights
 from fusionrank.core.live.segments import LiveBase, LiveFolder, live_folder
 from fusionrank.core.product_table import ProductTable
 from fusionrank.core.search.contract import (
@@ -183,7 +183,9 @@ class ScoreCandidates:
          them), SIMILARITY, LEXICAL (BM25 / the query's best), FEEDBACK (predicted grade,
          1 irrelevant .. 3 highly relevant), each [N + M]; CORRECTION [1] (the query as spelling-
          corrected, in the catalogue's words: `SearchRuntime.corrected_text`; "" if unchanged).
-    The feedback head runs once over every candidate of every request of a batch."""
+    The feedback head runs once over every candidate of every request of a batch; in a cascade
+    (`FusionWeights.cascade`), over the head of each request's pool only, FEEDBACK being NaN
+    below it (not computed, and not read by Rank)."""
 
     CONTRACT = StepContract(inputs=(QUERY, EMBEDDING, DENSE_CANDIDATES, DENSE_SIMILARITY),
                             outputs=(CANDIDATES, SIMILARITY, LEXICAL, FEEDBACK, CORRECTION))
@@ -205,7 +207,10 @@ class ScoreCandidates:
         vectors = joined(requests, EMBEDDING)
         pool = runtime.candidates(queries, vectors, joined(requests, DENSE_CANDIDATES),
                                   joined(requests, DENSE_SIMILARITY))
-        pool.feedback = runtime.feedback(pool, vectors, chunk=len(queries))
+        # In a cascade, the head only where Rank reads it (`FusionWeights.head`).
+        head = None if self.runtime.weights is None else self.runtime.weights.head(
+            pool.rows, pool.tensors())
+        pool.feedback = runtime.feedback(pool, vectors, head, chunk=len(queries))
         corrected = np.array([runtime.corrected_text(q).encode("utf-8") for q in queries],
                              dtype=object).reshape(-1, 1)
         answer = {CANDIDATES: pool.rows, SIMILARITY: pool.similarity, LEXICAL: pool.lexical,
@@ -268,27 +273,37 @@ class Rank:
             request = requests[i]
             detail = requested_detail(request)
             candidates, signals = request[CANDIDATES.name], self.weights.signals(request)
-            positions, scores = ranked_positions(candidates, signals, checked_k(request))
+            positions, scores = self.weights.ranked_positions(candidates, request,
+                                                              checked_k(request))
             rows = np.take_along_axis(candidates, positions, axis=1)
             answer = {PRODUCT_IDS.name: products.product_ids(rows),
                       SCORES.name: scores.astype(np.float32)}
             if detail is not Detail.IDS:
                 answer[PRODUCTS.name] = products.json(rows)
             if detail is Detail.EXPLAIN:
-                answer |= self.explanation(request, signals, positions)
+                answer |= self.explanation(request, signals, positions,
+                                           self.weights.head(candidates, request))
             results[i] = answer
         return results
 
     def explanation(self, request: Tensors, signals: list[tuple[float, np.ndarray]],
-                    positions: np.ndarray) -> Tensors:
-        """The EXPLAIN_OUTPUTS of one request, its ranked products at `positions` of the pool."""
+                    positions: np.ndarray, head: np.ndarray | None) -> Tensors:
+        """The EXPLAIN_OUTPUTS of one request, its ranked products at `positions` of the pool;
+        `head`: a cascade's head positions (None: S scored every product)."""
         names, weights, values, corrected = EXPLAIN_OUTPUTS
         queries = len(positions)
+        hit_weights = np.tile(self.signal_weights, (*positions.shape, 1))
+        hit_values = np.stack([np.take_along_axis(np.asarray(signal, np.float32), positions,
+                                                  axis=1) for _, signal in signals], axis=-1)
+        if head is not None:  # below the head, the first stage's weights scored a product
+            below = ~(positions[:, :, None] == head[:, None, :]).any(axis=-1)
+            first = self.weights.cascade.first_stage
+            hit_weights[below] = [first.get(name, 0.0) for name in self.weights.weights]
+            unread = np.array([name not in first for name in self.weights.weights])
+            hit_values[below[:, :, None] & unread] = 0.0  # not computed (the feedback)
         return {
             names.name: np.tile(self.signal_names, (queries, 1)),
-            weights.name: np.tile(self.signal_weights, (queries, 1)),
-            values.name: np.stack([np.take_along_axis(np.asarray(signal, np.float32), positions,
-                                                      axis=1)
-                                   for _, signal in signals], axis=-1),
+            weights.name: hit_weights,
+            values.name: hit_values,
             corrected.name: request.get(CORRECTION.name,
                                         np.full((queries, 1), b"", dtype=object))}

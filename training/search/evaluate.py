@@ -12,6 +12,9 @@ Systems (each row adds one component, so the table is also the ablation):
                          queries encoded in FP32 (`fusionrank build --precision fp32`)
     fused, int8 query encoder   the same with the INT8 query encoder, as `fusionrank build`
                          serves it by default (export/quantize.py; the catalogue stays FP32)
+    fused, cascade N     where `fusionrank tune-cascade` chose a depth N for the run: the
+                         feedback head on each pool's top N by the hybrid score, S refitted
+                         (training/search/cascade.py); with each query encoder
 With `--student` (a `fusionrank distil` student), the same served path with the student as the
 query encoder and everything else the run's (the teacher's catalogue embeddings, head, memory,
 weights), as `fusionrank build --student` serves it:
@@ -60,6 +63,7 @@ from fusionrank.training.embeddings import (
     weights_digest,
 )
 from fusionrank.training.metrics import METRICS, evaluate_ranking
+from fusionrank.training.search.cascade import cascade_weights, chosen_depth
 from fusionrank.training.search.data import SplitConfig, load_judgements
 from fusionrank.training.search.feedback import choose_threshold, classify, rmse
 from fusionrank.training.search.fusion import fit_weights
@@ -165,6 +169,10 @@ def run_evaluation(config: EvaluateConfig) -> dict:
     no_lexical = fit_weights(pool_of["dev"], dev_judged, ("similarity", "feedback"),
                              pools.grid_step, "fused without the lexical term").weights
     feedback_only = FusionWeights({"feedback": 1.0}, "feedback head alone")
+    # The cascade `fusionrank tune-cascade` chose on dev, where the run was tuned: the
+    # weights `fusionrank build` then serves by default.
+    depth = chosen_depth(run)
+    cascade = cascade_weights(run, depth) if depth is not None else None
 
     results: dict[str, dict] = {}
     for s in SPLITS:
@@ -184,12 +192,21 @@ def run_evaluation(config: EvaluateConfig) -> dict:
         systems["fused (dense pool)"] = ranked(pool.first(pools.dense), served)
         systems["fused"] = ranked(pool, served)
         systems["fused, int8 query encoder"] = ranked(int8_pool_of[s], served)
+        if cascade is not None:
+            systems[f"fused, cascade {depth}"] = ranked(pool, cascade)
+            systems[f"fused, cascade {depth}, int8 query encoder"] = ranked(int8_pool_of[s],
+                                                                           cascade)
         if student is not None:
             systems["student"] = dense_candidates(tuned, student_vectors[s]["fp32"], DEPTH,
                                                   block=256)
             systems["fused, student query encoder"] = ranked(student_pool_of[s]["fp32"], served)
             systems["fused, student int8 query encoder"] = ranked(student_pool_of[s]["int8"],
                                                                   served)
+            if cascade is not None:
+                systems[f"fused, cascade {depth}, student query encoder"] = ranked(
+                    student_pool_of[s]["fp32"], cascade)
+                systems[f"fused, cascade {depth}, student int8 query encoder"] = ranked(
+                    student_pool_of[s]["int8"], cascade)
         results[s] = {name: evaluate_ranking(judged, qs, rows, scores)
                       for name, (rows, scores) in systems.items()}
         results[s]["queries"] = len(qs)
@@ -202,7 +219,8 @@ def run_evaluation(config: EvaluateConfig) -> dict:
               "queries": {s: len(queries[s]) for s in SPLITS},
               "checkpoint": manifest["checkpoint"], "init_model": manifest["init_model"],
               "weights": {"fused": asdict(served), "hybrid": asdict(hybrid),
-                          "fused − lexical": asdict(no_lexical)},
+                          "fused − lexical": asdict(no_lexical),
+                          **({f"fused, cascade {depth}": asdict(cascade)} if cascade else {})},
               "retrieval": results, "feedback": feedback,
               "seconds": round(time.perf_counter() - started, 1), "command": config.command}
     if student is not None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from fusionrank.core.fusion import FusionWeights
+from fusionrank.core.fusion import Cascade, FusionWeights
 from fusionrank.core.search.runtime import CandidatePool, ranked
 from fusionrank.training.metrics import evaluate_ranking
 
@@ -48,15 +48,19 @@ class FitResult:
 
 def fit_weights(pool: CandidatePool, judged: Mapping[str, Mapping[int, float]],
                 signals: tuple[str, ...], step: float, description: str,
-                progress: Callable[[str], None] | None = None) -> FitResult:
-    """The grid point with the best dev NDCG@10 for the given signals."""
+                progress: Callable[[str], None] | None = None,
+                cascade: Cascade | None = None) -> FitResult:
+    """The grid point with the best dev NDCG@10 for the given signals; with `cascade`, of S
+    over the cascade's head (the rest in the first stage's order below it)."""
     best: tuple[float, dict[str, float]] | None = None
     grid = simplex(step, signals)
     for point in grid:
         if not any(point.values()):
             continue
         used = {s: w for s, w in point.items() if w > 0}
-        rows, scores = ranked(pool, FusionWeights(used), depth=10)
+        # A cascade's first stage may weigh a signal S gives no weight: S keeps it, at 0.
+        rows, scores = ranked(pool, FusionWeights(used if cascade is None else point,
+                                                  cascade=cascade), depth=10)
         ndcg = evaluate_ranking(judged, pool.queries, rows, scores, ("ndcg@10",))["ndcg@10"]
         if best is None or ndcg > best[0] + 1e-12:
             best = (ndcg, used)
@@ -68,4 +72,4 @@ def fit_weights(pool: CandidatePool, judged: Mapping[str, Mapping[int, float]],
                   f"{len(pool.queries)} dev queries, {len(grid)} points tried")
     if progress:
         progress(provenance)
-    return FitResult(FusionWeights(weights, provenance), ndcg, len(grid))
+    return FitResult(FusionWeights(weights, provenance, cascade), ndcg, len(grid))

@@ -7,6 +7,8 @@ Run folder (runs/<name>/):
     feedback_head.onnx      the feedback head (served by the `scoring` step), with its
                             priors.npy and memory.npz (training judgements, fine-tuned vectors)
     ranking.json            FusionWeights of the full ranker (served by the `ranker` step)
+    cascade.json            the ranking cascade's depths fitted on dev, and the one chosen
+                            (training/search/cascade.py; `fusionrank build` serves it)
     run.json                data file + hash, split, hyper-parameters, results of every stage
 The ONNX exports of the starting and the fine-tuned encoder (each parity-checked against
 PyTorch) and their catalogue embeddings are cached under --cache, keyed by weights and titles,
@@ -217,6 +219,17 @@ def run_training(config: TrainConfig) -> dict:
                 "init_model": str(init), "checkpoint": str(best),
                 "artefacts": list(artefacts.SEARCH_RUN_FILES),
                 "stages": stages, "seconds": round(time.perf_counter() - started, 1)}
+    (out / artefacts.RUN_MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+
+    # 6. The ranking cascade's depth, tuned on dev (what `fusionrank build` serves by default).
+    from fusionrank.training.search.cascade import CascadeConfig, tune_cascade
+
+    t0 = time.perf_counter()
+    cascade = tune_cascade(CascadeConfig(out, data=config.data, cache=config.cache,
+                                         threads=config.threads))
+    manifest["stages"]["cascade"] = {"seconds": round(time.perf_counter() - t0, 1),
+                                     "chosen": cascade["chosen"]}
+    manifest["seconds"] = round(time.perf_counter() - started, 1)
     (out / artefacts.RUN_MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     log(f"done in {manifest['seconds']:.0f} s: {out}")
     return manifest

@@ -5,7 +5,7 @@
     priors.npy          product priors, row i = served product i       (scoring step)
     memory.npz          training judgements, products as served rows  (scoring step)
     feedback_head.onnx  the run's feedback head                        (scoring step)
-    ranking.json        the run's fusion weights                        (ranker step)
+    ranking.json        the run's fusion weights, or a cascade's        (scoring, ranker)
     title_features.npz  the titles' term structures, computed here     (scoring step)
                         rather than at each load (with `embeddings` only: title_features.py)
 Rows are matched by product id, so any catalogue works: products the run never saw get the
@@ -22,6 +22,7 @@ import numpy as np
 
 from fusionrank.core import artefacts
 from fusionrank.core.catalogue import Catalogue
+from fusionrank.core.fusion import FusionWeights
 from fusionrank.core.search.judgements import JudgementMemory, ProductPriors
 from fusionrank.core.search.lexical import LexicalIndex
 from fusionrank.core.search.title_features import save_title_features
@@ -59,9 +60,11 @@ def aligned_memory(run_dir: Path, row_map: np.ndarray) -> JudgementMemory:
 
 
 def search_artefacts(run_dir: str | Path, catalogue: Catalogue, out_dir: str | Path,
-                     embeddings: np.ndarray | None = None) -> dict[str, Path]:
+                     embeddings: np.ndarray | None = None,
+                     ranking: FusionWeights | None = None) -> dict[str, Path]:
     """The run's search files for `catalogue` in `out_dir`; with the catalogue's `embeddings`,
-    its TITLE_FEATURES too."""
+    its TITLE_FEATURES too; with `ranking`, those weights (a cascade's, say) rather than the
+    run's own."""
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     if not (run_dir / artefacts.RUN_MANIFEST).is_file():
         raise FileNotFoundError(f"{run_dir} is not a finished `fusionrank train` run "
@@ -72,8 +75,11 @@ def search_artefacts(run_dir: str | Path, catalogue: Catalogue, out_dir: str | P
     row_map = served_rows(run_dir, catalogue.ids)
     aligned_priors(run_dir, row_map, len(catalogue.ids)).save(paths[artefacts.PRIORS])
     aligned_memory(run_dir, row_map).save(paths[artefacts.MEMORY])
-    for name in (artefacts.FEEDBACK_HEAD, artefacts.FUSION_WEIGHTS):
-        shutil.copyfile(run_dir / name, paths[name])
+    shutil.copyfile(run_dir / artefacts.FEEDBACK_HEAD, paths[artefacts.FEEDBACK_HEAD])
+    if ranking is None:
+        shutil.copyfile(run_dir / artefacts.FUSION_WEIGHTS, paths[artefacts.FUSION_WEIGHTS])
+    else:
+        ranking.save(paths[artefacts.FUSION_WEIGHTS])
     if embeddings is not None:
         paths[artefacts.TITLE_FEATURES] = out_dir / artefacts.TITLE_FEATURES
         save_title_features(paths[artefacts.TITLE_FEATURES], catalogue.titles, embeddings)

@@ -11,7 +11,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from fusionrank.core.contract import RequestError, TensorSpec
-from fusionrank.core.fusion import FusionWeights, rank
+from fusionrank.core.fusion import Cascade, FusionWeights, rank
 from fusionrank.core.search.contract import (
     EXPLAIN_OUTPUTS,
     SEARCH_INPUTS,
@@ -289,7 +289,7 @@ def test_ranker_explains_each_score_by_its_weighted_signals(tmp_path, search_rep
                "CORRECTION": np.array([[b"garden hose"]], dtype=object)}
     (result,) = Rank(folder, {})([request])
     assert result["SIGNAL_NAMES"][0].tolist() == [b"similarity", b"feedback", b"lexical"]
-    assert result["SIGNAL_WEIGHTS"][0].tolist() == [0.7, 0.25, 0.05]
+    assert result["SIGNAL_WEIGHTS"][0].tolist() == [[0.7, 0.25, 0.05]] * 3
     assert result["CORRECTED"].tolist() == [[b"garden hose"]]
     candidates = request["CANDIDATES"][0].tolist()
     for place, product_id in enumerate(result["PRODUCT_IDS"][0]):
@@ -298,6 +298,35 @@ def test_ranker_explains_each_score_by_its_weighted_signals(tmp_path, search_rep
         assert values.tolist() == [request[n][0, position] for n in ("SIMILARITY", "FEEDBACK",
                                                                      "LEXICAL")]
         total = sum(w * float(v) for w, v in zip([0.7, 0.25, 0.05], values, strict=True))
+        assert np.float32(total) == result["SCORES"][0, place]
+
+
+def test_a_cascade_explains_the_head_by_s_and_the_rest_by_the_first_stage(tmp_path,
+                                                                          search_repository):
+    folder = tmp_path / "ranker"
+    folder.mkdir()
+    products = served_version(search_repository, SEARCH_STEPS) / "products.jsonl"
+    (folder / products.name).write_bytes(products.read_bytes())
+    catalogue_ids = [json.loads(line)["product_id"] for line in products.read_text().splitlines()]
+    FusionWeights({"similarity": 0.5, "feedback": 0.3, "lexical": 0.2},
+                  cascade=Cascade(2, {"similarity": 0.6, "lexical": 0.4})).save(
+        folder / "ranking.json")
+    # First stage: 0.6·s + 0.4·lexical = 0.9, 0.7, 0.5, 0.3 → head 4, 9; feedback below it
+    # was never computed (NaN, as ScoreCandidates leaves it).
+    request = {"CANDIDATES": np.array([[4, 9, 2, 7]]), "K": np.array([[4]], dtype=np.int32),
+               "SIMILARITY": np.array([[0.9, 0.7, 0.5, 0.3]], np.float32),
+               "LEXICAL": np.array([[0.9, 0.7, 0.5, 0.3]], np.float32),
+               "FEEDBACK": np.array([[1.0, 3.0, np.nan, np.nan]], np.float32)}
+    (result,) = Rank(folder, {})([request])
+    assert [catalogue_ids.index(p.decode()) for p in result["PRODUCT_IDS"][0]] == [9, 4, 2, 7]
+    assert result["SIGNAL_WEIGHTS"][0].tolist() == [[0.5, 0.3, 0.2], [0.5, 0.3, 0.2],
+                                                    [0.6, 0.0, 0.4], [0.6, 0.0, 0.4]]
+    np.testing.assert_allclose(result["SIGNALS"][0], [[0.7, 3.0, 0.7], [0.9, 1.0, 0.9],
+                                                      [0.5, 0.0, 0.5], [0.3, 0.0, 0.3]],
+                               atol=1e-7)
+    for place in range(4):  # each score is its own weights times its own values
+        total = sum(float(w) * float(v) for w, v in zip(result["SIGNAL_WEIGHTS"][0, place],
+                                                        result["SIGNALS"][0, place], strict=True))
         assert np.float32(total) == result["SCORES"][0, place]
 
 

@@ -8,11 +8,11 @@ import pytest
 
 from fusionrank.core import artefacts as names
 from fusionrank.core.catalogue import Catalogue, Product, load_catalogue
-from fusionrank.core.fusion import FusionWeights
+from fusionrank.core.fusion import Cascade, FusionWeights
 from fusionrank.core.search.features import FEATURES
 from fusionrank.core.search.judgements import JudgementMemory, ProductPriors
 from fusionrank.core.search.lexical import LexicalIndex, top_k
-from fusionrank.core.search.runtime import SearchRuntime, dense_candidates
+from fusionrank.core.search.runtime import CandidatePool, SearchRuntime, dense_candidates, ranked
 from fusionrank.core.search.title_features import save_title_features
 from fusionrank.core.search.title_terms import TitleTerms
 from fusionrank.model_repository.search.steps import ScoreCandidates
@@ -141,6 +141,47 @@ def test_search_ranks_the_pool_by_the_fitted_weights(runtime, vectors):
         order = np.argsort(-fused[i], kind="stable")[:10]
         np.testing.assert_array_equal(rows[i], pool.rows[i][order])
         np.testing.assert_allclose(scores[i], fused[i][order], atol=1e-5)
+
+
+def test_a_cascade_scores_its_head_alone_and_ranks_as_over_the_whole_pool(runtime, vectors):
+    cascade = FusionWeights({"similarity": 0.5, "feedback": 0.3, "lexical": 0.2},
+                            cascade=Cascade(5, {"similarity": 0.6, "lexical": 0.4}))
+    pool = runtime.candidates(QUERIES, vectors,
+                              *dense_candidates(runtime.sources.embeddings, vectors, DENSE))
+    everyone = runtime.feedback(pool, vectors)
+    head = cascade.head(pool.rows, pool.tensors())
+    first = 0.6 * pool.similarity.astype(np.float64) + 0.4 * pool.lexical
+    for i in range(len(QUERIES)):  # each query's 5 best first-stage scores
+        assert set(head[i]) == set(np.argsort(-first[i])[:5])
+    scored = runtime.feedback(pool, vectors, head)
+    np.testing.assert_allclose(np.take_along_axis(scored, head, axis=1),
+                               np.take_along_axis(everyone, head, axis=1), atol=1e-5)
+    assert np.isnan(scored).sum(axis=1).tolist() == [DENSE + EXTRA - 5] * len(QUERIES)
+    served = CandidatePool(pool.queries, pool.terms, pool.rows, pool.similarity, pool.lexical,
+                           scored)
+    pool.feedback = everyone
+    np.testing.assert_array_equal(ranked(served, cascade, 10)[0], ranked(pool, cascade, 10)[0])
+
+
+def test_the_scoring_step_of_a_cascade_computes_the_head_s_feedback_only(folder, tmp_path,
+                                                                         runtime, vectors):
+    for path in folder.iterdir():
+        (tmp_path / path.name).write_bytes(path.read_bytes())
+    FusionWeights({"similarity": 0.5, "feedback": 0.3, "lexical": 0.2},
+                  cascade=Cascade(4, {"similarity": 0.6, "lexical": 0.4})).save(
+        tmp_path / names.FUSION_WEIGHTS)
+    rows, similarity = dense_candidates(runtime.sources.embeddings, vectors, DENSE)
+    text = np.array([q.encode() for q in QUERIES], dtype=object).reshape(-1, 1)
+    (answer,) = ScoreCandidates(tmp_path, {"threads": "1", "lexical_candidates": str(EXTRA)})(
+        [{"QUERY": text, "EMBEDDING": vectors, "DENSE_CANDIDATES": rows,
+          "DENSE_SIMILARITY": similarity}])
+    pool = runtime.candidates(QUERIES, vectors, rows, similarity)
+    everyone = runtime.feedback(pool, vectors)
+    first = 0.6 * answer["SIMILARITY"].astype(np.float64) + 0.4 * answer["LEXICAL"]
+    for i in range(len(QUERIES)):
+        scored = np.flatnonzero(np.isfinite(answer["FEEDBACK"][i]))
+        assert set(scored) == set(np.argsort(-first[i])[:4])
+        np.testing.assert_allclose(answer["FEEDBACK"][i][scored], everyone[i][scored], atol=1e-5)
 
 
 def test_disagreeing_files_are_refused(folder, tmp_path):
