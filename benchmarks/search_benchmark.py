@@ -444,12 +444,7 @@ def summarise(args: argparse.Namespace, repository: Path, queries: list[str], m:
         "c8_over_best_in_process": round(c8 / max(r.throughput_qps for r in m.reference), 3),
     }
     if args.evaluation:
-        evaluation = json.loads(args.evaluation.read_text())
-        summary["quality"] = {
-            "source": str(args.evaluation), "run": evaluation["run"],
-            "splits": {split: {name: evaluation["retrieval"][split][name]
-                               for name in ("fused", "fused, int8 query encoder")}
-                       for split in ("dev", "test")}}
+        summary["quality"] = served_quality(args.evaluation, manifest)
     if manifest.get("training_run"):  # the peer serves a trained run
         summary["peer"] = peer_summary()
     summary["pipeline"] = " → ".join(s.model_name for s in
@@ -457,6 +452,18 @@ def summarise(args: argparse.Namespace, repository: Path, queries: list[str], m:
     summary["training_run"] = manifest.get("training_run")
     summary["plot"] = f"{report_name(summary)}.png"
     return summary
+
+
+def served_quality(evaluation_file: Path, manifest: dict) -> dict:
+    """The evaluation's rows of the ranking the build serves (a cascade's, where it ranks in
+    one), with the FP32 and the INT8 query encoder."""
+    evaluation = json.loads(evaluation_file.read_text())
+    cascade = (manifest.get("ranking") or {}).get("cascade")
+    fused = f"fused, cascade {cascade['depth']}" if cascade else "fused"
+    return {"source": str(evaluation_file), "run": evaluation["run"],
+            "splits": {split: {name: evaluation["retrieval"][split][name]
+                               for name in (fused, f"{fused}, int8 query encoder")}
+                       for split in ("dev", "test")}}
 
 
 def report_name(summary: dict) -> str:
@@ -540,7 +547,7 @@ def quality_section(s: dict) -> str:
         rows = [[split, name, f"{m['ndcg@10']:.4f}", f"{m['recall@100']:.4f}"]
                 for split, systems in s["quality"]["splits"].items()
                 for name, m in systems.items()]
-        text = ("Ranking quality of the served run, FP32 against INT8 query encoder (one "
+        text = ("Ranking quality of the served ranking, FP32 against INT8 query encoder (one "
                 f"`fusionrank evaluate` run: `{s['quality']['source']}`):\n\n"
                 + table(["split", "system", "NDCG@10", "Recall@100"], rows) + "\n\n")
     a = s.get("retrieval_agreement")
