@@ -12,7 +12,8 @@ S orders those N, the rest follow in the first stage's order. For each N of a sw
 
 and chooses the smallest N whose dev NDCG@10 is within `tolerance` of the run's one-stage
 ranking (today's). The fits go to RUN/cascade.json, which `fusionrank build --cascade-depth`
-reads. The pools are the runtime's own (`SearchRuntime.candidates` / `feedback`), so what is
+reads; a later tuning of other depths adds them to the file's (the choice is made again over
+all of them). The pools are the runtime's own (`SearchRuntime.candidates` / `feedback`), so what is
 fitted and timed here is what the server runs.
 """
 
@@ -117,6 +118,8 @@ def tune_cascade(config: CascadeConfig) -> dict:
                      "core_ms_per_query": core[depth]})
         log(f"depth {depth}: dev NDCG@10 {scores['ndcg@10']:.4f}, recall@100 "
             f"{scores['recall@100']:.4f}, ScoreCandidates + Rank {core[depth]:.2f} ms a query")
+    rows = sorted([*_kept(run / CASCADE_FILE, first, one_stage, size, depths), *rows],
+                  key=lambda r: r["depth"])
     eligible = [r for r in rows if r["ndcg@10"] >= one_stage["ndcg@10"] - config.tolerance]
     chosen = min(eligible, key=lambda r: r["depth"])["depth"]
     report = {"run": str(run), "dev_queries": len(queries), "pool": size,
@@ -131,6 +134,19 @@ def tune_cascade(config: CascadeConfig) -> dict:
     (run / CASCADE_FILE).write_text(json.dumps(report, indent=2) + "\n")
     log(f"chose depth {chosen}; wrote {run / CASCADE_FILE}")
     return report
+
+
+def _kept(path: Path, first: FusionWeights, one_stage: dict, size: int,
+          refitted: list[int]) -> list[dict]:
+    """The depths an earlier tuning of the same pools fitted and this one does not refit, so
+    `--depths 12` adds a depth to the sweep rather than replacing it. Pools that changed since
+    (another first stage, another one-stage score or pool size) keep nothing."""
+    if not path.is_file():
+        return []
+    before = json.loads(path.read_text())
+    same = (before["first_stage"]["weights"] == first.weights and before["pool"] == size
+            and before["one_stage"] == one_stage)
+    return [row for row in before["depths"] if same and row["depth"] not in refitted]
 
 
 def _scored(pool: CandidatePool, judged, weights: FusionWeights) -> dict[str, float]:

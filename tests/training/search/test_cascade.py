@@ -95,11 +95,12 @@ def test_tuning_refuses_a_depth_beyond_the_pool_before_fitting_anything(tuned, s
 
 @pytest.fixture(scope="module")
 def tuned(search_run, tmp_path_factory):
-    """A copy of the tiny trained run (the session's stays untuned), tuned for three depths."""
+    """A copy of the tiny trained run without the tuning `train` did (the session's run keeps
+    it), tuned for three depths."""
     if search_run is None:
         pytest.skip("shared datasets not found")
     run = tmp_path_factory.mktemp("tuned") / "run"
-    shutil.copytree(search_run.run, run, ignore=shutil.ignore_patterns("encoder"))
+    shutil.copytree(search_run.run, run, ignore=shutil.ignore_patterns("encoder", CASCADE_FILE))
     (run / "encoder").symlink_to(search_run.run / "encoder")
     report = tune_cascade(CascadeConfig(run, depths=(3, 8, 200), cache=search_run.cache,
                                         threads=1, timing_queries=8))
@@ -124,6 +125,19 @@ def test_tuning_fits_each_depth_and_chooses_the_smallest_within_the_tolerance(tu
     within = [row["depth"] for row in report["depths"]
               if row["ndcg@10"] >= report["one_stage"]["ndcg@10"] - report["tolerance"]]
     assert report["chosen"] == min(within)
+
+
+def test_tuning_another_depth_adds_it_to_the_sweep(tuned, search_run):
+    run, first = tuned
+    added = tune_cascade(CascadeConfig(run, depths=(5, 8), cache=search_run.cache, threads=1,
+                                       timing_queries=8))
+    assert [row["depth"] for row in added["depths"]] == [3, 5, 8, 200]
+    kept = {row["depth"]: row for row in first["depths"]}
+    assert {row["depth"]: row for row in added["depths"]}[3] == kept[3]  # not refitted
+    within = [row["depth"] for row in added["depths"]
+              if row["ndcg@10"] >= added["one_stage"]["ndcg@10"] - added["tolerance"]]
+    assert added["chosen"] == min(within)
+    (run / CASCADE_FILE).write_text(json.dumps(first, indent=2) + "\n")  # as the others found it
 
 
 def test_a_cascade_build_serves_what_the_offline_runtime_ranks(tuned, tiny_catalogue, model_dir,

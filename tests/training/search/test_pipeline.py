@@ -24,12 +24,17 @@ def test_a_tiny_run_trains_evaluates_and_serves(trained_run, tmp_path, capsys):
     weights = json.loads((run / artefacts.FUSION_WEIGHTS).read_text())
     assert set(weights["weights"]) == {"similarity", "feedback", "lexical"}
     assert "grid search" in weights["provenance"]
+    # The last stage tunes the ranking cascade, whose depth `build` serves by default.
+    cascade = json.loads((run / "cascade.json").read_text())
+    assert manifest["stages"]["cascade"]["chosen"] == cascade["chosen"]
+    assert cascade["chosen"] in [row["depth"] for row in cascade["depths"]]
 
     assert main(["evaluate", "--run", str(run), "--out", str(tmp_path / "report"),
                  "--cache", str(trained_run.cache), "--threads", "1"]) == 0
     report = json.loads((tmp_path / "report" / "evaluation.json").read_text())
     systems = set(report["retrieval"]["test"]) - {"queries"}
     assert {"bm25", "pretrained", "finetuned", "hybrid", "fused"} <= systems
+    assert f"fused, cascade {cascade['chosen']}" in systems
     assert 0 < report["retrieval"]["test"]["fused"]["ndcg@10"] <= 1
     assert report["feedback"]["test"]["rmse"] > 0
     assert "| fused |" in capsys.readouterr().out
