@@ -57,6 +57,7 @@ from fusionrank.training.search.fusion import SIGNALS, fit_weights
 from fusionrank.training.search.pairs import PairResources, judged_pairs
 from fusionrank.training.search.pipeline import (
     PoolConfig,
+    load_run,
     out_of_fold_priors,
     query_vectors,
     training_knowledge,
@@ -92,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=REPORTS)
     args = parser.parse_args(argv)
     run = args.run
-    manifest = json.loads((run / artefacts.RUN_MANIFEST).read_text())
+    manifest = load_run(run)
     tuning = json.loads((run / CASCADE_FILE).read_text())
     depth, first = tuning["chosen"], {s: w for s, w in tuning["first_stage"]["weights"].items()
                                       if w > 0}

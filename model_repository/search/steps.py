@@ -282,21 +282,22 @@ class Rank:
                 answer[PRODUCTS.name] = products.json(rows)
             if detail is Detail.EXPLAIN:
                 answer |= self.explanation(request, signals, positions,
-                                           self.weights.head(candidates, request))
+                                           self.weights.cascades(candidates.shape[1]))
             results[i] = answer
         return results
 
     def explanation(self, request: Tensors, signals: list[tuple[float, np.ndarray]],
-                    positions: np.ndarray, head: np.ndarray | None) -> Tensors:
+                    positions: np.ndarray, cascade: bool) -> Tensors:
         """The EXPLAIN_OUTPUTS of one request, its ranked products at `positions` of the pool;
-        `head`: a cascade's head positions (None: S scored every product)."""
+        `cascade`: ranked in two stages, the head's products first (`ranked_positions`)."""
         names, weights, values, corrected = EXPLAIN_OUTPUTS
         queries = len(positions)
         hit_weights = np.tile(self.signal_weights, (*positions.shape, 1))
         hit_values = np.stack([np.take_along_axis(np.asarray(signal, np.float32), positions,
                                                   axis=1) for _, signal in signals], axis=-1)
-        if head is not None:  # below the head, the first stage's weights scored a product
-            below = ~(positions[:, :, None] == head[:, None, :]).any(axis=-1)
+        if cascade:  # below the head, the first stage's weights scored a product
+            below = np.zeros(positions.shape, dtype=bool)
+            below[:, self.weights.cascade.depth:] = True
             first = self.weights.cascade.first_stage
             hit_weights[below] = [first.get(name, 0.0) for name in self.weights.weights]
             unread = np.array([name not in first for name in self.weights.weights])

@@ -44,7 +44,7 @@ from fusionrank.training.embeddings import catalogue_embeddings
 from fusionrank.training.metrics import evaluate_ranking
 from fusionrank.training.search.data import SplitConfig, load_judgements
 from fusionrank.training.search.fusion import SIGNALS, fit_weights
-from fusionrank.training.search.pipeline import PoolConfig
+from fusionrank.training.search.pipeline import PoolConfig, load_run
 
 CASCADE_FILE = "cascade.json"
 DEPTHS = (8, 16, 32, 64, 200)
@@ -68,19 +68,30 @@ def log(message: str) -> None:
     print(f"[tune-cascade] {message}", file=sys.stderr, flush=True)
 
 
-def tune_cascade(config: CascadeConfig) -> dict:
-    """Fit, score and time each depth; write RUN/cascade.json; answer what it holds."""
-    run = Path(config.run)
-    manifest_file = run / artefacts.RUN_MANIFEST
-    if not manifest_file.is_file():
-        raise FileNotFoundError(f"{run} is not a training run (no {artefacts.RUN_MANIFEST}): "
-                                "run `fusionrank train` first")
-    manifest = json.loads(manifest_file.read_text())
-    pools = PoolConfig(**manifest["config"]["pools"])
+@dataclass
+class DevPools:
+    """The dev queries' served pools, their feedback over every candidate, and the dense
+    candidates they grew from (the timing builds the pools again from these)."""
+
+    queries: list[str]
+    vectors: np.ndarray
+    dense: tuple[np.ndarray, np.ndarray]  # rows, similarity
+    pool: CandidatePool
+
+
+def check_depths(depths: tuple[int, ...], pools: PoolConfig) -> None:
     size = pools.dense + pools.lexical  # each query's pool: dense candidates, then BM25 ones
-    bad = [d for d in config.depths if not 1 <= d <= size]
+    bad = [d for d in depths if not 1 <= d <= size]
     if bad:
         raise ValueError(f"cascade depths {bad} outside 1..{size} (the pool's size)")
+
+
+def tune_cascade(config: CascadeConfig) -> dict:
+    """A finished run's dev pools, from its files; then `sweep`."""
+    run = Path(config.run)
+    manifest = load_run(run)
+    pools = PoolConfig(**manifest["config"]["pools"])
+    check_depths(config.depths, pools)
     judgements = load_judgements(config.data or manifest["data_file"],
                                  SplitConfig(**manifest["config"]["split"]))
     titles = judgements.catalogue.titles
@@ -93,20 +104,29 @@ def tune_cascade(config: CascadeConfig) -> dict:
                             OnnxFeedbackHead(run / artefacts.FEEDBACK_HEAD, config.threads),
                             today, pools.lexical)
     queries = judgements.ranked_queries("dev")
-    judged = judgements.qrels("dev")
     vectors = embedder.encode_queries(queries)
     dense = dense_candidates(embeddings, vectors, pools.dense)
     pool = runtime.candidates(queries, vectors, *dense)
     pool.feedback = runtime.feedback(pool, vectors)
+    return sweep(config, DevPools(queries, vectors, dense, pool), judgements.qrels("dev"),
+                 runtime, today, pools.grid_step)
+
+
+def sweep(config: CascadeConfig, dev: DevPools, judged, runtime: SearchRuntime,
+          today: FusionWeights, grid_step: float) -> dict:
+    """Fit, score and time each depth on `dev` (`today`: the run's one-stage weights); write
+    RUN/cascade.json; answer what it holds."""
+    run = Path(config.run)
+    queries, vectors, dense, pool = dev.queries, dev.vectors, dev.dense, dev.pool
     size = pool.rows.shape[1]  # (smaller only for a catalogue smaller than the pool)
-    first = fit_weights(pool, judged, ("similarity", "lexical"), pools.grid_step,
+    first = fit_weights(pool, judged, ("similarity", "lexical"), grid_step,
                         "cascade first stage (hybrid)", log).weights
     first_stage = {s: w for s, w in first.weights.items() if w > 0}
     one_stage = _scored(pool, judged, today)
     log(f"one stage (today's): dev NDCG@10 {one_stage['ndcg@10']:.4f}")
     depths = sorted(set(config.depths))
     fitted = {depth: today if depth >= size else fit_weights(
-        pool, judged, SIGNALS, pools.grid_step, f"fused ranker, cascade depth {depth}", log,
+        pool, judged, SIGNALS, grid_step, f"fused ranker, cascade depth {depth}", log,
         cascade=Cascade(depth, first_stage)).weights for depth in depths}
     timed = slice(0, min(config.timing_queries, len(queries)))
     core = core_ms_per_query(runtime, fitted, queries[timed], vectors[timed],

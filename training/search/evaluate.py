@@ -68,7 +68,7 @@ from fusionrank.training.search.data import SplitConfig, load_judgements
 from fusionrank.training.search.feedback import choose_threshold, classify, rmse
 from fusionrank.training.search.fusion import fit_weights
 from fusionrank.training.search.pairs import PairResources, judged_pairs
-from fusionrank.training.search.pipeline import PoolConfig
+from fusionrank.training.search.pipeline import PoolConfig, load_run
 
 SPLITS = ("dev", "test")
 
@@ -92,14 +92,6 @@ LATENCY_BATCHES = (1, 8)
 
 def log(message: str) -> None:
     print(f"[evaluate] {message}", file=sys.stderr, flush=True)
-
-
-def load_run(run: Path) -> dict:
-    path = Path(run) / artefacts.RUN_MANIFEST
-    if not path.is_file():
-        raise FileNotFoundError(f"{run} is not a training run (no {artefacts.RUN_MANIFEST}): "
-                                "run `fusionrank train` first")
-    return json.loads(path.read_text())
 
 
 def run_evaluation(config: EvaluateConfig) -> dict:

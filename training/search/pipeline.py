@@ -100,6 +100,15 @@ def query_vectors(embedder: Embedder, queries: list[str]) -> dict[str, np.ndarra
     return dict(zip(queries, embedder.encode_queries(queries), strict=True))
 
 
+def load_run(run: Path) -> dict:
+    """A finished run's manifest (run.json), or a clear error where `run` is none."""
+    path = Path(run) / artefacts.RUN_MANIFEST
+    if not path.is_file():
+        raise FileNotFoundError(f"{run} is not a training run (no {artefacts.RUN_MANIFEST}): "
+                                "run `fusionrank train` first")
+    return json.loads(path.read_text())
+
+
 def training_knowledge(judgements: Judgements, catalogue: np.ndarray,
                        vectors: dict[str, np.ndarray]) -> tuple[ProductPriors, JudgementMemory]:
     """What the feedback head's features learn from the training judgements: each product's
@@ -204,8 +213,8 @@ def run_training(config: TrainConfig) -> dict:
     dev_vectors = np.stack([vectors[q] for q in dev_queries])
     runtime = SearchRuntime(lexical, sources, OnnxFeedbackHead(out / artefacts.FEEDBACK_HEAD),
                             extra=config.pools.lexical)
-    pool = runtime.candidates(dev_queries, dev_vectors,
-                              *dense_candidates(catalogue, dev_vectors, config.pools.dense))
+    dense = dense_candidates(catalogue, dev_vectors, config.pools.dense)
+    pool = runtime.candidates(dev_queries, dev_vectors, *dense)
     pool.feedback = runtime.feedback(pool, dev_vectors)
     fit = fit_weights(pool, judgements.qrels("dev"), ("similarity", "feedback", "lexical"),
                       config.pools.grid_step, "fused ranker", log)
@@ -213,23 +222,25 @@ def run_training(config: TrainConfig) -> dict:
     stages["fusion"] = {"seconds": round(time.perf_counter() - t0, 1),
                         "weights": fit.weights.weights, "dev_ndcg@10": fit.dev_ndcg10}
 
+    # 6. The ranking cascade's depth, tuned on the same dev pools (what `fusionrank build`
+    # serves by default).
+    from fusionrank.training.search.cascade import CascadeConfig, DevPools, check_depths, sweep
+
+    t0 = time.perf_counter()
+    tuning = CascadeConfig(out, threads=config.threads)
+    check_depths(tuning.depths, config.pools)
+    cascade = sweep(tuning,
+                    DevPools(dev_queries, dev_vectors, dense, pool), judgements.qrels("dev"),
+                    runtime, fit.weights, config.pools.grid_step)
+    stages["cascade"] = {"seconds": round(time.perf_counter() - t0, 1),
+                         "chosen": cascade["chosen"]}
+
     manifest = {"created_at": datetime.now(UTC).isoformat(timespec="seconds"),
                 "data_file": judgements.source, "data_sha256": judgements.sha256,
                 "config": json.loads(json.dumps(asdict(config), default=str)),
                 "init_model": str(init), "checkpoint": str(best),
                 "artefacts": list(artefacts.SEARCH_RUN_FILES),
                 "stages": stages, "seconds": round(time.perf_counter() - started, 1)}
-    (out / artefacts.RUN_MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-
-    # 6. The ranking cascade's depth, tuned on dev (what `fusionrank build` serves by default).
-    from fusionrank.training.search.cascade import CascadeConfig, tune_cascade
-
-    t0 = time.perf_counter()
-    cascade = tune_cascade(CascadeConfig(out, data=config.data, cache=config.cache,
-                                         threads=config.threads))
-    manifest["stages"]["cascade"] = {"seconds": round(time.perf_counter() - t0, 1),
-                                     "chosen": cascade["chosen"]}
-    manifest["seconds"] = round(time.perf_counter() - started, 1)
     (out / artefacts.RUN_MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     log(f"done in {manifest['seconds']:.0f} s: {out}")
     return manifest

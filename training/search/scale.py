@@ -144,7 +144,7 @@ def run_scale_evaluation(run: Path, repositories: list[Path], out: Path,
     import json
 
     from fusionrank.training.search.data import SplitConfig, load_judgements
-    from fusionrank.training.search.evaluate import load_run
+    from fusionrank.training.search.pipeline import load_run
 
     manifest = load_run(run)
     judgements = load_judgements(manifest["data_file"],
