@@ -43,6 +43,16 @@ def test_compose_builds_the_ngc_image_and_reserves_a_gpu(triton):
                                        "127.0.0.1:8002:8002"]
 
 
+def test_the_image_holds_every_layer_the_package_links_to():
+    """fusionrank/ is a folder of links to the layers (pyproject.toml): an image that copies
+    the links without a layer they point at does not import."""
+    dockerfile = (DOCKER / "Dockerfile").read_text()
+    layers = [p.name for p in (ROOT / "fusionrank").iterdir() if p.is_symlink()]
+    assert len(layers) == 6
+    for layer in layers:
+        assert f"COPY {layer} {layer}" in dockerfile, layer
+
+
 def test_compose_checks_readiness_and_caches_engines(triton):
     check = " ".join(triton["healthcheck"]["test"])
     # Each model's own readiness: the server-wide one ignores a model that was unloaded.
