@@ -37,6 +37,7 @@ from fusionrank.core.search.ann import EXACT_BELOW
 from fusionrank.export.encoder import ExportedEncoder
 from fusionrank.export.index import build_index, load_embeddings
 from fusionrank.export.quantize import quantise_encoder
+from fusionrank.export.ray_embedding import RayOptions
 from fusionrank.export.search.ann import AnnParams, build_ann_index, update_ann_index
 from fusionrank.export.search.retrieval import int8_retrieval_graph, retrieval_graph
 from fusionrank.model_repository.ensemble import Ensemble
@@ -68,7 +69,8 @@ def build_search_repository(catalogue: Catalogue, model_dir: Path, out_dir: Path
                             embedding_cache: Path | None = None,
                             live_through: int = 0,
                             previous_index: Path | None = None,
-                            cascade_depth: int | str = "auto") -> Path:
+                            cascade_depth: int | str = "auto",
+                            ray: RayOptions | None = None) -> Path:
     """Export the encoder, embed the catalogue and write the model repository; returns it.
     With `run_dir` (a finished `fusionrank train` run) its fine-tuned encoder, BM25 candidates,
     feedback head and fusion weights are served; `model_dir` is then ignored. With
@@ -92,7 +94,10 @@ def build_search_repository(catalogue: Catalogue, model_dir: Path, out_dir: Path
     top N by the hybrid score, with the weights `fusionrank tune-cascade` fitted for N on the
     run (`served_ranking`); "off" (or the pool's size) ranks the whole pool by S, as before;
     "auto" serves the depth the run's tuning chose, or the whole pool where it was never
-    tuned."""
+    tuned.
+
+    `ray`: embed the catalogue's new titles on a Ray cluster (export/ray_embedding.py) rather
+    than in this process; the embeddings are the same."""
     from fusionrank.training.search.serving import search_artefacts
 
     options = options or ServingOptions()
@@ -121,7 +126,7 @@ def build_search_repository(catalogue: Catalogue, model_dir: Path, out_dir: Path
                                      catalogue.titles[:PARITY_TEXTS])
     previous = previous_index or final(files.index)
     index = build_index(catalogue, encoder, files.index, previous=previous,
-                        cache=embedding_cache)
+                        cache=embedding_cache, ray=ray)
     embeddings = load_embeddings(files.index)
     retrieval = build_retrieval(embeddings, files.index, options, quantised is not None,
                                 previous=previous)

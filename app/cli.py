@@ -19,18 +19,15 @@ import contextlib
 import shlex
 import signal
 import sys
-import time
 from pathlib import Path
 
 from fusionrank.app import catalogue, deploy, recommend, search, sentiment, web
+from fusionrank.app.supervision import MAX_RESTARTS, STEADY_S, keep_serving
 from fusionrank.model_repository.search.ensemble import LAYOUTS, ServingOptions
 
 DEFAULT_BUILD = Path("build")
 EMBEDDING_CACHE = Path("runs/cache/catalogue")  # `build --embedding-cache` default
 DEFAULT_CACHE_MIB = 256
-MAX_RESTARTS = 3  # restarts of a crashed tritonserver in a row before `serve` gives up
-STEADY_S = 600  # a server that ran this long before it exited starts a new count
-RESTART_PAUSE_S = 1.0  # times the restart's number: 1 s, 2 s, 3 s
 
 
 class CommandError(Exception):
@@ -130,6 +127,12 @@ def add_build(commands: argparse._SubParsersAction) -> None:
                              "container's first start")
     parser.add_argument("--engine-cache", default=ServingOptions.engine_cache,
                         help="with --device gpu: the container's TensorRT engine cache folder")
+    parser.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                        help="embed the catalogue on Ray (pip install '.[ray]'): a Ray started "
+                             "here, or the cluster whose head is at ADDRESS (HOST:PORT, as "
+                             "`ray start --head` prints it)")
+    parser.add_argument("--ray-actors", type=int, metavar="N",
+                        help="with --ray: encoder actors (default: one per CPU of the cluster)")
     parser.set_defaults(run=run_build)
 
 
@@ -141,6 +144,23 @@ def cascade_depth(text: str) -> int | str:
     except ValueError:
         raise argparse.ArgumentTypeError(f"a depth (an integer), off or auto, not {text!r}"
                                          ) from None
+
+
+def ray_options(args: argparse.Namespace):
+    """build's --ray and --ray-actors as RayOptions (None: no Ray), checked before the build
+    starts: Ray installed, the cluster's head answering."""
+    if args.ray is None:
+        if args.ray_actors is not None:
+            raise CommandError("--ray-actors needs --ray")
+        return None
+    from fusionrank.export.ray_embedding import RayOptions, RayUnavailable, preflight
+
+    try:
+        options = RayOptions(address=args.ray or None, actors=args.ray_actors)
+        preflight(options)
+    except (ValueError, RayUnavailable) as error:
+        raise CommandError(str(error)) from None
+    return options
 
 
 def load_named_catalogue(name: str, datasets: str | None, lenient: bool):
@@ -169,6 +189,7 @@ def run_build(args: argparse.Namespace) -> int:
     if isinstance(args.cascade_depth, int) and args.pretrained:
         raise CommandError("--cascade-depth ranks with a trained run's feedback head, which "
                            "--pretrained does not serve")
+    ray = ray_options(args)
     catalogue, report = load_named_catalogue(args.catalogue, args.datasets, args.lenient)
     print(report.summary(), file=sys.stderr)
     build.check_capacity(len(catalogue), args.out)
@@ -200,7 +221,7 @@ def run_build(args: argparse.Namespace) -> int:
         repository = build.build_search_repository(catalogue, model, out, options, run_dir=run,
                                                    student_dir=args.student, final_out=args.out,
                                                    embedding_cache=args.embedding_cache,
-                                                   cascade_depth=args.cascade_depth)
+                                                   cascade_depth=args.cascade_depth, ray=ray)
         if not args.no_recommend:
             build.add_recommender(repository, args.recommender)
         build.add_sentiment_model(repository, args.sentiment)
@@ -239,42 +260,11 @@ def add_serve(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--no-compact", action="store_true",
                         help="never compact in the background (`fusionrank catalogue compact` "
                              "still does)")
+    parser.add_argument("--replicas", type=int, default=1, metavar="N",
+                        help="run N Triton servers, replica i on each port + 10·i, each on its "
+                             "own copy of --repository (app/replicas.py); the page balances "
+                             "across them, `deploy --rolling` switches them one at a time")
     parser.set_defaults(run=run_serve)
-
-
-def clean_after_dead_server(pid: int) -> None:
-    """Stop the model processes a dead tritonserver left and remove their shared-memory files
-    (each normally ends itself: `stub_process.watch_server`), before a restart loads new ones."""
-    from fusionrank.app.processes import clean_after_server
-
-    leftovers = clean_after_server(pid)
-    if leftovers.killed or leftovers.regions or leftovers.still_running:
-        print(f"fusionrank serve: {leftovers}", file=sys.stderr, flush=True)
-
-
-def keep_serving(server, max_restarts: int) -> int:
-    """Wait on the running tritonserver; when it exits by itself (a crash, a kill), start it
-    again, up to `max_restarts` times in a row (a run of STEADY_S resets the count), then exit
-    with an error saying so."""
-    restarts = 0
-    while True:
-        started = time.monotonic()
-        code = server.process.wait()
-        clean_after_dead_server(server.process.pid)
-        if time.monotonic() - started >= STEADY_S:
-            restarts = 0
-        if restarts >= max_restarts:
-            print(f"fusionrank serve: tritonserver exited with code {code} after {restarts} "
-                  "restart(s) in a row; giving up (see its log above)", file=sys.stderr,
-                  flush=True)
-            return 1
-        restarts += 1
-        print(f"fusionrank serve: tritonserver exited with code {code}; restarting "
-              f"({restarts} of {max_restarts})", file=sys.stderr, flush=True)
-        time.sleep(RESTART_PAUSE_S * restarts)
-        server.start()
-        print(f"fusionrank serve: serving again on gRPC {server.grpc_url}", file=sys.stderr,
-              flush=True)
 
 
 def run_serve(args: argparse.Namespace) -> int:
@@ -295,6 +285,8 @@ def run_serve(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, interrupt)  # SIGTERM stops as cleanly as Ctrl-C does
     for leftovers in clean_after_dead_servers():  # of a `serve` before this one, killed -9
         print(f"fusionrank serve: {leftovers}", file=sys.stderr, flush=True)
+    if args.replicas != 1:
+        return serve_replicas(args)
     server = TritonServer(args.repository, Ports(args.grpc_port, args.http_port, args.metrics_port),
                           host=args.host, verbose=args.verbose, cache_mib=args.cache_mib)
     server.check_ports()  # a port in use: refused now (exit 2), before the page or any model
@@ -330,6 +322,42 @@ def run_serve(args: argparse.Namespace) -> int:
         server.stop()
 
 
+def serve_replicas(args: argparse.Namespace) -> int:
+    """`serve --replicas N`: every replica started (or none), the page over all of them."""
+    from fusionrank.app.replicas import ReplicaSet, plan_replicas
+    from fusionrank.app.serve import Ports
+
+    try:
+        replicas = plan_replicas(args.repository, args.replicas, args.host,
+                                 Ports(args.grpc_port, args.http_port, args.metrics_port))
+    except ValueError as error:
+        raise CommandError(str(error)) from None
+    replica_set = ReplicaSet(replicas, cache_mib=args.cache_mib, verbose=args.verbose)
+    page = None
+    try:
+        replica_set.start()
+        if not args.no_web:
+            from fusionrank.app.web.app import WebSettings
+            from fusionrank.app.web.server import WebServer
+
+            try:
+                page = WebServer(WebSettings(tuple(replica_set.urls)), args.host,
+                                 args.web_port).start()
+            except RuntimeError as error:
+                print(f"fusionrank serve: {error}; serving Triton alone", file=sys.stderr,
+                      flush=True)
+        shop = f"; the shop {page.url}" if page else ""
+        print(f"serving {args.repository} on {len(replicas)} replicas — gRPC "
+              f"{', '.join(replica_set.urls)}{shop}; Ctrl-C stops", file=sys.stderr, flush=True)
+        return replica_set.serve(args.max_restarts)
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        if page:
+            page.stop()
+        replica_set.stop()
+
+
 def refuse_taken_ports(argv: list[str]) -> None:
     """`serve`'s ports, checked before the full parser is built (some commands' parsers import
     torch: seconds): a PortInUse naming each taken port. Leaves anything it cannot parse to the
@@ -343,6 +371,8 @@ def refuse_taken_ports(argv: list[str]) -> None:
     try:
         args, _ = top.parse_known_args(argv)
     except (argparse.ArgumentError, SystemExit):
+        return
+    if args.replicas != 1:  # each replica's ports: checked where the replicas are planned
         return
     check_ports_free(args.host, {"gRPC": args.grpc_port, "HTTP": args.http_port,
                                  "metrics": args.metrics_port})

@@ -27,7 +27,7 @@ copy finish (RETIRE_AFTER_S), kills its stubs (SIGKILL: Triton no longer sends t
 removes the old copy's shared-memory files. The SDK retries the requests that failed meanwhile
 (ModelProcessError), so callers within their deadline do not see it.
 
-When the server itself dies, `fusionrank serve` restarts it (cli.py `keep_serving`), which
+When the server itself dies, `fusionrank serve` restarts it (supervision.py `keep_serving`), which
 first stops the model processes it left (`processes.clean_after_server`); the watch removes
 the shared-memory files of that server it had seen.
 

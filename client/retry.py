@@ -1,7 +1,10 @@
-"""Retries and fail-over of the SDK's calls: every fusionrank call is a read (search, recommend,
-sentiment), so one that met an unreachable or overloaded server, or a model process that died
-under it (ModelProcessError), is tried again, on the next address, after a capped exponential
-back-off with jitter, for as long as the call's deadline (`timeout_s`) leaves time. A server
+"""Balancing, retries and fail-over of the SDK's calls. Given several addresses (replicas),
+the calls take turns among them (round robin). Every fusionrank call is a read (search,
+recommend, sentiment), so one that met an unreachable or overloaded server, or a model process
+that died under it (ModelProcessError), is tried again, on the next address, after a capped
+exponential back-off with jitter, for as long as the call's deadline (`timeout_s`) leaves time;
+and the address that failed is left out of the turns for EJECT_S, so the calls after it go
+straight to the replicas that answer (then a call tries it again). A server
 that `fusionrank serve` restarts (about 5 s) is thus waited for by a call with a 10 s deadline
 instead of failing it. Bad input (INVALID_ARGUMENT), a model the server does not serve and a
 spent deadline are never retried, and no wait runs past the deadline.
@@ -12,6 +15,7 @@ spent deadline are never retried, and no wait runs past the deadline.
 
 from __future__ import annotations
 
+import itertools
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -35,6 +39,10 @@ Clock = Callable[[], float]
 # A retry is only worth making if the try itself still has this long before the deadline: the
 # last back-off is shortened to leave it (a refused connection fails in about a millisecond).
 LAST_TRY_S = 0.05
+# How long an address that failed is left out of the turns: while a replica is down (a restart
+# takes 5-20 s) about one call in EJECT_S tries it and is retried elsewhere, and a replica that
+# is back takes its turns again within EJECT_S.
+EJECT_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -96,31 +104,51 @@ CHANNEL_ARGS = [
 
 
 class Replicas(Generic[Client]):
-    """A client's server addresses, a tritonclient client for each, and the one that answered
-    last (where the next call goes first)."""
+    """A client's server addresses, a tritonclient client for each, whose turn comes next, and
+    which are left out for now (they failed less than EJECT_S ago). `current`: the address
+    that answered last."""
 
     def __init__(self, url: str | Sequence[str], connect: Callable[..., Client],
-                 retry: RetryPolicy, timeout_s: float):
+                 retry: RetryPolicy, timeout_s: float, clock: Clock = time.monotonic):
         self.urls = [url] if isinstance(url, str) else list(url)
         if not self.urls:
             raise ValueError("at least one server address is needed")
         self.clients = [connect(u, channel_args=CHANNEL_ARGS) for u in self.urls]
-        self.retry, self.timeout_s = retry, timeout_s
+        self.retry, self.timeout_s, self.clock = retry, timeout_s, clock
         self.current = 0
+        self._turns = itertools.count()  # next() is atomic: threads sharing a client take turns
+        self._out_until = [0.0] * len(self.urls)
         self._rng = random.Random()
 
     def attempts(self, retry: RetryPolicy | None = None,
                  timeout_s: float | None = None) -> Attempts:
-        """A new call's course, starting where the last call was answered; `retry` and
-        `timeout_s` replace the client's own for this call."""
-        return Attempts(retry or self.retry, len(self.urls), self.current,
-                        self.timeout_s if timeout_s is None else timeout_s, self._rng)
+        """A new call's course, starting at the address whose turn it is among those not left
+        out (the one back soonest when all are); `retry` and `timeout_s` replace the client's
+        own for this call."""
+        turn, now = next(self._turns), self.clock()
+        serving = [a for a, until in enumerate(self._out_until) if until <= now]
+        first = serving[turn % len(serving)] if serving else self.following(-1)
+        return Attempts(retry or self.retry, len(self.urls), first,
+                        self.timeout_s if timeout_s is None else timeout_s, self._rng,
+                        self.clock, self.following)
+
+    def following(self, address: int) -> int:
+        """The first address after `address` (round the list) that is not left out; the one
+        back soonest when all are."""
+        count, now = len(self.urls), self.clock()
+        order = [(address + step) % count for step in range(1, count + 1)]
+        for candidate in order:
+            if self._out_until[candidate] <= now:
+                return candidate
+        return min(order, key=self._out_until.__getitem__)
 
     def wait_after(self, attempts: Attempts, error: Exception) -> float:
         """After a try that failed with tritonclient's `error`: how long to wait before the next
         (which goes to the next address); raises the call's FusionRankError instead when it is
         not worth another. The sync and asyncio clients' call loops share it."""
         failure = from_triton(error, self.urls[attempts.address])
+        if isinstance(failure, RETRYABLE) and len(self.urls) > 1:
+            self._out_until[attempts.address] = self.clock() + EJECT_S
         wait = attempts.backoff_after(failure)
         if wait is None:
             raise failure
@@ -133,10 +161,13 @@ class Attempts:
     tests of the arithmetic."""
 
     def __init__(self, policy: RetryPolicy, count: int, first: int, timeout_s: float,
-                 rng: random.Random, clock: Clock = time.monotonic):
+                 rng: random.Random, clock: Clock = time.monotonic,
+                 following: Callable[[int], int] | None = None):
         self.policy, self.count, self.rng, self.clock = policy, count, rng, clock
         self.deadline = clock() + timeout_s
         self.tries, self.address = 0, first
+        # where a retry goes: the next address round the list, or the Replicas' choice
+        self.following = following or (lambda address: (address + 1) % count)
 
     def remaining_s(self) -> float:
         left = self.deadline - self.clock()
@@ -155,5 +186,5 @@ class Attempts:
         wait = min(wait, self.deadline - self.clock() - LAST_TRY_S)
         if wait < 0:
             return None
-        self.address = (self.address + 1) % self.count
+        self.address = self.following(self.address)
         return wait

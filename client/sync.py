@@ -50,7 +50,8 @@ class FusionRankClient:
 
     def __init__(self, url: str | Sequence[str] = "127.0.0.1:8001", timeout_s: float = 10.0,
                  retry: RetryPolicy = DEFAULT_RETRY, *, models: Mapping[str, str] | None = None):
-        """`url`: one server address, or several (replicas: a call fails over between them).
+        """`url`: one server address, or several (replicas: the calls take turns among them,
+        and a call fails over to the next; client/retry.py).
         `timeout_s`: each call's deadline, retries included. `retry`: see client/retry.py.
         `models`: {feature: served model name} for calls that go to a model other than the
         feature's own, e.g. {"search": "search_rollout_probe"} (see client/routing.py)."""

@@ -35,8 +35,20 @@ class TextTokenizer:
         path = Path(tokenizer_json)
         if not path.is_file():
             raise FileNotFoundError(f"tokenizer file {path} not found")
+        self._configure(Tokenizer.from_file(str(path)), max_tokens)
+
+    @classmethod
+    def from_json(cls, text: str, max_tokens: int) -> TextTokenizer:
+        """The tokenizer from the text of a `tokenizer.json` (one sent to another machine)."""
+        from tokenizers import Tokenizer
+
+        tokenizer = cls.__new__(cls)
+        tokenizer._configure(Tokenizer.from_str(text), max_tokens)
+        return tokenizer
+
+    def _configure(self, tokenizer, max_tokens: int) -> None:
         self.max_tokens = max_tokens
-        self._tokenizer = Tokenizer.from_file(str(path))
+        self._tokenizer = tokenizer
         self._tokenizer.no_padding()
         self._tokenizer.enable_truncation(max_length=max_tokens)
 
@@ -89,7 +101,7 @@ def onnx_session(model_path: str | Path | bytes, threads: int | None = None):
 class OnnxEncoder:
     """Token batch → unit-length sentence embedding (pooling and normalisation are in the graph)."""
 
-    def __init__(self, model_path: str | Path, threads: int | None = None):
+    def __init__(self, model_path: str | Path | bytes, threads: int | None = None):
         self._session = onnx_session(model_path, threads)
         self.dimension = int(self._session.get_outputs()[0].shape[-1])
 

@@ -15,15 +15,18 @@ them as a part of its own the moment it is done. An interrupted build therefore 
 one chunk, and a rebuild after a 1 % change embeds that 1 %. The missing titles are embedded
 in the order `TextEncoder.encode` would embed them in one pass (stable by token count, batches
 of `batch_size`), so a resumed build makes the very batches an uninterrupted one makes, and
-the result is the same bit for bit. The output is written through a memory map, one part at a
-time: memory stays at a chunk's vectors plus the keys, whatever the catalogue's size.
+the result is the same bit for bit. Who embeds them is the caller's choice (`Embedder`): this
+process by default (`in_process`), or an actor pool on a Ray cluster (ray_embedding.py), which
+embeds those same batches and hands them back in order. The output is written through a
+memory map, one part at a time: memory stays at a chunk's vectors plus the keys, whatever the
+catalogue's size.
 """
 
 from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +37,21 @@ from fusionrank.core.encoding import TextEncoder, pad
 
 CHUNK = 8192  # titles per cached part: a multiple of the batch size (resumed batches match)
 LENGTH_BLOCK = 65_536  # titles tokenised at a time to find the lengths (bounded memory)
+
+# Titles in embedding order (each run of `batch_size` is one encoder batch) -> their vectors,
+# float32 [n, d], in that order, in pieces of any size.
+Embedder = Callable[[list[str]], Iterator[np.ndarray]]
+
+
+def in_process(encoder: TextEncoder) -> Embedder:
+    """Embed in this process, one encoder batch at a time."""
+
+    def embed(titles: list[str]) -> Iterator[np.ndarray]:
+        for start in range(0, len(titles), encoder.batch_size):
+            batch = titles[start:start + encoder.batch_size]
+            yield encoder.encoder(pad(encoder.tokenizer.token_ids(batch)))
+
+    return embed
 
 
 def title_keys(titles: Sequence[str]) -> np.ndarray:
@@ -80,9 +98,11 @@ class EmbeddingCache:
 
 def embed_titles(titles: Sequence[str], encoder: TextEncoder, cache: EmbeddingCache,
                  out_path: str | Path, progress: bool = True, chunk: int = CHUNK,
-                 after_part: Callable[[int], None] | None = None) -> EmbedReport:
+                 after_part: Callable[[int], None] | None = None,
+                 embedder: Embedder | None = None) -> EmbedReport:
     """Write every title's embedding to `out_path` (.npy, float32 [titles, d], row i = title i),
     embedding only the titles `cache` lacks and adding them to it, one part per `chunk`.
+    `encoder` orders and batches them; `embedder` embeds them (default: `encoder`, here).
     `after_part(n)` is called after the n-th new part is saved (tests interrupt a build there)."""
     if chunk % encoder.batch_size:
         raise ValueError(f"chunk {chunk} must be a multiple of the batch size "
@@ -93,8 +113,8 @@ def embed_titles(titles: Sequence[str], encoder: TextEncoder, cache: EmbeddingCa
     found = _cached_parts(cache, unique)
     missing = np.sort(first[found < 0])  # rows of the titles to embed, in catalogue order
     if len(missing):
-        _embed_missing([titles[i] for i in missing], keys[missing], encoder, cache, chunk,
-                       progress, after_part)
+        _embed_missing([titles[i] for i in missing], keys[missing], encoder,
+                       embedder or in_process(encoder), cache, chunk, progress, after_part)
         found = _cached_parts(cache, unique)
     _assemble(cache, found, inverse, unique, len(titles), encoder.encoder.dimension, out_path)
     return EmbedReport(len(titles), len(unique), len(unique) - len(missing), len(missing),
@@ -113,25 +133,31 @@ def _cached_parts(cache: EmbeddingCache, unique: np.ndarray) -> np.ndarray:
 
 
 def _embed_missing(titles: list[str], keys: np.ndarray, encoder: TextEncoder,
-                   cache: EmbeddingCache, chunk: int, progress: bool,
+                   embedder: Embedder, cache: EmbeddingCache, chunk: int, progress: bool,
                    after_part: Callable[[int], None] | None) -> None:
     lengths = np.concatenate([
         [len(ids) for ids in encoder.tokenizer.token_ids(titles[start:start + LENGTH_BLOCK])]
         for start in range(0, len(titles), LENGTH_BLOCK)])
     order = np.argsort(lengths, kind="stable")  # as TextEncoder.encode orders one pass
     bar = _progress(len(titles), progress)
-    for number, start in enumerate(range(0, len(order), chunk), start=1):
-        rows = order[start:start + chunk]
-        ids = encoder.tokenizer.token_ids([titles[i] for i in rows])
-        vectors = np.empty((len(rows), encoder.encoder.dimension), dtype=np.float32)
-        for batch in range(0, len(rows), encoder.batch_size):
-            vectors[batch:batch + encoder.batch_size] = encoder.encoder(
-                pad(ids[batch:batch + encoder.batch_size]))
-            bar.update(min(encoder.batch_size, len(rows) - batch))
-        cache.add(keys[rows], vectors)
-        if after_part is not None:
-            after_part(number)
+    part = np.empty((chunk, encoder.encoder.dimension), dtype=np.float32)
+    done = filled = number = 0  # titles saved in parts; of them in `part`; parts saved
+    for vectors in embedder([titles[i] for i in order]):
+        while len(vectors):
+            taken = min(chunk - filled, len(vectors))
+            part[filled:filled + taken] = vectors[:taken]
+            filled, vectors = filled + taken, vectors[taken:]
+            bar.update(taken)
+            if filled == chunk or done + filled == len(order):
+                number += 1
+                cache.add(keys[order[done:done + filled]], part[:filled])
+                done, filled = done + filled, 0
+                if after_part is not None:
+                    after_part(number)
     bar.close()
+    if done != len(order):
+        raise RuntimeError(f"the embedder returned {done + filled} vectors for {len(order)} "
+                           "titles")
 
 
 def _assemble(cache: EmbeddingCache, found: np.ndarray, inverse: np.ndarray, unique: np.ndarray,

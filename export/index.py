@@ -10,6 +10,7 @@ Search serves it through `export.search.retrieval`'s ONNX graph; recommend reads
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -25,6 +26,7 @@ from fusionrank.core.catalogue import Catalogue
 from fusionrank.core.encoding import MAX_TITLE_TOKENS, OnnxEncoder, TextEncoder, TextTokenizer
 from fusionrank.export.embedding_cache import EmbeddingCache, EmbedReport, embed_titles
 from fusionrank.export.encoder import ExportedEncoder
+from fusionrank.export.ray_embedding import RayOptions, ray_embedder
 
 
 @dataclass(frozen=True)
@@ -48,12 +50,13 @@ def titles_digest(titles: list[str]) -> str:
 
 def build_index(catalogue: Catalogue, encoder: ExportedEncoder, out_dir: str | Path,
                 progress: bool = True, previous: str | Path | None = None,
-                cache: str | Path | None = None) -> IndexManifest:
+                cache: str | Path | None = None, ray: RayOptions | None = None) -> IndexManifest:
     """Embed the catalogue into `out_dir`. The embeddings of the index in `previous` (default:
     `out_dir` itself) are reused where it embedded these very titles with this very encoder
     file: hard-linked into `out_dir` (never written to), not computed again. Otherwise each
     title is looked up in the embedding cache under `cache` (embedding_cache.py; a temporary one
-    if None) and only the titles it lacks are embedded."""
+    if None) and only the titles it lacks are embedded: here, or with `ray` on a Ray cluster
+    (ray_embedding.py)."""
     out_dir = Path(out_dir)
     previous = out_dir if previous is None else Path(previous)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -65,7 +68,7 @@ def build_index(catalogue: Catalogue, encoder: ExportedEncoder, out_dir: str | P
             link_or_copy(previous / artefacts.EMBEDDINGS, out_dir / artefacts.EMBEDDINGS)
     else:
         embedded = embed_catalogue(catalogue.titles, encoder, out_dir / artefacts.EMBEDDINGS,
-                                   cache, progress)
+                                   cache, progress, ray)
     catalogue.write_jsonl(out_dir / artefacts.PRODUCTS)
     manifest = IndexManifest(
         encoder_source=encoder.source, encoder_sha256=encoder.sha256,
@@ -82,18 +85,22 @@ def build_index(catalogue: Catalogue, encoder: ExportedEncoder, out_dir: str | P
 
 
 def embed_catalogue(titles: list[str], encoder: ExportedEncoder, out_path: Path,
-                    cache: str | Path | None, progress: bool) -> EmbedReport:
-    """Every title's embedding into `out_path`, through the embedding cache under `cache`."""
+                    cache: str | Path | None, progress: bool,
+                    ray: RayOptions | None = None) -> EmbedReport:
+    """Every title's embedding into `out_path`, through the embedding cache under `cache`:
+    the titles it lacks embedded here, or on the Ray cluster `ray` names."""
     # Every CPU: ONNX Runtime's default is one thread a physical core, which on a 2-vCPU
     # machine is one thread, half the speed (the results are the same bit for bit).
     text_encoder = TextEncoder(TextTokenizer(encoder.tokenizer_path, MAX_TITLE_TOKENS),
                                OnnxEncoder(encoder.onnx_path, threads=os.cpu_count()))
-    if cache is not None:
+    embedder = None if ray is None else ray_embedder(
+        ray, encoder.tokenizer_path, encoder.onnx_path, MAX_TITLE_TOKENS, text_encoder.batch_size)
+    with contextlib.ExitStack() as stack:
+        if cache is None:
+            cache = stack.enter_context(tempfile.TemporaryDirectory(
+                prefix="fusionrank-embeddings-"))
         return embed_titles(titles, text_encoder, EmbeddingCache(cache, encoder.sha256),
-                            out_path, progress)
-    with tempfile.TemporaryDirectory(prefix="fusionrank-embeddings-") as scratch:
-        return embed_titles(titles, text_encoder, EmbeddingCache(scratch, encoder.sha256),
-                            out_path, progress)
+                            out_path, progress, embedder=embedder)
 
 
 def unchanged(out_dir: Path, encoder_sha256: str, titles_sha256: str) -> bool:

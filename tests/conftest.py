@@ -18,12 +18,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
 
-from fusionrank.core.catalogue import Catalogue
+from fusionrank.core.catalogue import Catalogue, Product
 from tests.support.catalogue import ANCHORS, filler_products, running_server
 
 SHARED_DATASETS = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
@@ -33,7 +33,7 @@ SHARED_DATASETS = Path(__file__).resolve().parents[1].parent / "shared" / "datas
 # of them is slow (so is one marked `server`); the modules mark their own such fixtures.
 SLOW_FIXTURES = {"search_repository", "search_run", "trained_run", "sentiment_export",
                  "search_student", "trained_student",
-                 "tiny_model_dir", "served_repository", "triton_server",
+                 "tiny_model_dir", "served_repository", "triton_server", "next_build",
                  "exported"}  # (test_export.py's encoder export)
 
 
@@ -166,6 +166,26 @@ def served_repository(tiny_catalogue, model_dir, search_run, recommender, sentim
     run = search_run.run if search_run is not None else None
     return build_served_repository(tiny_catalogue, model_dir, tmp_path_factory.mktemp(
         "served_build"), run, recommender, sentiment_export[0])
+
+
+@pytest.fixture(scope="session")
+def next_build(tiny_catalogue, model_dir, search_run, recommender, sentiment_export,
+               tmp_path_factory) -> Path:
+    """The build after served_repository's (a rollout's source): anchors re-priced, products
+    added and removed, the query encoder in FP32 instead of INT8 (so both search models change,
+    and a request that mixed them would answer unlike either build); recommend and sentiment
+    as they were."""
+    from tests.support.served import build_served_repository
+
+    anchors = {p.product_id for p in ANCHORS.values()}
+    kept = [replace(p, price=p.price + 1.0) if p.product_id in anchors else p
+            for p in tiny_catalogue if p.product_id in anchors or int(p.product_id[1:]) % 10]
+    added = [Product("N-DRILL", "Compact cordless drill driver 12V", category="tools", price=59.0),
+             Product("N-VASE", "Tall blue glass flower vase", category="gift-ware", price=24.0)]
+    catalogue = Catalogue(kept + added, source="tests/tiny-next")
+    run = search_run.run if search_run is not None else None
+    return build_served_repository(catalogue, model_dir, tmp_path_factory.mktemp("next_build"),
+                                   run, recommender, sentiment_export[0], precision="fp32")
 
 
 @pytest.fixture(scope="session")

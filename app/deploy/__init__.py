@@ -22,7 +22,9 @@ to one version of each of its models. A rollout:
 5. after a drain, drops the old versions (their folders, then their load).
 
 A failure before the switch refuses the rollout: the new versions are removed, and the old
-ones never stopped serving. Each rollout is a JSON line in `rollouts.jsonl` beside the models.
+ones never stopped serving. `deploy --rolling` does this replica by replica for the replicas of
+`fusionrank serve --replicas N` (app/replicas.py), and rolls back those already switched if a
+later one refuses. Each rollout is a JSON line in `rollouts.jsonl` beside the models.
 
 Model control answers only callers with the server's key (app/control.py): `deploy`
 and `status` read it from the file `serve` keeps beside `--repository` for the server at
@@ -35,6 +37,7 @@ One job a module:
     apply.py     the phases on the running server, and their undoing (steps 2–5)
     probes.py    the probe requests and their checks (step 3)
     rollout.py   one rollout end to end: lock, plan, apply, the rollout log
+    rolling.py   `deploy --rolling`: one rollout a replica of `serve --replicas`, in turn
     status.py    `status`'s rows and table
     commands.py  the two subcommands
     errors.py    RolloutRefused, and a Triton error in one line

@@ -13,6 +13,7 @@ from tritonclient.utils import InferenceServerException
 
 from fusionrank.app.control import CONTROL_KEY_ENV, ControlError, key_for, live_records
 from fusionrank.app.deploy.errors import first_line
+from fusionrank.app.deploy.rolling import rolling_deploy
 from fusionrank.app.deploy.rollout import DRAIN_S, deploy, read_log
 from fusionrank.app.deploy.status import server_status, status_table, status_text
 from fusionrank.client import CatalogueStatus, FusionRankClient
@@ -34,6 +35,13 @@ def add_deploy(commands: argparse._SubParsersAction) -> None:
                              "(DIR/model_repository)")
     parser.add_argument("--drain-s", type=float, default=DRAIN_S,
                         help="seconds between the switch and dropping the old versions")
+    parser.add_argument("--rolling", action="store_true",
+                        help="switch every replica of `serve --replicas` serving --repository, "
+                             "one at a time (--url is not used); a refused replica rolls back "
+                             "those already switched")
+    parser.add_argument("--skip-down", action="store_true",
+                        help="with --rolling: roll the replicas that answer and report a down "
+                             "one, rather than refuse")
     add_key_file(parser)
     parser.set_defaults(run=run_deploy)
 
@@ -50,6 +58,12 @@ def run_deploy(args: argparse.Namespace) -> int:
         if not (path / names.REPOSITORY_MANIFEST).is_file():
             raise FileNotFoundError(f"{what} {path} is not a model repository built by "
                                     "`fusionrank build` (no fusionrank.json)")
+    if args.skip_down and not args.rolling:
+        raise ValueError("--skip-down goes with --rolling")
+    if args.rolling:
+        rolled = rolling_deploy(args.repository, args.source, args.drain_s, args.skip_down)
+        print(rolled.summary(), file=sys.stderr)
+        return 0 if rolled.outcome in ("switched", "unchanged") else 1
     key = key_for(args.url, args.repository, args.control_key_file)
     record = deploy(args.url, args.repository, args.source, args.drain_s, control_key=key)
     print(record.summary(), file=sys.stderr)

@@ -42,7 +42,8 @@ does not serve the model (`error` says which), 504 on a timeout."""
 
 @dataclass(frozen=True)
 class WebSettings:
-    triton_url: str = "127.0.0.1:8001"  # the Triton server's gRPC address
+    # the Triton server's gRPC address, or its replicas' (the calls take turns, fail over)
+    triton_url: str | tuple[str, ...] = "127.0.0.1:8001"
     timeout_s: float = 10.0  # per call to the server
 
 

@@ -62,12 +62,14 @@ def bad_input(field: str, message: str) -> ApiError:
     return ApiError(422, "invalid_argument", message, field)
 
 
-def without_addresses(message: str, url: str) -> str:
-    """`message` with the backend's address, and any other, left out."""
-    return ADDRESS.sub("<address>", message.replace(f" at {url}", "").replace(url, "<address>"))
+def without_addresses(message: str, url: str | tuple[str, ...]) -> str:
+    """`message` with the backend's addresses, and any other, left out."""
+    for address in (url,) if isinstance(url, str) else url:
+        message = message.replace(f" at {address}", "").replace(address, "<address>")
+    return ADDRESS.sub("<address>", message)
 
 
-def from_sdk(error: FusionRankError, model: str, url: str) -> ApiError:
+def from_sdk(error: FusionRankError, model: str, url: str | tuple[str, ...]) -> ApiError:
     """The SDK's error as the page's: a missing model is told apart from a server down, and no
     message names `url` (the backend's address) or any other address."""
     kind: ErrorKind

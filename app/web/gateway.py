@@ -70,7 +70,7 @@ def explained_hit(hit: ExplainedHit) -> SearchHit:
 
 
 class TritonGateway:
-    def __init__(self, url: str, timeout_s: float = 10.0):
+    def __init__(self, url: str | tuple[str, ...], timeout_s: float = 10.0):
         self.url = url
         self.timeout_s = timeout_s
         # The current SDK client for shoppers' calls (False) and for probes (True).

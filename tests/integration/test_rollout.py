@@ -11,7 +11,6 @@ import json
 import shutil
 import threading
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -27,34 +26,15 @@ from fusionrank.client import (
     ModelNotServedError,
     RetryPolicy,
 )
-from fusionrank.core.catalogue import Catalogue, Product
 from fusionrank.model_repository.config import read_config, versions, write_config
 from fusionrank.model_repository.search.ensemble import SEARCH_STEPS
 from tests.support.catalogue import ANCHORS, running_server
-from tests.support.served import build_served_repository
 
 pytestmark = pytest.mark.server
 
 QUERIES = [*ANCHORS, "blue glass vase", "red candle holder", "garden tools", "gift box"]
 NO_RETRY = RetryPolicy(attempts=1)  # a failure is counted, never hidden by a retry
 CONCURRENCY = 8
-
-
-@pytest.fixture(scope="module")
-def next_build(tiny_catalogue, model_dir, search_run, recommender, sentiment_export,
-               tmp_path_factory) -> Path:
-    """The build after served_repository's: anchors re-priced, products added and removed, the
-    query encoder in FP32 instead of INT8 (so both search models change, and a request that
-    mixed them would answer unlike either build); recommend and sentiment as they were."""
-    anchors = {p.product_id for p in ANCHORS.values()}
-    kept = [replace(p, price=p.price + 1.0) if p.product_id in anchors else p
-            for p in tiny_catalogue if p.product_id in anchors or int(p.product_id[1:]) % 10]
-    added = [Product("N-DRILL", "Compact cordless drill driver 12V", category="tools", price=59.0),
-             Product("N-VASE", "Tall blue glass flower vase", category="gift-ware", price=24.0)]
-    catalogue = Catalogue(kept + added, source="tests/tiny-next")
-    run = search_run.run if search_run is not None else None
-    return build_served_repository(catalogue, model_dir, tmp_path_factory.mktemp("next_build"),
-                                   run, recommender, sentiment_export[0], precision="fp32")
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ from fusionrank.client import (
     ServerOverloadedError,
     ServerUnavailableError,
 )
-from fusionrank.client.retry import LAST_TRY_S, Attempts
+from fusionrank.client.retry import EJECT_S, LAST_TRY_S, Attempts, Replicas
 
 TRY_S = 0.002  # what a try against a refused connection costs here
 
@@ -142,3 +142,58 @@ def test_each_retry_goes_to_the_next_address():
 def test_a_bad_policy_is_refused_naming_the_setting(settings, named):
     with pytest.raises(ValueError, match=named):
         RetryPolicy(**settings)
+
+
+def replicas(count: int, clock: FakeClock) -> Replicas:
+    # The addresses are never connected to: these tests check whose turn it is.
+    return Replicas([f"10.0.0.{n}:8001" for n in range(count)], lambda url, **_: url,
+                    RetryPolicy(), 10.0, clock)
+
+
+def test_calls_take_turns_among_the_replicas():
+    group = replicas(3, FakeClock())
+    assert [group.attempts().address for _ in range(7)] == [0, 1, 2, 0, 1, 2, 0]
+
+
+def test_a_replica_that_failed_is_left_out_until_it_may_be_back():
+    clock = FakeClock()
+    group = replicas(3, clock)
+    call = group.attempts()  # address 0
+    wait = group.wait_after(call, _unavailable())
+    assert wait >= 0 and call.address == 1  # the retry goes to the next one
+    clock.now += wait
+    assert sorted(group.attempts().address for _ in range(4)) == [1, 1, 2, 2]  # 0 left out
+    clock.now += EJECT_S
+    assert sorted(group.attempts().address for _ in range(3)) == [0, 1, 2]  # 0 back in turn
+
+
+def test_with_every_replica_left_out_the_one_back_soonest_is_tried():
+    clock = FakeClock()
+    group = replicas(2, clock)
+    for _ in range(2):
+        call = group.attempts()
+        group.wait_after(call, _unavailable())
+        clock.now += 0.1
+    # address 0 failed first, so it is back first
+    assert group.attempts().address == 0
+
+
+def test_what_a_retry_cannot_mend_leaves_the_replica_in_turn():
+    group = replicas(2, FakeClock())
+    call = group.attempts()
+    with pytest.raises(InvalidRequestError):
+        group.wait_after(call, _invalid())
+    assert [group.attempts().address for _ in range(2)] == [1, 0]
+
+
+def _unavailable():
+    from tritonclient.utils import InferenceServerException
+
+    return InferenceServerException("failed to connect to all addresses",
+                                    status="StatusCode.UNAVAILABLE")
+
+
+def _invalid():
+    from tritonclient.utils import InferenceServerException
+
+    return InferenceServerException("QUERY: empty", status="StatusCode.INVALID_ARGUMENT")

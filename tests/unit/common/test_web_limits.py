@@ -49,3 +49,10 @@ def test_messages_shown_to_visitors_name_no_address(message):
     for secret in ("triton.internal", "10.1.2.3", "fd00::5", "/run/triton.sock"):
         assert secret not in shown
     assert shown.split()[0] == message.split()[0]  # the sentence itself is kept
+
+
+def test_messages_name_none_of_the_replicas_addresses():
+    replicas = ("triton-a.internal:8001", "triton-b.internal:8011")
+    shown = without_addresses("cannot reach a Triton server at triton-b.internal:8011: "
+                              "failed to connect", replicas)
+    assert "internal" not in shown and shown.startswith("cannot reach a Triton server")
