@@ -52,12 +52,22 @@ def replicas(served_repository, tmp_path_factory):
 
 
 def successes(url: str) -> int:
+    """The searches the server at `url` has answered, once its count stops moving: Triton
+    counts a request when it releases it, a little after the caller has its answer."""
     client = grpcclient.InferenceServerClient(url)
     try:
-        stats = client.get_inference_statistics("search", as_json=True)["model_stats"]
+        last = None
+        for _ in range(20):  # bounded: 20 × 0.25 s
+            stats = client.get_inference_statistics("search", as_json=True)["model_stats"]
+            count = sum(int(s["inference_stats"].get("success", {}).get("count", 0))
+                        for s in stats)
+            if count == last:
+                return count
+            last = count
+            time.sleep(0.25)
+        return last
     finally:
         client.close()
-    return sum(int(s["inference_stats"].get("success", {}).get("count", 0)) for s in stats)
 
 
 def back(url: str, repository: Path, killed: int) -> bool:
