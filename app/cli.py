@@ -290,16 +290,7 @@ def run_serve(args: argparse.Namespace) -> int:
     server = TritonServer(args.repository, Ports(args.grpc_port, args.http_port, args.metrics_port),
                           host=args.host, verbose=args.verbose, cache_mib=args.cache_mib)
     server.check_ports()  # a port in use: refused now (exit 2), before the page or any model
-    page = None
-    if not args.no_web:  # the shop's page, beside Triton (it waits for Triton by itself)
-        from fusionrank.app.web.app import WebSettings
-        from fusionrank.app.web.server import WebServer
-
-        try:
-            page = WebServer(WebSettings(server.grpc_url), args.host, args.web_port).start()
-        except RuntimeError as error:  # a taken port: Triton still serves
-            print(f"fusionrank serve: {error}; serving Triton alone (--web-port chooses "
-                  "another port)", file=sys.stderr, flush=True)
+    page = start_page(server.grpc_url, args)
     try:
         server.start()
         cache = f"response cache {args.cache_mib} MiB" if args.cache_mib else "no response cache"
@@ -322,6 +313,22 @@ def run_serve(args: argparse.Namespace) -> int:
         server.stop()
 
 
+def start_page(triton_url: str | tuple[str, ...], args: argparse.Namespace):
+    """The shop's page beside Triton (it waits for Triton by itself), unless --no-web; None
+    where its port is taken (Triton still serves)."""
+    if args.no_web:
+        return None
+    from fusionrank.app.web.app import WebSettings
+    from fusionrank.app.web.server import WebServer
+
+    try:
+        return WebServer(WebSettings(triton_url), args.host, args.web_port).start()
+    except RuntimeError as error:
+        print(f"fusionrank serve: {error}; serving Triton alone (--web-port chooses another "
+              "port)", file=sys.stderr, flush=True)
+        return None
+
+
 def serve_replicas(args: argparse.Namespace) -> int:
     """`serve --replicas N`: every replica started (or none), the page over all of them."""
     from fusionrank.app.replicas import ReplicaSet, plan_replicas
@@ -336,16 +343,7 @@ def serve_replicas(args: argparse.Namespace) -> int:
     page = None
     try:
         replica_set.start()
-        if not args.no_web:
-            from fusionrank.app.web.app import WebSettings
-            from fusionrank.app.web.server import WebServer
-
-            try:
-                page = WebServer(WebSettings(tuple(replica_set.urls)), args.host,
-                                 args.web_port).start()
-            except RuntimeError as error:
-                print(f"fusionrank serve: {error}; serving Triton alone", file=sys.stderr,
-                      flush=True)
+        page = start_page(tuple(replica_set.urls), args)
         shop = f"; the shop {page.url}" if page else ""
         print(f"serving {args.repository} on {len(replicas)} replicas — gRPC "
               f"{', '.join(replica_set.urls)}{shop}; Ctrl-C stops", file=sys.stderr, flush=True)

@@ -226,10 +226,14 @@ class PortInUse(RuntimeError):
     """A port the server was to listen on is taken: said before anything is started."""
 
 
-def check_ports_free(host: str, ports: dict[str, int]) -> None:
-    """A PortInUse naming each of `ports` ({what: port}) already taken, and who holds it."""
+PORT_OPTIONS = "--grpc-port, --http-port, --metrics-port"
+
+
+def check_ports_free(host: str, ports: dict[str, int], options: str = PORT_OPTIONS) -> None:
+    """A PortInUse naming each of `ports` ({what: port}) already taken, and who holds it;
+    `options`: the command's options that choose others."""
     taken = [f"{what} port {port} is in use by {port_holder(port)}"
              for what, port in ports.items() if port_in_use(host, port)]
     if taken:
         raise PortInUse(f"{'; '.join(taken)}; nothing was started. Stop that server or choose "
-                        "other ports (--grpc-port, --http-port, --metrics-port)")
+                        f"other ports ({options})")

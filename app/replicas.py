@@ -24,12 +24,11 @@ import os
 import shutil
 import sys
 import threading
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from fusionrank.app.control import (
-    PortInUse,
+    PORT_OPTIONS,
     alive,
     check_ports_free,
     control_folder,
@@ -100,18 +99,13 @@ def plan_replicas(repository: Path, count: int, host: str, first: Ports) -> list
 
 def check_replica_ports(replicas: list[Replica]) -> None:
     """A PortInUse naming each replica's taken ports, before any replica starts."""
-    taken = []
+    ports = {}
     for replica in replicas:
-        try:
-            check_ports_free(replica.host, {"gRPC": replica.ports.grpc,
-                                            "HTTP": replica.ports.http,
-                                            "metrics": replica.ports.metrics})
-        except PortInUse as error:
-            taken.append(f"{replica.name}: {str(error).split('; nothing was started')[0]}")
-    if taken:
-        raise PortInUse(f"{'; '.join(taken)}; nothing was started. Stop that server or choose "
-                        f"other ports (--grpc-port, --http-port, --metrics-port: replica i "
-                        f"listens on each + {PORT_STEP}·i)")
+        ports |= {f"{replica.name}: gRPC": replica.ports.grpc,
+                  f"{replica.name}: HTTP": replica.ports.http,
+                  f"{replica.name}: metrics": replica.ports.metrics}
+    check_ports_free(replicas[0].host, ports,
+                     f"{PORT_OPTIONS}: replica i listens on each + {PORT_STEP}·i")
 
 
 def copy_repository(source: Path, target: Path) -> None:
@@ -235,14 +229,3 @@ class ReplicaSet:
             server.stop()
         with contextlib.suppress(OSError):
             (control_folder(self.replicas[0].repository) / REPLICAS_RECORD).unlink()
-
-
-@contextlib.contextmanager
-def running(replicas: list[Replica], cache_mib: int = 0) -> Iterator[ReplicaSet]:
-    """The replicas started, and stopped at the end."""
-    replica_set = ReplicaSet(replicas, cache_mib)
-    replica_set.start()
-    try:
-        yield replica_set
-    finally:
-        replica_set.stop()

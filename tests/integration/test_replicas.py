@@ -6,19 +6,19 @@ use are refused before anything starts."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import socket
 import subprocess
-import threading
 import time
-from collections import Counter
 from pathlib import Path
 
 import psutil
 import pytest
 import tritonclient.grpc as grpcclient
 
+from benchmarks.harness import ClosedLoop
 from fusionrank.app.deploy.rolling import is_ready
 from fusionrank.app.replicas import PORT_STEP, copy_repository, free_replica_ports, server_pid
 from fusionrank.client import FusionRankClient
@@ -30,10 +30,6 @@ CONCURRENCY = 8
 QUERIES = ["ceiling fan", "teapot", "wool scarf", "garden tools", "cordless drill"]
 
 
-def free_base() -> int:
-    return free_replica_ports(2).grpc
-
-
 @pytest.fixture(scope="module")
 def replicas(served_repository, tmp_path_factory):
     """`fusionrank serve --replicas 2` on a copy of served_repository: (process, repository,
@@ -41,7 +37,7 @@ def replicas(served_repository, tmp_path_factory):
     folder = tmp_path_factory.mktemp("replicas")
     repository = folder / "model_repository"
     copy_repository(served_repository, repository)
-    base = free_base()
+    base = free_replica_ports(2).grpc
     with fusionrank_process("serve", "--repository", str(repository), "--replicas", "2",
                             "--no-web", "--grpc-port", str(base), "--http-port", str(base + 1),
                             "--metrics-port", str(base + 2), "--cache-mib", "0",
@@ -84,40 +80,24 @@ def wait_until(condition, what: str, timeout_s: float = 120.0) -> float:
     return time.monotonic() - started
 
 
-class Load:
-    """CONCURRENCY callers searching through one SDK client with its default retries, until
-    stopped: the calls that failed, and the product ids seen."""
+def searching(urls: list[str]) -> ClosedLoop:
+    """CONCURRENCY callers in closed loops (benchmarks/harness.py), each a FusionRankClient over
+    `urls` with the SDK's default retries; every call's failure is recorded."""
+    turn = itertools.count()
 
-    def __init__(self, urls: list[str]):
-        self.client = FusionRankClient(urls, timeout_s=20)
-        self.failed: list[str] = []
-        self.answered = 0
-        self.seen: Counter[str] = Counter()
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self.call, args=(n,), daemon=True)
-                         for n in range(CONCURRENCY)]
+    def caller(loop: ClosedLoop) -> None:
+        with FusionRankClient(urls, timeout_s=20) as client:
+            while loop.running:
+                with loop.call():
+                    client.search(QUERIES[next(turn) % len(QUERIES)], k=3)
 
-    def call(self, number: int) -> None:
-        turn = number
-        while not self._stop.is_set():
-            try:
-                hits = self.client.search(QUERIES[turn % len(QUERIES)], k=3)
-                self.seen.update(h.product_id for h in hits)
-                self.answered += 1
-            except Exception as error:  # counted: the test's figure
-                self.failed.append(repr(error))
-            turn += 1
+    return ClosedLoop(CONCURRENCY, caller)
 
-    def __enter__(self) -> Load:
-        for thread in self._threads:
-            thread.start()
-        return self
 
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(timeout=30)
-        self.client.close()
+def outcome(load: ClosedLoop) -> tuple[list[str], int]:
+    """(the failed calls' errors, how many calls were answered)."""
+    failed = [c.error for c in load.calls if c.error]
+    return failed, len(load.calls) - len(failed)
 
 
 def test_calls_take_turns_across_the_replicas(replicas):
@@ -133,13 +113,14 @@ def test_calls_take_turns_across_the_replicas(replicas):
 def test_a_replica_killed_under_load_fails_no_call_and_serve_brings_it_back(replicas):
     process, repository, urls = replicas
     victim = server_pid(repository, urls[1])
-    with Load(urls) as load:
+    with searching(urls) as load:
         time.sleep(2)
         os.kill(victim, signal.SIGKILL)
         recovered = wait_until(lambda: back(urls[1], repository, victim),
                                "the killed replica back")
         time.sleep(2)
-    assert load.failed == [] and load.answered > 50, (load.failed[:3], load.answered)
+    failed, answered = outcome(load)
+    assert failed == [] and answered > 50, (failed[:3], answered)
     assert recovered < 60
     assert "restarting" in process.output()
     before = successes(urls[1])
@@ -151,7 +132,7 @@ def test_a_replica_killed_under_load_fails_no_call_and_serve_brings_it_back(repl
 
 def test_a_rolling_deploy_switches_both_replicas_under_load(replicas, next_build):
     _, repository, urls = replicas
-    with Load(urls) as load:
+    with searching(urls) as load:
         time.sleep(1)
         result = subprocess.run([*FUSIONRANK, "deploy", "--rolling", "--repository",
                                  str(repository), "--source", str(next_build),
@@ -161,7 +142,8 @@ def test_a_rolling_deploy_switches_both_replicas_under_load(replicas, next_build
     assert result.returncode == 0, result.stderr
     assert "rolling rollout switched" in result.stderr
     assert result.stderr.count(": switched in") == 2, result.stderr
-    assert load.failed == [] and load.answered > 50, (load.failed[:3], load.answered)
+    failed, answered = outcome(load)
+    assert failed == [] and answered > 50, (failed[:3], answered)
     for url in urls:  # each replica now serves the new build's products
         with FusionRankClient(url) as client:
             assert client.search("compact cordless drill driver", k=1)[0].product_id == "N-DRILL"
@@ -203,7 +185,7 @@ def test_a_rolling_deploy_with_a_replica_down_is_refused_or_skips_it(replicas, s
 
 
 def test_replica_ports_in_use_are_refused_before_anything_starts(served_repository):
-    base = free_base()
+    base = free_replica_ports(2).grpc
     with socket.socket() as holder:
         holder.bind(("127.0.0.1", base + PORT_STEP))  # replica 1's gRPC port
         holder.listen()
