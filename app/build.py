@@ -70,7 +70,8 @@ def build_search_repository(catalogue: Catalogue, model_dir: Path, out_dir: Path
                             live_through: int = 0,
                             previous_index: Path | None = None,
                             cascade_depth: int | str = "auto",
-                            ray: RayOptions | None = None) -> Path:
+                            ray: RayOptions | None = None,
+                            reranker: RerankerChoice | None = None) -> Path:
     """Export the encoder, embed the catalogue and write the model repository; returns it.
     With `run_dir` (a finished `fusionrank train` run) its fine-tuned encoder, BM25 candidates,
     feedback head and fusion weights are served; `model_dir` is then ignored. With
@@ -97,7 +98,11 @@ def build_search_repository(catalogue: Catalogue, model_dir: Path, out_dir: Path
     tuned.
 
     `ray`: embed the catalogue's new titles on a Ray cluster (export/ray_embedding.py) rather
-    than in this process; the embeddings are the same."""
+    than in this process; the embeddings are the same.
+
+    `reranker` (with `run_dir`): a cross-encoder (`fusionrank train-reranker`) reranks the
+    fused top N as the last stage, with the weight `fusionrank evaluate --reranker` fitted for
+    it on dev (artefacts/reranker/; `export_served_reranker`)."""
     from fusionrank.training.search.serving import search_artefacts
 
     options = options or ServingOptions()
@@ -111,9 +116,15 @@ def build_search_repository(catalogue: Catalogue, model_dir: Path, out_dir: Path
         raise BuildError("a student query encoder needs the trained run it was distilled from")
     ranking = None if run_dir is None else served_ranking(Path(run_dir), cascade_depth,
                                                           options.pool)
+    if reranker is not None and run_dir is None:
+        raise BuildError("a reranker reranks a trained run's fused ranking: it needs --run")
     files = SearchArtefacts(out_dir / "artefacts" / "encoder", out_dir / "artefacts" / "index",
                             out_dir / "artefacts" / "ranking" if run_dir is not None else None,
-                            out_dir / "artefacts" / "query_encoder" if student_dir else None)
+                            out_dir / "artefacts" / "query_encoder" if student_dir else None,
+                            out_dir / "artefacts" / "reranker" if reranker else None)
+    reranked = None if reranker is None else export_served_reranker(
+        reranker, Path(run_dir), ranking, options, files.reranker,
+        catalogue.titles[:PARITY_TEXTS])
     if run_dir is not None:
         model_dir = Path(run_dir) / "encoder" / "best"
     encoder = export_model_folder(model_dir, files.encoder, catalogue.titles[:PARITY_TEXTS])
@@ -164,6 +175,7 @@ def build_search_repository(catalogue: Catalogue, model_dir: Path, out_dir: Path
         "index": asdict(index) | {"embeddings": str(final(files.index / names.EMBEDDINGS))},
         "retrieval": retrieval,
         "ranking": asdict(FusionWeights.load(files.weights)),
+        "reranker": reranked,
         "serving": asdict(options),
     }
     (repository / names.REPOSITORY_MANIFEST).write_text(json.dumps(served, indent=2) + "\n")
@@ -228,6 +240,85 @@ def served_ranking(run_dir: Path, depth: int | str, pool: int) -> FusionWeights:
         return cascade_weights(run_dir, depth)
     except (FileNotFoundError, ValueError) as error:
         raise BuildError(str(error)) from error
+
+
+@dataclass(frozen=True)
+class RerankerChoice:
+    """`fusionrank build --reranker PATH --reranker-depth N [--reranker-precision P]`."""
+
+    checkpoint: Path  # a `train-reranker` folder or its best/
+    depth: int
+    precision: str | None = None  # None: the build's precision (FP32 on the GPU)
+
+
+def chosen_reranker(run_dir: Path, device: str, precision: str | None = None
+                    ) -> RerankerChoice | None:
+    """`--reranker auto`: the configuration benchmarks/reranker.py chose for the device by the
+    stated rule (RUN/reranker/choice.json); None where the run has no choice or the rule chose
+    none."""
+    path = Path(run_dir) / "reranker" / "choice.json"
+    if not path.is_file():
+        return None
+    chosen = json.loads(path.read_text()).get(device)
+    if chosen is None:
+        print(f"reranker: off ({path} chooses none for {device})", file=sys.stderr)
+        return None
+    return RerankerChoice(Path(chosen["checkpoint"]), int(chosen["depth"]),
+                          precision or chosen["precision"])
+
+
+def export_served_reranker(choice: RerankerChoice, run_dir: Path, ranking: FusionWeights,
+                           options: ServingOptions, out: Path, titles: list[str]) -> dict:
+    """The reranker's served files in `out`: its graph (RERANKER, FP32 or INT8, parity-checked),
+    its tokenizer and RERANKER_SPEC (depth, the weight fitted on dev). Refused with a clear
+    message: a checkpoint whose tokenizer does not match its model (both named), a depth
+    outside the served cascade's head or the pool, a depth with no weight fitted."""
+    from fusionrank.core.search.reranker import RerankerSpec
+    from fusionrank.export.search.reranker import export_reranker
+    from fusionrank.training.cross_encoder import CrossEncoder, check_tokenizer_matches
+    from fusionrank.training.search.rerank_evaluation import RerankerCheckpoint, fitted_weight
+
+    try:
+        checkpoint = RerankerCheckpoint.open(choice.checkpoint)
+    except FileNotFoundError as error:
+        raise BuildError(str(error)) from None
+    head = ranking.cascade.depth if ranking.cascades(options.pool) else options.pool
+    if not 1 <= choice.depth <= head:
+        where = "the served cascade's head (the products S scores)" if head < options.pool \
+            else "the pool"
+        raise BuildError(f"--reranker-depth must be between 1 and {head}, {where}, not "
+                         f"{choice.depth}")
+    precision = choice.precision or ("fp32" if options.device == "gpu" else options.precision)
+    try:
+        weight = fitted_weight(checkpoint, run_dir, precision, choice.depth)
+        model, tokenizer = CrossEncoder.load(checkpoint.folder), checkpoint.tokenizer()
+        check_tokenizer_matches(model, tokenizer, str(checkpoint.folder),
+                                str(checkpoint.folder / names.TOKENIZER))
+    except ValueError as error:
+        raise BuildError(str(error)) from None
+    # Parity pairs: each title with a query of its own first words, and of another's.
+    queries = [" ".join(t.split()[:2]) for t in titles]
+    check = (queries + queries, list(titles) + list(titles[1:]) + list(titles[:1]))
+    exported = export_reranker(model, tokenizer, checkpoint.folder / names.TOKENIZER, out,
+                               check, int8=precision == "int8")
+    if precision == "int8":  # the step loads RERANKER: the INT8 graph takes its name
+        exported.int8.replace(exported.fp32)
+    grouped = None
+    if options.device == "gpu":  # a native model: a query's N pairs are one batch item
+        from fusionrank.export.search.reranker import export_grouped_reranker
+
+        grouped = export_grouped_reranker(model, tokenizer, out / names.RERANKER_GROUPED,
+                                          check, choice.depth)
+    spec = RerankerSpec(checkpoint.record["max_query_tokens"], checkpoint.record["max_tokens"],
+                        choice.depth, weight, checkpoint.layers, precision,
+                        str(checkpoint.folder))
+    spec.save(out / names.RERANKER_SPEC)
+    print(f"reranker: {checkpoint.layers} layers, {precision}, top {choice.depth}, "
+          f"final = S + {weight} · logit", file=sys.stderr)
+    return asdict(spec) | {"fp32_max_abs_diff": exported.fp32_max_abs_diff,
+                           "int8_max_abs_diff": exported.int8_max_abs_diff,
+                           "int8_spearman": exported.int8_spearman,
+                           "grouped_max_abs_diff": grouped}
 
 
 def check_capacity(products: int, out: Path) -> None:

@@ -110,6 +110,17 @@ def add_build(commands: argparse._SubParsersAction) -> None:
                              "candidates by the hybrid score, with the weights `fusionrank "
                              "tune-cascade` fitted for N; off: every candidate (200, as before);"
                              " auto (default): the depth the run's tuning chose, else off")
+    parser.add_argument("--reranker", default="auto", metavar="PATH|auto|off",
+                        help="a `fusionrank train-reranker` cross-encoder (e.g. "
+                             "runs/relevance/reranker) reranks the fused top N as the last "
+                             "stage, with the weight `fusionrank evaluate --reranker` fitted; "
+                             "auto (default): the run's chosen configuration for the device "
+                             "(RUN/reranker/choice.json, benchmarks/reranker.py), else off")
+    parser.add_argument("--reranker-depth", type=int, metavar="N",
+                        help="with --reranker PATH: the N it reranks (required)")
+    parser.add_argument("--reranker-precision", choices=["fp32", "int8"],
+                        help="with --reranker: its graph's precision (default: --precision; "
+                             "FP32 on the GPU)")
     parser.add_argument("--live-catalogue", action="store_true",
                         help="serve a catalogue that `fusionrank catalogue apply` changes while "
                              "it serves (layouts one and two; the search answers then stay out "
@@ -144,6 +155,23 @@ def cascade_depth(text: str) -> int | str:
     except ValueError:
         raise argparse.ArgumentTypeError(f"a depth (an integer), off or auto, not {text!r}"
                                          ) from None
+
+
+def reranker_choice(args: argparse.Namespace):
+    """build's --reranker, --reranker-depth and --reranker-precision: None (off), "auto" (the
+    run's choice, resolved once the run is known) or a RerankerChoice."""
+    from fusionrank.app.build import RerankerChoice
+
+    if args.reranker in ("off", "auto"):
+        if args.reranker_depth is not None:
+            raise CommandError("--reranker-depth needs --reranker PATH")
+        return None if args.reranker == "off" or args.pretrained else "auto"
+    if args.pretrained:
+        raise CommandError("--reranker reranks a trained run's fused ranking, which "
+                           "--pretrained does not serve")
+    if args.reranker_depth is None:
+        raise CommandError("--reranker needs --reranker-depth N (the fused top N it reranks)")
+    return RerankerChoice(Path(args.reranker), args.reranker_depth, args.reranker_precision)
 
 
 def ray_options(args: argparse.Namespace):
@@ -189,6 +217,7 @@ def run_build(args: argparse.Namespace) -> int:
     if isinstance(args.cascade_depth, int) and args.pretrained:
         raise CommandError("--cascade-depth ranks with a trained run's feedback head, which "
                            "--pretrained does not serve")
+    reranker = reranker_choice(args)
     ray = ray_options(args)
     catalogue, report = load_named_catalogue(args.catalogue, args.datasets, args.lenient)
     print(report.summary(), file=sys.stderr)
@@ -218,10 +247,14 @@ def run_build(args: argparse.Namespace) -> int:
                                             or build.train_default_run())
         if run is not None:
             print(f"serving the trained run {run}", file=sys.stderr)
+        if reranker == "auto":
+            reranker = build.chosen_reranker(run, options.device, args.reranker_precision) \
+                if run is not None else None
         repository = build.build_search_repository(catalogue, model, out, options, run_dir=run,
                                                    student_dir=args.student, final_out=args.out,
                                                    embedding_cache=args.embedding_cache,
-                                                   cascade_depth=args.cascade_depth, ray=ray)
+                                                   cascade_depth=args.cascade_depth, ray=ray,
+                                                   reranker=reranker)
         if not args.no_recommend:
             build.add_recommender(repository, args.recommender)
         build.add_sentiment_model(repository, args.sentiment)

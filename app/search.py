@@ -1,7 +1,8 @@
-"""Search commands: `fusionrank train`, `distil`, `evaluate`, `search`.
+"""Search commands: `fusionrank train`, `distil`, `train-reranker`, `evaluate`, `search`.
 
     fusionrank train --out runs/relevance            # fine-tune + feedback head + fusion fit
     fusionrank distil --run runs/relevance            # a 3-layer student query encoder
+    fusionrank train-reranker --run runs/relevance    # a cross-encoder for the fused top N
     fusionrank evaluate --run runs/relevance --out benchmarks/reports
     fusionrank search "cordless drill" -k 10         # the server (or --repository: in process)
 """
@@ -116,6 +117,12 @@ def add_evaluate(commands: argparse._SubParsersAction) -> None:
                              "model repository's whole catalogue with its served files "
                              "(exact against served retrieval, BM25, dense, fused); writes "
                              "scale.json and scale.md")
+    parser.add_argument("--reranker", type=Path, nargs="+", default=(),
+                        help="`fusionrank train-reranker` checkpoints (e.g. RUN/reranker): adds "
+                             "the table over depth × layers × precision")
+    parser.add_argument("--reranker-depths", type=depth_list,
+                        help="depths N of the served ranking reranked (default 5,10,20,30 "
+                             "where the served cascade's head holds them, and the head)")
     parser.set_defaults(run=run_evaluate)
 
 
@@ -133,6 +140,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
     report = run_evaluation(EvaluateConfig(run=args.run_dir, out=out,
                                            data=args.data, cache=args.cache,
                                            threads=args.threads, student=args.student,
+                                           rerankers=tuple(args.reranker),
+                                           reranker_depths=args.reranker_depths,
                                            command=getattr(args, "command_line", None)))
     print(markdown_table(report), file=sys.stdout)
     return 0
@@ -236,6 +245,54 @@ def distil_main(argv: list[str]) -> int:
     return run_distil(top.parse_args(["distil", *argv]))
 
 
+def add_train_reranker(commands: argparse._SubParsersAction) -> None:
+    from fusionrank.training.search.reranker import RerankerConfig
+
+    defaults = RerankerConfig(run=DEFAULT_RUN)
+    parser = commands.add_parser(
+        "train-reranker", help="train a cross-encoder reranker of a run's fused top N "
+                               "(from the bundled all-MiniLM-L6-v2; resumable)")
+    add_run_arguments(parser, "output folder (default RUN/reranker); an unfinished one resumes")
+    for name in ("layers", "max_query_tokens", "max_tokens", "list_size", "queries_per_step",
+                 "epochs", "eval_every", "dev_queries", "dev_depth", "seed"):
+        parser.add_argument(f"--{name.replace('_', '-')}", type=int,
+                            default=getattr(defaults, name),
+                            help=f"default {getattr(defaults, name)}")
+    parser.add_argument("--learning-rate", type=float, default=defaults.learning_rate)
+    parser.add_argument("--max-steps", type=int, help="stop after this many steps")
+    parser.add_argument("--init-model", type=Path,
+                        help="local Hugging Face encoder folder to start from "
+                             "(default: the bundled all-MiniLM-L6-v2)")
+    parser.add_argument("--no-resume", action="store_true",
+                        help="start over even if the output folder holds a resumable state")
+    parser.set_defaults(run=run_train_reranker)
+
+
+def run_train_reranker(args: argparse.Namespace) -> int:
+    from fusionrank.training.search.reranker import RerankerConfig, train_reranker
+
+    numbers = ("layers", "max_query_tokens", "max_tokens", "list_size", "queries_per_step",
+               "epochs", "eval_every", "dev_queries", "dev_depth")
+    for name in numbers:
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be at least 1")
+    if args.max_steps is not None and args.max_steps < 1:
+        raise ValueError("--max-steps must be at least 1")
+    config = RerankerConfig(run=args.run_dir, out=args.out, init_model=args.init_model,
+                            learning_rate=args.learning_rate, max_steps=args.max_steps,
+                            threads=args.threads, cache=args.cache, resume=not args.no_resume,
+                            seed=args.seed, **{n: getattr(args, n) for n in numbers})
+    print(json.dumps(train_reranker(config), indent=2))
+    return 0
+
+
+def train_reranker_main(argv: list[str]) -> int:
+    """`fusionrank train-reranker ARGV...` from code (the tests' tiny reranker)."""
+    top = argparse.ArgumentParser(prog="fusionrank")
+    add_train_reranker(top.add_subparsers(dest="command", required=True))
+    return run_train_reranker(top.parse_args(["train-reranker", *argv]))
+
+
 def train_main(argv: list[str]) -> int:
     """`fusionrank train ARGV...` from code (the build's short default run)."""
     top = argparse.ArgumentParser(prog="fusionrank")
@@ -281,4 +338,5 @@ def run_search(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = [add_search, add_train, add_distil, add_evaluate, add_tune_cascade]
+COMMANDS = [add_search, add_train, add_distil, add_train_reranker, add_evaluate,
+            add_tune_cascade]

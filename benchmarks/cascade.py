@@ -78,6 +78,18 @@ def median_of(rounds: list[dict]) -> dict:
     return out
 
 
+def measured_in_turns(builds: dict[str, Path], queries: list[str], seconds: float
+                      ) -> dict[str, dict]:
+    """Each build's figures, the median of ROUNDS rounds taken in turns (one build after the
+    other, then again): a machine that slows down meanwhile slows each alike."""
+    rounds: dict[str, list[dict]] = {who: [] for who in builds}
+    with tempfile.TemporaryDirectory() as tmp:
+        for _ in range(ROUNDS):
+            for who, build in builds.items():
+                rounds[who].append(measure(build, queries, seconds, Path(tmp)))
+    return {who: median_of(r) for who, r in rounds.items()}
+
+
 def peer(run: Path, build: Path, queries: int, seconds: float) -> dict:
     subprocess.run([sys.executable, "-m", "benchmarks.search_peer", "--run", str(run),
                     "--build", str(build), "--queries", str(queries), "--seconds", str(seconds),
@@ -123,12 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"the after builds rank at different depths: {sorted(map(str, depths))}")
     depth = depths.pop()
     queries = benchmark_queries(args.queries)
-    rounds: dict[str, list[dict]] = {who: [] for who in builds}
-    with tempfile.TemporaryDirectory() as tmp:
-        for _ in range(ROUNDS):
-            for who, build in builds.items():
-                rounds[who].append(measure(build, queries, args.seconds, Path(tmp)))
-    measured = {who: median_of(r) for who, r in rounds.items()}
+    measured = measured_in_turns(builds, queries, args.seconds)
     compared = peer(args.run, args.after[0], args.queries, args.seconds)
     report = {**stamp(), "queries": len(queries), "seconds": args.seconds,
               "builds": {who: str(b) for who, b in builds.items()}, "ranking": ranking,

@@ -66,7 +66,7 @@ def parse_hits(result, detail: Detail) -> list[list[SearchHit]]:
 class ScorePart:
     """One fused signal of a result: its value, its fitted weight and weight × value."""
 
-    signal: str  # similarity, feedback, lexical
+    signal: str  # similarity, feedback, lexical; reranker where the build serves one
     value: float
     weight: float
     contribution: float

@@ -23,6 +23,10 @@ import numpy as np
 ENCODER = "encoder.onnx"  # token ids → unit embedding (pooling and L2 norm inside the graph)
 ENCODER_INT8 = "encoder.int8.onnx"  # its INT8 twin (export/quantize.py)
 TOKENIZER = "tokenizer.json"  # the encoder's WordPiece tokenizer
+RERANKER = "reranker.onnx"  # (query, title) pair tokens → relevance logit (core/search/reranker.py)
+RERANKER_INT8 = "reranker.int8.onnx"  # its INT8 twin
+RERANKER_GROUPED = "reranker.grouped.onnx"  # [queries, N, tokens] → [queries, N] (GPU, native)
+RERANKER_SPEC = "reranker.json"  # how its pairs are tokenised, its depth and weight
 
 # A catalogue index: row i of every array is line i of PRODUCTS.
 EMBEDDINGS = "embeddings.npy"  # float32 [products, d], unit rows

@@ -6,6 +6,9 @@
                        fine-tuning steps); None where the shared datasets are absent
     search_student     a 3-layer student of search_run's encoder (`fusionrank distil`, three
                        steps): its checkpoint folder (trained_student skips without the data)
+    search_reranker    a 1-layer cross-encoder of search_run's fused top N (`fusionrank
+                       train-reranker`, four steps) with weights fitted on dev for depths 3
+                       and 5 (`rerank_report`): its checkpoint folder (trained_reranker skips)
     recommender        the tiny synthetic shop's analytic recommender (tests/support/shop.py)
     sentiment_export   a tiny BERT review classifier, trained for a few steps and exported
     served_repository  ONE model repository with all three ensembles: search (the tiny run,
@@ -32,7 +35,7 @@ SHARED_DATASETS = Path(__file__).resolve().parents[1].parent / "shared" / "datas
 # Session fixtures that train a model, export the encoder or start a server: a test using any
 # of them is slow (so is one marked `server`); the modules mark their own such fixtures.
 SLOW_FIXTURES = {"search_repository", "search_run", "trained_run", "sentiment_export",
-                 "search_student", "trained_student",
+                 "search_student", "trained_student", "search_reranker", "trained_reranker",
                  "tiny_model_dir", "served_repository", "triton_server", "next_build",
                  "exported"}  # (test_export.py's encoder export)
 
@@ -125,6 +128,35 @@ def trained_student(search_student) -> Path:
     if search_student is None:
         pytest.skip(f"shared datasets not found at {SHARED_DATASETS}")
     return search_student
+
+
+RERANKER_DEPTHS = (3, 5)  # what search_reranker's weights are fitted for
+
+
+@pytest.fixture(scope="session")
+def search_reranker(search_run, tmp_path_factory) -> Path | None:
+    from fusionrank.app.search import train_reranker_main
+    from fusionrank.training.search.rerank_evaluation import rerank_report
+    from fusionrank.training.search.served_rankings import ServedRanker
+
+    if search_run is None:
+        return None
+    out = tmp_path_factory.mktemp("search_reranker")
+    assert train_reranker_main(["--run", str(search_run.run), "--out", str(out), "--cache",
+                                str(search_run.cache), "--layers", "1", "--max-steps", "4",
+                                "--eval-every", "2", "--dev-queries", "8", "--dev-depth", "5",
+                                "--queries-per-step", "2", "--list-size", "4",
+                                "--threads", "1"]) == 0
+    rerank_report(ServedRanker.load(search_run.run, search_run.cache, threads=1), [out],
+                  out / "evaluation", RERANKER_DEPTHS, threads=1)
+    return out
+
+
+@pytest.fixture
+def trained_reranker(search_reranker) -> Path:
+    if search_reranker is None:
+        pytest.skip(f"shared datasets not found at {SHARED_DATASETS}")
+    return search_reranker
 
 
 @pytest.fixture(scope="session")

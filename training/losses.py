@@ -61,3 +61,24 @@ class ScoreDistillationLoss(nn.Module):
         # Σ p_t (log p_t − log p_s) over the valid candidates (masked terms are 0, not NaN).
         terms = target.exp() * (target - predicted)
         return terms.masked_fill(~valid, 0.0).sum(dim=1).mean()
+
+
+class GradedListwiseLoss(nn.Module):
+    """Listwise softmax cross-entropy for a reranker (ListNet's top-one form): each query's
+    candidates' logits against the distribution of their gains, p_i = gain_i / Σ gain with
+    gain = grade − 1. The candidates are the query's judged products and its hard negatives
+    (gain 0), so the loss ranks the relevant above the rest and, among the relevant, gives a
+    3.0 twice the share of a 2.0. A query whose candidates are all irrelevant teaches nothing
+    and is left out; padding (`valid` False) takes no part."""
+
+    def forward(self, logits: torch.Tensor, gains: torch.Tensor,
+                valid: torch.Tensor) -> torch.Tensor:
+        """logits, gains [Q, C]; valid [Q, C] bool."""
+        gains = gains.clamp(min=0) * valid
+        total = gains.sum(dim=1)
+        used = total > 0
+        if not bool(used.any()):
+            return logits.sum() * 0.0
+        log_p = torch.log_softmax(logits.masked_fill(~valid, float("-inf")), dim=1)
+        target = gains[used] / total[used, None]
+        return -(target * log_p[used].masked_fill(~valid[used], 0.0)).sum(dim=1).mean()

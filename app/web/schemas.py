@@ -29,7 +29,8 @@ QUERY_DOC = f"the shopper's query: UTF-8 text, 1 to {MAX_QUERY_CHARS} characters
 class ScorePart(BaseModel):
     """One signal's share of the ranking score S: contribution = weight × value."""
 
-    signal: str = Field(description="similarity, feedback or lexical")
+    signal: str = Field(description="similarity, feedback, lexical, or reranker (the "
+                                    "cross-encoder's logit, where the build serves one)")
     value: float
     weight: float = Field(description="the weight fitted on dev for this signal")
     contribution: float

@@ -33,7 +33,7 @@ SEARCH_OUTPUTS = (
 # product's own: in a cascade (core/fusion.py), a product below the head was scored by the
 # first stage, whose weights it shows (0 for the feedback, which was not computed for it).
 EXPLAIN_OUTPUTS = (
-    TensorSpec("SIGNAL_NAMES", "BYTES", (-1,)),  # the fused signals: similarity, feedback, ...
+    TensorSpec("SIGNAL_NAMES", "BYTES", (-1,)),  # similarity, feedback, ..., reranker (if served)
     TensorSpec("SIGNAL_WEIGHTS", "FP64", (-1, -1)),  # [k, signals]: the weights that scored it
     TensorSpec("SIGNALS", "FP32", (-1, -1)),  # [k, signals]: each product's signal values
     TensorSpec("CORRECTED", "BYTES", (1,)),  # the query as spelling-corrected; "" if unchanged

@@ -2,6 +2,7 @@
 
     QUERY, K[, DETAIL] >> search_steps (Tokenize, EncodeQueries, Retrieve, ScoreCandidates,
                                         Rank)         ScoreCandidates: trained runs only
+                       [>> reranker (PairTokenize, ScorePairs, Rerank)]   with --reranker
 
 DETAIL (optional) names the outputs the answer carries; only Rank reads it (it skips what was
 not asked for), and, as an input, it is part of the response cache's key.
@@ -46,6 +47,7 @@ from fusionrank.core.search.contract import (
     SEARCH_MODEL,
     SEARCH_OUTPUTS,
 )
+from fusionrank.core.search.reranker import RerankerSpec
 from fusionrank.core.search.runtime import LEXICAL_CANDIDATES
 from fusionrank.model_repository.config import (
     ONNX_RUNTIME,
@@ -57,7 +59,7 @@ from fusionrank.model_repository.config import (
     merged,
 )
 from fusionrank.model_repository.ensemble import Ensemble, Inputs
-from fusionrank.model_repository.search import steps
+from fusionrank.model_repository.search import rerank_steps, steps
 from fusionrank.model_repository.search.catalogue import ApplyChanges
 from fusionrank.model_repository.step import StepContract
 
@@ -183,6 +185,9 @@ class SearchArtefacts:
     # A student query encoder (`fusionrank distil`; ENCODER, ENCODER_INT8, TOKENIZER) that
     # encodes the queries while the index keeps the embeddings of `encoder`, its teacher.
     query_encoder: Path | None = None
+    # A cross-encoder reranker of the fused top N (RERANKER: the graph served, TOKENIZER,
+    # RERANKER_SPEC: its N and weight); a trained run only.
+    reranker: Path | None = None
 
     @property
     def weights(self) -> Path:
@@ -219,17 +224,19 @@ def search_ensemble(files: SearchArtefacts, options: ServingOptions) -> Ensemble
         # With BM25 candidates to merge, retrieval's pool is the dense part of the final one.
         tensor_names=dense_names(steps.CANDIDATES.name, steps.SIMILARITY.name) if fused else {})
     scoring, rank = ranking_models(files, options)
+    last = [reranker_model(files, options)] if files.reranker is not None else []
     if options.layout == "steps":
         models = [replace(model, **queue) for model in (tokenize, encode, retrieve, *scoring,
-                                                         rank)]
+                                                         rank)] + last
     elif options.layout == "one":
         models = [merged(SEARCH_STEPS, tokenize, encode, retrieve, *scoring, rank,
-                         instances=options.ranker_instances, max_queue_delay_us=delay, **queue)]
+                         instances=options.ranker_instances, max_queue_delay_us=delay, **queue),
+                  *last]
     else:
         models = [merged("query_encoder", tokenize, encode, instances=options.encoder_instances,
                          max_queue_delay_us=delay, **queue),
                   merged("ranker", retrieve, *scoring, rank, instances=options.ranker_instances,
-                         max_queue_delay_us=delay, **queue)]
+                         max_queue_delay_us=delay, **queue), *last]
     return search_pipeline(models, options)
 
 
@@ -277,11 +284,17 @@ def tokenizer_model(files: SearchArtefacts, contract: StepContract,
 
 def ranking_models(files: SearchArtefacts,
                    options: ServingOptions) -> tuple[list[PythonModel], PythonModel]:
-    """The steps after retrieval: ScoreCandidates (a trained run only) and Rank."""
+    """The steps after retrieval: ScoreCandidates (a trained run only) and Rank (which, with
+    a reranker after it, answers under the FUSED_* names and hands on its head)."""
+    reranking = files.reranker is not None
     rank = PythonModel(
-        "ranker", steps.Rank, steps.Rank.fusing(FusionWeights.load(files.weights)),
+        "ranker", steps.Rank, steps.Rank.fusing(FusionWeights.load(files.weights), reranking),
         artefacts={names.PRODUCTS: files.index / names.PRODUCTS,
-                   names.FUSION_WEIGHTS: files.weights}, max_queue_delay_us=0)
+                   names.FUSION_WEIGHTS: files.weights}, max_queue_delay_us=0,
+        parameters={steps.RERANK_PARAMETER: str(RerankerSpec.load(
+            files.reranker / names.RERANKER_SPEC).depth)} if reranking else {},
+        tensor_names={name: spec.name for name, spec in rerank_steps.FUSED.items()}
+        if reranking else {})
     run_files = (names.LEXICAL, names.PRIORS, names.MEMORY, names.FEEDBACK_HEAD)
     if files.run is not None and (files.run / names.TITLE_FEATURES).is_file():
         run_files += (names.TITLE_FEATURES,)  # saves the step computing them at each load
@@ -296,6 +309,21 @@ def ranking_models(files: SearchArtefacts,
         instances=options.ranker_instances,
         max_queue_delay_us=options.max_queue_delay_us)] if files.run is not None else []
     return scoring, rank
+
+
+def reranker_model(files: SearchArtefacts, options: ServingOptions) -> PythonModel:
+    """The last stage (`rerank_steps.py`), a model of its own: the pairs tokenised, scored by
+    the reranker's graph (ONNX Runtime inside the model), the head reordered."""
+    folder = files.reranker
+    spec = {names.RERANKER_SPEC: folder / names.RERANKER_SPEC}
+    tokenize = PythonModel("pair_tokenizer", rerank_steps.PairTokenize,
+                           artefacts={**spec, names.TOKENIZER: folder / names.TOKENIZER})
+    score = PythonModel("pair_scorer", rerank_steps.ScorePairs,
+                        artefacts={names.RERANKER: folder / names.RERANKER},
+                        parameters={"threads": str(options.onnx_threads)})
+    rerank = PythonModel("rerank", rerank_steps.Rerank, artefacts=spec)
+    return merged("reranker", tokenize, score, rerank, instances=options.ranker_instances,
+                  max_queue_delay_us=options.max_queue_delay_us, **queue_options(options))
 
 
 def search_pipeline(models: list[ServedModel], options: ServingOptions) -> Ensemble:
@@ -346,7 +374,36 @@ def gpu_search_ensemble(files: SearchArtefacts, options: ServingOptions) -> Ense
     scoring, rank = ranking_models(files, options)
     ranker = merged("ranker", *scoring, rank, instances=options.ranker_instances,
                     max_queue_delay_us=options.max_queue_delay_us, **queue_options(options))
-    return search_pipeline([tokenize, encode, retrieve, ranker], options)
+    last = gpu_reranker_models(files, options) if files.reranker is not None else []
+    return search_pipeline([tokenize, encode, retrieve, ranker, *last], options)
+
+
+def gpu_reranker_models(files: SearchArtefacts, options: ServingOptions) -> list[ServedModel]:
+    """The last stage on the GPU: the pairs tokenised and padded to the reranker's max_tokens
+    (Python, CPU), the reranker's grouped graph ([queries, N, tokens] → [queries, N]) on the
+    onnxruntime backend under TensorRT FP16, the head reordered (Python, CPU)."""
+    folder = files.reranker
+    spec = RerankerSpec.load(folder / names.RERANKER_SPEC)
+    fixed = (spec.depth, spec.max_tokens)
+    tokenize = PythonModel(
+        "pair_tokenizer", rerank_steps.PairTokenize,
+        rerank_steps.PairTokenize.padded_to(*fixed),
+        artefacts={names.RERANKER_SPEC: folder / names.RERANKER_SPEC,
+                   names.TOKENIZER: folder / names.TOKENIZER},
+        parameters={"pad_to": str(spec.max_tokens)}, **queue_options(options))
+    graph = tuple(TensorSpec(n, "INT64", fixed) for n in rerank_steps.PAIR_INPUT_NAMES)
+    reranker = NativeModel(
+        "reranker", ONNX_RUNTIME, folder / names.RERANKER_GROUPED, graph,
+        (TensorSpec("logit", "FP32", (spec.depth,)),),
+        tensorrt=engine_cache(options, "reranker"),
+        tensor_names={**{g.name: p.name for g, p in zip(graph, rerank_steps.PAIR_TOKENS,
+                                                         strict=True)},
+                      "logit": rerank_steps.RERANK_LOGITS.name},
+        max_queue_delay_us=options.max_queue_delay_us)
+    rerank = PythonModel("rerank", rerank_steps.Rerank,
+                         artefacts={names.RERANKER_SPEC: folder / names.RERANKER_SPEC},
+                         max_queue_delay_us=0)
+    return [tokenize, reranker, rerank]
 
 
 def engine_cache(options: ServingOptions, model: str) -> TensorRTAccelerator:

@@ -68,6 +68,11 @@ DENSE_SIMILARITY = replace(SIMILARITY, name="DENSE_SIMILARITY")
 # The query as spelling-corrected, which Rank answers as CORRECTED (an optional input of Rank:
 # a pretrained pipeline has no speller).
 CORRECTION = TensorSpec("CORRECTION", "BYTES", (1,))
+# What Rank hands the reranker (`rerank_steps.py`) when the build serves one: the titles of
+# its top N and their fused scores S, in float64 as fused (the final score adds to them).
+HEAD_TITLES = TensorSpec("HEAD_TITLES", "BYTES", (-1,))
+HEAD_SCORES = TensorSpec("HEAD_SCORES", "FP64", (-1,))
+RERANK_PARAMETER = "rerank_depth"  # Rank's parameter: the N of its top N the reranker reads
 
 
 def optional(*specs: TensorSpec) -> tuple[TensorSpec, ...]:
@@ -251,9 +256,12 @@ class Rank:
     CONTRACT = rank_contract(SIGNAL_INPUTS.values())
 
     @classmethod
-    def fusing(cls, weights: FusionWeights) -> StepContract:
-        """The contract of a Rank that fuses `weights`' signals, in the weights' order."""
-        return rank_contract(SIGNAL_INPUTS[name] for name in weights.weights)
+    def fusing(cls, weights: FusionWeights, reranking: bool = False) -> StepContract:
+        """The contract of a Rank that fuses `weights`' signals, in the weights' order; with
+        `reranking`, it also answers its head for the reranker (HEAD_TITLES, HEAD_SCORES)."""
+        contract = rank_contract(SIGNAL_INPUTS[name] for name in weights.weights)
+        return replace(contract, outputs=(*contract.outputs, HEAD_TITLES, HEAD_SCORES)) \
+            if reranking else contract
 
     def __init__(self, folder: Path, parameters: Mapping[str, str]):
         # Mapped, each ranked row parsed when answered: no Python object per product.
@@ -264,6 +272,9 @@ class Rank:
         self.signal_names = np.array([n.encode("utf-8") for n in self.weights.weights],
                                      dtype=object)
         self.signal_weights = np.array(list(self.weights.weights.values()), dtype=np.float64)
+        # With a reranker after it, Rank ranks at least its N (the reranker's head) and hands
+        # the head on; the reranker answers the K asked for.
+        self.rerank_depth = int(parameters.get(RERANK_PARAMETER, "0"))
 
     def __call__(self, requests: list[Tensors]) -> list[Tensors | RequestError]:
         valid, results = only_valid(requests, checked_rank_request)
@@ -273,11 +284,17 @@ class Rank:
             request = requests[i]
             detail = requested_detail(request)
             candidates, signals = request[CANDIDATES.name], self.weights.signals(request)
-            positions, scores = self.weights.ranked_positions(candidates, request,
-                                                              checked_k(request))
+            positions, scores = self.weights.ranked_positions(
+                candidates, request, max(checked_k(request), self.rerank_depth))
             rows = np.take_along_axis(candidates, positions, axis=1)
             answer = {PRODUCT_IDS.name: products.product_ids(rows),
                       SCORES.name: scores.astype(np.float32)}
+            if self.rerank_depth:
+                head = rows[:, : self.rerank_depth]
+                answer[HEAD_TITLES.name] = np.array(
+                    [t.encode("utf-8") for t in products.titles(head)],
+                    dtype=object).reshape(head.shape)
+                answer[HEAD_SCORES.name] = scores[:, : self.rerank_depth].astype(np.float64)
             if detail is not Detail.IDS:
                 answer[PRODUCTS.name] = products.json(rows)
             if detail is Detail.EXPLAIN:

@@ -81,6 +81,10 @@ class EvaluateConfig:
     cache: Path = Path("runs/cache")
     threads: int | None = None
     student: Path | None = None  # a `fusionrank distil` checkpoint to compare with the teacher
+    # `fusionrank train-reranker` checkpoints: the table over depth × layers × precision
+    # (training/search/rerank_evaluation.py)
+    rerankers: tuple[Path, ...] = ()
+    reranker_depths: tuple[int, ...] | None = None  # default: rerank_evaluation.default_depths
     command: str | None = None  # the command line, for the report
 
 
@@ -223,6 +227,13 @@ def run_evaluation(config: EvaluateConfig) -> dict:
              "student fp32": student["fp32"].onnx_dir / artefacts.ENCODER,
              "student int8": student["int8"].onnx_dir / artefacts.ENCODER_INT8},
             embedder.onnx_dir / artefacts.TOKENIZER, judgements.ranked_queries("test"))
+    if config.rerankers:
+        from fusionrank.training.search.rerank_evaluation import rerank_report
+        from fusionrank.training.search.served_rankings import ServedRanker
+
+        report["reranker"] = rerank_report(
+            ServedRanker.load(run, config.cache, config.threads), list(config.rerankers),
+            Path(config.out), config.reranker_depths, config.threads)
     write_report(report, Path(config.out))
     return report
 
@@ -330,6 +341,10 @@ def markdown_table(report: dict) -> str:
                      f"{m['recall']:.4f} | {m['f1']:.4f} | {m['accuracy']:.4f} |")
     if report.get("student"):
         lines += ["", student_table(report["student"])]
+    if report.get("reranker"):
+        from fusionrank.training.search.rerank_evaluation import markdown_table as rerank_table
+
+        lines += ["", "**cross-encoder reranker**", "", rerank_table(report["reranker"])]
     return "\n".join(lines) + "\n"
 
 

@@ -88,6 +88,33 @@ class TrainingState:
     dev: list[dict] = field(default_factory=list)
     finished: bool = False
 
+    def record(self, dev: dict, metric: str) -> bool:
+        """Keep a dev evaluation; whether it is the best so far on `metric` (the patience
+        count restarts then, and grows otherwise)."""
+        self.dev.append(dev)
+        if dev[metric] > self.best_metric:
+            self.best_metric, self.best_step = dev[metric], self.global_step
+            self.evaluations_without_gain = 0
+            return True
+        self.evaluations_without_gain += 1
+        return False
+
+    def write_history(self, out_dir: Path) -> None:
+        history = {"losses": self.losses, "dev": self.dev, "best_step": self.best_step,
+                   "best_metric": self.best_metric}
+        (out_dir / "history.json").write_text(json.dumps(history, indent=1) + "\n")
+
+    @classmethod
+    def resumed(cls, saved: dict, optimizer, scheduler) -> TrainingState:
+        """The state a `last/` checkpoint saved ({"trainer", "optimizer", "scheduler",
+        "torch_rng"}), with the optimiser, the schedule and torch's RNG put back as they were."""
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        torch.set_rng_state(saved["torch_rng"])
+        trainer = dict(saved["trainer"])
+        trainer["losses"] = [tuple(x) for x in trainer["losses"]]
+        return cls(**trainer)
+
 
 @dataclass
 class Provenance:
@@ -108,6 +135,12 @@ def write_model_folder(model: EncoderWithTokenizer, target: Path,
     shutil.rmtree(tmp, ignore_errors=True)
     model.save(tmp)
     extra(tmp)
+    swap_in(tmp, target)
+
+
+def swap_in(tmp: Path, target: Path) -> None:
+    """The folder `tmp` becomes `target` (the one there before removed): an interrupted save
+    never leaves a half-written `target`."""
     old = target.with_name(target.name + ".old")
     shutil.rmtree(old, ignore_errors=True)
     if target.exists():
@@ -246,12 +279,7 @@ class Finetuner:
             raise ValueError(f"{self.last_dir} was trained on other data or another split; "
                              "use a new --out folder or delete it")
         self.model.load_weights(self.last_dir)
-        self.optimizer.load_state_dict(saved["optimizer"])
-        self.scheduler.load_state_dict(saved["scheduler"])
-        torch.set_rng_state(saved["torch_rng"])
-        trainer = saved["trainer"]
-        trainer["losses"] = [tuple(x) for x in trainer["losses"]]
-        self.state = TrainingState(**trainer)
+        self.state = TrainingState.resumed(saved, self.optimizer, self.scheduler)
         print(f"resuming {self.out_dir} at step {self.state.global_step} "
               f"(best dev {DEV_METRIC} {self.state.best_metric:.4f} at step "
               f"{self.state.best_step})", file=sys.stderr)
@@ -263,20 +291,14 @@ class Finetuner:
         dev = self.evaluator(self.model)
         dev = {**dev, "step": self.state.global_step, "epoch": self.state.epoch,
                "seconds": round(time.perf_counter() - started, 1)}
-        self.state.dev.append(dev)
         print(f"dev after step {self.state.global_step}: "
               + ", ".join(f"{k} {v:.4f}" for k, v in dev.items() if k.startswith(("ndcg", "mrr"))),
               file=sys.stderr)
         return dev
 
     def after_evaluation(self, dev: dict) -> None:
-        if dev[DEV_METRIC] > self.state.best_metric:
-            self.state.best_metric = dev[DEV_METRIC]
-            self.state.best_step = self.state.global_step
-            self.state.evaluations_without_gain = 0
+        if self.state.record(dev, DEV_METRIC):
             self.save_best(dev)
-        else:
-            self.state.evaluations_without_gain += 1
 
     def train(self, resume: bool = True) -> TrainingState:
         if not (resume and self.try_resume()):
@@ -325,9 +347,7 @@ class Finetuner:
 
     # ---- reporting ---------------------------------------------------------------------
     def write_history(self) -> None:
-        history = {"losses": self.state.losses, "dev": self.state.dev,
-                   "best_step": self.state.best_step, "best_metric": self.state.best_metric}
-        (self.out_dir / "history.json").write_text(json.dumps(history, indent=1) + "\n")
+        self.state.write_history(self.out_dir)
 
     def plot(self) -> Path:
         return plot_curve(self.state, self.out_dir / "training_curve.png")

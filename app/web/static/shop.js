@@ -14,6 +14,7 @@
     similarity: "similarity s",
     feedback: "feedback prediction f",
     lexical: "lexical",
+    reranker: "cross-encoder reranker",
   };
 
   const $ = (id) => document.getElementById(id);
