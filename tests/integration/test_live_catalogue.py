@@ -108,10 +108,13 @@ def assert_equal_but_for_feedback_flips(live: dict, rebuilt: dict) -> set[int]:
     and lexical agree everywhere. Returns those queries.
 
     Why the exception: on an AVX-512 host (never on the AVX2 one this test was written on) one
-    query of 43 came out with the feedback of most of its products 0.0034 higher live than
-    rebuilt (0.0044 for one), its similarity and lexical equal to 1e-7 — the feedback head's
-    trees amplify a difference in the last bits of some feature. The same happens with the
-    code before the reranker; not yet traced (issue 24 holds the note)."""
+    query of 43 ("8x8") came out with the feedback of most of its products 0.0034 higher live
+    than rebuilt (0.0044 for one), its similarity and lexical equal to 1e-7. Traced to the
+    term-vector features (weakest_term, term_match, last_term_match: 0.99999976 live against
+    0.99999964 rebuilt): a live state extends the term vectors from the base's, a rebuild fits
+    them afresh, float32 sums in another order differ in the last bits, and the head's trees
+    split just below 1.0. The fix (accumulating the term vectors in float64 on both paths) is
+    the live-catalogue issue's to make."""
     names = [n.decode() for n in live["SIGNAL_NAMES"][0]]
     flipped = set()
     for q in range(len(live["SCORES"])):
