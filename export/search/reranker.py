@@ -83,7 +83,9 @@ def export_reranker(model: torch.nn.Module, tokenizer: PairTokenizer, tokenizer_
         return ExportedReranker(fp32_path, None, tokenizer_path, worst, None, None)
     int8_path = quantise_reranker(fp32_path, out_dir / artefacts.RERANKER_INT8)
     int8_logits = OnnxReranker(int8_path)(batch)
-    spearman = _spearman(fp32_logits, int8_logits)
+    from scipy.stats import spearmanr
+
+    spearman = float(spearmanr(fp32_logits, int8_logits).statistic)
     if not spearman >= MIN_INT8_SPEARMAN:
         raise RuntimeError(f"INT8 reranker: its logits' rank correlation with FP32's is "
                            f"{spearman:.4f} < {MIN_INT8_SPEARMAN}")
@@ -148,9 +150,3 @@ def quantise_reranker(fp32_path: Path, out_path: Path) -> Path:
     with replacing(out_path) as temporary:
         onnx.save(graph, str(temporary))
     return out_path
-
-
-def _spearman(a: np.ndarray, b: np.ndarray) -> float:
-    ranks_a = np.argsort(np.argsort(a)).astype(np.float64)
-    ranks_b = np.argsort(np.argsort(b)).astype(np.float64)
-    return float(np.corrcoef(ranks_a, ranks_b)[0, 1])

@@ -25,7 +25,12 @@ import numpy as np
 from fusionrank.core import artefacts
 from fusionrank.core.search.reranker import OnnxReranker, PairScorer, PairTokenizer
 from fusionrank.training.metrics import evaluate_ranking
-from fusionrank.training.search.reranker import CHECKPOINT_FILE, apply_rerank, fit_weight
+from fusionrank.training.search.reranker import (
+    CHECKPOINT_FILE,
+    apply_rerank,
+    fit_weight,
+    head_pairs,
+)
 from fusionrank.training.search.served_rankings import Ranking, ServedRanker
 
 DEPTHS = (5, 10, 20, 30)  # swept where the served head holds them (`default_depths`)
@@ -115,12 +120,6 @@ def fitted_weight(checkpoint: RerankerCheckpoint, run: Path, precision: str, dep
                              f"{p} {sorted(map(int, d))}" for p, d in record["fits"].items())
                          + f"): run {command}")
     return float(fit["weight"])
-
-
-def head_pairs(ranking: Ranking, titles: list[str], depth: int) -> tuple[list[str], list[str]]:
-    head = ranking.rows[:, :depth]
-    return ([q for q in ranking.queries for _ in range(head.shape[1])],
-            [titles[r] for r in head.reshape(-1)])
 
 
 def scored_heads(scorer: PairScorer, ranking: Ranking, titles: list[str],

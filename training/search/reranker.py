@@ -168,6 +168,13 @@ def apply_rerank(rows: np.ndarray, scores: np.ndarray, logits: np.ndarray,
     return np.concatenate([np.take_along_axis(rows[:, :n], order, axis=1), rows[:, n:]], axis=1)
 
 
+def head_pairs(ranking: Ranking, titles: list[str], depth: int) -> tuple[list[str], list[str]]:
+    """(queries, titles) of each query's top `depth`, query after query."""
+    head = ranking.rows[:, :depth]
+    return ([q for q in ranking.queries for _ in range(head.shape[1])],
+            [titles[r] for r in head.reshape(-1)])
+
+
 class DevEvaluator:
     """Dev NDCG@10 of the served ranking's heads reranked by the model being trained."""
 
@@ -176,9 +183,7 @@ class DevEvaluator:
         self.ranking = ranking
         self.judged = judged
         self.depth = min(depth, ranking.rows.shape[1])
-        head = ranking.rows[:, : self.depth]
-        self.pair_queries = [q for q in ranking.queries for _ in range(self.depth)]
-        self.pair_titles = [titles[r] for r in head.reshape(-1)]
+        self.pair_queries, self.pair_titles = head_pairs(ranking, titles, self.depth)
         self.tokenizer = tokenizer
         self.batch_size = batch_size
         self.served = evaluate_ranking(judged, ranking.queries, ranking.rows,
