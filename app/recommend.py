@@ -86,13 +86,16 @@ def run_recommend(args: argparse.Namespace) -> int:
     with client_for(args) as client:
         result = client.recommend(history, args.k, args.exclude_purchased)
     if args.json:
-        print(json.dumps({"unknown_ids": result.unknown_ids,
+        print(json.dumps({"unknown_ids": result.unknown_ids, "cold_start": result.cold_start,
                           "results": [item.to_dict() for item in result.items]},
                          ensure_ascii=False))
         return 0
     if result.unknown_ids:
         print(f"{result.unknown_ids} history entries not in the catalogue were ignored",
               file=sys.stderr)
+    if result.cold_start:
+        print("no product of the history is in the catalogue: these are the popular products "
+              "(cold start)", file=sys.stderr)
     for rank, item in enumerate(result.items, start=1):
         price = f"  £{item.product.price:.2f}" if item.product.price is not None else ""
         print(f"{rank:>3}. {item.score:7.3f}  {item.product_id:<10} {item.product.title}{price}")

@@ -50,6 +50,9 @@ def add_train_sentiment(commands: argparse._SubParsersAction) -> None:
                         help="word pieces kept per review (title first)")
     parser.add_argument("--freeze-layers", type=int, default=defaults.freeze_layers,
                         help="lowest transformer layers kept frozen (of 6)")
+    parser.add_argument("--neighbour-smoothing", type=float,
+                        default=defaults.neighbour_smoothing,
+                        help="share of each review's star target moved to the neighbouring stars")
     parser.add_argument("--max-steps", type=int, help="stop after this many steps (smoke runs)")
     parser.add_argument("--max-minutes", type=float,
                         help="stop training after the first dev evaluation past this time")
@@ -94,12 +97,14 @@ def run_train_sentiment(args: argparse.Namespace) -> int:
         config = SentimentConfig(
             model_dir=args.model, max_tokens=args.max_tokens, epochs=args.epochs,
             batch_size=args.batch_size, freeze_layers=args.freeze_layers,
-            max_steps=args.max_steps, max_minutes=args.max_minutes, limit=args.limit,
-            seed=args.seed, threads=args.threads)
+            neighbour_smoothing=args.neighbour_smoothing, max_steps=args.max_steps,
+            max_minutes=args.max_minutes, limit=args.limit, seed=args.seed, threads=args.threads)
         result = train_sentiment(reviews, config, args.out / CHECKPOINT_DIR, progress=progress)
         checkpoint, manifest = result.checkpoint, result.manifest
     print(f"checkpoint {checkpoint}: dev macro-F1 {manifest.dev_macro_f1:.4f} "
-          f"({manifest.dev_macro_f1_untuned:.4f} before the logit offsets)", file=sys.stderr)
+          f"({manifest.dev_macro_f1_untuned:.4f} by the plain arg-max; temperature "
+          f"{manifest.temperature}, decision offsets {manifest.decision_offsets})",
+          file=sys.stderr)
 
     parity_texts = reviews.split("dev").text.tolist()[:PARITY_REVIEWS]
     exported = export_checkpoint(checkpoint, args.out / artefacts.SENTIMENT_EXPORT, parity_texts)

@@ -11,6 +11,7 @@ from tritonclient.utils import InferenceServerException
 from fusionrank.client.recommend import (
     Purchase,
     Recommendations,
+    history_entries,
     parse_recommendations,
     recommend_inputs,
 )
@@ -28,7 +29,7 @@ from fusionrank.client.sentiment import SentimentResult, parse_results, sentimen
 from fusionrank.core.contract import DEFAULT_K
 from fusionrank.core.recommend.contract import RECOMMEND_OUTPUTS
 from fusionrank.core.search.contract import Detail
-from fusionrank.core.sentiment.contract import PROBABILITIES
+from fusionrank.core.sentiment.contract import SENTIMENT_OUTPUTS
 
 
 class AsyncFusionRankClient:
@@ -85,13 +86,13 @@ class AsyncFusionRankClient:
                         exclude_purchased: bool = False) -> Recommendations:
         inputs = recommend_inputs(history, k, exclude_purchased, module=grpcaio)
         return parse_recommendations(await self._infer(self.models.recommend, inputs,
-                                                       RECOMMEND_OUTPUTS))
+                                                       RECOMMEND_OUTPUTS), history_entries(history))
 
     async def sentiment(self, texts: Sequence[str]) -> list[SentimentResult]:
         texts = [texts] if isinstance(texts, str) else list(texts)
         result = await self._infer(self.models.sentiment,
-                                   sentiment_inputs(texts, module=grpcaio), (PROBABILITIES,))
-        return parse_results(texts, result.as_numpy(PROBABILITIES.name))
+                                   sentiment_inputs(texts, module=grpcaio), SENTIMENT_OUTPUTS)
+        return parse_results(texts, result)
 
     async def close(self) -> None:
         for client in self._replicas.clients:

@@ -32,11 +32,13 @@ RecommendedProduct = RankedProduct
 class Recommendations:
     items: list[RecommendedProduct] = field(default_factory=list)
     unknown_ids: int = 0  # history entries the server ignored (not in its catalogue)
+    history_entries: int = 0  # entries sent (padding aside)
 
     @property
     def cold_start(self) -> bool:
-        """Hint only: every entry was unknown, so the ranking is popularity."""
-        return self.unknown_ids > 0 and not self.items
+        """No product of the history is known (or there was none): the items are the popular
+        products, as the contract says, not a personal ranking."""
+        return self.unknown_ids >= self.history_entries
 
 
 def history_tensors(history: Sequence[Purchase]) -> tuple[np.ndarray, np.ndarray]:
@@ -55,6 +57,12 @@ def history_tensors(history: Sequence[Purchase]) -> tuple[np.ndarray, np.ndarray
     except RequestError as error:
         raise InvalidRequestError(str(error)) from None
     return id_array, time_array
+
+
+def history_entries(history: Sequence[Purchase]) -> int:
+    """How many entries of the history the server reads (empty ids are padding)."""
+    return sum(1 for entry in history
+               if str(entry if isinstance(entry, str) else entry[0]).strip())
 
 
 def recommend_inputs(history: Sequence[Purchase], k: int, exclude_purchased: bool,
@@ -76,6 +84,7 @@ def recommend_inputs(history: Sequence[Purchase], k: int, exclude_purchased: boo
     return inputs
 
 
-def parse_recommendations(result) -> Recommendations:
+def parse_recommendations(result, history_entries: int) -> Recommendations:
     (items,) = ranked_rows(*(result.as_numpy(n) for n in ("PRODUCT_IDS", "SCORES", "PRODUCTS")))
-    return Recommendations(items, int(result.as_numpy("UNKNOWN_IDS").reshape(-1)[0]))
+    return Recommendations(items, int(result.as_numpy("UNKNOWN_IDS").reshape(-1)[0]),
+                           history_entries)

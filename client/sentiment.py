@@ -16,6 +16,8 @@ import tritonclient.grpc as grpcclient
 from fusionrank.client.errors import InvalidRequestError
 from fusionrank.core.contract import RequestError
 from fusionrank.core.sentiment.contract import (
+    LABEL,
+    PROBABILITIES,
     SENTIMENT_CLASSES,
     TEXT,
     check_review,
@@ -26,8 +28,10 @@ from fusionrank.core.sentiment.contract import (
 @dataclass(frozen=True, slots=True)
 class SentimentResult:
     text: str
-    label: str  # the most probable class: negative, neutral or positive
-    probabilities: dict[str, float]  # class → probability, in SENTIMENT_CLASSES order
+    # The served decision: negative, neutral or positive. Not always the most probable class:
+    # the server adds the offsets dev chose for macro-F1 to log P before the arg-max.
+    label: str
+    probabilities: dict[str, float]  # class → calibrated probability, in SENTIMENT_CLASSES order
 
     @property
     def score(self) -> float:
@@ -53,8 +57,11 @@ def sentiment_inputs(texts: Sequence[str], module=grpcclient) -> list:
     return [tensor]
 
 
-def parse_results(texts: Sequence[str], probabilities: np.ndarray) -> list[SentimentResult]:
-    return [SentimentResult(text, SENTIMENT_CLASSES[int(np.argmax(row))],
+def parse_results(texts: Sequence[str], result) -> list[SentimentResult]:
+    """`result`: the server's answer (PROBABILITIES and LABEL)."""
+    probabilities = result.as_numpy(PROBABILITIES.name)
+    labels = result.as_numpy(LABEL.name).reshape(-1)
+    return [SentimentResult(text, label.decode("utf-8") if isinstance(label, bytes) else label,
                             {name: float(p) for name, p in zip(SENTIMENT_CLASSES, row,
                                                                strict=True)})
-            for text, row in zip(texts, probabilities, strict=True)]
+            for text, row, label in zip(texts, probabilities, labels, strict=True)]

@@ -20,6 +20,7 @@ from fusionrank.client.errors import ServerUnavailableError
 from fusionrank.client.recommend import (
     Purchase,
     Recommendations,
+    history_entries,
     parse_recommendations,
     recommend_inputs,
 )
@@ -37,7 +38,7 @@ from fusionrank.client.sentiment import SentimentResult, parse_results, sentimen
 from fusionrank.core.contract import DEFAULT_K
 from fusionrank.core.recommend.contract import RECOMMEND_OUTPUTS
 from fusionrank.core.search.contract import REPORT, Detail
-from fusionrank.core.sentiment.contract import PROBABILITIES
+from fusionrank.core.sentiment.contract import SENTIMENT_OUTPUTS
 
 
 class FusionRankClient:
@@ -108,14 +109,14 @@ class FusionRankClient:
         Unknown ids are ignored and counted; an empty history gets the popular products."""
         inputs = recommend_inputs(history, k, exclude_purchased, self.transport)
         return parse_recommendations(self._infer(self.models.recommend, inputs,
-                                                 RECOMMEND_OUTPUTS))
+                                                 RECOMMEND_OUTPUTS), history_entries(history))
 
     def sentiment(self, texts: Sequence[str]) -> list[SentimentResult]:
         """Each review's class (negative, neutral, positive) and probabilities, in order."""
         texts = [texts] if isinstance(texts, str) else list(texts)
         result = self._infer(self.models.sentiment, sentiment_inputs(texts, self.transport),
-                             (PROBABILITIES,))
-        return parse_results(texts, result.as_numpy(PROBABILITIES.name))
+                             SENTIMENT_OUTPUTS)
+        return parse_results(texts, result)
 
     def apply_changes(self, changes: Changes, timeout_s: float = 600.0) -> CatalogueAnswer:
         """Apply a change set to the served catalogue (`client/catalogue.py`); searchable when

@@ -61,6 +61,9 @@ RECOMMEND_HEAD = "recommend_head.onnx"  # behavioural features + embeddings → 
 RECOMMENDER_CONFIG = "recommender.json"  # RecommenderConfig
 RECOMMEND_FILES = (EMBEDDINGS, PRODUCTS, PRODUCT_STATS, COPURCHASE, RECOMMEND_HEAD,
                    FUSION_WEIGHTS, RECOMMENDER_CONFIG)
+# Cold start (optional: a folder without them ranks every product with the one head).
+COLD_HEAD = "cold_head.onnx"  # the same inputs → logit, trained on rarely bought products only
+COLD_START = "cold_start.json"  # ColdStart: how a cold logit maps onto the warm score's scale
 RECOMMEND_SERVING = "serving"  # statistics as of the test cut: the evaluated artefact
 RECOMMEND_SERVING_LATEST = "serving-latest"  # as of the end of the data: what `build` serves
 

@@ -77,7 +77,6 @@ class TokenGraph:
 
     def __call__(self, requests: list[Tensors]) -> list[Tensors | RequestError]:
         input_ids, attention_mask = self.CONTRACT.inputs
-        (output,) = self.CONTRACT.outputs
         # Requests arrive padded to their own longest row; re-pad them as one batch.
         sequences = [row[mask.astype(bool)]
                      for request in requests
@@ -85,4 +84,8 @@ class TokenGraph:
                                           strict=True)]
         outputs = self.graph(pad(sequences)).astype(np.float32)
         sizes = [len(request[input_ids.name]) for request in requests]
-        return [{output.name: part} for part in split_rows(outputs, sizes)]
+        return [self.respond(part) for part in split_rows(outputs, sizes)]
+
+    def respond(self, output: np.ndarray) -> Tensors:
+        """One request's tensors from its rows of the graph's output."""
+        return {self.CONTRACT.outputs[0].name: output}

@@ -114,7 +114,7 @@ class TritonGateway:
             history, k, exclude_purchased=exclude_purchased))
         return RecommendAnswer(items=[ranked(item) for item in answer.items],
                                unknown_ids=answer.unknown_ids,
-                               popular=answer.unknown_ids >= len(history), served_ms=ms)
+                               popular=answer.cold_start, served_ms=ms)
 
     async def sentiment(self, texts: list[str]) -> SentimentAnswer:
         results, ms = await self.call(SENTIMENT_MODEL, lambda sdk: sdk.sentiment(texts))

@@ -9,6 +9,14 @@ features (how often and how recently this shopper bought it, its popularity and 
 co-purchase affinity), the feedback head (an ONNX MLP) scores them, and the final score fuses
 the head's logit with the cosine similarity through `fusionrank.core.fusion.rank`.
 
+Cold start. A product fewer than `cold_buyers` shoppers bought (new or rarely bought) has
+almost no behaviour, and a head trained on what sells ranks it below everything popular. Such
+products therefore compete through a head of their own: the pool also takes the `cold_pool`
+cold products nearest the shopper's text vector, the cold head (same inputs, trained on cold
+candidates only, so text decides among them) scores every cold candidate, and `ColdStart` maps
+its logit onto the warm score's scale: a·logit + b, fitted on validation
+(training/recommend/cold_start.py says how).
+
 Server-side code: imports numpy and onnxruntime only (never torch or pandas).
 
 An artefact folder holds
@@ -16,7 +24,8 @@ An artefact folder holds
 - `product_stats.npz`: per-product purchase counts as of the reference time (see ProductStats);
 - `copurchase.npy`: item-item cosine over customers (float16 [products, products]);
 - `recommend_head.onnx`: the feedback head; `ranking.json`: the fusion weights;
-- `recommender.json`: RecommenderConfig (reference time, half-life, pool sizes).
+- `recommender.json`: RecommenderConfig (reference time, half-life, pool sizes);
+- optionally `cold_head.onnx` and `cold_start.json` (ColdStart): the cold-start path.
 """
 
 from __future__ import annotations
@@ -29,7 +38,7 @@ import numpy as np
 
 from fusionrank.core import artefacts
 from fusionrank.core.encoding import onnx_session
-from fusionrank.core.fusion import FusionWeights, rank
+from fusionrank.core.fusion import FusionWeights, fuse, rank
 
 HEAD_INPUTS = ("features", "shopper", "product")
 
@@ -66,6 +75,8 @@ class RecommenderConfig:
     popular_pool: int = 100
     nearest_pool: int = 100
     copurchase_pool: int = 100
+    cold_buyers: int = 5  # fewer distinct buyers before the reference time: a cold product
+    cold_pool: int = 100  # cold products nearest the shopper added to the pool
     provenance: dict = field(default_factory=dict)  # what data, which cut, when trained
 
     @classmethod
@@ -74,6 +85,25 @@ class RecommenderConfig:
 
     def save(self, path: Path) -> None:
         Path(path).write_text(json.dumps(asdict(self), indent=2) + "\n", encoding="utf-8")
+
+
+@dataclass
+class ColdStart:
+    """A cold product's score on the warm score's scale: scale · cold logit + offset."""
+
+    scale: float
+    offset: float
+    provenance: str = ""  # the data and method of the fit
+
+    @classmethod
+    def load(cls, path: Path) -> ColdStart:
+        return cls(**json.loads(Path(path).read_text(encoding="utf-8")))
+
+    def save(self, path: Path) -> None:
+        Path(path).write_text(json.dumps(asdict(self), indent=2) + "\n", encoding="utf-8")
+
+    def score(self, cold_logits: np.ndarray) -> np.ndarray:
+        return self.scale * np.asarray(cold_logits, dtype=np.float64) + self.offset
 
 
 @dataclass(frozen=True)
@@ -173,14 +203,19 @@ def top_rows(scores: np.ndarray, n: int) -> np.ndarray:
 
 
 def candidate_rows(shopper: Shopper, affinity: Affinity, popular: np.ndarray,
-                   config: RecommenderConfig, need: int = 0) -> np.ndarray:
-    """The shopper's pool, ascending: bought + popular + embedding-nearest + most co-purchased.
-    `need` more popular products are added so that excluding the bought ones leaves enough."""
+                   config: RecommenderConfig, need: int = 0,
+                   cold: np.ndarray | None = None) -> np.ndarray:
+    """The shopper's pool, ascending: bought + popular + embedding-nearest + most co-purchased
+    (+ the `cold_pool` cold products nearest the shopper, where `cold` marks them). `need`
+    more popular products are added so that excluding the bought ones leaves enough."""
     n_popular = max(config.popular_pool, need + len(shopper.rows))
     parts = [shopper.rows, popular[:n_popular]]
     if not shopper.is_cold:
         parts.append(top_rows(affinity.similarity, config.nearest_pool))
         parts.append(top_rows(affinity.copurchase, config.copurchase_pool))
+        if cold is not None and cold.any():
+            cold_rows = np.flatnonzero(cold)
+            parts.append(cold_rows[top_rows(affinity.similarity[cold_rows], config.cold_pool)])
     return np.unique(np.concatenate(parts).astype(np.int64))
 
 
@@ -232,7 +267,8 @@ class Candidates:
     rows: np.ndarray
     features: np.ndarray  # [pool, features]
     similarity: np.ndarray
-    feedback: np.ndarray  # the head's logit
+    feedback: np.ndarray  # the head's logit (the cold head's for cold rows, when it exists)
+    cold: np.ndarray  # bool: a cold product (scored by the cold head)
 
 
 class OnnxRecommendHead:
@@ -283,7 +319,9 @@ class Recommender:
 
     def __init__(self, embeddings: np.ndarray, product_json: list[str], stats: ProductStats,
                  copurchase: np.ndarray, config: RecommenderConfig, weights: FusionWeights,
-                 head: OnnxRecommendHead | None = None):
+                 head: OnnxRecommendHead | None = None,
+                 cold_head: OnnxRecommendHead | None = None,
+                 cold_fit: ColdStart | None = None):
         if len(product_json) != len(embeddings):
             raise ValueError(f"{len(product_json)} products but {len(embeddings)} embeddings")
         self.embeddings = np.asarray(embeddings, dtype=np.float32)
@@ -296,7 +334,15 @@ class Recommender:
         self.config = config
         self.weights = weights
         self.head = head
+        self.cold_head = cold_head
+        self.cold_fit = cold_fit  # where a cold logit lands on the warm scale
+        # bool [products]: products fewer than cold_buyers shoppers bought
+        self.cold = stats.buyers_all < config.cold_buyers
         self.popular = stats.popularity_order()
+
+    @property
+    def has_cold_head(self) -> bool:
+        return self.cold_head is not None
 
     @classmethod
     def load(cls, folder: str | Path, threads: int = 1) -> Recommender:
@@ -314,16 +360,22 @@ class Recommender:
                                         shape=(len(lines), len(lines))),
                    RecommenderConfig.load(folder / artefacts.RECOMMENDER_CONFIG),
                    FusionWeights.load(folder / artefacts.FUSION_WEIGHTS),
-                   OnnxRecommendHead(folder / artefacts.RECOMMEND_HEAD, threads))
+                   OnnxRecommendHead(folder / artefacts.RECOMMEND_HEAD, threads),
+                   *cold_start_files(folder, threads))
 
     def shopper(self, product_ids: list[str], times: np.ndarray) -> Shopper:
         return self.histories(product_ids, times)
 
-    def pool(self, shopper: Shopper, need: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Candidate rows, their features and the similarity to every catalogue row."""
+    def pool(self, shopper: Shopper, need: int = 0, with_cold: bool | None = None
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Candidate rows, their features and the similarity to every catalogue row. The cold
+        products nearest the shopper join the pool when `with_cold` (default: when this
+        recommender has a cold head)."""
         affinity = shopper_affinity(shopper, self.embeddings, self.copurchase,
                                     self.config.half_life_days)
-        rows = candidate_rows(shopper, affinity, self.popular, self.config, need)
+        with_cold = self.has_cold_head if with_cold is None else with_cold
+        rows = candidate_rows(shopper, affinity, self.popular, self.config, need,
+                              self.cold if with_cold else None)
         features = candidate_features(shopper, rows, affinity, self.stats,
                                       self.config.half_life_days)
         return rows, features, affinity.similarity
@@ -332,8 +384,13 @@ class Recommender:
         rows, features, similarity = self.pool(shopper, need)
         if self.head is None:
             raise RuntimeError("this recommender has no feedback head yet")
-        feedback = self.head(features, shopper.vector, self.embeddings[rows])
-        return Candidates(rows, features, similarity[rows].astype(np.float32), feedback)
+        cold = self.cold[rows] if self.has_cold_head else np.zeros(len(rows), bool)
+        feedback = np.empty(len(rows), np.float32)
+        for head, part in ((self.head, ~cold), (self.cold_head, cold)):
+            if part.any():
+                feedback[part] = head(features[part], shopper.vector,
+                                      self.embeddings[rows[part]])
+        return Candidates(rows, features, similarity[rows].astype(np.float32), feedback, cold)
 
     def recommend(self, shopper: Shopper, k: int, exclude_purchased: bool = False,
                   withdrawn: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -348,9 +405,20 @@ class Recommender:
             keep = ~np.isin(pool.rows, shopper.rows)
         if gone:
             keep &= ~withdrawn[pool.rows]
-        signals = {"SIMILARITY": pool.similarity[keep][None], "FEEDBACK": pool.feedback[keep][None]}
-        rows, scores = rank(pool.rows[keep][None], self.weights.signals(signals), k)
+        rows, scores = rank(pool.rows[keep][None], [(1.0, self.scores(pool)[keep][None])], k)
         return rows[0], scores[0].astype(np.float32)
+
+    def scores(self, pool: Candidates, cold_fit: ColdStart | None = None) -> np.ndarray:
+        """float64 [pool]: S = Σ wᵢ·signalᵢ of a warm product; ColdStart's a·logit + b of a cold
+        one (`cold_fit`, default this recommender's)."""
+        cold_fit = cold_fit or self.cold_fit
+        signals = {"SIMILARITY": pool.similarity[None], "FEEDBACK": pool.feedback[None]}
+        scores = fuse(self.weights.signals(signals))[0]
+        if pool.cold.any():
+            if cold_fit is None:
+                raise RuntimeError("this recommender has a cold head but no ColdStart fit yet")
+            scores[pool.cold] = cold_fit.score(pool.feedback[pool.cold])
+        return scores
 
     def cold_start(self, k: int,
                    withdrawn: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -358,3 +426,17 @@ class Recommender:
         popular = self.popular if withdrawn is None else self.popular[~withdrawn[self.popular]]
         rows = popular[:k]
         return rows.astype(np.int64), np.log1p(self.stats.buyers_4w[rows]).astype(np.float32)
+
+
+def cold_start_files(folder: Path, threads: int = 1
+                     ) -> tuple[OnnxRecommendHead | None, ColdStart | None]:
+    """The cold head and its calibration, or (None, None) for a folder without them; one
+    without the other is refused (a half-written cold-start path)."""
+    head, fit = folder / artefacts.COLD_HEAD, folder / artefacts.COLD_START
+    if head.is_file() != fit.is_file():
+        present, missing = (head, fit) if head.is_file() else (fit, head)
+        raise FileNotFoundError(f"{folder}: {present.name} without {missing.name}; the cold-start "
+                                "path needs both (run `fusionrank train-recommender`)")
+    if not head.is_file():
+        return None, None
+    return OnnxRecommendHead(head, threads), ColdStart.load(fit)

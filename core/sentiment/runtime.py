@@ -23,7 +23,8 @@ from fusionrank.core.sentiment.contract import MAX_REVIEW_BATCH, check_review
 
 @dataclass(frozen=True)
 class SentimentRecord:
-    """What `sentiment.json` records about an export; the serving steps read `max_tokens`."""
+    """What `sentiment.json` records about an export; the serving steps read `max_tokens` and
+    `decision_offsets`."""
 
     classes: list[str]
     max_tokens: int
@@ -31,6 +32,10 @@ class SentimentRecord:
     checkpoint: str
     parity_texts: int
     parity_max_abs_diff: float
+    # Added to log P before the arg-max (`decide`); chosen on dev for macro-F1. An export
+    # from before they existed decides by the plain arg-max.
+    decision_offsets: tuple[float, ...] = (0.0, 0.0, 0.0)
+    temperature: float = 1.0  # dividing the star logits (folded into the graph): calibration
 
     def save(self, folder: str | Path) -> None:
         (Path(folder) / artefacts.SENTIMENT_RECORD).write_text(
@@ -42,7 +47,17 @@ class SentimentRecord:
         if not path.is_file():
             raise FileNotFoundError(f"{path} not found: export the classifier with "
                                     "`fusionrank train-sentiment` first")
-        return cls(**json.loads(path.read_text(encoding="utf-8")))
+        fields = json.loads(path.read_text(encoding="utf-8"))
+        if "decision_offsets" in fields:
+            fields["decision_offsets"] = tuple(fields["decision_offsets"])
+        return cls(**fields)
+
+
+def decide(probabilities: np.ndarray, offsets: Sequence[float]) -> np.ndarray:
+    """Class indices: arg-max of log P + offsets. The probabilities stay calibrated for whoever
+    averages them; the offsets move only the decision (toward the minority classes)."""
+    log_p = np.log(np.maximum(np.asarray(probabilities, dtype=np.float64), 1e-12))
+    return np.argmax(log_p + np.asarray(offsets, dtype=np.float64), axis=1)
 
 
 class SentimentRuntime:
@@ -72,3 +87,7 @@ class SentimentRuntime:
             batch = pad(self.tokenizer.token_ids([checked[i] for i in rows]))
             out[rows] = self.classifier(batch)
         return out
+
+    def labels(self, probabilities: np.ndarray) -> np.ndarray:
+        """The served decision for probabilities this runtime returned (class indices)."""
+        return decide(probabilities, self.record.decision_offsets)

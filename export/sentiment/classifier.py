@@ -1,11 +1,12 @@
-"""Export the review sentiment classifier to ONNX (softmax inside the graph) and check it
-against PyTorch on real reviews.
+"""Export the review sentiment classifier to ONNX (softmax over the stars and their sum per
+class inside the graph) and check it against PyTorch on real reviews.
 
     out_dir/
       sentiment.onnx   input_ids, attention_mask (int64 [batch, tokens]) → probabilities
                        (float32 [batch, 3]: negative, neutral, positive)
       tokenizer.json   the encoder's tokenizer
-      sentiment.json   classes, max_tokens, ONNX sha256, parity (SentimentRecord)
+      sentiment.json   classes, max_tokens, ONNX sha256, parity, the dev-chosen decision
+                       offsets and temperature (SentimentRecord)
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from torch import nn
 
 from fusionrank.core import artefacts
 from fusionrank.core.encoding import OnnxEncoder, TextTokenizer
+from fusionrank.core.sentiment.contract import CLASS_OF_STAR, SENTIMENT_CLASSES
 from fusionrank.core.sentiment.runtime import SentimentRecord
 from fusionrank.export.graphs import check_parity, export_token_graph
 
@@ -28,23 +30,27 @@ PARITY_BATCH = 32
 
 
 class ProbabilityModel(nn.Module):
-    """A classifier of (input_ids, attention_mask) → logits, with its softmax, so the served
-    graph returns probabilities."""
+    """A classifier of (input_ids, attention_mask) → star logits, with its softmax and the sum
+    of each class's stars, so the served graph returns class probabilities."""
 
     def __init__(self, classifier: nn.Module):
         super().__init__()
         self.classifier = classifier
+        groups = torch.eye(len(SENTIMENT_CLASSES))[list(CLASS_OF_STAR)]  # [stars, classes]
+        self.register_buffer("groups", groups)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(self.classifier(input_ids, attention_mask), dim=-1)
+        return torch.softmax(self.classifier(input_ids, attention_mask), dim=-1) @ self.groups
 
 
 def export_sentiment(classifier: nn.Module, classes: Sequence[str], max_tokens: int,
                      tokenizer: Path, out_dir: str | Path, check_texts: Sequence[str],
-                     checkpoint: str) -> SentimentRecord:
+                     checkpoint: str, decision_offsets: Sequence[float] = (0.0, 0.0, 0.0),
+                     temperature: float = 1.0) -> SentimentRecord:
     """Write SENTIMENT_FILES into `out_dir`; fail unless ONNX Runtime's probabilities for
     `check_texts` (padded batches of real text) are within PARITY_TOLERANCE of PyTorch's.
-    `checkpoint` records where the weights came from."""
+    `checkpoint` records where the weights came from; `decision_offsets` and `temperature`
+    (already folded into the classifier) are recorded for the served decision."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     module = ProbabilityModel(classifier).eval()
@@ -65,6 +71,7 @@ def export_sentiment(classifier: nn.Module, classes: Sequence[str], max_tokens: 
                          np.empty((0, len(classes))), max_abs_diff=PARITY_TOLERANCE,
                          labels=texts)
     record = SentimentRecord(list(classes), max_tokens, artefacts.file_sha256(onnx_path),
-                             checkpoint, len(texts), worst)
+                             checkpoint, len(texts), worst,
+                             tuple(float(o) for o in decision_offsets), float(temperature))
     record.save(out_dir)
     return record

@@ -7,7 +7,9 @@ HISTORY_TIMES is optional (Triton's `optional: true`, declared in its TensorSpec
 tensors are the ones its step declares (`steps.py`).
 
 `artefact_dir` is the folder `fusionrank train-recommender` writes (`<out>/serving`): catalogue
-embeddings and metadata, product statistics, the ONNX feedback head, fusion weights, config.
+embeddings and metadata, product statistics, the ONNX feedback head, fusion weights, config,
+and the cold head with its calibration where the folder has them (RecommendRank loads both or
+refuses a folder with one).
 """
 
 from __future__ import annotations
@@ -51,9 +53,11 @@ def recommend_ensemble(artefact_dir: str | Path,
         "recommend_history", steps.EncodeHistory,
         artefacts={name: folder / name for name in HISTORY_FILES},
         instances=options.history_instances, max_queue_delay_us=options.max_queue_delay_us)
+    cold_start = [name for name in (artefacts.COLD_HEAD, artefacts.COLD_START)
+                  if (folder / name).is_file()]
     rank = PythonModel(
         "recommend_ranker", steps.RecommendRank,
-        artefacts={name: folder / name for name in artefacts.RECOMMEND_FILES},
+        artefacts={name: folder / name for name in (*artefacts.RECOMMEND_FILES, *cold_start)},
         parameters={"threads": str(options.onnx_threads)},
         instances=options.ranker_instances, max_queue_delay_us=options.max_queue_delay_us)
     pipeline = Inputs(*RECOMMEND_INPUTS) >> encode >> rank

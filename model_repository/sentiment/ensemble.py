@@ -2,8 +2,8 @@
 
     sentiment = TEXT >> review_tokenizer >> sentiment_classifier
 
-PROBABILITIES are in SENTIMENT_CLASSES order: negative, neutral, positive. Their arg-max is the
-classifier's decision (the logit offsets tuned on dev for macro-F1 are inside the graph).
+PROBABILITIES are in SENTIMENT_CLASSES order: negative, neutral, positive, calibrated on dev;
+LABEL is the decision (log P plus the offsets dev chose for macro-F1, `sentiment.json`).
 `folder` is what `fusionrank train-sentiment` exported (SENTIMENT_FILES). Each model's tensors
 are the ones its step declares (`steps.py`).
 """
@@ -48,7 +48,8 @@ def sentiment_ensemble(folder: str | Path, serving: SentimentServing | None = No
         max_queue_delay_us=0)
     classify = PythonModel(
         "sentiment_classifier", steps.ClassifyReviews,
-        artefacts={artefacts.SENTIMENT_MODEL: folder / artefacts.SENTIMENT_MODEL},
+        artefacts={artefacts.SENTIMENT_MODEL: folder / artefacts.SENTIMENT_MODEL,
+                   artefacts.SENTIMENT_RECORD: folder / artefacts.SENTIMENT_RECORD},
         parameters={"threads": str(serving.onnx_threads)},
         instances=serving.classifier_instances, max_batch_size=MAX_REVIEW_BATCH,
         max_queue_delay_us=serving.max_queue_delay_us)

@@ -33,9 +33,12 @@ def test_served_recommendations_are_the_independently_computed_ones(triton_serve
                 np.testing.assert_allclose([i.score for i in result.items],
                                            [s for _, s in expected], atol=1e-5)
                 assert result.unknown_ids == history.count("UNKNOWN-ID")
-        cold = client.recommend([], k=4)
-        assert [(i.product_id, pytest.approx(i.score)) for i in cold.items] == \
-            shop.expected_popular(recommender, 4)
+                assert not result.cold_start
+        for nothing_known in ([], ["UNKNOWN-ID", "ANOTHER"]):
+            cold = client.recommend(nothing_known, k=4)
+            assert cold.cold_start  # the popular products, and the answer says so
+            assert [(i.product_id, pytest.approx(i.score)) for i in cold.items] == \
+                shop.expected_popular(recommender, 4)
 
 
 def test_bad_input_is_invalid_argument_and_the_server_keeps_serving(triton_server):

@@ -45,6 +45,10 @@ def test_served_probabilities_equal_pytorch(triton_server, sentiment_export):
                                                                     b.attention_mask))).numpy()
             for b in (tokenizer([text]) for text in TEXTS)])
     np.testing.assert_allclose(got, expected, atol=1e-4)
+    # The label is the decision with the export's dev-chosen offsets, computed here anew.
+    offsets = np.asarray(record.decision_offsets)
+    decided = np.argmax(np.log(np.maximum(expected, 1e-12)) + offsets, axis=1)
+    assert [r.label for r in served] == [record.classes[i] for i in decided]
 
 
 BAD = {

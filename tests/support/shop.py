@@ -4,6 +4,11 @@
 title embeddings of alike products would be. 48 customers each favour one theme and buy from
 it every few days over 20 weeks, with the odd dirty line (cancellation, return, postage, guest
 order, free sample) that the cleaning must drop.
+
+With `launches=True` the shop also launches a new product per theme every few weeks (24 more,
+the last after the final cut, so never sold before it): its theme's customers add the newest
+one to some invoices, so every window holds purchases of products hardly anyone had bought
+before its cut, which only their text (the theme direction) can find.
 """
 
 from __future__ import annotations
@@ -22,33 +27,50 @@ PER_THEME = 6
 DIM = 16
 START = pd.Timestamp("2011-01-03")
 DAYS = 200  # enough for the evaluation's six 4-week windows
+# Launch days (with `launches=True`): one new product per theme on each, inside every window
+# of the evaluation and once after the last cut (200 − 28 = 172).
+LAUNCH_DAYS = (40, 68, 96, 124, 152, 180, 190)
+LAUNCH_SHARE = 0.4  # the share of a theme's invoices that add its newest product
 
 
-def product_ids() -> list[str]:
-    return [f"{10000 + i}" for i in range(THEMES * PER_THEME)]
+def product_ids(launches: bool = False) -> list[str]:
+    count = THEMES * PER_THEME + (THEMES * len(LAUNCH_DAYS) if launches else 0)
+    return [f"{10000 + i}" for i in range(count)]
 
 
 def theme_of(product_id: str) -> int:
-    return (int(product_id) - 10000) // PER_THEME
+    index = int(product_id) - 10000
+    return index // PER_THEME if index < THEMES * PER_THEME else index % THEMES
 
 
-def embeddings(seed: int = 0) -> np.ndarray:
+def launched(theme: int, day: int) -> str | None:
+    """The theme's newest product launched on or before `day` (None before the first)."""
+    done = [i for i, launch in enumerate(LAUNCH_DAYS) if launch <= day]
+    return f"{10000 + THEMES * PER_THEME + THEMES * done[-1] + theme}" if done else None
+
+
+def embeddings(seed: int = 0, launches: bool = False) -> np.ndarray:
     rng = np.random.default_rng(seed)
     directions = np.eye(DIM)[:THEMES]
     rows = np.repeat(directions, PER_THEME, axis=0) + 0.3 * rng.normal(size=(THEMES * PER_THEME,
                                                                                 DIM))
+    if launches:
+        extra = np.tile(directions, (len(LAUNCH_DAYS), 1))
+        rows = np.concatenate([rows, extra + 0.3 * rng.normal(size=extra.shape)])
     return (rows / np.linalg.norm(rows, axis=1, keepdims=True)).astype(np.float32)
 
 
-def product_json() -> list[str]:
+def product_json(launches: bool = False) -> list[str]:
     return [json.dumps({"product_id": pid, "title": f"Theme {theme_of(pid)} item {pid}",
                         "description": "", "category": "gift-ware", "brand": "", "price": 1.0})
-            for pid in product_ids()]
+            for pid in product_ids(launches)]
 
 
-def transactions(customers: int = 48, seed: int = 0) -> pd.DataFrame:
-    """Raw invoice lines with the columns of the Online Retail file."""
+def transactions(customers: int = 48, seed: int = 0, launches: bool = False) -> pd.DataFrame:
+    """Raw invoice lines with the columns of the Online Retail file. The lines without
+    `launches` are the same with it (launch purchases draw from their own generator)."""
     rng = np.random.default_rng(seed)
+    launch_rng = np.random.default_rng(seed + 1)
     ids = product_ids()
     lines = []
     invoice = 500000
@@ -61,6 +83,9 @@ def transactions(customers: int = 48, seed: int = 0) -> pd.DataFrame:
             time = START + pd.Timedelta(days=day, hours=10)
             for product in rng.choice(favourites, size=3, replace=False):
                 lines.append((str(invoice), product, 6, time, 2.0, 12000.0 + customer))
+            newest = launched(theme, day) if launches else None
+            if newest and launch_rng.random() < LAUNCH_SHARE:
+                lines.append((str(invoice), newest, 2, time, 3.0, 12000.0 + customer))
             day += int(rng.integers(3, 9))
     dirty = [("C900001", ids[0], -6, START + pd.Timedelta(days=5), 2.0, 12000.0),  # cancellation
              ("900002", ids[1], -2, START + pd.Timedelta(days=6), 2.0, 12001.0),  # return
@@ -74,10 +99,10 @@ def transactions(customers: int = 48, seed: int = 0) -> pd.DataFrame:
     return frame
 
 
-def catalogue():
+def catalogue(launches: bool = False):
     from fusionrank.training.recommend.evaluate import Catalogue
 
-    return Catalogue(product_json(), embeddings())
+    return Catalogue(product_json(launches), embeddings(launches=launches))
 
 
 def trained_artefacts(out: Path, epochs: int = 3) -> Path:
@@ -106,20 +131,23 @@ def trained_artefacts(out: Path, epochs: int = 3) -> Path:
 
 
 # The analytic recommender: its head's logit is log(1 + times the shopper bought the product),
-# so every served score can be computed here from first principles (`expected_ranking`).
+# its cold head's the cosine similarity, so every served score can be computed here from first
+# principles (`expected_ranking`). It serves the shop with launches: the newest launches are
+# cold products (fewer than 5 buyers before the cut).
 WEIGHTS = {"feedback": 1.0, "similarity": 0.5}
+COLD_START = (2.0, -0.25)  # a cold product scores 2 · cosine − 0.25
 HALF_LIFE_DAYS = 30.0
 
 
-def analytic_head(path: Path) -> Path:
-    """An ONNX graph with the head's inputs whose logit is features[:, 0] (bought_log_count)."""
+def analytic_head(path: Path, feature: str = "bought_log_count") -> Path:
+    """An ONNX graph with the head's inputs whose logit is one feature's column."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     from fusionrank.core.recommend.runtime import FEATURE_NAMES, HEAD_INPUTS
 
     pick = np.zeros((len(FEATURE_NAMES), 1), np.float32)
-    pick[FEATURE_NAMES.index("bought_log_count"), 0] = 1.0
+    pick[FEATURE_NAMES.index(feature), 0] = 1.0
     inputs = [helper.make_tensor_value_info(HEAD_INPUTS[0], TensorProto.FLOAT,
                                             ["n", len(FEATURE_NAMES)])]
     inputs += [helper.make_tensor_value_info(name, TensorProto.FLOAT, ["n", DIM])
@@ -133,39 +161,45 @@ def analytic_head(path: Path) -> Path:
 
 
 def analytic_artefacts(out: Path) -> Path:
-    """The served folder of a recommender with the analytic head, statistics as of the last
-    two weeks' cut of the tiny shop's (cleaned) purchases."""
-    from fusionrank.core.recommend.runtime import OnnxRecommendHead
+    """The served folder of a recommender with the analytic heads, statistics as of the last
+    two weeks' cut of the tiny shop's (cleaned) purchases, launches included."""
+    from fusionrank.core.recommend.runtime import ColdStart, OnnxRecommendHead
     from fusionrank.training.recommend.evaluate import recommender_at
     from fusionrank.training.recommend.purchases import clean_purchases, last_window
 
     out.mkdir(parents=True, exist_ok=True)
-    purchases, _ = clean_purchases(transactions())
+    purchases, _ = clean_purchases(transactions(launches=True))
     head = analytic_head(out / "analytic_head.onnx")
-    served = recommender_at(purchases, last_window(purchases, days=14).cut, catalogue(),
-                            OnnxRecommendHead(head), FusionWeights(WEIGHTS),
+    cold_head = analytic_head(out / "analytic_cold_head.onnx", "similarity")
+    served = recommender_at(purchases, last_window(purchases, days=14).cut,
+                            catalogue(launches=True), OnnxRecommendHead(head),
+                            FusionWeights(WEIGHTS), OnnxRecommendHead(cold_head),
+                            ColdStart(*COLD_START, provenance="analytic: set by the tests"),
                             half_life_days=HALF_LIFE_DAYS)
-    return serving_folder(out, served, head)
+    return serving_folder(out, served, head, cold_head)
 
 
-def serving_folder(out: Path, recommender: Recommender, head: Path) -> Path:
+def serving_folder(out: Path, recommender: Recommender, head: Path,
+                   cold_head: Path | None = None) -> Path:
     from fusionrank.training.recommend.evaluate import write_serving
 
     index = out / "index"
     index.mkdir(parents=True, exist_ok=True)
     np.save(index / "embeddings.npy", recommender.embeddings)
     (index / "products.jsonl").write_text("\n".join(recommender.product_json) + "\n")
-    write_serving(out / "serving", recommender, index, head)
+    write_serving(out / "serving", recommender, index, head, cold_head)
     return out / "serving"
 
 
 def expected_ranking(folder: Path, history: list[str | tuple[str, int]], k: int,
                      exclude_purchased: bool = False) -> list[tuple[str, float]]:
     """What the analytic recommender in `folder` must answer, computed here in plain numpy from
-    its embeddings, ids and reference time: S = log(1 + purchases of p) + 0.5 · cos(shopper, p),
-    the shopper being the recency-weighted (2^(-days / 30)) mean of their products' embeddings;
-    every product of the tiny catalogue is a candidate; ties go to the lower catalogue row.
-    (A history with nothing known is answered by popularity, checked elsewhere.)"""
+    its embeddings, ids, buyer counts and reference time: S = log(1 + purchases of p) +
+    0.5 · cos(shopper, p), or 2 · cos(shopper, p) − 0.25 for a product fewer than 5 shoppers
+    had bought (cold), the shopper being the recency-weighted (2^(-days / 30)) mean of their
+    products' embeddings; every product of the tiny catalogue is a candidate; ties go to the
+    lower catalogue row. (A history with nothing known is answered by popularity, checked
+    elsewhere.)"""
     ids = [json.loads(line)["product_id"]
            for line in (folder / "products.jsonl").read_text().splitlines()]
     embeddings = np.load(folder / "embeddings.npy").astype(np.float64)
@@ -179,7 +213,11 @@ def expected_ranking(folder: Path, history: list[str | tuple[str, int]], k: int,
         vector += 2.0 ** (-days / HALF_LIFE_DAYS) * embeddings[row]
     vector /= np.linalg.norm(vector)
     bought = [row for row, _ in known]
-    scores = {row: np.log1p(bought.count(row)) + 0.5 * float(embeddings[row] @ vector)
+    with np.load(folder / "product_stats.npz") as stats:
+        cold = stats["buyers_all"] < 5
+    scale, offset = COLD_START
+    scores = {row: (scale * float(embeddings[row] @ vector) + offset if cold[row] else
+                    np.log1p(bought.count(row)) + 0.5 * float(embeddings[row] @ vector))
               for row in range(len(ids)) if not (exclude_purchased and row in bought)}
     order = sorted(scores, key=lambda row: (-round(scores[row] / 1e-6), row))[:k]
     return [(ids[row], scores[row]) for row in order]

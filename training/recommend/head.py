@@ -51,9 +51,18 @@ class Examples:
     label: np.ndarray  # float32 [n]
     shoppers: np.ndarray  # float32 [customers, dim]
     customers: list[str] = field(default_factory=list)
+    cold: np.ndarray | None = None  # bool [n]: a cold product (see Recommender.cold)
+    base: np.ndarray | None = None  # bool [n]: in the pool without the cold products added
 
     def __len__(self) -> int:
         return len(self.label)
+
+    def subset(self, keep: np.ndarray) -> Examples:
+        """The examples `keep` marks (shopper vectors kept whole: indices stay valid)."""
+        return Examples(self.features[keep], self.shopper[keep], self.row[keep],
+                        self.label[keep], self.shoppers, self.customers,
+                        None if self.cold is None else self.cold[keep],
+                        None if self.base is None else self.base[keep])
 
     @staticmethod
     def concat(parts: list[Examples]) -> Examples:
@@ -63,7 +72,10 @@ class Examples:
                         np.concatenate([p.row for p in parts]),
                         np.concatenate([p.label for p in parts]),
                         np.concatenate([p.shoppers for p in parts]),
-                        [c for p in parts for c in p.customers])
+                        [c for p in parts for c in p.customers],
+                        *(None if any(getattr(p, name) is None for p in parts)
+                          else np.concatenate([getattr(p, name) for p in parts])
+                          for name in ("cold", "base")))
 
 
 def window_shoppers(recommender: Recommender, before: pd.DataFrame,
@@ -74,22 +86,26 @@ def window_shoppers(recommender: Recommender, before: pd.DataFrame,
 
 
 def window_examples(recommender: Recommender, purchases: pd.DataFrame, window) -> Examples:
-    """The candidate pools of the window's returning customers, labelled by what they bought
-    after the cut. `recommender` must hold the statistics as of `window.cut`."""
+    """The candidate pools of the window's returning customers (with the cold products nearest
+    each, marked `cold`), labelled by what they bought after the cut. `recommender` must hold
+    the statistics as of `window.cut`."""
     before, after = split(purchases, window)
     targets = returning_targets(before, after)
     shoppers = window_shoppers(recommender, before, sorted(targets))
-    features, owner, rows, labels, vectors = [], [], [], [], []
+    features, owner, rows, labels, vectors, base = [], [], [], [], [], []
     for index, (customer, shopper) in enumerate(shoppers.items()):
-        pool, pool_features, _ = recommender.pool(shopper)
+        pool, pool_features, _ = recommender.pool(shopper, with_cold=True)
+        base.append(np.isin(pool, recommender.pool(shopper, with_cold=False)[0]))
         bought = {recommender.row_of[p] for p in targets[customer] if p in recommender.row_of}
         features.append(pool_features)
         owner.append(np.full(len(pool), index))
         rows.append(pool)
         labels.append(np.isin(pool, list(bought)).astype(np.float32))
         vectors.append(shopper.vector)
-    return Examples(np.concatenate(features), np.concatenate(owner), np.concatenate(rows),
-                    np.concatenate(labels), np.stack(vectors), list(shoppers))
+    rows = np.concatenate(rows)
+    return Examples(np.concatenate(features), np.concatenate(owner), rows,
+                    np.concatenate(labels), np.stack(vectors), list(shoppers),
+                    recommender.cold[rows], np.concatenate(base))
 
 
 @dataclass
@@ -111,6 +127,8 @@ def listwise_loss(logits: torch.Tensor, group: torch.Tensor, labels: torch.Tenso
     bought = torch.zeros(groups).index_add(0, group, labels)
     gained = torch.zeros(groups).index_add(0, group, labels * log_softmax)
     has = bought > 0
+    if not has.any():  # no purchase in this batch's pools: nothing to learn, no NaN
+        return logits.sum() * 0.0
     return -(gained[has] / bought[has]).mean()
 
 
@@ -126,7 +144,7 @@ def shopper_batches(examples: Examples, batch_size: int,
         if size >= batch_size:
             batches.append(np.concatenate(current))
             current, size = [], 0
-    if current:
+    if size:
         batches.append(np.concatenate(current))
     return batches
 

@@ -1,13 +1,22 @@
-"""Fine-tune the bundled MiniLM encoder into a three-class review sentiment classifier.
+"""Fine-tune the bundled MiniLM encoder into a review sentiment classifier that reads the star
+rating's order.
 
 Model: the mean-pooled, unit-length sentence embedding (`MeanPooledEncoder`, the same module the
-search encoder exports) → dropout → a linear head to three logits.
+search encoder exports) → dropout → a linear head to five logits, one per star rating. A class's
+probability is the sum of its stars' (1-2 negative, 3 neutral, 4-5 positive).
+
+Why stars: a 3-star review sits between a 2 and a 4. Three unrelated classes throw that away; the
+target here is the review's own star with a share (`neighbour_smoothing`) moved to the
+neighbouring stars, so a mixed review close to a 2 or a 4 costs the model less than one read as
+its opposite, and the neutral class is learnt as the middle of a scale.
 
 Class imbalance (about 77% positive, 12% neutral, 11% negative) is handled twice:
-1. the cross-entropy weights each class by the square root of its inverse frequency, so the
+1. each review's loss is weighted by the square root of its class's inverse frequency, so the
    minority classes shape the encoder without the gradient noise full inverse weights bring;
-2. after training, per-class offsets added to the logits are tuned on dev for macro-F1 and
-   folded into the head's bias, so the exported model's arg-max is the tuned decision.
+2. after training, dev chooses the decision: per-class offsets added to log P before the
+   arg-max, tuned for macro-F1. They are recorded, not folded into the model, so the served
+   probabilities stay calibrated (a temperature fitted on dev's log-likelihood divides the star
+   logits inside the graph) for the product prior that averages them.
 
 CPU budget (2 cores shared with other work): the embeddings and the lowest `freeze_layers`
 transformer layers are frozen, and their output for every train and dev review is computed once
@@ -42,7 +51,12 @@ from torch import nn
 from fusionrank.core import artefacts
 from fusionrank.core.encoding import TextTokenizer, pad
 from fusionrank.core.model_folders import bundled_model_path, check_model_folder
-from fusionrank.core.sentiment.contract import MAX_REVIEW_TOKENS, SENTIMENT_CLASSES
+from fusionrank.core.sentiment.contract import (
+    CLASS_OF_STAR,
+    MAX_REVIEW_TOKENS,
+    SENTIMENT_CLASSES,
+    STAR_RATINGS,
+)
 from fusionrank.core.sentiment.runtime import SentimentRecord
 from fusionrank.export.sentiment.classifier import export_sentiment
 from fusionrank.training.encoder import MeanPooledEncoder
@@ -55,6 +69,9 @@ MANIFEST_FILE = "manifest.json"
 TOKENIZER_FILES = (artefacts.TOKENIZER, "vocab.txt", "tokenizer_config.json",
                    "special_tokens_map.json")
 OFFSET_GRID = np.round(np.arange(-3.0, 3.01, 0.1), 2)
+TEMPERATURE_GRID = np.round(np.exp(np.linspace(np.log(0.25), np.log(4.0), 161)), 4)
+# [stars, classes]: 1 where the star belongs to the class.
+STAR_GROUPS = np.eye(len(SENTIMENT_CLASSES), dtype=np.float32)[list(CLASS_OF_STAR)]
 
 
 @dataclass
@@ -74,6 +91,9 @@ class SentimentConfig:
     # The embeddings are always frozen; so are this many lowest transformer layers (of 6).
     freeze_layers: int = 2
     class_weight_power: float = 0.5  # weight = (1 / class frequency) ** power, mean 1
+    # The share of each review's target moved from its star to the neighbouring stars
+    # (split between two neighbours, all to the one a 1- or 5-star review has).
+    neighbour_smoothing: float = 0.2
     evals_per_epoch: int = 2
     max_steps: int | None = None  # stop early (tests, smoke runs)
     # A wall-clock guard for shared machines: past it, training stops after the next dev
@@ -92,9 +112,11 @@ class SentimentManifest:
     source_model: str
     config: dict
     class_weights: list[float]
-    logit_offsets: list[float]
-    dev_macro_f1_untuned: float
+    decision_offsets: list[float]  # added to log P before the arg-max (`decide`)
+    temperature: float  # folded into the head: star logits / temperature
+    dev_macro_f1_untuned: float  # plain arg-max, before the offsets
     dev_macro_f1: float
+    dev_log_loss: dict[str, float]  # class log-likelihood loss before / after the temperature
     best_step: int
     steps: int  # done (fewer than planned when max_minutes stopped training)
     train_examples: int
@@ -110,13 +132,13 @@ class SentimentManifest:
 
 
 class SentimentClassifier(nn.Module):
-    """Token ids → three class logits (negative, neutral, positive)."""
+    """Token ids → five star-rating logits (1..5 stars); `class_probabilities` groups them."""
 
     def __init__(self, encoder: MeanPooledEncoder, dropout: float = 0.1):
         super().__init__()
         self.encoder = encoder
         self.dropout = nn.Dropout(dropout)
-        self.head = nn.Linear(encoder.transformer.config.hidden_size, len(SENTIMENT_CLASSES))
+        self.head = nn.Linear(encoder.transformer.config.hidden_size, len(STAR_RATINGS))
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """The whole model, as exported and served."""
@@ -181,7 +203,9 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path,
     classifier, manifest = load_classifier(checkpoint)
     return export_sentiment(classifier, manifest.classes, manifest.max_tokens,
                             Path(checkpoint) / ENCODER_DIR / artefacts.TOKENIZER, out_dir,
-                            check_texts, checkpoint=str(checkpoint))
+                            check_texts, checkpoint=str(checkpoint),
+                            decision_offsets=manifest.decision_offsets,
+                            temperature=manifest.temperature)
 
 
 def save_classifier(model: SentimentClassifier, manifest: SentimentManifest,
@@ -290,7 +314,7 @@ def _predict_in_chunks(model: SentimentClassifier, sequences: Sequence,
     was_training = model.training
     model.eval()
     order = np.argsort([len(s) for s in sequences], kind="stable")
-    out = np.empty((len(sequences), len(SENTIMENT_CLASSES)), dtype=np.float32)
+    out = np.empty((len(sequences), model.head.out_features), dtype=np.float32)
     for start in range(0, len(order), batch_size):
         rows = order[start : start + batch_size]
         out[rows] = logits_of(rows).numpy()
@@ -309,9 +333,52 @@ def macro_f1(labels: np.ndarray, predictions: np.ndarray) -> float:
     return float(np.mean(np.where(denominator > 0, 2 * hits / np.maximum(denominator, 1), 0.0)))
 
 
+def class_probabilities(star_logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """[n, 5] star logits → [n, 3] class probabilities (softmax over stars, summed per class)."""
+    scaled = np.asarray(star_logits, dtype=np.float64) / temperature
+    scaled -= scaled.max(axis=1, keepdims=True)
+    stars = np.exp(scaled)
+    stars /= stars.sum(axis=1, keepdims=True)
+    return stars @ STAR_GROUPS.astype(np.float64)
+
+
+def log_loss(probabilities: np.ndarray, labels: np.ndarray) -> float:
+    """Mean −log P(true class)."""
+    picked = np.asarray(probabilities)[np.arange(len(labels)), np.asarray(labels)]
+    return float(-np.mean(np.log(np.maximum(picked, 1e-12))))
+
+
+def fit_temperature(star_logits: np.ndarray, labels: np.ndarray) -> float:
+    """The temperature (on a log grid, 0.25..4) with the smallest dev class log-loss."""
+    losses = [log_loss(class_probabilities(star_logits, t), labels) for t in TEMPERATURE_GRID]
+    return float(TEMPERATURE_GRID[int(np.argmin(losses))])
+
+
+def star_targets(ratings: np.ndarray, smoothing: float) -> np.ndarray:
+    """[n, 5] target distributions: 1 − smoothing on each review's star, the rest shared by the
+    neighbouring stars."""
+    stars = len(STAR_RATINGS)
+    index = np.asarray(ratings) - STAR_RATINGS[0]
+    targets = np.zeros((len(index), stars), dtype=np.float32)
+    for row, star in enumerate(index):
+        neighbours = [n for n in (star - 1, star + 1) if 0 <= n < stars]
+        targets[row, neighbours] = smoothing / len(neighbours)
+        targets[row, star] = 1.0 - smoothing
+    return targets
+
+
+def weighted_soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor,
+                                weights: torch.Tensor) -> torch.Tensor:
+    """Σ wᵢ·CE(targetᵢ, softmax(logitsᵢ)) / Σ wᵢ: the weighted mean `nn.CrossEntropyLoss(weight)`
+    takes, for soft targets."""
+    per_review = -(targets * torch.log_softmax(logits, dim=1)).sum(dim=1)
+    return (weights * per_review).sum() / weights.sum()
+
+
 def tune_logit_offsets(logits: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, float]:
-    """Offsets (negative's fixed at 0) added to the logits that maximise dev macro-F1, searched
-    on a grid; ties go to the smallest change. Returns (offsets, macro-F1 with them)."""
+    """Offsets (negative's fixed at 0) added to the logits (or log-probabilities) that maximise
+    dev macro-F1, searched on a grid; ties go to the smallest change. Returns (offsets,
+    macro-F1 with them)."""
     best = (macro_f1(labels, logits.argmax(1)), 0.0, np.zeros(len(SENTIMENT_CLASSES)))
     for neutral in OFFSET_GRID:
         for positive in OFFSET_GRID:
@@ -334,7 +401,8 @@ class CachedSplits:
     """Train and dev reviews as frozen-part states (see `bottom_states`) with their labels."""
 
     train_states: list[torch.Tensor]
-    train_labels: np.ndarray
+    train_labels: np.ndarray  # class indices
+    train_ratings: np.ndarray  # 1..5 stars
     dev_states: list[torch.Tensor]
     dev_labels: np.ndarray
 
@@ -351,6 +419,7 @@ def cache_splits(model: SentimentClassifier, reviews: ReviewSet, config: Sentime
     return CachedSplits(
         bottom_states(model, tokenizer.token_ids(train.text.tolist()), layers, progress=progress),
         train.label.to_numpy(),
+        train.rating.to_numpy(),
         bottom_states(model, tokenizer.token_ids(dev.text.tolist()), layers, progress=progress),
         dev.label.to_numpy())
 
@@ -388,7 +457,8 @@ def fit(model: SentimentClassifier, data: CachedSplits, config: SentimentConfig,
         total = min(total, config.max_steps)
     eval_every = max(1, steps_per_epoch // max(config.evals_per_epoch, 1))
     optimiser, scheduler = make_optimiser(model, config, total)
-    loss_fn = nn.CrossEntropyLoss(weight=torch.tensor(weights, dtype=torch.float32))
+    targets = torch.from_numpy(star_targets(data.train_ratings, config.neighbour_smoothing))
+    review_weights = torch.from_numpy(np.asarray(weights, np.float32)[data.train_labels])
     frozen = config.freeze_layers
 
     rng = np.random.default_rng(config.seed)
@@ -402,7 +472,7 @@ def fit(model: SentimentClassifier, data: CachedSplits, config: SentimentConfig,
             batches = length_bucketed_batches(lengths, config.batch_size, rng)
         rows = batches.pop()
         logits = model.top(*pad_states(data.train_states, rows), frozen)
-        loss = loss_fn(logits, torch.from_numpy(data.train_labels[rows]))
+        loss = weighted_soft_cross_entropy(logits, targets[rows], review_weights[rows])
         loss.backward()
         optimiser.step()
         scheduler.step()
@@ -411,7 +481,7 @@ def fit(model: SentimentClassifier, data: CachedSplits, config: SentimentConfig,
         bar.update(1)
         if step % eval_every == 0 or step == total:
             logits = predict_logits_from_states(model, data.dev_states, frozen)
-            score = macro_f1(data.dev_labels, logits.argmax(1))
+            score = macro_f1(data.dev_labels, class_probabilities(logits).argmax(1))
             if score > best.best_dev_macro_f1:
                 best.best_dev_macro_f1, best.best_step = score, step
                 best.best_state = copy.deepcopy(model.state_dict())
@@ -425,8 +495,8 @@ def fit(model: SentimentClassifier, data: CachedSplits, config: SentimentConfig,
 
 def train_sentiment(reviews: ReviewSet, config: SentimentConfig, out_dir: str | Path,
                     progress: bool = True) -> TrainResult:
-    """Fine-tune on the train split, keep the step with the best dev macro-F1, tune the logit
-    offsets on dev, and save the checkpoint into `out_dir`."""
+    """Fine-tune on the train split, keep the step with the best dev macro-F1, fit the
+    temperature and the decision offsets on dev, and save the checkpoint into `out_dir`."""
     from transformers import set_seed
 
     started = time.monotonic()
@@ -443,17 +513,24 @@ def train_sentiment(reviews: ReviewSet, config: SentimentConfig, out_dir: str | 
 
     model.load_state_dict(result.best_state)
     model.eval()
+    dev_logits = predict_logits_from_states(model, data.dev_states, config.freeze_layers)
+    temperature = fit_temperature(dev_logits, data.dev_labels)
+    with torch.no_grad():  # the exported graph then returns calibrated probabilities
+        model.head.weight /= temperature
+        model.head.bias /= temperature
+    probabilities = class_probabilities(dev_logits, temperature)
     offsets, tuned = np.zeros(len(SENTIMENT_CLASSES)), result.best_dev_macro_f1
     if config.tune_offsets:
-        dev_logits = predict_logits_from_states(model, data.dev_states, config.freeze_layers)
-        offsets, tuned = tune_logit_offsets(dev_logits, data.dev_labels)
-        with torch.no_grad():
-            model.head.bias += torch.tensor(offsets, dtype=model.head.bias.dtype)
+        offsets, tuned = tune_logit_offsets(np.log(np.maximum(probabilities, 1e-12)),
+                                            data.dev_labels)
     manifest = SentimentManifest(
         classes=list(SENTIMENT_CLASSES), max_tokens=config.max_tokens, source_model=str(source),
         config=asdict(config), class_weights=[round(float(w), 4) for w in weights],
-        logit_offsets=[float(o) for o in offsets],
+        decision_offsets=[float(o) for o in offsets], temperature=temperature,
         dev_macro_f1_untuned=round(result.best_dev_macro_f1, 4), dev_macro_f1=round(tuned, 4),
+        dev_log_loss={
+            "before": round(log_loss(class_probabilities(dev_logits), data.dev_labels), 4),
+            "after": round(log_loss(probabilities, data.dev_labels), 4)},
         best_step=result.best_step, steps=len(result.losses),
         train_examples=len(data.train_states),
         train_seconds=round(time.monotonic() - started, 1),

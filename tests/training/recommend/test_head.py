@@ -30,6 +30,7 @@ def test_the_head_learns_the_shops_themes(trained):
 @pytest.mark.slow
 def test_the_trained_recommender_beats_popularity_on_the_held_out_window(trained):
     from fusionrank.training.recommend.evaluate import (
+        Slices,
         metrics,
         model_ranking,
         popularity_ranking,
@@ -43,8 +44,9 @@ def test_the_trained_recommender_beats_popularity_on_the_held_out_window(trained
     before, after = split(purchases, last_window(purchases, days=14))
     targets = returning_targets(before, after)
     shoppers = window_shoppers(recommender, before, sorted(targets))
-    ours = metrics(model_ranking(recommender, shoppers, 50), targets, 24, set())
-    popular = metrics(popularity_ranking(recommender, list(shoppers), 50), targets, 24, set())
+    none = Slices(set(), set(), set())
+    ours = metrics(model_ranking(recommender, shoppers, 50), targets, 24, none)
+    popular = metrics(popularity_ranking(recommender, list(shoppers), 50), targets, 24, none)
     assert ours["recall@5"] > popular["recall@5"] + 0.2
     assert 0 < ours["coverage@20"] <= 1
 

@@ -214,6 +214,7 @@ def test_cli_recommends_in_process(served, tmp_path, capsys):
     assert args.run(args) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed["unknown_ids"] == 1 and len(printed["results"]) == 3
+    assert printed["cold_start"] is False
     expected = shop.expected_ranking(served, [THEME_1[0], (THEME_1[1], 1_300_000_000), "X"], 3)
     assert [r["product_id"] for r in printed["results"]] == [pid for pid, _ in expected]
     assert parser.parse_args(["train-recommender", "--out", "x"]).run is not None

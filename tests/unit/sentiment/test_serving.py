@@ -17,7 +17,7 @@ from fusionrank.core.sentiment.contract import (
     MAX_REVIEW_BATCH,
     MAX_REVIEW_CHARS,
 )
-from fusionrank.core.sentiment.runtime import SentimentRuntime
+from fusionrank.core.sentiment.runtime import SentimentRecord, SentimentRuntime
 from fusionrank.model_repository.sentiment.ensemble import sentiment_ensemble
 from fusionrank.model_repository.sentiment.steps import ClassifyReviews, TokenizeReviews
 from tests.support.reviews import TEXTS
@@ -43,6 +43,7 @@ def test_steps_return_probabilities_per_request(exported):
     assert tokens[1]["INPUT_IDS"].shape == (1, record.max_tokens)  # truncated, not rejected
     results = classify(tokens)
     assert [r["PROBABILITIES"].shape for r in results] == [(3, 3), (1, 3)]
+    assert [r["LABEL"].shape for r in results] == [(3, 1), (1, 1)]
     probabilities = np.concatenate([r["PROBABILITIES"] for r in results])
     assert probabilities.dtype == np.float32
     np.testing.assert_allclose(probabilities.sum(1), 1.0, atol=1e-5)
@@ -95,6 +96,8 @@ def test_the_runtime_classifies_in_length_sorted_batches_as_the_steps_do(exporte
     classify = ClassifyReviews(out / "onnx", {"threads": "1"})
     (served,) = classify(tokenize([request(*TEXTS)]))
     np.testing.assert_allclose(pipeline(TEXTS), served["PROBABILITIES"], atol=1e-5)
+    names = [b"negative", b"neutral", b"positive"]
+    assert [names[i] for i in pipeline.labels(pipeline(TEXTS))] == list(served["LABEL"][:, 0])
     probabilities = pipeline(TEXTS, batch_size=2)  # length-sorted chunks, original order back
     one_by_one = np.concatenate([pipeline([t]) for t in TEXTS])
     np.testing.assert_allclose(probabilities, one_by_one, atol=1e-5)
@@ -108,13 +111,15 @@ def test_ensemble_configuration(exported, tmp_path):
     config = ensemble.config()
     assert config.name == "sentiment"
     assert [i.name for i in config.input] == ["TEXT"]
-    assert [(o.name, list(o.dims)) for o in config.output] == [("PROBABILITIES", [3])]
+    assert [(o.name, list(o.dims)) for o in config.output] == [("PROBABILITIES", [3]),
+                                                               ("LABEL", [1])]
     assert [s.model_name for s in config.ensemble_scheduling.step] == [
         "review_tokenizer", "sentiment_classifier"]
     ensemble.export(tmp_path)
     for name in ("sentiment", "review_tokenizer", "sentiment_classifier"):
         assert (tmp_path / name / "config.pbtxt").is_file()
     assert (tmp_path / "sentiment_classifier" / "1" / artefacts.SENTIMENT_MODEL).is_file()
+    assert SentimentRecord.load(tmp_path / "sentiment_classifier" / "1") == record
     assert (tmp_path / "review_tokenizer" / "1" / "tokenizer.json").is_file()
     tokenizer_config = (tmp_path / "review_tokenizer" / "config.pbtxt").read_text()
     assert f'string_value: "{record.max_tokens}"' in tokenizer_config
@@ -132,6 +137,18 @@ def test_client_checks_before_sending():
         sentiment_inputs([])
     (tensor,) = sentiment_inputs(["good", "bad"])
     assert tensor.shape() == [2, 1] and tensor.datatype() == "BYTES"
-    (result,) = parse_results(["meh"], np.array([[0.2, 0.7, 0.1]], dtype=np.float32))
-    assert result.label == "neutral"
-    assert result.score == pytest.approx(-0.1)
+    answer = Answer(PROBABILITIES=np.array([[0.2, 0.3, 0.5]], dtype=np.float32),
+                    LABEL=np.array([[b"neutral"]], dtype=object))
+    (result,) = parse_results(["meh"], answer)
+    assert result.label == "neutral"  # the server's decision, not the arg-max
+    assert result.score == pytest.approx(0.3)
+
+
+class Answer:
+    """A server answer's `as_numpy`, from arrays."""
+
+    def __init__(self, **arrays: np.ndarray):
+        self.arrays = arrays
+
+    def as_numpy(self, name: str) -> np.ndarray:
+        return self.arrays[name]
