@@ -203,20 +203,21 @@ def top_rows(scores: np.ndarray, n: int) -> np.ndarray:
 
 
 def candidate_rows(shopper: Shopper, affinity: Affinity, popular: np.ndarray,
-                   config: RecommenderConfig, need: int = 0,
-                   cold: np.ndarray | None = None) -> np.ndarray:
-    """The shopper's pool, ascending: bought + popular + embedding-nearest + most co-purchased
-    (+ the `cold_pool` cold products nearest the shopper, where `cold` marks them). `need`
-    more popular products are added so that excluding the bought ones leaves enough."""
+                   config: RecommenderConfig, need: int = 0) -> np.ndarray:
+    """The shopper's pool, ascending: bought + popular + embedding-nearest + most co-purchased.
+    `need` more popular products are added so that excluding the bought ones leaves enough."""
     n_popular = max(config.popular_pool, need + len(shopper.rows))
     parts = [shopper.rows, popular[:n_popular]]
     if not shopper.is_cold:
         parts.append(top_rows(affinity.similarity, config.nearest_pool))
         parts.append(top_rows(affinity.copurchase, config.copurchase_pool))
-        if cold is not None and cold.any():
-            cold_rows = np.flatnonzero(cold)
-            parts.append(cold_rows[top_rows(affinity.similarity[cold_rows], config.cold_pool)])
     return np.unique(np.concatenate(parts).astype(np.int64))
+
+
+def nearest_cold_rows(affinity: Affinity, cold: np.ndarray, n: int) -> np.ndarray:
+    """The n cold products (`cold` marks them) nearest the shopper's vector."""
+    cold_rows = np.flatnonzero(cold)
+    return cold_rows[top_rows(affinity.similarity[cold_rows], n)]
 
 
 def candidate_features(shopper: Shopper, rows: np.ndarray, affinity: Affinity,
@@ -367,21 +368,26 @@ class Recommender:
         return self.histories(product_ids, times)
 
     def pool(self, shopper: Shopper, need: int = 0, with_cold: bool | None = None
-             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Candidate rows, their features and the similarity to every catalogue row. The cold
-        products nearest the shopper join the pool when `with_cold` (default: when this
-        recommender has a cold head)."""
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Candidate rows, their features, the similarity to every catalogue row, and which
+        rows the pool holds without the cold products added. Those (the `cold_pool` cold
+        products nearest the shopper) join it when `with_cold` (default: when this recommender
+        has a cold head) and the shopper bought something known."""
         affinity = shopper_affinity(shopper, self.embeddings, self.copurchase,
                                     self.config.half_life_days)
         with_cold = self.has_cold_head if with_cold is None else with_cold
-        rows = candidate_rows(shopper, affinity, self.popular, self.config, need,
-                              self.cold if with_cold else None)
+        rows = candidate_rows(shopper, affinity, self.popular, self.config, need)
+        base = np.ones(len(rows), bool)
+        if with_cold and not shopper.is_cold:
+            merged = np.union1d(rows, nearest_cold_rows(affinity, self.cold,
+                                                        self.config.cold_pool))
+            rows, base = merged, np.isin(merged, rows)
         features = candidate_features(shopper, rows, affinity, self.stats,
                                       self.config.half_life_days)
-        return rows, features, affinity.similarity
+        return rows, features, affinity.similarity, base
 
     def candidates(self, shopper: Shopper, need: int = 0) -> Candidates:
-        rows, features, similarity = self.pool(shopper, need)
+        rows, features, similarity, _ = self.pool(shopper, need)
         if self.head is None:
             raise RuntimeError("this recommender has no feedback head yet")
         cold = self.cold[rows] if self.has_cold_head else np.zeros(len(rows), bool)

@@ -51,14 +51,16 @@ class PoolScores:
     bought: np.ndarray  # bool [n]
 
 
+# Maps a cold logit onto itself: `Recommender.scores` with it gives S for the warm products
+# and the cold head's raw logit for the cold ones.
+IDENTITY = ColdStart(1.0, 0.0)
+
+
 def pool_scores(recommender: Recommender, pools: dict[str, Candidates],
                 targets: dict[str, set[str]]) -> PoolScores:
     parts = []
     for customer, pool in pools.items():
-        warm = recommender.weights.signals({"SIMILARITY": pool.similarity[None],
-                                            "FEEDBACK": pool.feedback[None]})
-        scores = np.where(pool.cold, pool.feedback,
-                          sum(w * np.asarray(s, np.float64) for w, s in warm)[0])
+        scores = recommender.scores(pool, IDENTITY)
         bought = np.isin(pool.rows, [recommender.row_of[p] for p in targets[customer]
                                      if p in recommender.row_of])
         parts.append((scores, pool.cold, bought))

@@ -94,8 +94,8 @@ def window_examples(recommender: Recommender, purchases: pd.DataFrame, window) -
     shoppers = window_shoppers(recommender, before, sorted(targets))
     features, owner, rows, labels, vectors, base = [], [], [], [], [], []
     for index, (customer, shopper) in enumerate(shoppers.items()):
-        pool, pool_features, _ = recommender.pool(shopper, with_cold=True)
-        base.append(np.isin(pool, recommender.pool(shopper, with_cold=False)[0]))
+        pool, pool_features, _, in_base = recommender.pool(shopper, with_cold=True)
+        base.append(in_base)
         bought = {recommender.row_of[p] for p in targets[customer] if p in recommender.row_of}
         features.append(pool_features)
         owner.append(np.full(len(pool), index))
