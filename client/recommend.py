@@ -18,7 +18,7 @@ import tritonclient.grpc as grpcclient
 from fusionrank.client.errors import InvalidRequestError
 from fusionrank.client.ranked import RankedProduct, ranked_rows
 from fusionrank.core.contract import RequestError, check_k
-from fusionrank.core.recommend.contract import check_history
+from fusionrank.core.recommend.contract import check_history, read_positions
 
 # A history entry: a product id (bought at an unknown time) or (product id, when).
 Purchase = str | tuple[str, int | float | datetime]
@@ -61,8 +61,8 @@ def history_tensors(history: Sequence[Purchase]) -> tuple[np.ndarray, np.ndarray
 
 def history_entries(history: Sequence[Purchase]) -> int:
     """How many entries of the history the server reads (empty ids are padding)."""
-    return sum(1 for entry in history
-               if str(entry if isinstance(entry, str) else entry[0]).strip())
+    return len(read_positions([str(entry if isinstance(entry, str) else entry[0])
+                               for entry in history]))
 
 
 def recommend_inputs(history: Sequence[Purchase], k: int, exclude_purchased: bool,

@@ -64,11 +64,17 @@ def check_history(ids: np.ndarray, times: np.ndarray | None,
     if len(times) != len(ids):
         raise RequestError(f"HISTORY_TIMES[{row}] has {len(times)} entries where HISTORY[{row}] "
                            f"has {len(ids)}; send one time per purchase (0 = unknown)")
-    keep = [i for i, value in enumerate(ids) if value not in (b"", "")]
+    keep = read_positions(ids)
     if len(keep) > MAX_HISTORY:
         raise RequestError(f"HISTORY[{row}] has {len(keep)} purchases; the limit is "
                            f"{MAX_HISTORY}: send the most recent {MAX_HISTORY}")
     return [_product_id(ids[i], row) for i in keep], times[keep].astype(np.int64)
+
+
+def read_positions(ids: Sequence[bytes | str]) -> list[int]:
+    """The positions of the history entries the server reads: all but the padding (empty
+    ids). A blank id is read, and counted unknown."""
+    return [i for i, value in enumerate(ids) if value not in (b"", "")]
 
 
 def _product_id(value: bytes | str, row: int) -> str:

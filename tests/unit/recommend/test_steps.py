@@ -250,3 +250,18 @@ def test_a_product_a_live_catalogue_deleted_is_never_recommended(served, tmp_pat
         assert not set(gone) & set(ids) and len(ids) == 5, ids
     publish(2, [{"op": "upsert", "product": {"product_id": gone[0], "title": "back again"}}])
     assert recommend(steps, [], k=5)[1]["PRODUCT_IDS"][0][0].decode() == gone[0]
+
+
+def test_cold_start_counts_the_entries_the_server_reads(served, tmp_path):
+    """A blank id is read and counted unknown (padding, the empty id, is not read): a history
+    with a known product beside it is not a cold start; one of blanks only is."""
+    from fusionrank.app.clients import LocalClient
+    from fusionrank.model_repository.recommend.ensemble import recommend_ensemble
+
+    repository = tmp_path / "model_repository"
+    recommend_ensemble(served).export(repository)
+    with LocalClient(repository) as client:
+        mixed = client.recommend([THEME_1[0], " "], k=3)
+        blank = client.recommend([" ", ""], k=3)
+    assert mixed.unknown_ids == 1 and not mixed.cold_start
+    assert blank.unknown_ids == 1 and blank.cold_start
