@@ -131,6 +131,13 @@ def evaluate_sentiment(reviews: ReviewSet, artefact_dir: str | Path,
         class_counts={s: reviews.class_counts(s) for s in SPLITS})
 
 
+def repository_path(path: str) -> str:
+    """`path` relative to the working directory (the repository root) when it lies inside it,
+    as it is otherwise."""
+    absolute = Path(path).resolve()
+    return str(absolute.relative_to(Path.cwd())) if absolute.is_relative_to(Path.cwd()) else path
+
+
 def previous_model(out_dir: Path) -> tuple[Scores, str] | None:
     """The three-class model's test scores and the command that measured them, if kept."""
     path = out_dir / PREVIOUS_REPORT
@@ -178,6 +185,8 @@ def write_report(out_dir: str | Path, evaluation: SentimentEvaluation, training:
     """benchmarks/reports/sentiment.{md,json} and sentiment_confusion.png."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    if "source_model" in training:  # a report must not record this machine's folders
+        training = training | {"source_model": repository_path(training["source_model"])}
     previous = previous_model(out_dir)
     panels = {"star-rating MiniLM (served ONNX)": evaluation.classifier}
     if previous:

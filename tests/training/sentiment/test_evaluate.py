@@ -4,6 +4,7 @@ star-rating model beside the three-class one it replaced."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -49,8 +50,9 @@ def test_report_sets_the_model_beside_the_three_class_one(tmp_path):
         source="reviews.csv", majority_label="positive",
         class_counts={"test": {"negative": 2, "neutral": 2, "positive": 4}})
     lengths = {k: 1.0 for k in ("p50", "p75", "p90", "p95", "p99", "max", "mean")}
-    paths = write_report(tmp_path, evaluation, {"temperature": 1.3}, {}, "the command", 1.0,
-                         lengths)
+    source = Path.cwd() / "models" / "minilm"
+    paths = write_report(tmp_path, evaluation, {"temperature": 1.3, "source_model": str(source)},
+                         {}, "the command", 1.0, lengths)
     report = paths["markdown"].read_text()
     assert "three-class MiniLM (served before" in report and "the old command" in report
     assert f"| star-rating MiniLM (served ONNX, dev-chosen decision) | {ours.macro_f1:.3f}" \
@@ -59,3 +61,4 @@ def test_report_sets_the_model_beside_the_three_class_one(tmp_path):
     record = json.loads(paths["json"].read_text())
     assert record["previous_model"]["scores"]["macro_f1"] == pytest.approx(before.macro_f1)
     assert record["evaluation"]["calibration"]["log_loss"] > 0
+    assert record["training"]["source_model"] == "models/minilm"  # no path of this machine
