@@ -10,7 +10,9 @@ which segments the servers serve.
                                               core/live/rows.py; absent: none)
     <live>/state.json                       the segments served, and the encoder of their vectors
     <live>/compacted.json                   what compaction folded into a base: its last
-                                            sequence, and the ids its sets left deleted
+                                            sequence, the ids its sets left deleted, and
+                                            the last row of every product they upserted
+                                            (the recommender's catalogue follows them)
 
 A segment does not depend on the base it was applied to: its rows are whole products and its
 vectors those of the encoder the state names. A base records the last change set it already
@@ -237,18 +239,28 @@ class LiveFolder:
         return parse_changes((self.segment_path(sequence) / "changes.jsonl")
                              .read_text(encoding="utf-8"))
 
-    def compacted(self) -> tuple[int, set[str]]:
-        """What compaction folded into a base: through which set, and the ids left deleted."""
+    def compacted_stamp(self) -> tuple[int, int, int] | None:
+        """Changes whenever compacted.json is replaced; None: there is none."""
+        try:
+            stat = os.stat(self.root / COMPACTED_FILE)
+        except FileNotFoundError:
+            return None
+        return stat.st_ino, stat.st_size, stat.st_mtime_ns
+
+    def compacted(self) -> Compacted:
+        """What compaction folded into a base (nothing: through 0)."""
         try:
             saved = json.loads((self.root / COMPACTED_FILE).read_text(encoding="utf-8"))
         except FileNotFoundError:
-            return 0, set()
-        return int(saved["through"]), set(saved["withdrawn"])
+            return Compacted(0, frozenset(), ())
+        # (a compacted.json written before it recorded the upserts has none)
+        return Compacted(int(saved["through"]), frozenset(saved["withdrawn"]),
+                         tuple(Product(**row) for row in saved.get("upserted", ())))
 
     def withdrawn(self, state: LiveState) -> set[str]:
         """The ids the live catalogue has deleted (a later upsert brings one back): those
         compaction folded in, then the state's segments'."""
-        return WithdrawnIds(self).update(state)
+        return CatalogueChanges(self).update(state).deleted
 
     def read_segment(self, sequence: int, first_row: int) -> Segment:
         folder = self.segment_path(sequence)
@@ -280,14 +292,16 @@ class LiveFolder:
     def prune(self, through: int) -> LiveState:
         """Forget the change sets through `through`, once a base holding them is the only one
         served (`fusionrank catalogue compact`): their deletes go to compacted.json (the
-        recommender keeps leaving those products out), then the state drops their segments,
+        recommender keeps leaving those products out) with their upserts (and keeps
+        recommending the products they added), then the state drops their segments,
         then their folders and log records go."""
         with self.writing():
             state = self.state()
-            gone = self.withdrawn(dataclasses.replace(
+            folded = CatalogueChanges(self).update(dataclasses.replace(
                 state, segments=tuple(s for s in state.segments if s <= through)))
-            replace_durably(self.root / COMPACTED_FILE,
-                            {"through": through, "withdrawn": sorted(gone)})
+            replace_durably(self.root / COMPACTED_FILE, {
+                "through": through, "withdrawn": sorted(folded.deleted),
+                "upserted": [product.to_dict() for product in folded.upserted.values()]})
             kept = dataclasses.replace(
                 state, segments=tuple(s for s in state.segments if s > through))
             self.publish(kept)
@@ -304,25 +318,49 @@ class LiveFolder:
                 shutil.rmtree(path, ignore_errors=True)
 
 
-class WithdrawnIds:
-    """`LiveFolder.withdrawn`, kept by a reader from state to state (the recommender): each
-    segment's changes are read once, where a stream publishes several states a second and the
-    folder holds thousands of segments between two compactions."""
+@dataclass(frozen=True)
+class Compacted:
+    """compacted.json: what a compaction folded into a base (`LiveFolder.prune`)."""
+
+    through: int  # the last change set folded (0: none)
+    withdrawn: frozenset[str]  # the ids its sets left deleted
+    upserted: tuple[Product, ...]  # every product its sets upserted, its last row, in
+    # the order of its first upsert (deleted ones too: a reader's rows follow this order)
+
+
+class CatalogueChanges:
+    """What the live catalogue changed since the build, kept by a reader from state to state
+    (the recommender, whose own catalogue follows it): each segment's changes are read once,
+    where a stream publishes several states a second and the folder holds thousands of
+    segments between two compactions.
+
+    `upserted` holds every product upserted since the build, its last row, in the order of its
+    first upsert (a dict keeps a key's place when it is assigned again), deleted ones included:
+    so every reader, one that followed each state or one started after a compaction, orders the
+    products the same way, and two processes that number them by that order agree."""
 
     def __init__(self, folder: LiveFolder):
         self.folder = folder
-        self.ids: set[str] = set()
+        self.upserted: dict[str, Product] = {}
+        self.deleted: set[str] = set()  # the ids deleted and not upserted since
         self.through = -1  # the last change set folded in (-1: none read yet)
+        self._compacted: tuple[int, int, int] | None = None  # the compacted.json read
 
-    def update(self, state: LiveState) -> set[str]:
-        """The ids deleted as of `state` (read only; the next update changes it)."""
-        compacted, gone = self.folder.compacted()
-        if compacted > self.through:  # sets a compaction folded since: its record holds them
-            self.ids, self.through = gone, compacted
+    def update(self, state: LiveState) -> CatalogueChanges:
+        """This reader as of `state` (read only; the next update changes it)."""
+        stamp = self.folder.compacted_stamp()
+        if stamp != self._compacted:  # (read once a compaction, not once a state)
+            self._compacted = stamp
+            compacted = self.folder.compacted()
+            if compacted.through > self.through:  # sets a compaction folded since: it holds them
+                self.upserted = {p.product_id: p for p in compacted.upserted}
+                self.deleted, self.through = set(compacted.withdrawn), compacted.through
         for sequence in state.segments:
             if sequence > self.through:
                 changes = self.folder.read_changes(sequence)
-                self.ids.difference_update(p.product_id for p in changes.upserts)
-                self.ids.update(changes.deletes)
+                for product in changes.upserts:
+                    self.upserted[product.product_id] = product
+                self.deleted.difference_update(p.product_id for p in changes.upserts)
+                self.deleted.update(changes.deletes)
                 self.through = sequence
-        return self.ids
+        return self

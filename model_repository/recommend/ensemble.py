@@ -9,7 +9,8 @@ tensors are the ones its step declares (`steps.py`).
 `artefact_dir` is the folder `fusionrank train-recommender` writes (`<out>/serving`): catalogue
 embeddings and metadata, product statistics, the ONNX feedback head, fusion weights, config,
 and the cold head with its calibration where the folder has them (RecommendRank loads both or
-refuses a folder with one).
+refuses a folder with one), and the encoder that embedded the catalogue where it ships it (both
+steps embed the products a live catalogue adds with it).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from fusionrank.core.recommend.contract import (
     RECOMMEND_MODEL,
     RECOMMEND_OUTPUTS,
 )
+from fusionrank.core.recommend.live import ENCODER_FILES
 from fusionrank.model_repository.config import PythonModel
 from fusionrank.model_repository.ensemble import Ensemble, Inputs
 from fusionrank.model_repository.recommend import steps
@@ -49,15 +51,19 @@ def recommend_ensemble(artefact_dir: str | Path,
     if missing:
         raise FileNotFoundError(f"{folder} lacks the recommender artefacts {missing}: "
                                 "run `fusionrank train-recommender` first")
+    # The encoder that embedded the catalogue, where the folder ships it: both steps embed
+    # the products a live catalogue adds (core/recommend/live.py).
+    encoder = [name for name in ENCODER_FILES if (folder / name).is_file()]
     encode = PythonModel(
         "recommend_history", steps.EncodeHistory,
-        artefacts={name: folder / name for name in HISTORY_FILES},
+        artefacts={name: folder / name for name in (*HISTORY_FILES, *encoder)},
         instances=options.history_instances, max_queue_delay_us=options.max_queue_delay_us)
     cold_start = [name for name in (artefacts.COLD_HEAD, artefacts.COLD_START)
                   if (folder / name).is_file()]
     rank = PythonModel(
         "recommend_ranker", steps.RecommendRank,
-        artefacts={name: folder / name for name in (*artefacts.RECOMMEND_FILES, *cold_start)},
+        artefacts={name: folder / name
+                   for name in (*artefacts.RECOMMEND_FILES, *cold_start, *encoder)},
         parameters={"threads": str(options.onnx_threads)},
         instances=options.ranker_instances, max_queue_delay_us=options.max_queue_delay_us)
     pipeline = Inputs(*RECOMMEND_INPUTS) >> encode >> rank

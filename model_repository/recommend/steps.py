@@ -16,13 +16,14 @@ entries is a RequestError. EXCLUDE_PURCHASED = 1 drops what the shopper bought.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 
+from fusionrank.core import artefacts
 from fusionrank.core.contract import RequestError, check_batch, check_k
-from fusionrank.core.live.segments import LiveFolder, WithdrawnIds, live_folder
 from fusionrank.core.recommend.contract import (
     BOUGHT_COUNTS,
     BOUGHT_DAYS,
@@ -38,6 +39,13 @@ from fusionrank.core.recommend.contract import (
     K,
     check_exclude,
     check_history,
+)
+from fusionrank.core.recommend.live import (
+    LiveCatalogue,
+    LiveProducts,
+    LiveRows,
+    folder_encoder,
+    grown,
 )
 from fusionrank.core.recommend.runtime import HistoryEncoder, Recommender, Shopper
 from fusionrank.model_repository.step import StepContract, Tensors, only_valid
@@ -74,15 +82,30 @@ def shoppers_from_tensors(tensors: Tensors) -> list[Shopper]:
 
 
 class EncodeHistory:
-    """A request's histories → each shopper's tensors (`shopper_tensors`)."""
+    """A request's histories → each shopper's tensors (`shopper_tensors`), over the catalogue
+    as a live catalogue left it (core/recommend/live.py: the ranker numbers rows alike)."""
 
     CONTRACT = StepContract(inputs=(HISTORY, HISTORY_TIMES),
                             outputs=(*SHOPPER_TENSORS, UNKNOWN_IDS))
 
     def __init__(self, folder: Path, parameters: Mapping[str, str]):
-        self.encode = HistoryEncoder.load(folder)
+        self.base = HistoryEncoder.load(folder)
+        lines = (folder / artefacts.PRODUCTS).read_text(encoding="utf-8").splitlines()
+        self.live = LiveCatalogue(folder, LiveProducts(self.base.embeddings, lines,
+                                                       folder_encoder(folder)))
+        self._rows: LiveRows | None = None
+        self.encode = self.base
+
+    def refresh(self) -> None:
+        rows = self.live.rows()
+        if rows is not self._rows:
+            self._rows = rows
+            self.encode = self.base if rows is None else HistoryEncoder(
+                rows.embeddings, [json.loads(line)["product_id"] for line in rows.product_json],
+                self.base.config)
 
     def __call__(self, requests: list[Tensors]) -> list[Tensors | RequestError]:
+        self.refresh()
         results: list[Tensors | RequestError] = []
         for request in requests:
             try:
@@ -112,38 +135,41 @@ def check_options(request: Tensors) -> tuple[int, bool]:
 
 
 class RecommendRank:
-    """Each shopper → the K best products, their scores and metadata (`Recommender.recommend`)."""
+    """Each shopper → the K best products, their scores and metadata (`Recommender.recommend`),
+    over the catalogue as a live catalogue left it: its new products added (cold: found by
+    text similarity), its retitles and prices applied, its deletes never recommended
+    (core/recommend/live.py)."""
 
     CONTRACT = StepContract(inputs=(*SHOPPER_TENSORS, K, EXCLUDE_PURCHASED),
                             outputs=(PRODUCT_IDS, SCORES, PRODUCTS))
 
     def __init__(self, folder: Path, parameters: Mapping[str, str]):
         threads = int(parameters.get("threads", "1"))
-        self.recommender = Recommender.load(folder, threads=threads)
-        self.product_ids = np.array([p.encode("utf-8") for p in self.recommender.product_ids],
-                                    dtype=object)
-        self.product_json = np.array([line.encode("utf-8")
-                                      for line in self.recommender.product_json], dtype=object)
-        # A live catalogue's deletes (core/live/segments.py), read when its state changes.
-        self.live = LiveFolder(live_folder(folder))
-        self.gone = WithdrawnIds(self.live)
-        self._stamp: tuple | None = None
-        self._withdrawn: np.ndarray | None = None
+        self.base = Recommender.load(folder, threads=threads)
+        self.live = LiveCatalogue(folder, LiveProducts(
+            self.base.embeddings, self.base.product_json, folder_encoder(folder)))
+        self._rows: LiveRows | None = None
+        self.use(self.base)
 
-    def withdrawn(self) -> np.ndarray | None:
-        """bool [products]: the products a live catalogue deleted (None: none)."""
-        stamp = self.live.stamp()
-        if stamp != self._stamp:
-            gone = self.gone.update(self.live.state())
-            rows = [self.recommender.row_of[i] for i in gone if i in self.recommender.row_of]
-            mask = np.zeros(len(self.product_ids), dtype=bool)
-            mask[rows] = True
-            self._stamp, self._withdrawn = stamp, mask if mask.any() else None
-        return self._withdrawn
+    def use(self, recommender: Recommender) -> None:
+        self.recommender = recommender
+        self.product_ids = np.array([p.encode("utf-8") for p in recommender.product_ids],
+                                    dtype=object)
+        self.product_json = np.array([line.encode("utf-8") for line in recommender.product_json],
+                                     dtype=object)
+
+    def refresh(self) -> np.ndarray | None:
+        """The live catalogue's state read (one `stat` when unchanged); returns the rows it
+        withdrew (None: none)."""
+        rows = self.live.rows()
+        if rows is not self._rows:
+            self._rows = rows
+            self.use(self.base if rows is None else grown(self.base, rows))
+        return None if rows is None else rows.withdrawn
 
     def __call__(self, requests: list[Tensors]) -> list[Tensors | RequestError]:
         valid, results = only_valid(requests, check_options)
-        withdrawn = self.withdrawn()
+        withdrawn = self.refresh()
         for i in valid:
             k, exclude = check_options(requests[i])
             ranked = [self.recommender.recommend(s, k, exclude, withdrawn)

@@ -60,8 +60,22 @@ def embeddings(seed: int = 0, launches: bool = False) -> np.ndarray:
     return (rows / np.linalg.norm(rows, axis=1, keepdims=True)).astype(np.float32)
 
 
-def product_json(launches: bool = False) -> list[str]:
-    return [json.dumps({"product_id": pid, "title": f"Theme {theme_of(pid)} item {pid}",
+# With `worded=True` a product's title names its theme in words, so that a real encoder's
+# vectors of the titles group by theme as the themes' directions do (the live catalogue's tests
+# embed new products' titles with one).
+THEME_WORDS = ("heart candle holder", "ceramic tea cup", "wooden christmas star",
+               "paper party bunting")
+COLOURS = ("red", "blue", "green", "white", "pink", "gold", "silver", "black", "ivory")
+
+
+def title(product_id: str, worded: bool = False) -> str:
+    if not worded:
+        return f"Theme {theme_of(product_id)} item {product_id}"
+    return f"{COLOURS[int(product_id) % len(COLOURS)]} {THEME_WORDS[theme_of(product_id)]}"
+
+
+def product_json(launches: bool = False, worded: bool = False) -> list[str]:
+    return [json.dumps({"product_id": pid, "title": title(pid, worded),
                         "description": "", "category": "gift-ware", "brand": "", "price": 1.0})
             for pid in product_ids(launches)]
 
@@ -139,8 +153,9 @@ COLD_START = (2.0, -0.25)  # a cold product scores 2 · cosine − 0.25
 HALF_LIFE_DAYS = 30.0
 
 
-def analytic_head(path: Path, feature: str = "bought_log_count") -> Path:
-    """An ONNX graph with the head's inputs whose logit is one feature's column."""
+def analytic_head(path: Path, feature: str = "bought_log_count", dim: int = DIM) -> Path:
+    """An ONNX graph with the head's inputs (embeddings of `dim`) whose logit is one feature's
+    column."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -150,7 +165,7 @@ def analytic_head(path: Path, feature: str = "bought_log_count") -> Path:
     pick[FEATURE_NAMES.index(feature), 0] = 1.0
     inputs = [helper.make_tensor_value_info(HEAD_INPUTS[0], TensorProto.FLOAT,
                                             ["n", len(FEATURE_NAMES)])]
-    inputs += [helper.make_tensor_value_info(name, TensorProto.FLOAT, ["n", DIM])
+    inputs += [helper.make_tensor_value_info(name, TensorProto.FLOAT, ["n", dim])
                for name in HEAD_INPUTS[1:]]
     graph = helper.make_graph(
         [helper.make_node("MatMul", [HEAD_INPUTS[0], "pick"], ["logit"])], "analytic_head",
@@ -160,49 +175,72 @@ def analytic_head(path: Path, feature: str = "bought_log_count") -> Path:
     return path
 
 
-def analytic_artefacts(out: Path) -> Path:
-    """The served folder of a recommender with the analytic heads, statistics as of the last
-    two weeks' cut of the tiny shop's (cleaned) purchases, launches included."""
+def analytic_recommender(out: Path, shop=None):
+    """The analytic recommender over `shop` (a training Catalogue; default: the tiny shop with
+    launches), its statistics as of the last two weeks' cut of the tiny shop's (cleaned)
+    purchases, its heads written into `out`."""
     from fusionrank.core.recommend.runtime import ColdStart, OnnxRecommendHead
     from fusionrank.training.recommend.evaluate import recommender_at
     from fusionrank.training.recommend.purchases import clean_purchases, last_window
 
     out.mkdir(parents=True, exist_ok=True)
+    shop = shop or catalogue(launches=True)
     purchases, _ = clean_purchases(transactions(launches=True))
-    head = analytic_head(out / "analytic_head.onnx")
-    cold_head = analytic_head(out / "analytic_cold_head.onnx", "similarity")
-    served = recommender_at(purchases, last_window(purchases, days=14).cut,
-                            catalogue(launches=True), OnnxRecommendHead(head),
-                            FusionWeights(WEIGHTS), OnnxRecommendHead(cold_head),
-                            ColdStart(*COLD_START, provenance="analytic: set by the tests"),
-                            half_life_days=HALF_LIFE_DAYS)
-    return serving_folder(out, served, head, cold_head)
+    dim = shop.embeddings.shape[1]
+    head = analytic_head(out / "analytic_head.onnx", dim=dim)
+    cold_head = analytic_head(out / "analytic_cold_head.onnx", "similarity", dim)
+    return recommender_at(purchases, last_window(purchases, days=14).cut, shop,
+                          OnnxRecommendHead(head), FusionWeights(WEIGHTS),
+                          OnnxRecommendHead(cold_head),
+                          ColdStart(*COLD_START, provenance="analytic: set by the tests"),
+                          half_life_days=HALF_LIFE_DAYS), head, cold_head
+
+
+def analytic_artefacts(out: Path, encoder: Path | None = None) -> Path:
+    """The served folder of the analytic recommender, launches included. With `encoder` (an
+    exported encoder's folder) the titles are worded, their embeddings that encoder's, and the
+    folder ships it, as `fusionrank train-recommender` ships its own."""
+    shop = None
+    if encoder is not None:
+        from fusionrank.core.recommend.live import folder_encoder
+        from fusionrank.training.recommend.evaluate import Catalogue
+
+        lines = product_json(launches=True, worded=True)
+        vectors = folder_encoder(encoder)([json.loads(line)["title"] for line in lines])
+        shop = Catalogue(lines, vectors, encoder=encoder)
+    served, head, cold_head = analytic_recommender(out, shop)
+    return serving_folder(out, served, head, cold_head, encoder)
 
 
 def serving_folder(out: Path, recommender: Recommender, head: Path,
-                   cold_head: Path | None = None) -> Path:
+                   cold_head: Path | None = None, encoder: Path | None = None) -> Path:
     from fusionrank.training.recommend.evaluate import write_serving
 
     index = out / "index"
     index.mkdir(parents=True, exist_ok=True)
     np.save(index / "embeddings.npy", recommender.embeddings)
     (index / "products.jsonl").write_text("\n".join(recommender.product_json) + "\n")
-    write_serving(out / "serving", recommender, index, head, cold_head)
+    write_serving(out / "serving", recommender, index, head, cold_head, encoder)
     return out / "serving"
 
 
 def expected_ranking(folder: Path, history: list[str | tuple[str, int]], k: int,
-                     exclude_purchased: bool = False) -> list[tuple[str, float]]:
+                     exclude_purchased: bool = False,
+                     added: dict[str, np.ndarray] | None = None) -> list[tuple[str, float]]:
     """What the analytic recommender in `folder` must answer, computed here in plain numpy from
     its embeddings, ids, buyer counts and reference time: S = log(1 + purchases of p) +
     0.5 · cos(shopper, p), or 2 · cos(shopper, p) − 0.25 for a product fewer than 5 shoppers
     had bought (cold), the shopper being the recency-weighted (2^(-days / 30)) mean of their
     products' embeddings; every product of the tiny catalogue is a candidate; ties go to the
-    lower catalogue row. (A history with nothing known is answered by popularity, checked
-    elsewhere.)"""
+    lower catalogue row. `added`: products a live catalogue added (id → title vector), after
+    the catalogue's rows, bought by nobody yet. (A history with nothing known is answered by
+    popularity, checked elsewhere.)"""
+    added = added or {}
     ids = [json.loads(line)["product_id"]
-           for line in (folder / "products.jsonl").read_text().splitlines()]
+           for line in (folder / "products.jsonl").read_text().splitlines()] + list(added)
     embeddings = np.load(folder / "embeddings.npy").astype(np.float64)
+    if added:
+        embeddings = np.concatenate([embeddings, np.stack(list(added.values()))])
     now = json.loads((folder / "recommender.json").read_text())["reference_time"]
     purchases = [(h, 0) if isinstance(h, str) else h for h in history]
     known = [(ids.index(pid), when) for pid, when in purchases if pid in ids]
@@ -214,7 +252,7 @@ def expected_ranking(folder: Path, history: list[str | tuple[str, int]], k: int,
     vector /= np.linalg.norm(vector)
     bought = [row for row, _ in known]
     with np.load(folder / "product_stats.npz") as stats:
-        cold = stats["buyers_all"] < 5
+        cold = np.concatenate([stats["buyers_all"] < 5, np.ones(len(added), bool)])
     scale, offset = COLD_START
     scores = {row: (scale * float(embeddings[row] @ vector) + offset if cold[row] else
                     np.log1p(bought.count(row)) + 0.5 * float(embeddings[row] @ vector))

@@ -73,6 +73,8 @@ class Catalogue:
     product_json: list[str]
     embeddings: np.ndarray
     embedded_now: bool = True  # False: the embeddings were reused from an earlier run
+    encoder: Path | None = None  # the folder of the encoder that embedded them (served: it
+    # embeds the products a live catalogue adds, core/recommend/live.py)
 
     @property
     def product_ids(self) -> list[str]:
@@ -81,23 +83,28 @@ class Catalogue:
 
 def embedded_catalogue(out_dir: Path, transactions: Path | None) -> Catalogue:
     """The Online Retail catalogue with MiniLM title embeddings (ONNX Runtime), built once under
-    `out_dir/index` and reused while the catalogue is unchanged."""
+    `out_dir/index` and reused while the catalogue and the encoder beside it (`out_dir/encoder`,
+    the one its manifest names) are unchanged."""
     from fusionrank.core.datasets import online_retail_catalogue
     from fusionrank.core.model_folders import bundled_model_path
     from fusionrank.export.index import build_index
     from fusionrank.training.encoder import export_model_folder
 
     catalogue, _ = online_retail_catalogue(transactions)
-    index = out_dir / "index"
+    index, encoder_dir = out_dir / "index", out_dir / "encoder"
     lines = [json.dumps(p.to_dict(), ensure_ascii=False) for p in catalogue]
     cached = index / artefacts.PRODUCTS
     reuse = (cached.is_file() and cached.read_text(encoding="utf-8").splitlines() == lines
-             and (index / artefacts.EMBEDDINGS).is_file())
+             and (index / artefacts.EMBEDDINGS).is_file()
+             and (encoder_dir / artefacts.TOKENIZER).is_file()
+             and (encoder_dir / artefacts.ENCODER).is_file()
+             and json.loads((index / artefacts.INDEX_MANIFEST).read_text(encoding="utf-8"))[
+                 "encoder_sha256"] == artefacts.file_sha256(encoder_dir / artefacts.ENCODER))
     if not reuse:
-        encoder = export_model_folder(bundled_model_path(), out_dir / "encoder",
-                                      catalogue.titles[:256])
+        encoder = export_model_folder(bundled_model_path(), encoder_dir, catalogue.titles[:256])
         build_index(catalogue, encoder, index, progress=False)
-    return Catalogue(lines, np.load(index / artefacts.EMBEDDINGS), embedded_now=not reuse)
+    return Catalogue(lines, np.load(index / artefacts.EMBEDDINGS), embedded_now=not reuse,
+                     encoder=encoder_dir)
 
 
 def recommender_at(purchases: pd.DataFrame, cut: pd.Timestamp, catalogue: Catalogue,
@@ -322,9 +329,14 @@ def export_trained(head: TrainedHead, catalogue: Catalogue, path: Path):
 
 
 def write_serving(folder: Path, recommender: Recommender, index_dir: Path, head_path: Path,
-                  cold_head_path: Path | None = None) -> None:
-    """The artefact folder the `recommend` ensemble serves."""
+                  cold_head_path: Path | None = None, encoder_dir: Path | None = None) -> None:
+    """The artefact folder the `recommend` ensemble serves; with the encoder that embedded
+    its catalogue where `encoder_dir` is given (it embeds the products a live catalogue adds)."""
     folder.mkdir(parents=True, exist_ok=True)
+    for name in (artefacts.ENCODER, artefacts.TOKENIZER):
+        (folder / name).unlink(missing_ok=True)  # (written again: never a stale encoder)
+        if encoder_dir is not None:
+            artefacts.link_or_copy(encoder_dir / name, folder / name)
     for name in (artefacts.EMBEDDINGS, artefacts.PRODUCTS):
         shutil.copyfile(index_dir / name, folder / name)
     if head_path.resolve() != (folder / artefacts.RECOMMEND_HEAD).resolve():
@@ -425,14 +437,15 @@ def run(out_dir: Path, transactions: Path | None = None, epochs: int = 4,
         "statistics_as_of": str(test.cut), "head_training_windows": len(head_windows),
         "weights_fitted_on": window,
         "test_recall_at_20": results["fused_recommender"][f"recall@{K}"]}
-    write_serving(serving, served_at_test, out_dir / "index", exported.path, exported_cold.path)
+    write_serving(serving, served_at_test, out_dir / "index", exported.path, exported_cold.path,
+                  catalogue.encoder)
     if serve_latest:
         latest = recommender_at(purchases, test.end, catalogue, head, weights, cold_head,
                                 fitted.cold_start)
         latest.config.provenance = served_at_test.config.provenance | {
             "statistics_as_of": str(test.end)}
         write_serving(out_dir / artefacts.RECOMMEND_SERVING_LATEST, latest, out_dir / "index",
-                      exported.path, exported_cold.path)
+                      exported.path, exported_cold.path, catalogue.encoder)
     return EvaluationResult(
         cleaning=asdict(cleaning),
         windows={"head_training": [f"{w.cut.date()}..{w.end.date()}" for w in head_windows],

@@ -16,11 +16,11 @@ from fusionrank.core.live.changes import parse_changes
 from fusionrank.core.live.compaction import NothingToCompact, served_catalogue
 from fusionrank.core.live.rows import CatalogueRows
 from fusionrank.core.live.segments import (
+    CatalogueChanges,
     LiveBase,
     LiveFolder,
     LiveGapError,
     LiveState,
-    WithdrawnIds,
 )
 from fusionrank.core.product_table import ProductTable
 from fusionrank.core.search.live_catalogue import CatalogueWriter
@@ -133,7 +133,9 @@ def test_a_prune_forgets_the_folded_sets_but_not_their_deletes(tmp_path):
     assert folder.state().segments == (3, 4)  # and changed nothing
 
 
-def test_a_reader_keeps_the_deleted_ids_reading_each_segment_once(tmp_path, monkeypatch):
+def test_a_reader_keeps_the_changes_reading_each_segment_once(tmp_path, monkeypatch):
+    """Deletes, and every upsert's last row in the order of its first upsert (deleted ones
+    too): the same for a reader that followed each state and for one started after a prune."""
     root = tmp_path / "live"
     table, _ = base_files(tmp_path / "v1", [
         {"product_id": f"P{i}", "title": f"product {i}"} for i in range(4)])
@@ -144,21 +146,36 @@ def test_a_reader_keeps_the_deleted_ids_reading_each_segment_once(tmp_path, monk
     monkeypatch.setattr(LiveFolder, "read_changes",
                         lambda self, sequence: reads.append(sequence) or read_changes(self,
                                                                                    sequence))
-    reader, late = WithdrawnIds(folder), WithdrawnIds(folder)
+    reader, late = CatalogueChanges(folder), CatalogueChanges(folder)
+
+    def seen(changes: CatalogueChanges) -> tuple[set[str], list[tuple[str, str, float | None]]]:
+        return changes.deleted, [(p.product_id, p.title, p.price)
+                                 for p in changes.upserted.values()]
+
     writer.apply(changes({"op": "delete", "product_id": "P0"},
                          {"op": "delete", "product_id": "P1"}))
-    assert reader.update(folder.state()) == late.update(folder.state()) == {"P0", "P1"}
-    writer.apply(changes(upsert("P1", "product 1 back"), upsert("P2", "product 2", 3.0)))
-    assert reader.update(folder.state()) == {"P0"}  # brought back; a price change deletes nothing
-    writer.apply(changes({"op": "delete", "product_id": "P3"}))
-    assert reader.update(folder.state()) == {"P0", "P3"}
+    assert reader.update(folder.state()).deleted == late.update(folder.state()).deleted == {
+        "P0", "P1"}
+    writer.apply(changes(upsert("N1", "new one"), upsert("P1", "product 1 back"),
+                         upsert("P2", "product 2", 3.0)))
+    # brought back; a price change deletes nothing
+    assert seen(reader.update(folder.state())) == ({"P0"}, [
+        ("N1", "new one", None), ("P1", "product 1 back", None), ("P2", "product 2", 3.0)])
+    writer.apply(changes({"op": "delete", "product_id": "P3"}, {"op": "delete", "product_id": "N1"},
+                         upsert("N2", "newer"), upsert("P2", "product 2", 4.0)))
+    after_three = ({"P0", "P3", "N1"}, [  # N1 keeps its place, deleted; P2 its, repriced
+        ("N1", "new one", None), ("P1", "product 1 back", None), ("P2", "product 2", 4.0),
+        ("N2", "newer", None)])
+    assert seen(reader.update(folder.state())) == after_three
     assert reads == [1, 1, 2, 3]  # each reader read each segment once
     # A compaction through 2 and its prune: the reader that had read no further than set 1
-    # takes the folded deletes from compacted.json, then reads set 3 alone.
+    # takes the folded changes from compacted.json, then reads set 3 alone; so does a new one.
     folder.prune(2)
     reads.clear()
-    assert late.update(folder.state()) == reader.update(folder.state()) == {"P0", "P3"}
-    assert reads == [3]
+    assert seen(late.update(folder.state())) == seen(reader.update(folder.state())) == \
+        seen(CatalogueChanges(folder).update(folder.state())) == after_three
+    assert reads == [3, 3]
+    assert folder.withdrawn(folder.state()) == {"P0", "P3", "N1"}
 
 
 def test_a_new_encoder_embeds_every_set_after_its_base_again(tmp_path):
