@@ -15,6 +15,7 @@ import asyncio
 import itertools
 import json
 import os
+import re
 import sys
 import tempfile
 import threading
@@ -59,7 +60,10 @@ def stamp() -> dict[str, str]:
 def portable(text: str) -> str:
     """`text` with this machine's paths as any checkout reads them: the repository's relative
     to it, a temporary folder's under $TMPDIR (gone after the run: its name only tells)."""
-    return text.replace(f"{ROOT}/", "").replace(f"{tempfile.gettempdir()}/", "$TMPDIR/")
+    # Only where a path starts (/work/tmp/x is not $TMPDIR/x because /tmp/ is inside it).
+    start = r"(?<![\w./-])"
+    text = re.sub(start + re.escape(f"{ROOT}/"), "", text)
+    return re.sub(start + re.escape(f"{tempfile.gettempdir()}/"), "$TMPDIR/", text)
 
 
 def save_report(name: str, report: dict, text: str, folder: Path = REPORTS) -> None:

@@ -320,7 +320,9 @@ def kill_serve(repository: Path, table: ProductTable, log_path: Path,
                     for _, row in acked)
                 status = client.catalogue_status()
         finally:
-            restarted.send_signal(signal.SIGINT)
+            # SIGTERM, serve's clean stop: a benchmark started in the background (nohup,
+            # `&`) has SIGINT ignored, and its children too.
+            restarted.send_signal(signal.SIGTERM)
             restarted.wait(timeout=120)
     return {"acknowledged_sets": len(acked), "acknowledged_upserts_found": found,
             "acknowledged_upserts_lost": len(acked) - found,

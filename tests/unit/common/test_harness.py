@@ -10,6 +10,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -21,6 +22,7 @@ from benchmarks.harness import (
     heading,
     latency_percentiles,
     machine,
+    portable,
     process_rss_mib,
     resident_by_file,
     save_report,
@@ -78,8 +80,22 @@ def test_saved_reports_name_paths_relative_to_the_repository(tmp_path):
     assert (tmp_path / "paths.md").read_text() == "served `build/model_repository`\n"
 
 
-def test_machine_names_the_cpu_count():
+def test_a_path_is_made_portable_only_where_it_starts():
+    """A folder that holds "/tmp/" inside its path (/work/tmp/x) is not the temporary folder."""
+    temporary = tempfile.gettempdir()
+    text = (f"--build /work{temporary}/live {temporary}/a \"{temporary}/b\" --out={ROOT}/c "
+            f"/elsewhere{ROOT}/d")
+    assert portable(text) == (f"--build /work{temporary}/live $TMPDIR/a \"$TMPDIR/b\" --out=c "
+                              f"/elsewhere{ROOT}/d")
+
+
+def test_machine_names_the_cpu_count_and_its_vector_instructions():
     assert f", {os.cpu_count()} vCPU, " in machine()
+    flags = Path("/proc/cpuinfo").read_text().split() if Path("/proc/cpuinfo").is_file() else []
+    if "avx512_vnni" in flags:
+        assert "(AVX-512 VNNI)" in machine()
+    elif "avx2" in flags and "avx512f" not in flags:
+        assert "(AVX2)" in machine()
 
 
 def test_zipf_replay_repeats_the_head():
