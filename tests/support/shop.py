@@ -274,3 +274,25 @@ def expected_popular(folder: Path, k: int) -> list[tuple[str, float]]:
 
 def load(folder: Path) -> Recommender:
     return Recommender.load(folder)
+
+
+# --- a live catalogue over the shop (the recommender follows it: core/recommend/live.py) ------
+
+PRODUCTS_BY_THEME = {t: [pid for pid in product_ids() if theme_of(pid) == t] for t in range(THEMES)}
+
+
+def upsert(product_id: str, title: str, price: float = 1.0) -> dict:
+    return {"op": "upsert", "product": {"product_id": product_id, "title": title,
+                                        "category": "gift-ware", "price": price}}
+
+
+def publish(live, sequence: int, *lines: dict) -> None:
+    """One change set into the LiveFolder `live` as the catalogue model leaves it (the
+    search's vectors do not matter here: the recommender embeds with its own encoder)."""
+    from fusionrank.core.live.changes import parse_changes
+    from fusionrank.core.live.segments import LiveState
+
+    changes = parse_changes("\n".join(json.dumps(line) for line in lines))
+    live.write_segment(sequence, changes, np.zeros((len(changes.upserts), 4), np.float32))
+    live.publish(LiveState("1", tuple(range(1, sequence + 1))))
+
