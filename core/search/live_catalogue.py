@@ -32,6 +32,8 @@ from fusionrank.core.live.rows import CatalogueRows
 from fusionrank.core.live.segments import LiveBase, LiveFolder, LiveState
 from fusionrank.core.product_table import ProductTable
 
+EMBED_CHUNK = 1000  # titles a change set embeds at a time
+
 Encode = Callable[[list[str]], np.ndarray]  # titles → float32 unit vectors [titles, d]
 
 
@@ -134,8 +136,11 @@ class CatalogueWriter:
         rows, done = self.rows.apply(changes, updated)
         titles = [p.title for p in changes.upserts if p.product_id not in updated]
         embed_start = time.perf_counter()
-        vectors = np.asarray(self.encode(titles), dtype=np.float32) if titles else \
-            np.zeros((0, self.dimension), np.float32)
+        # A thousand titles at a time: the tokenizer's and the encoder's memory for 10,000 at
+        # once stayed with the process (+78 MiB; in thousands, +4).
+        vectors = np.concatenate([np.zeros((0, self.dimension), np.float32), *(
+            np.asarray(self.encode(titles[start:start + EMBED_CHUNK]), dtype=np.float32)
+            for start in range(0, len(titles), EMBED_CHUNK))])
         embed_seconds = time.perf_counter() - embed_start
         self.folder.write_segment(sequence, changes, vectors, updated)
         self._keep(self.rows.rows, titles)

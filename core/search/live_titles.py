@@ -42,6 +42,7 @@ from fusionrank.core.search.trigrams import CHAR_BUCKETS, norms_of
 # holders again took most of a state's build; the update differs from a fresh sum by float
 # rounding only (tested), and a rare term is still summed again exactly.
 EXACT_UP_TO = 100
+SUM_CHUNK = 256  # terms summed again at a time (`_summed_again`)
 
 
 class TitleBase:
@@ -295,10 +296,17 @@ def _moved(base: TitleBase, title_terms: Ragged, terms: np.ndarray, sums: np.nda
     sign = np.where(rows < n, -1.0, 1.0)  # a dead base holder leaves, a live new one joins
     held, owner = title_terms.gather_ids(rows)
     wanted = np.isin(held, terms)
-    change = sparse.csr_matrix((sign[owner[wanted]], (np.searchsorted(terms, held[wanted]),
-                                                      owner[wanted])),
-                               shape=(len(terms), len(rows)))
-    sums = sums + change @ np.asarray(embeddings[rows], dtype=np.float64)
+    term_of, owner = np.searchsorted(terms, held[wanted]), owner[wanted]
+    sums = sums.copy()
+    # SUM_CHUNK·8 changed rows at a time: their float64 embeddings all at once took ~90 MiB
+    # for a set of 10,000 retitles.
+    step = SUM_CHUNK * 8
+    for start in range(0, len(rows), step):
+        part = (owner >= start) & (owner < start + step)
+        chunk = rows[start:start + step]
+        change = sparse.csr_matrix((sign[owner[part]], (term_of[part], owner[part] - start)),
+                                   shape=(len(terms), len(chunk)))
+        sums += change @ np.asarray(embeddings[chunk], dtype=np.float64)
     vectors = sums / np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), 1e-12)
     return vectors.astype(np.float32)
 
@@ -306,7 +314,9 @@ def _moved(base: TitleBase, title_terms: Ragged, terms: np.ndarray, sums: np.nda
 def _summed_again(base: TitleBase, title_terms: Ragged, terms: np.ndarray, live: np.ndarray,
                   embeddings) -> np.ndarray:
     """Each term's normalised sum over its live holders, in row order, by the sparse product
-    `TermVectors.fit` uses: the same bits as a fresh build's."""
+    `TermVectors.fit` uses: the same bits as a fresh build's. SUM_CHUNK terms at a time, so the
+    holders' embeddings gathered at once stay a few MiB (all of them at once took ~100 MiB for
+    a set of 1,000 retitles: the rare terms of 2,000 titles are held by most of a catalogue)."""
     n = base.rows
     in_base = terms[terms < len(base.vectors.vectors)]
     base_entries, base_owner = base.holders.gather(in_base)
@@ -319,14 +329,22 @@ def _summed_again(base: TitleBase, title_terms: Ragged, terms: np.ndarray, live:
     term_of = np.concatenate([local[base_owner[keep]],
                               np.searchsorted(terms, delta_terms[wanted])])
     row_of = np.concatenate([base_rows[keep], delta_rows[delta_owner[wanted]]])
-    holders, column = np.unique(row_of, return_inverse=True)
     order = np.lexsort((row_of, term_of))
-    matrix = sparse.csr_matrix((np.ones(len(order), dtype=np.float32),
-                                (term_of[order], column[order])),
-                               shape=(len(terms), len(holders)))
-    vectors = np.asarray(matrix @ np.asarray(embeddings[holders], dtype=np.float32))
-    vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
-    return vectors.astype(np.float32)
+    term_of, row_of = term_of[order], row_of[order]
+    out = np.empty((len(terms), base.embeddings.shape[1]), dtype=np.float32)
+    for start in range(0, len(terms), SUM_CHUNK):
+        stop = min(start + SUM_CHUNK, len(terms))
+        first, last = np.searchsorted(term_of, (start, stop))
+        # Each term's entries in row order, as one product over every term orders them: a
+        # row of the sparse product sums its entries in that order, so chunks change no bit.
+        holders, column = np.unique(row_of[first:last], return_inverse=True)
+        matrix = sparse.csr_matrix((np.ones(last - first, dtype=np.float32),
+                                    (term_of[first:last] - start, column)),
+                                   shape=(stop - start, len(holders)))
+        out[start:stop] = np.asarray(matrix @ np.asarray(embeddings[holders],
+                                                         dtype=np.float32))
+    out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+    return out
 
 
 def _mapped(ragged: Ragged, ids: np.ndarray) -> Ragged:

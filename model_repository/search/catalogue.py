@@ -39,6 +39,10 @@ class ApplyChanges:
         threads = int(parameters.get("threads", "0")) or os.cpu_count()
         encoder = TextEncoder(TextTokenizer(folder / artefacts.TOKENIZER, MAX_TITLE_TOKENS),
                               OnnxEncoder(folder / artefacts.ENCODER, threads))
+        # One full batch of the longest titles at load: ONNX Runtime's memory for the largest
+        # batch is taken now, as part of the ready model, not by the first change set (whose
+        # apply it slowed and whose memory it grew by ~60 MiB).
+        encoder.encode(["warm up " * MAX_TITLE_TOKENS] * encoder.batch_size)
         table = ProductTable.open(folder / artefacts.PRODUCTS)
         vectors = artefacts.load_array(folder / artefacts.EMBEDDINGS, shape=(len(table), None),
                                        mmap=True)

@@ -207,3 +207,26 @@ def test_nothing_to_compact_is_said(tmp_path):
         served_catalogue(LiveFolder(tmp_path / "live"), LiveBase(0, ENCODER), table, vectors)
     assert LiveFolder(tmp_path / "live").state() == LiveState(
         "1", (), None, CatalogueRows.of_table(table).rows, 1, ENCODER)
+
+
+def test_a_large_set_is_embedded_a_chunk_at_a_time_into_the_same_vectors(tmp_path, monkeypatch):
+    """The writer embeds EMBED_CHUNK titles at a time (bounded memory); the segment holds
+    every appended row's vector in the set's order, titles kept in place embedding nothing."""
+    from fusionrank.core.search import live_catalogue
+
+    monkeypatch.setattr(live_catalogue, "EMBED_CHUNK", 3)
+    calls: list[int] = []
+
+    def counting(titles: list[str]) -> np.ndarray:
+        calls.append(len(titles))
+        return encode(titles)
+
+    table, _ = base_files(tmp_path / "v1", [
+        {"product_id": f"P{i}", "title": f"product {i}"} for i in range(4)])
+    writer = CatalogueWriter(tmp_path / "live", "1", LiveBase(0, ENCODER), table, DIM, counting)
+    upserts = [upsert(f"N{i}", f"new product {i}") for i in range(7)]
+    writer.apply(changes(*upserts[:4], upsert("P1", "product 1", 2.0), *upserts[4:]))
+    assert calls == [3, 3, 1]
+    segment = LiveFolder(tmp_path / "live").read_segment(1, 4)
+    np.testing.assert_array_equal(segment.embeddings,
+                                  encode([f"new product {i}" for i in range(7)]))

@@ -6,7 +6,9 @@ from __future__ import annotations
 import random
 
 import numpy as np
+import pytest
 
+from fusionrank.core.search import live_titles
 from fusionrank.core.search.live_titles import TitleBase, extended
 from fusionrank.core.search.term_vectors import TermVectors
 from fusionrank.core.search.title_terms import TitleTerms
@@ -26,7 +28,11 @@ def unit(rows: np.ndarray) -> np.ndarray:
     return (rows / np.linalg.norm(rows, axis=1, keepdims=True)).astype(np.float32)
 
 
-def test_live_title_structures_give_a_fresh_builds_features():
+@pytest.mark.parametrize("chunk", [live_titles.SUM_CHUNK, 3])
+def test_live_title_structures_give_a_fresh_builds_features(chunk, monkeypatch):
+    """(`chunk`: terms summed again at a time; 3 splits them into dozens of sums: the bits of
+    one.)"""
+    monkeypatch.setattr(live_titles, "SUM_CHUNK", chunk)
     rng = random.Random(3)
     np_rng = np.random.default_rng(3)
     base_titles = [title(rng, WORDS[:18]) for _ in range(200)]
@@ -90,7 +96,10 @@ def test_without_a_delta_the_base_is_served_with_its_live_rows_statistics():
     np.testing.assert_array_equal(vectors.vectors[mine], fresh_vectors.vectors)
 
 
-def test_a_common_terms_vector_is_moved_by_the_changes_to_within_rounding():
+@pytest.mark.parametrize("chunk", [live_titles.SUM_CHUNK, 1])
+def test_a_common_terms_vector_is_moved_by_the_changes_to_within_rounding(chunk, monkeypatch):
+    """(`chunk` 1: the 70 changed rows are added to the sums 8 at a time.)"""
+    monkeypatch.setattr(live_titles, "SUM_CHUNK", chunk)
     rng = random.Random(5)
     titles = [title(rng, WORDS[:6]) for _ in range(120)]  # six words: every term is common
     delta = [title(rng, WORDS[:8]) for _ in range(30)]
@@ -113,8 +122,6 @@ def test_a_state_built_on_the_previous_one_has_the_bits_of_one_built_from_the_ba
         monkeypatch):
     """`extended(..., previous=)` takes the vectors of the base terms no row touched since the
     previous state from it: every term's vector equals, bit for bit, a build from the base."""
-    from fusionrank.core.search import live_titles
-
     rng = random.Random(5)
     np_rng = np.random.default_rng(5)
     words = [*WORDS, *(f"w{i}" for i in range(300))]
