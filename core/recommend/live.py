@@ -74,9 +74,9 @@ class LiveProducts:
         if self.embed is None:
             if (new or retitled) and not self._warned:
                 print("recommend: this recommender ships no encoder (artefacts made before "
-                      "live catalogues were followed): products added or retitled since the "
-                      "build keep out of its catalogue; run `fusionrank train-recommender`",
-                      file=sys.stderr, flush=True)
+                      "live catalogues were followed): products added since the build are not "
+                      "recommended and retitled ones keep their old title's vector; run "
+                      "`fusionrank train-recommender`", file=sys.stderr, flush=True)
                 self._warned = True
             new, retitled = [], []
         missing = list(dict.fromkeys(p.title for p in (*new, *(p for _, p in retitled))
