@@ -59,11 +59,13 @@ def stamp() -> dict[str, str]:
 
 def portable(text: str) -> str:
     """`text` with this machine's paths as any checkout reads them: the repository's relative
-    to it, a temporary folder's under $TMPDIR (gone after the run: its name only tells)."""
+    to it, a temporary folder's under $TMPDIR (gone after the run: its name only tells), a
+    folder beside the repository's as ../ (where ../shared is)."""
     # Only where a path starts (/work/tmp/x is not $TMPDIR/x because /tmp/ is inside it).
     start = r"(?<![\w./-])"
     text = re.sub(start + re.escape(f"{ROOT}/"), "", text)
-    return re.sub(start + re.escape(f"{tempfile.gettempdir()}/"), "$TMPDIR/", text)
+    text = re.sub(start + re.escape(f"{tempfile.gettempdir()}/"), "$TMPDIR/", text)
+    return re.sub(start + re.escape(f"{ROOT.parent}/"), "../", text)
 
 
 def save_report(name: str, report: dict, text: str, folder: Path = REPORTS) -> None:

@@ -25,7 +25,7 @@ from pathlib import Path
 import psutil
 
 from benchmarks import harness
-from benchmarks.live_catalogue import LIVE_FOLDER, Changes, link_large
+from benchmarks.live_catalogue import Changes, fresh_copy
 from fusionrank.app.serve import TritonServer
 from fusionrank.client import FusionRankClient
 from fusionrank.core.product_table import ProductTable
@@ -78,10 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", default="1000,10000")
     parser.add_argument("--out", type=Path, default=harness.REPORTS)
     args = parser.parse_args(argv)
-    work = args.build.with_name(args.build.name + "-memory")
-    shutil.rmtree(work, ignore_errors=True)
-    shutil.copytree(args.build, work, copy_function=link_large,
-                    ignore=shutil.ignore_patterns(LIVE_FOLDER, "benchmark-logs", "*.lock"))
+    work = fresh_copy(args.build, "-memory")
     repository = work / "model_repository"
     table = ProductTable.open(served_version(repository, "catalogue") / "products.jsonl")
     changes = Changes(table)

@@ -208,6 +208,16 @@ def searches(url: str, queries: list[str], callers: int, seconds: float,
     return result
 
 
+def fresh_copy(build: Path, suffix: str) -> Path:
+    """A copy of the build beside it (hard links) with no live folder: every figure starts from
+    the base, and what a benchmark changes (a compaction's rollout) changes the copy."""
+    work = build.with_name(build.name + suffix)
+    shutil.rmtree(work, ignore_errors=True)
+    shutil.copytree(build, work, copy_function=link_large,
+                    ignore=shutil.ignore_patterns(LIVE_FOLDER, "benchmark-logs", "*.lock"))
+    return work
+
+
 def link_large(source: str, target: str) -> None:
     """Artefacts hard-linked (never written in place), the small files a rollout rewrites in
     place (configs, fusionrank.json, rollouts.jsonl) copied."""
@@ -345,12 +355,7 @@ def main(argv: list[str] | None = None) -> int:
     manifest = json.loads((args.build / "model_repository" / "fusionrank.json").read_text())
     if not manifest["serving"].get("live_catalogue"):
         parser.error(f"{args.build} was not built with --live-catalogue")
-    # A copy of the build (hard links) with no live folder: every figure starts from the base,
-    # and the compaction's rollout changes the copy, not the build.
-    work = args.build.with_name(args.build.name + "-benchmark")
-    shutil.rmtree(work, ignore_errors=True)
-    shutil.copytree(args.build, work, copy_function=link_large,
-                    ignore=shutil.ignore_patterns(LIVE_FOLDER, "benchmark-logs", "*.lock"))
+    work = fresh_copy(args.build, "-benchmark")
     repository = work / "model_repository"
     table = ProductTable.open(served_version(repository, "catalogue") / "products.jsonl")
     changes = Changes(table)

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from fusionrank.core import artefacts
+
 ONNX_OPSET = 17  # every ONNX graph the project writes (exports and the features graph)
 MAX_QUERY_TOKENS = 32
 MAX_TITLE_TOKENS = 64
@@ -118,6 +120,13 @@ class TextEncoder:
         self.tokenizer = tokenizer
         self.encoder = encoder
         self.batch_size = batch_size
+
+    @classmethod
+    def titles_of(cls, folder: str | Path, threads: int | None = None) -> TextEncoder:
+        """The title encoder a folder holds: artefacts.ENCODER and its TOKENIZER."""
+        folder = Path(folder)
+        return cls(TextTokenizer(folder / artefacts.TOKENIZER, MAX_TITLE_TOKENS),
+                   OnnxEncoder(folder / artefacts.ENCODER, threads))
 
     def encode(self, texts: Sequence[str], progress: bool = False) -> np.ndarray:
         ids = self.tokenizer.token_ids(texts)

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from fusionrank.core import artefacts
-from fusionrank.core.encoding import MAX_TITLE_TOKENS, OnnxEncoder, TextEncoder, TextTokenizer
+from fusionrank.core.encoding import TextEncoder
 from fusionrank.core.live.segments import CatalogueChanges, LiveFolder, live_folder
 from fusionrank.core.recommend.runtime import ProductStats, Recommender
 
@@ -43,6 +43,7 @@ class LiveRows:
 
     embeddings: np.ndarray  # float32 [rows, d]
     product_json: list[str]  # each row's product, as products.jsonl holds it
+    product_ids: list[str]  # each row's id
     withdrawn: np.ndarray | None  # bool [rows]: deleted (None: none)
 
     @property
@@ -59,7 +60,8 @@ class LiveProducts:
         self.embeddings = np.asarray(embeddings, dtype=np.float32)
         self.product_json = product_json
         parsed = [json.loads(line) for line in product_json]
-        self.row_of = {row["product_id"]: i for i, row in enumerate(parsed)}
+        self.product_ids = [row["product_id"] for row in parsed]
+        self.row_of = {product_id: i for i, product_id in enumerate(self.product_ids)}
         self.titles = [row["title"] for row in parsed]
         self.embed = embed
         self.vectors: dict[str, np.ndarray] = {}  # title → its vector, embedded once
@@ -103,7 +105,7 @@ class LiveProducts:
         if gone:
             withdrawn = np.zeros(len(lines), dtype=bool)
             withdrawn[gone] = True
-        return LiveRows(embeddings, lines, withdrawn)
+        return LiveRows(embeddings, lines, [*self.product_ids, *row_of], withdrawn)
 
 
 class Copurchase:
@@ -112,10 +114,6 @@ class Copurchase:
 
     def __init__(self, base: np.ndarray, rows: int):
         self.base, self.rows = base, rows
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        return self.rows, self.rows
 
     def __getitem__(self, rows: np.ndarray) -> np.ndarray:
         rows = np.asarray(rows, dtype=np.int64)
@@ -148,9 +146,7 @@ def folder_encoder(folder: Path) -> Embed | None:
 
     def embed(titles: list[str]) -> np.ndarray:
         if not loaded:  # (a process whose live catalogue adds nothing never loads it)
-            loaded.append(TextEncoder(TextTokenizer(folder / artefacts.TOKENIZER,
-                                                    MAX_TITLE_TOKENS),
-                                      OnnxEncoder(folder / artefacts.ENCODER, 1)))
+            loaded.append(TextEncoder.titles_of(folder, 1))
         return loaded[0].encode(titles)
 
     return embed

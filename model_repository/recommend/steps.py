@@ -16,7 +16,6 @@ entries is a RequestError. EXCLUDE_PURCHASED = 1 drops what the shopper bought.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -101,8 +100,7 @@ class EncodeHistory:
         if rows is not self._rows:
             self._rows = rows
             self.encode = self.base if rows is None else HistoryEncoder(
-                rows.embeddings, [json.loads(line)["product_id"] for line in rows.product_json],
-                self.base.config)
+                rows.embeddings, rows.product_ids, self.base.config)
 
     def __call__(self, requests: list[Tensors]) -> list[Tensors | RequestError]:
         self.refresh()

@@ -21,7 +21,7 @@ import numpy as np
 
 from fusionrank.core import artefacts
 from fusionrank.core.contract import RequestError
-from fusionrank.core.encoding import MAX_TITLE_TOKENS, OnnxEncoder, TextEncoder, TextTokenizer
+from fusionrank.core.encoding import MAX_TITLE_TOKENS, TextEncoder
 from fusionrank.core.live.changes import ChangeSetError, parse_changes
 from fusionrank.core.live.segments import LiveBase, live_folder
 from fusionrank.core.product_table import ProductTable
@@ -37,8 +37,7 @@ class ApplyChanges:
         # Every core by default, as the build embeds: a set is searchable only once embedded,
         # and sets come one at a time; the searches share the cores meanwhile.
         threads = int(parameters.get("threads", "0")) or os.cpu_count()
-        encoder = TextEncoder(TextTokenizer(folder / artefacts.TOKENIZER, MAX_TITLE_TOKENS),
-                              OnnxEncoder(folder / artefacts.ENCODER, threads))
+        encoder = TextEncoder.titles_of(folder, threads)
         # One full batch of the longest titles at load: ONNX Runtime's memory for the largest
         # batch is taken now, as part of the ready model, not by the first change set (whose
         # apply it slowed and whose memory it grew by ~60 MiB).

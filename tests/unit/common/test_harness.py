@@ -81,12 +81,13 @@ def test_saved_reports_name_paths_relative_to_the_repository(tmp_path):
 
 
 def test_a_path_is_made_portable_only_where_it_starts():
-    """A folder that holds "/tmp/" inside its path (/work/tmp/x) is not the temporary folder."""
+    """A folder that holds "/tmp/" inside its path (/elsewhere/tmp/x) is not the temporary
+    folder; one beside the repository is named from it."""
     temporary = tempfile.gettempdir()
-    text = (f"--build /work{temporary}/live {temporary}/a \"{temporary}/b\" --out={ROOT}/c "
-            f"/elsewhere{ROOT}/d")
-    assert portable(text) == (f"--build /work{temporary}/live $TMPDIR/a \"$TMPDIR/b\" --out=c "
-                              f"/elsewhere{ROOT}/d")
+    text = (f"--build /elsewhere{temporary}/live {temporary}/a \"{temporary}/b\" --out={ROOT}/c "
+            f"/elsewhere{ROOT}/d {ROOT.parent}/tmp/e")
+    assert portable(text) == (f"--build /elsewhere{temporary}/live $TMPDIR/a \"$TMPDIR/b\" "
+                              f"--out=c /elsewhere{ROOT}/d ../tmp/e")
 
 
 def test_machine_names_the_cpu_count_and_its_vector_instructions():
