@@ -129,9 +129,13 @@ def run_build(args: argparse.Namespace) -> None:
     out, cache = work / f"build-{products}", work / "cache"
     if args.cold:  # a cache of this build's own, empty: every title is embedded
         cache = work / f"cache-cold-{products}"
-        if not args.built:  # (a build run before filled it)
+        if not (args.built or args.figures_from):  # (a build run before filled it)
             shutil.rmtree(cache, ignore_errors=True)
-    if args.built:  # a build run before, as build_command runs it (its log and --out)
+    if args.figures_from:  # this build's earlier phase file: its figures, today's artefacts
+        earlier = json.loads(args.figures_from.read_text())
+        first = earlier["build"] | {"figures_from": str(args.figures_from)}
+        args.cold, cache = earlier["cold"], Path(earlier["cache"])
+    elif args.built:  # a build run before, as build_command runs it (its log and --out)
         first = build_figures(out, args.built) | {"log": str(args.built)}
         # An interrupted build's earlier runs (LOG's stem + "-partN.log"), resumed by this one
         # from the embedding cache: their time counts too.
@@ -144,8 +148,10 @@ def run_build(args: argparse.Namespace) -> None:
     else:
         first = timed_build(catalogue, out, cache, work / f"build-{products}.log")
     sizes = artefact_bytes(out)
+    record = out / "artefacts" / "index" / "ann.json"  # the ANN index served now, if any
     save_phase(work, "build", products, {
         "products": products, "cold": args.cold, "cache": str(cache), "build": first,
+        "ann_index": json.loads(record.read_text()) if record.is_file() else None,
         "artefact_bytes": sizes,
         "bytes_per_product": {name: round(size / products, 1) for name, size in sizes.items()}})
 
@@ -253,6 +259,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                help="the first build ran before (into WORK/build-N, as "
                                     "build_command runs it; with --cold, with the cache "
                                     "WORK/cache-cold-N): read its figures from its log")
+            phase.add_argument("--figures-from", type=Path, metavar="PHASE_JSON",
+                               help="the build's figures from an earlier phase file of this "
+                                    "build (its cold run), the artefact bytes from WORK/build-N "
+                                    "as it is now: after a rebuild in place that changed only "
+                                    "its ANN index")
         elif name == "serve":
             phase.add_argument("--seconds", type=float, default=20.0,
                                help="perf_analyzer's measurement window")

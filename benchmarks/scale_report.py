@@ -72,7 +72,8 @@ def size_row(products: int, build: dict | None, serve: dict | None, quality: dic
                 "fixed_bytes": sum(build["artefact_bytes"].values())
                 - sum(per_product_files(build["artefact_bytes"]).values()),
                 "artefacts": build["bytes_per_product"],
-                "retrieval": (first.get("retrieval") or {}).get("kind")}
+                "retrieval": (first.get("retrieval") or {}).get("kind"),
+                "index": (build.get("ann_index") or {}).get("factory")}
     if serve:
         one, eight = load(serve["load"], "distinct c=1"), load(serve["load"], "distinct c=8")
         row |= {"rss_ready_gib": round(serve["memory_ready_mib"]["rss"] / 1024, 2),
@@ -163,10 +164,14 @@ def estimate_text(report: dict) -> str:
     files = row.get("artefacts", {})
     index = files.get("index/ann.faiss", 0)
     vectors = files.get("index/embeddings.npy", 0)
+    factory = row.get("index") or "HNSW32,SQ8"  # (a build phase from before it was recorded)
+    # An HNSW index with float16 or float32 codes is the served product vectors as well
+    # (core/search/ann.py IndexVectors); an 8-bit one is rescored from the float32 rows.
+    whole = factory.split(",")[-1] in ("Flat", "SQfp16")
     rate = report.get("embedding_titles_per_second")
     lines = [f"From the {row['products']:,}-product row: {row['bytes_per_product']:,} artefact "
              f"bytes a product ({vectors:,.0f} of them the float32 embeddings, {index:,.0f} the "
-             f"HNSW-SQ8 index), a build peak of {row['build_peak_gib']} GiB and, embedding from "
+             f"{factory} index), a build peak of {row['build_peak_gib']} GiB and, embedding from "
              f"a cold cache, {rate:,.0f} titles a second on these 2 cores." if rate else
              f"From the {row['products']:,}-product row: {row['bytes_per_product']:,} artefact "
              "bytes a product."]
@@ -174,13 +179,17 @@ def estimate_text(report: dict) -> str:
         hnsw_gib = index * products / GIB
         vectors_gib = vectors * products / GIB
         hours = products / rate / 3600 if rate else float("nan")
+        vectors_text = (
+            f"its float16 vectors rescore the shortlist and feed the features, so the float32 "
+            f"embeddings ({vectors_gib:,.0f} GiB on disk) are read by the build only"
+            if whole else
+            f"the float32 embeddings take {vectors_gib:,.0f} GiB on disk; only the shortlist's "
+            "rows of them are read a query, so they can stay on an SSD behind the page cache")
         lines.append(
-            f"- **{products:,} products.** The HNSW-SQ8 index takes {hnsw_gib:,.0f} GiB and the "
-            f"float32 embeddings {vectors_gib:,.0f} GiB on disk; only the shortlist's rows of "
-            "the latter are read a query, so they can stay on an SSD behind the page cache, "
-            "but the index is walked at random and must stay in memory. Embedding the "
-            f"catalogue takes {hours:,.1f} hours on 2 cores: Ray Data across machines (issue "
-            "26) is what makes the build practical. "
+            f"- **{products:,} products.** The {factory} index takes {hnsw_gib:,.0f} GiB; "
+            f"{vectors_text}. The index is walked at random and must stay in memory. "
+            f"Embedding the catalogue takes {hours:,.1f} hours on 2 cores: Ray Data across "
+            "machines (issue 26) is what makes the build practical. "
             + ("One 24 GiB machine can still hold the index; the build, whose peak grows "
                "with the catalogue (the title features are computed in one process), cannot, "
                "so it must be split by product ranges." if hnsw_gib < 0.5 * MACHINE_MEMORY_GIB
@@ -285,7 +294,8 @@ def markdown(report: dict) -> str:
         ["products", "retrieval", "build (min)", "build peak (GiB)", "artefact bytes/product",
          "RSS ready (GiB)", "RSS peak (GiB)", "PSS peak (GiB)", "q/s c=1", "p50 / p99 c=1 (ms)",
          "q/s c=8", "p50 / p99 c=8 (ms)", "ANN recall@100", "test NDCG@10"],
-        [[f"{r['products']:,}", cell(r, "retrieval"), cell(r, "build_minutes"),
+        [[f"{r['products']:,}", f"ann, {r['index']}" if r.get("index") else cell(r, "retrieval"),
+          cell(r, "build_minutes"),
           cell(r, "build_peak_gib"), cell(r, "bytes_per_product", "{:,}"),
           cell(r, "rss_ready_gib"), cell(r, "rss_peak_gib"), cell(r, "pss_peak_gib"),
           cell(r, "qps_c1", "{:.0f}"), f"{cell(r, 'p50_c1_ms', '{:.1f}')} / "

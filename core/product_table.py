@@ -3,18 +3,22 @@
 The search runtime and the `Rank` step need a product's title, id or JSON line only for the rows
 a request ranks; reading every line into Python objects at load costs hundreds of MB per process
 at a million products. `ProductTable.open` finds the line boundaries once (numpy over the file's
-bytes, read in blocks: no Python object per line) and maps the file; a row is then parsed when
-asked for. The file stays `products.jsonl` (one JSON object per line) for every other reader.
+bytes, read in blocks: no Python object per line); a row is then read (one pread) and parsed
+when asked for. Read rather than mapped: a request reads ten rows or so, and a mapping would
+keep the pages of every row ever read resident in each model copy, with their neighbours (the
+kernel maps the cached pages around a faulting one): 207 MiB of 218 a copy at a million
+products (benchmarks/reports/scale.md). The file stays `products.jsonl` (one JSON object per
+line) for every other reader.
 """
 
 from __future__ import annotations
 
 import json
-import mmap
+import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, overload
+from typing import Any, BinaryIO, overload
 
 import numpy as np
 
@@ -64,29 +68,22 @@ class ProductTable(ProductRows):
     """Row r is line r of the file (JSON never holds a raw newline, so lines are rows)."""
 
     path: Path
-    data: np.ndarray  # uint8 [file bytes], read-only, over a mapping of the file
-    bounds: np.ndarray  # int64 [rows + 1]: row r is data[bounds[r]:bounds[r + 1]], newline kept
+    file: BinaryIO  # the file, open for reading (os.pread: no shared position)
+    bounds: np.ndarray  # int64 [rows + 1]: row r is bytes bounds[r]:bounds[r + 1], newline kept
 
     @classmethod
     def open(cls, path: str | Path) -> ProductTable:
         """An ArtefactError naming the file where it is missing or holds an empty line."""
         path = Path(path)
         try:
-            with path.open("rb") as handle:
-                ends = _line_ends(handle)
-                size = handle.seek(0, 2)
-                data = np.frombuffer(mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ),
-                                     dtype=np.uint8) if size else np.zeros(0, np.uint8)
+            handle = path.open("rb")
         except OSError as error:
             raise ArtefactError(f"{path} cannot be read ({error}); rebuild it") from error
-        if size and (not len(ends) or ends[-1] != size):
-            ends = np.append(ends, size)  # a last line without its newline
-        bounds = np.concatenate([[0], ends]).astype(np.int64)
-        empty = np.flatnonzero(np.diff(bounds) == 1)
-        if len(empty):
-            raise ArtefactError(f"{path} line {int(empty[0]) + 1} is empty (one JSON object per "
-                                "line expected); rebuild it")
-        return cls(path, data, bounds)
+        try:
+            return cls(path, handle, _line_bounds(handle, path))
+        except BaseException:
+            handle.close()
+            raise
 
     def __len__(self) -> int:
         return len(self.bounds) - 1
@@ -96,7 +93,8 @@ class ProductTable(ProductRows):
         if not -len(self) <= row < len(self):
             raise IndexError(f"row {row} of {self.path} ({len(self)} rows)")
         row %= len(self)
-        return self.data[self.bounds[row]:self.bounds[row + 1]].tobytes().rstrip(b"\r\n")
+        start, stop = int(self.bounds[row]), int(self.bounds[row + 1])
+        return os.pread(self.file.fileno(), stop - start, start).rstrip(b"\r\n")
 
     def record(self, row: int) -> dict[str, Any]:
         try:
@@ -142,6 +140,24 @@ class TitleColumn(Sequence[str]):
 
     def __iter__(self) -> Iterator[str]:
         return (self.table.title(row) for row in range(len(self)))
+
+
+def _line_bounds(handle: BinaryIO, path: Path) -> np.ndarray:
+    """int64 [rows + 1]: where each line of the open file `path` starts, then its size; an
+    ArtefactError where it cannot be read or a line is empty."""
+    try:
+        ends = _line_ends(handle)
+        size = handle.seek(0, 2)
+    except OSError as error:
+        raise ArtefactError(f"{path} cannot be read ({error}); rebuild it") from error
+    if size and (not len(ends) or ends[-1] != size):
+        ends = np.append(ends, size)  # a last line without its newline
+    bounds = np.concatenate([[0], ends]).astype(np.int64)
+    empty = np.flatnonzero(np.diff(bounds) == 1)
+    if len(empty):
+        raise ArtefactError(f"{path} line {int(empty[0]) + 1} is empty (one JSON object per "
+                            "line expected); rebuild it")
+    return bounds
 
 
 def _line_ends(handle: Any) -> np.ndarray:

@@ -1,11 +1,19 @@
-"""Approximate retrieval for large catalogues: a FAISS index shortlists, the float32 embeddings
-rescore exactly.
+"""Approximate retrieval for large catalogues: a FAISS index shortlists, the product vectors
+rescore.
 
 `AnnIndex.search` answers what the exact retrieval step (export/search/retrieval.py,
 `int8_retrieval_graph`) answers: each query's k most similar catalogue rows, best first (ties
-by the lower row), with their exact cosine. Only the shortlist differs: FAISS's SHORTLIST · k
+by the lower row), with their cosine. Only the shortlist differs: FAISS's SHORTLIST · k
 products instead of an 8-bit product with every product. The dense candidates therefore feed
 the hybrid pool unchanged.
+
+Which product vectors rescore depends on the index's codes. An index that keeps its vectors
+whole (float16 or float32 codes: `AnnRecord.stores_vectors`) is itself the catalogue's vectors
+for the process that serves it (`IndexVectors`): the shortlist is rescored from it and the
+ranker's features read it (core/search/retrieval.py `product_vectors`), so the float32
+embeddings are not mapped beside it (at a million products, 1.5 GB a process that two model
+copies each hold resident: benchmarks/reports/scale.md). The float16 copy rounds a cosine by
+about 1e-4. An index of 8-bit or PQ codes is rescored exactly from the float32 embeddings.
 
 The index file (ANN_INDEX) is built by export/search/ann.py; its record (ANN_RECORD, beside it)
 holds the build parameters, the search settings (nprobe, efSearch: FAISS does not save them in
@@ -22,6 +30,7 @@ at row i.
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,17 +41,21 @@ import numpy as np
 from fusionrank.core import artefacts
 
 # Same factor as export/search/retrieval.py's SHORTLIST (core cannot import export; a test
-# holds the two equal): FAISS shortlists SHORTLIST · k products, rescored exactly.
+# holds the two equal): FAISS shortlists SHORTLIST · k products, rescored.
 SHORTLIST = 3
 # Below this many products the exact retrieval graph is served: it is exact, and as fast or
 # faster. benchmarks/reports/ann_sweep.md ("where ANN starts to pay", cuts of the real 1M
-# catalogue): the INT8 graph is faster at 31,250 and 62,500 products and the picked HNSW32,SQ8
-# from 125,000 on (5.3 against 2.0 ms a query one at a time, 2.2 against 2.0 eight at a time).
+# catalogue, 2026-12-07): the INT8 graph is faster at 31,250 and 62,500 products and the
+# picked HNSW16,SQfp16 from 125,000 on one query at a time (1.54 against 1.25 ms a query;
+# eight at a time the graph's 0.69 stays ahead of 1.25, and grows with the catalogue).
 EXACT_BELOW = 100_000
 # FAISS threads per search call: the server runs two model copies on two cores, so a second
 # thread would only wait for the core the other copy computes on.
 THREADS = 1
 EXACT_BLOCK = 65_536  # catalogue rows a block when a query falls back to exact search
+# The codes of an HNSW index that keep a vector whole (to float16 rounding) and that it decodes
+# by entry (an IVF index would need a direct map from entries to lists first).
+WHOLE_CODES = ("Flat", "SQfp16")
 
 
 def record_path(index_path: str | Path) -> Path:
@@ -63,6 +76,13 @@ class AnnRecord:
     entries: int | None = None  # vectors in the index, stale ones too (None: = products)
     rows_sha256: str | None = None  # of ANN_ROWS (None: none written, entry i is row i)
     keys_sha256: str | None = None  # of ANN_KEYS (what a later build's update reads)
+
+    @property
+    def stores_vectors(self) -> bool:
+        """Whether the index keeps each vector whole (float16 or float32 codes), so that it
+        can serve as the catalogue's product vectors."""
+        graph, codes = self.factory.split(",")[0], self.factory.split(",")[-1]
+        return graph.startswith("HNSW") and codes in WHOLE_CODES
 
     @classmethod
     def load(cls, path: str | Path) -> AnnRecord:
@@ -87,15 +107,26 @@ def check_sha256(path: Path, expected: str) -> None:
             "build); rebuild the index")
 
 
-def read_mapped(path: Path) -> faiss.Index:
-    """The index, memory-mapped: FAISS 1.15's IO_FLAG_MMAP_IFC maps IVF codes and HNSW's
-    vectors and graph alike, so the two served copies share the file's pages and only the
-    pages a query visits are read. Measured on 45,782 products (IVF-SQ8, HNSW32): < 1.5 MiB
-    of private memory a process, against the file's size read into memory without it
-    (IO_FLAG_MMAP maps IVF lists only). An index kind it cannot map is read into memory."""
+def read_mapped(path: Path, sha256: str) -> faiss.Index:
+    """The index, memory-mapped, once its SHA-256 is checked: FAISS 1.15's IO_FLAG_MMAP_IFC maps
+    IVF codes and HNSW's vectors and graph alike, so the two served copies share the file's
+    pages and only the pages a query visits are read. Measured on 45,782 products (IVF-SQ8,
+    HNSW32): < 1.5 MiB of private memory a process, against the file's size read into memory
+    without it (IO_FLAG_MMAP maps IVF lists only). An index kind it cannot map is read into
+    memory. One mapping per file and process (keyed by the file itself, as
+    `artefacts.load_array` maps): the Retrieve step and the ranker's product vectors
+    (`IndexVectors`) then share it, and the process's resident size counts its pages once."""
+    status = path.stat()
+    return _read_mapped(str(path), sha256, status.st_dev, status.st_ino, status.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=8)
+def _read_mapped(path: str, sha256: str, device: int, inode: int,
+                 modified_ns: int) -> faiss.Index:
+    check_sha256(Path(path), sha256)
     for flag in (faiss.IO_FLAG_MMAP_IFC, faiss.IO_FLAG_MMAP, 0):
         try:
-            index = faiss.read_index(str(path), flag)
+            index = faiss.read_index(path, flag)
         except RuntimeError:
             continue
         return index
@@ -103,20 +134,76 @@ def read_mapped(path: Path) -> faiss.Index:
                                   "can read; rebuild it")
 
 
+def stored_vectors(index: faiss.Index) -> np.ndarray:
+    """An HNSW index's vectors as FAISS holds them, float16 (SQfp16 codes: IEEE half floats)
+    or float32 (Flat) [entries, d], a numpy view over the index's own (mapped) memory: rows are
+    gathered by numpy, where FAISS's reconstruct decodes one vector a call (0.5 ms a query for
+    the ~500 rows a query reads, measured at a million products)."""
+    storage = faiss.downcast_index(index.storage)
+    if isinstance(storage, faiss.IndexScalarQuantizer) and \
+            storage.sq.qtype == faiss.ScalarQuantizer.QT_fp16:
+        raw = faiss.rev_swig_ptr(storage.codes.data(), storage.ntotal * storage.code_size)
+        return raw.view(np.float16).reshape(storage.ntotal, index.d)
+    if isinstance(storage, faiss.IndexFlat):
+        return faiss.rev_swig_ptr(storage.get_xb(), storage.ntotal * index.d).reshape(
+            storage.ntotal, index.d)
+    raise TypeError(f"{type(storage).__name__} does not keep its vectors whole")
+
+
+class IndexVectors:
+    """The catalogue's product vectors by row, as an index that keeps them whole stores them
+    (`AnnRecord.stores_vectors`): `vectors[rows]` is float32 [len(rows), d], read from the
+    index's float16 codes. Row-indexed like the float32 embeddings it stands in for (integer
+    arrays and slices), so the feature sources read it unchanged."""
+
+    def __init__(self, index: faiss.Index, entry_rows: np.ndarray | None, products: int,
+                 path: Path):
+        self.index = index  # kept: `stored` is a view of its memory
+        self.stored = stored_vectors(index)
+        self.shape = (products, index.d)
+        self.dtype = np.dtype(np.float32)
+        if entry_rows is None:  # entry i is row i
+            self.row_entries = None
+            return
+        live = np.flatnonzero(entry_rows >= 0)
+        self.row_entries = np.full(products, -1, dtype=np.int64)
+        self.row_entries[entry_rows[live]] = live
+        if (self.row_entries < 0).any():
+            raise artefacts.ArtefactError(
+                f"{path} holds no entry for catalogue row "
+                f"{int(np.flatnonzero(self.row_entries < 0)[0])}; rebuild the index")
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, rows: np.ndarray | slice) -> np.ndarray:
+        if isinstance(rows, slice):
+            rows = np.arange(*rows.indices(len(self)))
+        rows = np.asarray(rows, dtype=np.int64)
+        entries = rows.reshape(-1) if self.row_entries is None else \
+            self.row_entries[rows.reshape(-1)]
+        return self.stored[entries].astype(np.float32).reshape(*rows.shape, self.shape[1])
+
+
 class AnnIndex:
-    """A FAISS index of `embeddings`' rows, memory-mapped, searched with exact rescoring."""
+    """A FAISS index of `embeddings`' rows, memory-mapped, its shortlist rescored from the
+    product vectors (`vectors`: the index's own where it keeps them whole, else `embeddings`)."""
 
     def __init__(self, index_path: str | Path, embeddings: np.ndarray,
                  sha256: str | None = None, threads: int = THREADS):
         """`embeddings`: the float32 [products, d] unit rows the index was built from (pass
-        them memory-mapped: only the shortlist's rows are read). `sha256`: the index file's
-        expected digest; None takes the one recorded beside it (record_path)."""
+        them memory-mapped: an index of 8-bit or PQ codes reads the shortlist's rows, one that
+        keeps its vectors whole none). `sha256`: the index file's expected digest; None takes
+        the one recorded beside it (record_path)."""
         self.path = Path(index_path)
         self.record = AnnRecord.load(record_path(self.path))
-        check_sha256(self.path, sha256 or self.record.sha256)
-        self.index = read_mapped(self.path)
+        self.index = read_mapped(self.path, sha256 or self.record.sha256)
         self.embeddings = embeddings
         self.entry_rows = self._entry_rows()
+        # What rescores the shortlist (and the rare exact fallback): the index's own vectors
+        # where it keeps them whole, else the float32 embeddings.
+        self.vectors = IndexVectors(self.index, self.entry_rows, len(embeddings), self.path) \
+            if self.record.stores_vectors else embeddings
         live = None if self.entry_rows is None else self.entry_rows >= 0
         self.live_entries = self.products if live is None else int(live.sum())
         self.threads = threads
@@ -170,10 +257,14 @@ class AnnIndex:
     def describe(self) -> str:
         setting = (f"nprobe {self.record.nprobe}" if self.record.nprobe is not None
                    else f"efSearch {self.record.ef_search}")
-        return f"FAISS {self.record.factory}, {setting}, rescored exactly"
+        rescored = "from its float16 vectors" if self.record.factory.endswith("SQfp16") \
+            else "exactly"
+        return f"FAISS {self.record.factory}, {setting}, rescored {rescored}"
 
     def tune(self, nprobe: int | None = None, ef_search: int | None = None) -> None:
-        """Set the search-time settings (the sweep varies them on one loaded index)."""
+        """Set the search-time settings (the sweep varies them on one loaded index). The
+        process's one mapping of the file is shared (read_mapped): every AnnIndex of it sees
+        the setting."""
         space = faiss.ParameterSpace()
         if nprobe is not None:
             space.set_index_parameter(self.index, "nprobe", int(nprobe))
@@ -185,8 +276,8 @@ class AnnIndex:
                 self.params.efSearch = int(ef_search)
 
     def search(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """rows int64 [n, k] and their exact cosine float32 [n, k], best first, ties by the
-        lower row."""
+        """rows int64 [n, k] and their cosine float32 [n, k] (from `self.vectors`), best
+        first, ties by the lower row."""
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         if vectors.ndim != 2 or vectors.shape[1] != self.index.d:
             raise ValueError(f"vectors must be [n, {self.index.d}], not {list(vectors.shape)}")
@@ -210,18 +301,18 @@ class AnnIndex:
         return rows, similarity
 
     def cosines(self, vector: np.ndarray, rows: np.ndarray) -> np.ndarray:
-        """The exact cosine of `vector` with the given rows, read in row order (a memory-mapped
-        catalogue is then read forward)."""
+        """The cosine of `vector` with the given rows' vectors, read in row order (a
+        memory-mapped catalogue is then read forward)."""
         order = np.argsort(rows)
         gathered = np.empty(len(rows), dtype=np.float32)
-        gathered[order] = np.asarray(self.embeddings[rows[order]], dtype=np.float32) @ vector
+        gathered[order] = np.asarray(self.vectors[rows[order]], dtype=np.float32) @ vector
         return gathered
 
     def exact(self, vector: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Exact top k over the whole catalogue, block by block (bounded memory): the rare
+        """Top k over every product's vector, block by block (bounded memory): the rare
         query whose probed lists hold fewer than k products."""
         scores = np.concatenate([
-            np.asarray(self.embeddings[start:start + EXACT_BLOCK], dtype=np.float32) @ vector
+            np.asarray(self.vectors[start:start + EXACT_BLOCK], dtype=np.float32) @ vector
             for start in range(0, self.products, EXACT_BLOCK)])
         return best(np.arange(self.products, dtype=np.int64), scores, k)
 

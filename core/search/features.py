@@ -97,9 +97,12 @@ class FeatureSources:
 
     @classmethod
     def build(cls, titles: Sequence[str], embeddings: np.ndarray, priors: ProductPriors,
-              memory: JudgementMemory, saved: Path | None = None) -> FeatureSources:
+              memory: JudgementMemory, saved: Path | None = None,
+              vectors: np.ndarray | None = None) -> FeatureSources:
         """`saved`: a TITLE_FEATURES file of these titles and embeddings, read instead of
-        computing the title structures where it exists."""
+        computing the title structures where it exists. `vectors`: the product vectors the
+        features read, where not `embeddings` itself (an ANN index's float16 copy of them:
+        core/search/retrieval.py `product_vectors`)."""
         terms, term_vectors = title_features(titles, embeddings, saved)
         sizes = {len(embeddings), len(priors.mean), terms.products}
         if len(sizes) != 1:
@@ -109,7 +112,8 @@ class FeatureSources:
                              f"vectors, the catalogue {embeddings.shape[1]}-d: not the same "
                              "encoder")
         _ = memory.graph  # built now rather than at the first request (~0.5 s)
-        return cls(embeddings, terms, term_vectors, priors, memory)
+        return cls(embeddings if vectors is None else vectors, terms, term_vectors, priors,
+                   memory)
 
     def head_inputs(self, queries: Sequence[str], terms: Sequence[list[str]],
                     vectors: Sequence[np.ndarray], rows: Sequence[np.ndarray],

@@ -43,6 +43,7 @@ from fusionrank.core.search.trigrams import CHAR_BUCKETS, norms_of
 # rounding only (tested), and a rare term is still summed again exactly.
 EXACT_UP_TO = 100
 SUM_CHUNK = 256  # terms summed again at a time (`_summed_again`)
+ROW_BLOCK = 65_536  # base rows a block when the common terms' sums are computed
 
 
 class TitleBase:
@@ -61,9 +62,15 @@ class TitleBase:
         terms = np.flatnonzero(counts > self.exact_up_to)
         entries, owner = self.holders.gather(terms)
         rows = np.asarray(self.holders.ids[entries], dtype=np.int64)
-        matrix = sparse.csr_matrix((np.ones(len(rows), dtype=np.float32), (owner, rows)),
+        matrix = sparse.csc_matrix((np.ones(len(rows), dtype=np.float32), (owner, rows)),
                                    shape=(len(terms), self.rows))
-        sums = np.asarray(matrix @ np.asarray(self.embeddings[:self.rows], dtype=np.float32))
+        # Block by block: the product vectors may be decoded from an ANN index
+        # (core/search/ann.py IndexVectors), which a whole-catalogue read would copy at once.
+        sums = np.zeros((len(terms), self.embeddings.shape[1]), dtype=np.float32)
+        for start in range(0, self.rows, ROW_BLOCK):
+            stop = min(start + ROW_BLOCK, self.rows)
+            sums += matrix[:, start:stop] @ np.asarray(self.embeddings[start:stop],
+                                                       dtype=np.float32)
         return terms, sums.astype(np.float64)
 
     @functools.cached_property

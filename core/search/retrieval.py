@@ -8,10 +8,12 @@ A build writes one of two indexes (app/build.py decides by the catalogue's size,
 - exact, an ONNX graph (export/search/retrieval.py): RETRIEVAL_INT8 (an 8-bit shortlist of
   every product, rescored exactly against the memory-mapped embeddings it is fed) or
   RETRIEVAL (float32 MatMul + TopK);
-- approximate, a FAISS index (ANN_INDEX, core/search/ann.py), its shortlist rescored exactly.
-Both answer each query's k best rows with their exact cosine, best first. The Retrieve step
-serves this object, and `fusionrank evaluate --scale` ranks with it: what is served is what is
-evaluated.
+- approximate, a FAISS index (ANN_INDEX, core/search/ann.py), its shortlist rescored from the
+  product vectors (the float32 embeddings, or the index's own float16 vectors where it keeps
+  them whole).
+Both answer each query's k best rows with their cosine, best first. The Retrieve step serves
+this object, and `fusionrank evaluate --scale` ranks with it: what is served is what is
+evaluated. `product_vectors` is what the ranker's features read of each product's vector.
 """
 
 from __future__ import annotations
@@ -47,6 +49,22 @@ class GraphRetrieval:
             "query": np.ascontiguousarray(vectors, dtype=np.float32),
             "k": np.array([k], dtype=np.int64), **self.feeds})
         return rows, similarity
+
+
+def product_vectors(folder: str | Path, products: int):
+    """The catalogue's product vectors [products, d] as the folder's ranker reads them (the
+    similarity of a BM25 candidate, the feedback head's product input): the ANN index's own,
+    where the build made one that keeps them whole (`AnnRecord.stores_vectors`: one mapping
+    serves retrieval and features, and the float32 embeddings stay unmapped), else EMBEDDINGS,
+    memory-mapped (its pages shared with the other copies)."""
+    folder = Path(folder)
+    embeddings = artefacts.load_array(folder / artefacts.EMBEDDINGS, shape=(products, None),
+                                      mmap=True)
+    if not (folder / artefacts.ANN_INDEX).is_file():
+        return embeddings
+    from fusionrank.core.search.ann import AnnIndex
+
+    return AnnIndex.load(folder).vectors
 
 
 def served_retrieval(folder: str | Path, threads: int | None = None):

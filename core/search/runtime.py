@@ -27,6 +27,7 @@ from fusionrank.core.product_table import ProductTable
 from fusionrank.core.search.features import FeatureSources, HeadInputs
 from fusionrank.core.search.judgements import JudgementMemory, ProductPriors
 from fusionrank.core.search.lexical import LexicalIndex, lexical_pool, normalised, top_k
+from fusionrank.core.search.retrieval import product_vectors
 from fusionrank.core.search.text import STOPWORDS, light_stem, query_words
 
 DENSE_CANDIDATES = 100  # the retrieval step's pool
@@ -147,14 +148,20 @@ class SearchRuntime:
         # Rows parsed when read: with saved title features, only the stamp's sample of titles
         # is (every title only where the features must be computed here).
         products = ProductTable.open(folder / artefacts.PRODUCTS)
-        # Memory-mapped: every process serving this catalogue shares the pages.
-        embeddings = artefacts.load_array(folder / artefacts.EMBEDDINGS,
-                                          shape=(len(products), None), mmap=True)
+        # Memory-mapped (every process serving this catalogue shares the pages), or the ANN
+        # index's own vectors where it keeps them whole.
+        vectors = product_vectors(folder, len(products))
+        # The saved title features are checked against a sample of the float32 rows. Where the
+        # index's vectors serve, that sample is read through a mapping of its own, unmapped
+        # once read: in the shared one its 4,096 rows' pages (with the kernel's fault-around)
+        # would stay resident in every model copy.
+        embeddings = vectors if isinstance(vectors, np.ndarray) else np.load(
+            folder / artefacts.EMBEDDINGS, mmap_mode="r")
         sources = FeatureSources.build(products.title_column, embeddings,
                                        ProductPriors.load(folder / artefacts.PRIORS,
                                                           len(products)),
                                        JudgementMemory.load(folder / artefacts.MEMORY),
-                                       saved=folder / artefacts.TITLE_FEATURES)
+                                       saved=folder / artefacts.TITLE_FEATURES, vectors=vectors)
         weights_file = folder / artefacts.FUSION_WEIGHTS
         return cls(LexicalIndex.load(folder / artefacts.LEXICAL), sources,
                    OnnxFeedbackHead(folder / artefacts.FEEDBACK_HEAD, threads),

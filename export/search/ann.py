@@ -33,7 +33,10 @@ import numpy as np
 from fusionrank.core import artefacts
 from fusionrank.core.search.ann import AnnRecord, check_sha256, record_path
 
-INDEX_TYPES = ("ivf_flat", "ivf_sq8", "ivf_pq", "hnsw", "hnsw_sq8")
+INDEX_TYPES = ("ivf_flat", "ivf_sq8", "ivf_pq", "hnsw", "hnsw_sq8", "hnsw_fp16")
+# An HNSW graph's vectors: float32 (hnsw), 8-bit codes (a quarter of the bytes) or float16 (half:
+# whole enough to serve as the catalogue's product vectors, core/search/ann.py IndexVectors).
+HNSW_CODES = {"hnsw": "Flat", "hnsw_sq8": "SQ8", "hnsw_fp16": "SQfp16"}
 ADD_CHUNK = 65_536  # rows added a call
 # FAISS's k-means wants at least this many training points a list (it warns below 39).
 POINTS_PER_LIST = 39
@@ -46,16 +49,19 @@ KEY_CHUNK = 65_536  # rows hashed a block (bounded memory)
 @dataclass(frozen=True)
 class AnnParams:
     """An index's kind and settings. The defaults are the sweep's pick on the 1M catalogue
-    (benchmarks/reports/ann_sweep.md): HNSW32,SQ8 at efSearch 512, recall@100 0.963 against
-    exact; IVF4000,SQ8 needed nprobe 512 for 0.971 at more than twice its time."""
+    (benchmarks/reports/ann_sweep.md, 2026-12-07): HNSW16,SQfp16 at efSearch 512, recall@100
+    0.964 against exact, 912 bytes a product that serve as the product vectors too. The 8-bit
+    indexes (HNSW32,SQ8: 0.970 at efSearch 512; IVF4000,SQ8: 0.962 at nprobe 256) are as fast
+    or faster, but read the 1,536-byte float32 rows besides, which a million products cannot
+    afford in 4 GiB over two model copies."""
 
-    index_type: str = "hnsw_sq8"
+    index_type: str = "hnsw_fp16"
     nlist: int | None = None  # IVF: inverted lists (k-means cells); None: nlist_per_root · √N
     nlist_per_root: float = 16.0  # IVF, nlist None: lists per √products
     nprobe: int = 256  # IVF: lists visited a query
     pq_m: int = 48  # IVF-PQ: sub-quantisers (must divide d)
     pq_bits: int = 8  # IVF-PQ: bits a sub-quantiser code
-    hnsw_m: int = 32  # HNSW: neighbours a node
+    hnsw_m: int = 16  # HNSW: neighbours a node
     ef_construction: int = 80  # HNSW: candidate list length while adding
     ef_search: int = 512  # HNSW: candidate list length a query
     train_size: int = 100_000  # IVF: rows sampled to train on
@@ -74,8 +80,7 @@ class AnnParams:
     def factory(self, products: int) -> str:
         """The faiss.index_factory string."""
         if self.graph:
-            # hnsw_sq8: the graph's vectors as 8-bit codes, a quarter of Flat's bytes.
-            return f"HNSW{self.hnsw_m},{'SQ8' if self.index_type == 'hnsw_sq8' else 'Flat'}"
+            return f"HNSW{self.hnsw_m},{HNSW_CODES[self.index_type]}"
         coarse = f"IVF{self.lists(products)}"
         # PQ "np": no polysemous training, which multiplied the build time by ~10 (45,782
         # products: 155 s) for a Hamming pre-filter this search does not use.

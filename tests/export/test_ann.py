@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from fusionrank.core import artefacts
-from fusionrank.core.search.ann import SHORTLIST, AnnIndex, record_path
+from fusionrank.core.search.ann import SHORTLIST, AnnIndex, IndexVectors, record_path
 from fusionrank.core.search.runtime import dense_candidates
 from fusionrank.export.search import retrieval
 from fusionrank.export.search.ann import (
@@ -62,7 +62,8 @@ def recall(found: np.ndarray, exact: np.ndarray) -> float:
                                     AnnParams("ivf_pq", nlist=128, nprobe=32, pq_m=16,
                                               pq_bits=8, train_size=5_000),
                                     AnnParams("hnsw", hnsw_m=16, ef_search=256),
-                                    AnnParams("hnsw_sq8", hnsw_m=16, ef_search=256)],
+                                    AnnParams("hnsw_sq8", hnsw_m=16, ef_search=256),
+                                    AnnParams("hnsw_fp16", hnsw_m=16, ef_search=256)],
                          ids=lambda params: params.index_type)
 def test_recall_at_100_against_exact(catalogue, tmp_path, params):
     embeddings, queries = catalogue
@@ -278,17 +279,91 @@ def test_duplicate_vectors_pair_with_entries_one_to_one():
     assert fresh.tolist() == [4]
 
 
-def test_a_damaged_entry_map_is_refused_naming_the_file(catalogue, tmp_path):
-    embeddings, _ = catalogue
-    before, after_dir = tmp_path / "before", tmp_path / "after"
+def updated(embeddings: np.ndarray, folder, params: AnnParams):
+    """An index of `embeddings` in folder/before, updated to `changed_catalogue` in
+    folder/after: (that folder, the changed embeddings)."""
+    before, after_dir = folder / "before", folder / "after"
     before.mkdir(), after_dir.mkdir()
-    params = AnnParams("hnsw_sq8", hnsw_m=16, ef_search=64)
     built(embeddings, before, params)
     after, _ = changed_catalogue(embeddings)
     np.save(after_dir / artefacts.EMBEDDINGS, after)
     update_ann_index(before, after, after_dir / artefacts.ANN_INDEX, params, progress=False)
+    return after_dir, after
+
+
+def test_a_damaged_entry_map_is_refused_naming_the_file(catalogue, tmp_path):
+    embeddings, _ = catalogue
+    after_dir, _ = updated(embeddings, tmp_path, AnnParams("hnsw_sq8", hnsw_m=16, ef_search=64))
     rows = np.load(after_dir / artefacts.ANN_ROWS)
     rows[[0, 1]] = rows[[1, 0]]
     np.save(after_dir / artefacts.ANN_ROWS, rows)
     with pytest.raises(artefacts.ArtefactError, match=re.escape(artefacts.ANN_ROWS)):
         AnnIndex.load(after_dir)
+
+
+class Unread:
+    """Float32 embeddings that fail the test if a row of them is read: an index that keeps its
+    vectors whole must answer from them alone."""
+
+    def __init__(self, embeddings: np.ndarray):
+        self.shape, self.dtype = embeddings.shape, embeddings.dtype
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, rows):
+        raise AssertionError(f"the float32 embeddings were read (rows {rows})")
+
+
+def assert_float16_of(decoded: np.ndarray, vectors: np.ndarray) -> None:
+    """`decoded` holds `vectors` to float16 precision (FAISS rounds some to the next float16:
+    within one step, 2^-10 of the value)."""
+    assert decoded.dtype == np.float32 and decoded.shape == vectors.shape
+    np.testing.assert_allclose(decoded, vectors, rtol=2.0 ** -10, atol=2.0 ** -24)
+    assert not np.array_equal(decoded, vectors)  # rounded: not the float32 rows themselves
+
+
+def test_a_float16_index_serves_as_the_product_vectors(catalogue, tmp_path):
+    embeddings, queries = catalogue
+    built(embeddings, tmp_path, AnnParams("hnsw_fp16", hnsw_m=16, ef_search=256))
+    index = AnnIndex(tmp_path / artefacts.ANN_INDEX, Unread(embeddings))
+    assert index.record.stores_vectors and isinstance(index.vectors, IndexVectors)
+    rows = np.array([[5, 0, 19_999], [7, 7, 3]])
+    assert_float16_of(index.vectors[rows], embeddings[rows])
+    assert_float16_of(index.vectors[3:9:2], embeddings[3:9:2])
+    assert index.vectors[np.zeros(0, dtype=np.int64)].shape == (0, DIM)
+    found, similarity = index.search(queries, TOP)
+    # Each found product's cosine, to float16 precision, best first.
+    cosine = np.einsum("qkd,qd->qk", embeddings[found], queries)
+    np.testing.assert_allclose(similarity, cosine, atol=2e-3)
+    assert (np.diff(similarity, axis=1) <= 0).all()
+    # ... and the exact fallback too (a query the index finds too few products for).
+    rows, similarity = index.exact(queries[0], 10)
+    exact_rows, exact_similarity = dense_candidates(embeddings, queries[:1], 10)
+    assert len(set(rows) & set(exact_rows[0])) >= 9
+    np.testing.assert_allclose(similarity, exact_similarity[0], atol=2e-3)
+
+
+def test_an_updated_float16_index_gives_each_row_its_own_vector(catalogue, tmp_path):
+    """After an update entries are not rows (stale ones stay): the vectors are still found by
+    row."""
+    embeddings, queries = catalogue
+    after_dir, after = updated(embeddings, tmp_path,
+                               AnnParams("hnsw_fp16", hnsw_m=16, ef_search=256))
+    index = AnnIndex(after_dir / artefacts.ANN_INDEX, Unread(after))
+    assert index.entry_rows is not None and index.live_entries < index.index.ntotal
+    assert_float16_of(index.vectors[np.arange(len(after))], after)
+    rows, _ = index.search(queries, TOP)
+    exact_rows, _ = dense_candidates(after, queries, TOP)
+    assert recall(rows, exact_rows) >= 0.95
+
+
+def test_one_mapping_of_an_index_a_process(catalogue, tmp_path):
+    """The Retrieve step and the ranker's product vectors load the same file: one mapping, so
+    its pages count once in the process; a file replaced at the same path is read anew."""
+    embeddings, _ = catalogue
+    first = built(embeddings, tmp_path, AnnParams("hnsw_fp16", hnsw_m=16, ef_search=64))
+    assert AnnIndex.load(tmp_path).index is first.index
+    built(embeddings[:10_000], tmp_path, AnnParams("hnsw_fp16", hnsw_m=16, ef_search=64))
+    again = AnnIndex.load(tmp_path)
+    assert again.index is not first.index and again.index.ntotal == 10_000

@@ -94,7 +94,9 @@ def evaluate_repository(repository: Path, judgements: Judgements, threads: int |
     retrieval = served_retrieval(folder, threads)
     encoder = TextEncoder(TextTokenizer(encoder_folder / artefacts.TOKENIZER, MAX_QUERY_TOKENS),
                           OnnxEncoder(encoder_folder / artefacts.ENCODER, threads), batch_size=64)
-    embeddings = runtime.sources.embeddings
+    # Exact retrieval over the float32 embeddings, whichever copy of them the ranker serves
+    # (core/search/retrieval.py `product_vectors`).
+    embeddings = artefacts.load_array(folder / artefacts.EMBEDDINGS, mmap=True)
     log(f"{repository}: {len(ids)} products, retrieval {retrieval.describe()}")
     out: dict = {"repository": str(repository), "products": len(ids),
                  "retrieval": retrieval.describe(), "splits": {}}
