@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import shutil
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -44,32 +43,24 @@ def role(process: psutil.Process, models: list[str]) -> str:
     return model or "other"
 
 
-class PeakRss:
-    """Each process's largest RSS (MiB) while it runs, sampled every `every_s`."""
+class PeakRss(harness.PeakMemory):
+    """harness.PeakMemory's sampling (every `every_s`, from `start()` to `stop()`), of each
+    process's own RSS: `peak` and `before` (at the start), MiB by pid."""
 
     def __init__(self, processes: list[psutil.Process], every_s: float = 0.05):
-        self.processes, self.every_s = processes, every_s
+        super().__init__(processes[0].pid, every_s)
+        self.processes = processes
         self.peak = {p.pid: p.memory_info().rss / 2**20 for p in processes}
         self.before = dict(self.peak)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
 
-    def _sample(self) -> None:
-        while not self._stop.wait(self.every_s):
+    def run(self) -> None:
+        while not self._stop_event.wait(self.every_s):
             for process in self.processes:
                 try:
                     rss = process.memory_info().rss / 2**20
                 except psutil.Error:
                     continue
                 self.peak[process.pid] = max(self.peak[process.pid], rss)
-
-    def __enter__(self) -> PeakRss:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -93,11 +84,15 @@ def main(argv: list[str] | None = None) -> int:
             client.search(query, k=10)
         for size in (int(n) for n in args.sizes.split(",")):
             processes = [root, *root.children(recursive=True)]
-            with PeakRss(processes) as memory:
+            memory = PeakRss(processes)
+            memory.start()
+            try:
                 client.apply_changes(changes.set_of(size))
                 for query in queries[:50]:
                     client.search(query, k=10)
                 time.sleep(1.0)
+            finally:
+                memory.stop()
             rows = sorted(({"process": role(p, models), "pid": p.pid,
                             "before_mib": round(memory.before[p.pid], 1),
                             "peak_mib": round(memory.peak[p.pid], 1)} for p in processes),

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 from benchmarks.harness import REPORTS, heading, portable, save_report, stamp, table
+from fusionrank.core.search.ann import keeps_vectors
 
 GIB = 2**30
 MACHINE_MEMORY_GIB = 24  # this machine; the estimate says where one such machine stops
@@ -165,9 +166,9 @@ def estimate_text(report: dict) -> str:
     index = files.get("index/ann.faiss", 0)
     vectors = files.get("index/embeddings.npy", 0)
     factory = row.get("index") or "HNSW32,SQ8"  # (a build phase from before it was recorded)
-    # An HNSW index with float16 or float32 codes is the served product vectors as well
+    # An index that keeps its vectors whole is the served product vectors as well
     # (core/search/ann.py IndexVectors); an 8-bit one is rescored from the float32 rows.
-    whole = factory.split(",")[-1] in ("Flat", "SQfp16")
+    whole = keeps_vectors(factory)
     rate = report.get("embedding_titles_per_second")
     lines = [f"From the {row['products']:,}-product row: {row['bytes_per_product']:,} artefact "
              f"bytes a product ({vectors:,.0f} of them the float32 embeddings, {index:,.0f} the "

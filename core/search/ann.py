@@ -58,6 +58,13 @@ EXACT_BLOCK = 65_536  # catalogue rows a block when a query falls back to exact 
 WHOLE_CODES = ("Flat", "SQfp16")
 
 
+def keeps_vectors(factory: str) -> bool:
+    """Whether an index of this faiss.index_factory string keeps each vector whole and decodes
+    it by entry: HNSW with float16 or float32 codes (`WHOLE_CODES`)."""
+    graph, codes = factory.split(",")[0], factory.split(",")[-1]
+    return graph.startswith("HNSW") and codes in WHOLE_CODES
+
+
 def record_path(index_path: str | Path) -> Path:
     """The record beside an index file: ann.faiss → ann.json."""
     return Path(index_path).with_suffix(".json")
@@ -81,8 +88,7 @@ class AnnRecord:
     def stores_vectors(self) -> bool:
         """Whether the index keeps each vector whole (float16 or float32 codes), so that it
         can serve as the catalogue's product vectors."""
-        graph, codes = self.factory.split(",")[0], self.factory.split(",")[-1]
-        return graph.startswith("HNSW") and codes in WHOLE_CODES
+        return keeps_vectors(self.factory)
 
     @classmethod
     def load(cls, path: str | Path) -> AnnRecord:
