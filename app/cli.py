@@ -58,9 +58,9 @@ def add_build(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", type=Path, default=DEFAULT_BUILD)
     parser.add_argument("--retrieval", choices=["auto", "exact", "ann"],
                         default=ServingOptions.retrieval,
-                        help="dense retrieval: exact over every product, or a FAISS ANN index "
-                             "rescored exactly; auto: ANN from the catalogue size where the "
-                             "sweep found it faster (benchmarks/reports/ann_sweep.md)")
+                        help="dense retrieval: exact over every product, or a FAISS ANN "
+                             "index; auto: ANN from the catalogue size where the sweep found "
+                             "it faster (benchmarks/reports/ann_sweep.md)")
     parser.add_argument("--embedding-cache", type=Path, default=EMBEDDING_CACHE,
                         metavar="FOLDER",
                         help="where each title's embedding is kept (by its text and the "

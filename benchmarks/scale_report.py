@@ -116,7 +116,7 @@ def targets(rows: list[dict]) -> list[tuple[str, str, bool]]:
     if "recall_vs_exact" in large:
         check(f"ANN recall@100 against exact ≥ {TARGETS['recall']}",
               f"{large['recall_vs_exact']:.4f}", large["recall_vs_exact"] >= TARGETS["recall"])
-        gap = large["ndcg_exact"] - large["ndcg_served"]
+        gap = large["ndcg_served"] - large["ndcg_exact"]  # signed: ANN's loss is negative
         check(f"test NDCG@10, ANN within {TARGETS['ndcg_gap']} of exact",
               f"{large['ndcg_served']:.4f} against {large['ndcg_exact']:.4f} ({gap:+.4f})",
               abs(gap) <= TARGETS["ndcg_gap"])
@@ -181,7 +181,7 @@ def estimate_text(report: dict) -> str:
         vectors_gib = vectors * products / GIB
         hours = products / rate / 3600 if rate else float("nan")
         vectors_text = (
-            f"its float16 vectors rescore the shortlist and feed the features, so the float32 "
+            f"its float16 vectors answer the cosines and feed the features, so the float32 "
             f"embeddings ({vectors_gib:,.0f} GiB on disk) are read by the build only"
             if whole else
             f"the float32 embeddings take {vectors_gib:,.0f} GiB on disk; only the shortlist's "

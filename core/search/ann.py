@@ -1,19 +1,19 @@
-"""Approximate retrieval for large catalogues: a FAISS index shortlists, the product vectors
-rescore.
+"""Approximate retrieval for large catalogues: a FAISS index finds the most similar products.
 
 `AnnIndex.search` answers what the exact retrieval step (export/search/retrieval.py,
 `int8_retrieval_graph`) answers: each query's k most similar catalogue rows, best first (ties
-by the lower row), with their cosine. Only the shortlist differs: FAISS's SHORTLIST · k
-products instead of an 8-bit product with every product. The dense candidates therefore feed
-the hybrid pool unchanged.
+by the lower row), with their cosine. Only the search differs: a graph or inverted lists
+instead of an 8-bit product with every product. The dense candidates therefore feed the hybrid
+pool unchanged.
 
-Which product vectors rescore depends on the index's codes. An index that keeps its vectors
+What the cosine is computed from depends on the index's codes. An index that keeps its vectors
 whole (float16 or float32 codes: `AnnRecord.stores_vectors`) is itself the catalogue's vectors
-for the process that serves it (`IndexVectors`): the shortlist is rescored from it and the
-ranker's features read it (core/search/retrieval.py `product_vectors`), so the float32
-embeddings are not mapped beside it (at a million products, 1.5 GB a process that two model
-copies each hold resident: benchmarks/reports/scale.md). The float16 copy rounds a cosine by
-about 1e-4. An index of 8-bit or PQ codes is rescored exactly from the float32 embeddings.
+for the process that serves it (`IndexVectors`): its own inner products are the answer's
+cosines and the ranker's features read the same vectors (core/search/retrieval.py
+`product_vectors`), so the float32 embeddings are not mapped beside it (at a million products,
+1.5 GB a process that two model copies each hold resident: benchmarks/reports/scale.md). The
+float16 copy rounds a cosine by about 1e-4. An index of 8-bit or PQ codes shortlists
+SHORTLIST · k products, rescored exactly from the float32 embeddings.
 
 The index file (ANN_INDEX) is built by export/search/ann.py; its record (ANN_RECORD, beside it)
 holds the build parameters, the search settings (nprobe, efSearch: FAISS does not save them in
@@ -41,13 +41,15 @@ import numpy as np
 from fusionrank.core import artefacts
 
 # Same factor as export/search/retrieval.py's SHORTLIST (core cannot import export; a test
-# holds the two equal): FAISS shortlists SHORTLIST · k products, rescored.
+# holds the two equal): an index of 8-bit or PQ codes shortlists SHORTLIST · k products,
+# rescored.
 SHORTLIST = 3
-# Below this many products the exact retrieval graph is served: it is exact, and as fast or
-# faster. benchmarks/reports/ann_sweep.md ("where ANN starts to pay", cuts of the real 1M
-# catalogue, 2026-12-07): the INT8 graph is faster at 31,250 and 62,500 products and the
-# picked HNSW16,SQfp16 from 125,000 on one query at a time (1.54 against 1.25 ms a query;
-# eight at a time the graph's 0.69 stays ahead of 1.25, and grows with the catalogue).
+# Below this many products the exact retrieval graph is served: it is exact, and about as
+# fast. benchmarks/reports/ann_sweep.md ("where ANN starts to pay", cuts of the real 1M
+# catalogue, 2026-12-07): the picked HNSW32,SQfp16 is 1.25× faster than the INT8 graph one and
+# eight queries a call from 125,000 products on (0.44 against 2.32 ms a query one at a time,
+# 0.45 against 0.75 eight at a time); at 62,500 the graph is within a fifth of it eight at a
+# time (0.50 against 0.40), at 31,250 faster (0.32 against 0.33).
 EXACT_BELOW = 100_000
 # FAISS threads per search call: the server runs two model copies on two cores, so a second
 # thread would only wait for the core the other copy computes on.
@@ -80,6 +82,7 @@ class AnnRecord:
     sha256: str  # of the index file
     nprobe: int | None = None  # IVF: inverted lists visited a query
     ef_search: int | None = None  # HNSW: candidate list length a query
+    ef_construction: int | None = None  # HNSW: that while adding (None: not recorded)
     entries: int | None = None  # vectors in the index, stale ones too (None: = products)
     rows_sha256: str | None = None  # of ANN_ROWS (None: none written, entry i is row i)
     keys_sha256: str | None = None  # of ANN_KEYS (what a later build's update reads)
@@ -98,6 +101,7 @@ class AnnRecord:
             return cls(factory=str(saved["factory"]), products=int(saved["products"]),
                        dim=int(saved["dim"]), sha256=str(saved["sha256"]),
                        nprobe=saved.get("nprobe"), ef_search=saved.get("ef_search"),
+                       ef_construction=saved.get("ef_construction"),
                        entries=saved.get("entries"), rows_sha256=saved.get("rows_sha256"),
                        keys_sha256=saved.get("keys_sha256"))
         except (OSError, ValueError, KeyError, TypeError) as error:
@@ -140,19 +144,21 @@ def _read_mapped(path: str, sha256: str, device: int, inode: int,
                                   "can read; rebuild it")
 
 
-def stored_vectors(index: faiss.Index) -> np.ndarray:
-    """An HNSW index's vectors as FAISS holds them, float16 (SQfp16 codes: IEEE half floats)
-    or float32 (Flat) [entries, d], a numpy view over the index's own (mapped) memory: rows are
-    gathered by numpy, where FAISS's reconstruct decodes one vector a call (0.5 ms a query for
-    the ~500 rows a query reads, measured at a million products)."""
+def stored_vectors(index: faiss.Index) -> tuple[np.ndarray, faiss.Index | None]:
+    """An HNSW index's vectors as FAISS holds them, a numpy view over the index's own (mapped)
+    memory [entries, code bytes or d], and the storage that decodes them: uint8 codes of
+    float16 (SQfp16: IEEE half floats, decoded by FAISS's `sa_decode`, 2.6× faster than numpy
+    1.26's float16 cast and bit-identical to it) or float32 rows (Flat: None, nothing to
+    decode). Rows are gathered by numpy, where FAISS's reconstruct decodes one vector a call
+    (0.5 ms a query for the ~500 rows a query reads, measured at a million products)."""
     storage = faiss.downcast_index(index.storage)
     if isinstance(storage, faiss.IndexScalarQuantizer) and \
             storage.sq.qtype == faiss.ScalarQuantizer.QT_fp16:
         raw = faiss.rev_swig_ptr(storage.codes.data(), storage.ntotal * storage.code_size)
-        return raw.view(np.float16).reshape(storage.ntotal, index.d)
+        return raw.reshape(storage.ntotal, storage.code_size), storage
     if isinstance(storage, faiss.IndexFlat):
         return faiss.rev_swig_ptr(storage.get_xb(), storage.ntotal * index.d).reshape(
-            storage.ntotal, index.d)
+            storage.ntotal, index.d), None
     raise TypeError(f"{type(storage).__name__} does not keep its vectors whole")
 
 
@@ -165,7 +171,7 @@ class IndexVectors:
     def __init__(self, index: faiss.Index, entry_rows: np.ndarray | None, products: int,
                  path: Path):
         self.index = index  # kept: `stored` is a view of its memory
-        self.stored = stored_vectors(index)
+        self.stored, self.decoder = stored_vectors(index)
         self.shape = (products, index.d)
         self.dtype = np.dtype(np.float32)
         if entry_rows is None:  # entry i is row i
@@ -188,12 +194,15 @@ class IndexVectors:
         rows = np.asarray(rows, dtype=np.int64)
         entries = rows.reshape(-1) if self.row_entries is None else \
             self.row_entries[rows.reshape(-1)]
-        return self.stored[entries].astype(np.float32).reshape(*rows.shape, self.shape[1])
+        gathered = self.stored[entries]
+        decoded = gathered if self.decoder is None else self.decoder.sa_decode(gathered)
+        return decoded.reshape(*rows.shape, self.shape[1])
 
 
 class AnnIndex:
-    """A FAISS index of `embeddings`' rows, memory-mapped, its shortlist rescored from the
-    product vectors (`vectors`: the index's own where it keeps them whole, else `embeddings`)."""
+    """A FAISS index of `embeddings`' rows, memory-mapped, answering with the cosines of the
+    product vectors (`vectors`: the index's own where it keeps them whole, else `embeddings`,
+    which rescore its shortlist)."""
 
     def __init__(self, index_path: str | Path, embeddings: np.ndarray,
                  sha256: str | None = None, threads: int = THREADS):
@@ -206,8 +215,8 @@ class AnnIndex:
         self.index = read_mapped(self.path, sha256 or self.record.sha256)
         self.embeddings = embeddings
         self.entry_rows = self._entry_rows()
-        # What rescores the shortlist (and the rare exact fallback): the index's own vectors
-        # where it keeps them whole, else the float32 embeddings.
+        # What the cosines come from (and the rare exact fallback reads): the index's own
+        # vectors where it keeps them whole, else the float32 embeddings.
         self.vectors = IndexVectors(self.index, self.entry_rows, len(embeddings), self.path) \
             if self.record.stores_vectors else embeddings
         live = None if self.entry_rows is None else self.entry_rows >= 0
@@ -263,9 +272,8 @@ class AnnIndex:
     def describe(self) -> str:
         setting = (f"nprobe {self.record.nprobe}" if self.record.nprobe is not None
                    else f"efSearch {self.record.ef_search}")
-        rescored = "from its float16 vectors" if self.record.factory.endswith("SQfp16") \
-            else "exactly"
-        return f"FAISS {self.record.factory}, {setting}, rescored {rescored}"
+        cosines = "its own cosines" if self.record.stores_vectors else "rescored exactly"
+        return f"FAISS {self.record.factory}, {setting}, {cosines}"
 
     def tune(self, nprobe: int | None = None, ef_search: int | None = None) -> None:
         """Set the search-time settings (the sweep varies them on one loaded index). The
@@ -291,19 +299,26 @@ class AnnIndex:
             raise ValueError(f"k = {k} must be between 1 and the index's {self.products} "
                              "products")
         faiss.omp_set_num_threads(self.threads)
-        _, shortlist = self.index.search(vectors, min(SHORTLIST * k, self.live_entries),
-                                         params=self.params)
+        # An index that keeps its vectors whole computes the cosine itself, from the very
+        # vectors a rescoring would read: its k best are the answer, with FAISS's inner
+        # products. Others shortlist SHORTLIST · k by their codes, rescored exactly.
+        whole = self.record.stores_vectors
+        found_scores, shortlist = self.index.search(
+            vectors, min(k if whole else SHORTLIST * k, self.live_entries), params=self.params)
         rows = np.empty((len(vectors), k), dtype=np.int64)
         similarity = np.empty((len(vectors), k), dtype=np.float32)
-        for i, (vector, found) in enumerate(zip(vectors, shortlist, strict=True)):
-            found = found[found >= 0]  # -1: the probed lists held fewer products than asked
+        for i, (vector, found, scores) in enumerate(zip(vectors, shortlist, found_scores,
+                                                        strict=True)):
+            kept = found >= 0  # -1: the probed lists held fewer products than asked
+            found, scores = found[kept], scores[kept]
             if self.entry_rows is not None:
                 found = self.entry_rows[found].astype(np.int64)
             if len(found) < k:
                 self.fallbacks += 1
                 rows[i], similarity[i] = self.exact(vector, k)
             else:
-                rows[i], similarity[i] = best(found, self.cosines(vector, found), k)
+                rows[i], similarity[i] = best(
+                    found, scores if whole else self.cosines(vector, found), k)
         return rows, similarity
 
     def cosines(self, vector: np.ndarray, rows: np.ndarray) -> np.ndarray:

@@ -141,7 +141,9 @@ class TitleCounts:
         return cls(tf, lengths.astype(np.uint16))
 
 
-BLOCK = 128  # rows per block of top_k's prefilter (timed fastest of 64 to 512 at 1M products)
+# Rows a group of top_k's prefilter holds at most (of 64 to 512, 128 was fastest at 1M products).
+BLOCK = 128
+TIE_SCAN = 65_536  # rows compared a step when top_k looks for the lowest rows tied at its edge
 
 
 def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -149,51 +151,61 @@ def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     k = min(k, len(scores))
     if k <= 0:
         return np.zeros(0, dtype=np.int64), scores[:0]
-    rows = _above_kth_block_max(scores, k)
+    rows = _above_kth_group_max(scores, k)
     part = _top_k_of(scores[rows], k)
     return rows[part], scores[rows[part]]
 
 
-def _above_kth_block_max(scores: np.ndarray, k: int) -> np.ndarray:
+def _above_kth_group_max(scores: np.ndarray, k: int) -> np.ndarray:
     """Ascending rows that hold the k best scores and, where the k-th is tied, the lowest rows
     tied with it, found without partitioning the whole array: at a million products a
-    partition or a full `scores > 0` scan costs more than the rest of a query's BM25. The k-th
-    largest of the blocks' maxima is a lower bound on the k-th largest score (k blocks each
-    hold a score at least that high): every row above it is in a block whose maximum is above
-    it, and the rows equal to it are taken lowest first, only as many as can be needed."""
-    blocks = -(-len(scores) // BLOCK)
-    if blocks < 4 * k:
+    partition or a full `scores > 0` scan costs more than the rest of a query's BM25. The rows
+    fall into groups of at most BLOCK, and the k-th largest of the groups' maxima is a lower
+    bound on the k-th largest score (k groups each hold a score at least that high): every row
+    above it is in a group whose maximum is above it, and the rows equal to it are taken lowest
+    first, only as many as can be needed. A group is a stripe, rows j, j + G, j + 2G, … (G
+    groups): its maxima are then an elementwise maximum over BLOCK contiguous slices, which
+    numpy vectorises, 3× faster at a million rows than contiguous blocks' `reduceat`."""
+    groups = -(-len(scores) // BLOCK)
+    if groups < 4 * k:
         return np.arange(len(scores))
-    # reduceat, not reshape(-1, BLOCK).max(axis=1): one faster pass, and the ragged last block
-    # needs no case of its own.
-    maxima = np.maximum.reduceat(scores, np.arange(0, len(scores), BLOCK))
+    bands = len(scores) // groups  # complete stripes' rows: group j holds j + groups · band
+    maxima = scores[:bands * groups].reshape(bands, groups).max(axis=0)
+    tail = scores[bands * groups:]  # the last, partial band: groups 0 .. len(tail) - 1
+    np.maximum(maxima[:len(tail)], tail, out=maxima[:len(tail)])
     bound = np.partition(maxima, len(maxima) - k)[len(maxima) - k]
     above = _rows_of(np.flatnonzero(maxima > bound), len(scores))
     above = above[scores[above] > bound]
-    # A row equal to the bound lies in a block whose maximum is at least the bound.
+    # A row equal to the bound lies in a group whose maximum is at least the bound.
     tied = _lowest_equal(scores, np.flatnonzero(maxima >= bound), bound, k - len(above))
     return np.union1d(above, tied)
 
 
-def _rows_of(blocks: np.ndarray, size: int) -> np.ndarray:
-    """The rows of the given blocks, ascending where the blocks are."""
-    rows = (blocks[:, None] * BLOCK + np.arange(BLOCK)).ravel()
+def _rows_of(groups: np.ndarray, size: int) -> np.ndarray:
+    """The rows of the given groups (stripes of a catalogue of `size` rows), in no order."""
+    stride = -(-size // BLOCK)
+    rows = (groups[:, None] + stride * np.arange(BLOCK)).ravel()
     return rows[rows < size]
 
 
-def _lowest_equal(scores: np.ndarray, blocks: np.ndarray, value: float, n: int) -> np.ndarray:
-    """The n lowest rows whose score equals `value`, among the rows of `blocks` (ascending),
-    read 64 blocks at a time: a tie at BM25's zero is usually in the first, one above zero in
-    the few blocks whose maximum reaches it (not a pass over every row of the catalogue)."""
+def _lowest_equal(scores: np.ndarray, groups: np.ndarray, value: float, n: int) -> np.ndarray:
+    """The n lowest rows whose score equals `value`, all of which lie in `groups`. Few groups
+    (a tie among a few titles): their rows are read. Many (a tie at BM25's zero, or among
+    thousands of titles): the scores are read from row 0 on, TIE_SCAN at a time, until n are
+    found, which the tie's frequency makes soon, without a pass over the whole catalogue."""
+    if n <= 0:
+        return np.zeros(0, dtype=np.int64)
+    if len(groups) * BLOCK <= TIE_SCAN:
+        rows = _rows_of(groups, len(scores))
+        return np.sort(rows[scores[rows] == value])[:n]
     found: list[np.ndarray] = []
-    for start in range(0, len(blocks), 64):
-        if n <= 0:
-            break
-        rows = _rows_of(blocks[start:start + 64], len(scores))
-        rows = rows[scores[rows] == value][:n]
+    for start in range(0, len(scores), TIE_SCAN):
+        rows = start + np.flatnonzero(scores[start:start + TIE_SCAN] == value)[:n]
         found.append(rows)
         n -= len(rows)
-    return np.concatenate(found) if found else np.zeros(0, dtype=np.int64)
+        if n <= 0:
+            break
+    return np.concatenate(found)
 
 
 def _top_k_of(scores: np.ndarray, k: int) -> np.ndarray:

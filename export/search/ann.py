@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -49,11 +50,12 @@ KEY_CHUNK = 65_536  # rows hashed a block (bounded memory)
 @dataclass(frozen=True)
 class AnnParams:
     """An index's kind and settings. The defaults are the sweep's pick on the 1M catalogue
-    (benchmarks/reports/ann_sweep.md, 2026-12-07): HNSW16,SQfp16 at efSearch 512, recall@100
-    0.964 against exact, 912 bytes a product that serve as the product vectors too. The 8-bit
-    indexes (HNSW32,SQ8: 0.970 at efSearch 512; IVF4000,SQ8: 0.962 at nprobe 256) are as fast
-    or faster, but read the 1,536-byte float32 rows besides, which a million products cannot
-    afford in 4 GiB over two model copies."""
+    (benchmarks/reports/ann_sweep.md, 2026-12-07, graphs built at efConstruction 200):
+    HNSW32,SQfp16 at efSearch 192, recall@100 0.967 against exact, 1,040 bytes a product that
+    serve as the product vectors too; HNSW16,SQfp16 (0.970 at efSearch 256) is as fast. The
+    8-bit indexes (HNSW32,SQ8: 0.967 at efSearch 192; IVF4000,SQ8: 0.962 at nprobe 256) read
+    the 1,536-byte float32 rows besides, which a million products cannot afford in 4 GiB over
+    two model copies. A graph built at efConstruction 80 needed efSearch 512 for 0.964."""
 
     index_type: str = "hnsw_fp16"
     nlist: int | None = None  # IVF: inverted lists (k-means cells); None: nlist_per_root · √N
@@ -61,9 +63,9 @@ class AnnParams:
     nprobe: int = 256  # IVF: lists visited a query
     pq_m: int = 48  # IVF-PQ: sub-quantisers (must divide d)
     pq_bits: int = 8  # IVF-PQ: bits a sub-quantiser code
-    hnsw_m: int = 16  # HNSW: neighbours a node
-    ef_construction: int = 80  # HNSW: candidate list length while adding
-    ef_search: int = 512  # HNSW: candidate list length a query
+    hnsw_m: int = 32  # HNSW: neighbours a node
+    ef_construction: int = 200  # HNSW: candidate list length while adding
+    ef_search: int = 192  # HNSW: candidate list length a query
     train_size: int = 100_000  # IVF: rows sampled to train on
     seed: int = 0
 
@@ -180,6 +182,7 @@ def build_ann_index(embeddings: np.ndarray, path: str | Path,
                                                    params.ef_construction)
     else:
         faiss.extract_index_ivf(index).cp.seed = params.seed  # the coarse k-means
+    faiss.omp_set_num_threads(os.cpu_count() or 1)  # as add_in_chunks
     if not index.is_trained:  # IVF's lists and codes, HNSW-SQ8's code ranges
         index.train(training_sample(embeddings, params.train_size, params.seed))
     trained = time.perf_counter()
@@ -206,7 +209,7 @@ def update_ann_index(previous: str | Path, embeddings: np.ndarray, path: str | P
     previous, path = Path(previous), Path(path)
     products, dim = embeddings.shape
     params.check(products, dim)
-    old = _updatable(previous, params.factory(products), dim)
+    old = _updatable(previous, params, products, dim)
     if old is None:
         return None
     record, entry_keys, entry_rows = old
@@ -231,15 +234,18 @@ def update_ann_index(previous: str | Path, embeddings: np.ndarray, path: str | P
     return report
 
 
-def _updatable(folder: Path, factory: str, dim: int
+def _updatable(folder: Path, params: AnnParams, products: int, dim: int
                ) -> tuple[AnnRecord, np.ndarray, np.ndarray] | None:
     """The record, entry keys and entry rows of the index in `folder`, where it is intact and
-    of this factory and dimension."""
+    of these parameters' factory and dimension (and, a graph, built at their efConstruction:
+    the vectors added go in at the graph's own, and a graph of another is rebuilt whole)."""
     index_path, keys_path = folder / artefacts.ANN_INDEX, folder / artefacts.ANN_KEYS
     rows_path = folder / artefacts.ANN_ROWS
     try:
         record = AnnRecord.load(record_path(index_path))
-        if record.factory != factory or record.dim != dim or record.keys_sha256 is None:
+        if record.factory != params.factory(products) or record.dim != dim or \
+                record.keys_sha256 is None or \
+                (params.graph and record.ef_construction != params.ef_construction):
             return None
         check_sha256(index_path, record.sha256)
         check_sha256(keys_path, record.keys_sha256)
@@ -313,7 +319,11 @@ def save_index(index: faiss.Index, path: Path, keys: np.ndarray,
 
 def add_in_chunks(index: faiss.Index, embeddings: np.ndarray, progress: bool,
                   rows: np.ndarray | None = None) -> None:
-    """Add `embeddings` (its `rows` only, where given) to the index, ADD_CHUNK at a time."""
+    """Add `embeddings` (its `rows` only, where given) to the index, ADD_CHUNK at a time, on
+    every core."""
+    # FAISS's thread count is the process's: a search before (AnnIndex.search sets one thread,
+    # as a served copy runs) would otherwise leave the build on one core, twice as long.
+    faiss.omp_set_num_threads(os.cpu_count() or 1)
     total = len(embeddings) if rows is None else len(rows)
     starts = range(0, total, ADD_CHUNK)
     if progress:
@@ -327,8 +337,8 @@ def add_in_chunks(index: faiss.Index, embeddings: np.ndarray, progress: bool,
 
 def write_record(report: AnnReport, params: AnnParams) -> None:
     """The record the server reads (core/search/ann.py AnnRecord) plus the build's report."""
-    search = ({"ef_search": params.ef_search} if params.graph
-              else {"nprobe": params.nprobe})
+    search = ({"ef_search": params.ef_search, "ef_construction": params.ef_construction}
+              if params.graph else {"nprobe": params.nprobe})
     folder = Path(report.path).parent
     entries = {"entries": report.entries,
                "rows_sha256": artefacts.file_sha256(folder / artefacts.ANN_ROWS)

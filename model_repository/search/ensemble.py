@@ -121,9 +121,9 @@ class ServingOptions:
     tensorrt_engine: str | None = None
     # GPU: the folder (in the container) where TensorRT engines are cached across restarts.
     engine_cache: str = "/engines"
-    # Dense retrieval: "exact" (the ONNX graph over every product), "ann" (a FAISS index,
-    # rescored exactly: core/search/ann.py) or "auto": ANN from ann.EXACT_BELOW products on,
-    # where the sweep found it faster at recall@100 ≥ 0.97 (benchmarks/reports/ann_sweep.md).
+    # Dense retrieval: "exact" (the ONNX graph over every product), "ann" (a FAISS index:
+    # core/search/ann.py) or "auto": ANN from ann.EXACT_BELOW products on, where the sweep
+    # found it faster at recall@100 ≥ 0.96 (benchmarks/reports/ann_sweep.md).
     # The GPU repository retrieves exactly, on the GPU.
     retrieval: str = "auto"
     # A catalogue that `fusionrank catalogue apply` changes while it serves (the `catalogue`

@@ -140,7 +140,8 @@ class Retrieve:
     ONNX graph (ONNX Runtime's MLAS kernels handle a dynamic batch of queries far faster than
     numpy's BLAS here, and the same graph runs unchanged on Triton's onnxruntime or TensorRT
     backends on a GPU; INT8: an 8-bit shortlist rescored exactly), or for a large catalogue a
-    FAISS index whose shortlist is rescored exactly the same way.
+    FAISS index (core/search/ann.py: float16 vectors answering their own cosines, or 8-bit
+    codes whose shortlist is rescored exactly the same way).
 
     With a live catalogue, Retrieve is the step that reads a newly published state before a
     batch (`LiveSource.refresh`); ScoreCandidates and Rank, after it in the same process,

@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import re
 import shutil
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
 from fusionrank.core import artefacts
-from fusionrank.core.search.ann import SHORTLIST, AnnIndex, IndexVectors, record_path
+from fusionrank.core.search.ann import SHORTLIST, AnnIndex, AnnRecord, IndexVectors, record_path
 from fusionrank.core.search.runtime import dense_candidates
 from fusionrank.export.search import retrieval
 from fusionrank.export.search.ann import (
@@ -262,9 +263,17 @@ def test_too_many_stale_entries_mean_a_whole_build(catalogue, tmp_path):
     changed[:int(share * len(embeddings))] *= -1
     assert update_ann_index(tmp_path, changed, tmp_path / "new.faiss", params,
                             progress=False) is None
-    # Another kind of index, or one without its keys, is not updated either.
+    # Another kind of index, a graph built at another efConstruction (the record would name
+    # a graph it is not), or one without its keys, is not updated either.
     assert update_ann_index(tmp_path, embeddings, tmp_path / "new.faiss",
                             AnnParams("hnsw", hnsw_m=16), progress=False) is None
+    assert AnnRecord.load(tmp_path / artefacts.ANN_RECORD).ef_construction == \
+        params.ef_construction
+    assert update_ann_index(tmp_path, embeddings, tmp_path / "new.faiss",
+                            replace(params, ef_construction=params.ef_construction + 1),
+                            progress=False) is None
+    assert update_ann_index(tmp_path, embeddings, tmp_path / "same.faiss", params,
+                            progress=False) is not None
     (tmp_path / artefacts.ANN_KEYS).unlink()
     assert update_ann_index(tmp_path, embeddings, tmp_path / "new.faiss", params,
                             progress=False) is None
@@ -337,6 +346,10 @@ def test_a_float16_index_serves_as_the_product_vectors(catalogue, tmp_path):
     cosine = np.einsum("qkd,qd->qk", embeddings[found], queries)
     np.testing.assert_allclose(similarity, cosine, atol=2e-3)
     assert (np.diff(similarity, axis=1) <= 0).all()
+    # FAISS's own inner products answer (nothing rescores them): the cosines of the very
+    # vectors the ranker's features read.
+    np.testing.assert_allclose(
+        similarity, np.einsum("qkd,qd->qk", index.vectors[found], queries), atol=1e-6)
     # ... and the exact fallback too (a query the index finds too few products for).
     rows, similarity = index.exact(queries[0], 10)
     exact_rows, exact_similarity = dense_candidates(embeddings, queries[:1], 10)

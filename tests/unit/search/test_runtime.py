@@ -249,11 +249,14 @@ def test_top_k_breaks_ties_by_row():
 
 
 @pytest.mark.parametrize(("size", "positive"), [(1000, 3), (1000, 40), (1000, 200),
-                                              (1000, 900), (50_003, 150), (50_003, 30_000)])
+                                              (1000, 900), (50_003, 150), (50_003, 30_000),
+                                              (200_003, 400), (200_003, 20_000)])
 def test_top_k_of_mostly_zero_scores_is_the_sorted_order(size, positive):
     # BM25-like: most rows 0, and ties (scores on a coarse grid) among the rest; the k best
     # are the first k of every row sorted by score, then row, whichever path top_k takes
-    # (at 50,003 rows, not a whole number of blocks, the block-maximum prefilter runs).
+    # (from 50,003 rows, not a whole number of groups, the group-maximum prefilter runs; the
+    # tie at the k-th is found among a few groups' rows at 200,003 rows and 400 positive, by
+    # a scan from row 0 where thousands of rows or the zeros tie).
     rng = np.random.default_rng(positive)
     scores = np.zeros(size, dtype=np.float32)
     scores[rng.choice(size, positive, replace=False)] = rng.integers(1, 6, positive) / 2
