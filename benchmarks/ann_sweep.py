@@ -365,14 +365,13 @@ def main() -> None:
             import json
 
             report = json.loads(args.crossover_again.read_text())
-            best = Row(**report["picked"])
-            report["picked_params"] = asdict(params_of(best, len(embeddings)))
+            best = params_of(Row(**report["picked"]), len(embeddings))
+            report["picked_params"] = asdict(best)
             queries = encoded_queries(report["queries"], args.encoder)
-            report["crossover"] = crossover(embeddings, queries, params_of(best, len(embeddings)),
-                                            folder, args.crossover_up_to)
+            report["crossover"] = crossover(embeddings, queries, best, folder,
+                                            args.crossover_up_to)
             report["notes"].append(f"crossover timed again on {stamp()['date']} against the "
-                                   "pick (`--crossover-again`): the first timing built the pick "
-                                   "with another number of HNSW neighbours")
+                                   "pick (`--crossover-again`)")
             report["ann_pays_from"] = ann_pays_from(report["crossover"])
             save_report(args.name, report, report_text(report))
             return

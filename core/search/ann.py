@@ -165,8 +165,8 @@ def stored_vectors(index: faiss.Index) -> tuple[np.ndarray, faiss.Index | None]:
 class IndexVectors:
     """The catalogue's product vectors by row, as an index that keeps them whole stores them
     (`AnnRecord.stores_vectors`): `vectors[rows]` is float32 [len(rows), d], read from the
-    index's float16 codes. Row-indexed like the float32 embeddings it stands in for (integer
-    arrays and slices), so the feature sources read it unchanged."""
+    index's codes (float16, decoded; or float32). Row-indexed like the float32 embeddings it
+    stands in for (integer arrays and slices), so the feature sources read it unchanged."""
 
     def __init__(self, index: faiss.Index, entry_rows: np.ndarray | None, products: int,
                  path: Path):

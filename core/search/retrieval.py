@@ -8,9 +8,9 @@ A build writes one of two indexes (app/build.py decides by the catalogue's size,
 - exact, an ONNX graph (export/search/retrieval.py): RETRIEVAL_INT8 (an 8-bit shortlist of
   every product, rescored exactly against the memory-mapped embeddings it is fed) or
   RETRIEVAL (float32 MatMul + TopK);
-- approximate, a FAISS index (ANN_INDEX, core/search/ann.py), its shortlist rescored from the
-  product vectors (the float32 embeddings, or the index's own float16 vectors where it keeps
-  them whole).
+- approximate, a FAISS index (ANN_INDEX, core/search/ann.py): one that keeps its vectors whole
+  (float16) answers with its own inner products, an 8-bit one's shortlist is rescored exactly
+  against the float32 embeddings.
 Both answer each query's k best rows with their cosine, best first. The Retrieve step serves
 this object, and `fusionrank evaluate --scale` ranks with it: what is served is what is
 evaluated. `product_vectors` is what the ranker's features read of each product's vector.
