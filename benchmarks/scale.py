@@ -6,6 +6,7 @@ distractors; each size a prefix of the next).
     python -m benchmarks.scale change --products 250000             # then a 1 % change
     python -m benchmarks.scale serve --products 250000              # server memory and speed
     python -m benchmarks.scale serve --products 250000 --one-ranker # the same, one ranker copy
+    python -m benchmarks.scale compare --products 1000000           # against 45,782, in rounds
     python -m benchmarks.scale report --quality EVALUATION.json     # scale.md/.json + a plot
 
 Each phase writes its figures to WORK/<phase>-<products>.json with its own command, date and
@@ -24,6 +25,11 @@ takes most of an hour on two cores, and a row is then redone without redoing the
   cache (as on a server up a while), response cache off; memory (RSS and PSS of
   tritonserver and its model processes) when ready and its peak under load; perf_analyzer at
   concurrency 1 and 8 over distinct real Home Depot queries.
+- compare: the speed targets are ratios to the 45,782-product figures, and a size's q/s here
+  moves by up to a fifth between runs minutes apart, more than the targets' margins. Both sizes are
+  served at once and measured in turn, round after round, the order alternating (ABBA…), so
+  each round's ratio compares two windows a minute apart; the report gives every round and
+  their median.
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
@@ -203,6 +210,38 @@ def run_serve(args: argparse.Namespace) -> None:
         "load": [vars(r) for r in results], "load_average_after": load_average()})
 
 
+def run_compare(args: argparse.Namespace) -> None:
+    from benchmarks.search_benchmark import load_levels, perf_analyzer_input
+    from fusionrank.app.serve import TritonServer
+
+    sizes = (args.against, args.products)
+    queries = benchmark_queries(args.queries)
+    with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
+        data = perf_analyzer_input(queries, Path(tmp) / "queries.json")
+        servers, peaks = {}, {}
+        for products in sizes:
+            repository = args.work / f"build-{products}" / "model_repository"
+            warm_page_cache(repository)
+            log = stack.enter_context((args.work / f"compare-{products}.log").open("w"))
+            servers[products] = stack.enter_context(TritonServer(repository, log=log,
+                                                                 cache_mib=0))
+            peaks[products] = PeakMemoryShares(servers[products].process.pid)
+            peaks[products].start()
+        rounds = []
+        for number in range(args.rounds):
+            order = sizes if number % 2 == 0 else sizes[::-1]
+            rounds.append({"order": list(order), "load": {
+                str(n): [vars(r) for r in load_levels(servers[n], data, [1, 8], args.seconds,
+                                                      "distinct")] for n in order}})
+        for peak in peaks.values():
+            peak.stop()
+    save_phase(args.work, "compare", args.products, {
+        "products": args.products, "against": args.against, "queries": len(queries),
+        "seconds": args.seconds, "rounds": rounds,
+        "memory_peak_mib": {str(n): peak.peak for n, peak in peaks.items()},
+        "load_average_after": load_average()})
+
+
 def warm_page_cache(repository: Path) -> int:
     """Read every file the repository serves (through its links) once, so each size is
     measured with its artefacts in the page cache, as on a server that has been up a while:
@@ -248,7 +287,7 @@ def save_phase(work: Path, phase: str, products: int, figures: dict) -> None:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     phases = parser.add_subparsers(dest="phase", required=True)
-    for name in ("build", "change", "serve"):
+    for name in ("build", "change", "serve", "compare"):
         phase = phases.add_parser(name)
         phase.add_argument("--products", type=int, required=True)
         phase.add_argument("--work", type=Path, default=WORK)
@@ -264,10 +303,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                     "build (its cold run), the artefact bytes from WORK/build-N "
                                     "as it is now: after a rebuild in place that changed only "
                                     "its ANN index")
-        elif name == "serve":
+        if name in ("serve", "compare"):
             phase.add_argument("--seconds", type=float, default=20.0,
                                help="perf_analyzer's measurement window")
             phase.add_argument("--queries", type=int, default=QUERIES)
+        if name == "compare":
+            phase.add_argument("--against", type=int, default=SIZES[0],
+                               help="the size the targets' ratios divide by")
+            phase.add_argument("--rounds", type=int, default=5)
+        elif name == "serve":
             phase.add_argument("--one-ranker", action="store_true",
                                help="serve the build as --layout two with one ranker copy of "
                                     "two threads (WORK/serve-one-ranker-N.json)")
@@ -290,6 +334,8 @@ def main(argv: list[str] | None = None) -> int:
         run_change(args)
     elif args.phase == "serve":
         run_serve(args)
+    elif args.phase == "compare":
+        run_compare(args)
     else:
         from benchmarks.scale_report import write_scale_report
 

@@ -5,6 +5,7 @@ and an estimate for 10M and 100M products from the measured per-product figures.
 from __future__ import annotations
 
 import json
+import statistics
 from pathlib import Path
 
 from benchmarks.harness import REPORTS, heading, portable, save_report, stamp, table
@@ -93,7 +94,34 @@ def size_row(products: int, build: dict | None, serve: dict | None, quality: dic
     return row
 
 
-def targets(rows: list[dict]) -> list[tuple[str, str, bool]]:
+def compared_rounds(compare: dict | None) -> dict:
+    """The compare phase (benchmarks/scale.py): each round's c=8 q/s and c=1 p50 of both
+    sizes and their ratios (the larger over the smaller), their medians, and the larger
+    server's memory peak over all rounds; {} where the phase did not run."""
+    if not compare:
+        return {}
+    small, large = str(compare["against"]), str(compare["products"])
+    rounds = []
+    for number, measured in enumerate(compare["rounds"], 1):
+        figures = {size: (load(measured["load"][size], "distinct c=8")["throughput_qps"],
+                          load(measured["load"][size], "distinct c=1")["p50_ms"])
+                   for size in (small, large)}
+        rounds.append({"round": number, "first": int(measured["order"][0]),
+                       "qps_c8": [figures[small][0], figures[large][0]],
+                       "p50_c1_ms": [figures[small][1], figures[large][1]],
+                       "qps_ratio": figures[large][0] / figures[small][0],
+                       "p50_ratio": figures[large][1] / figures[small][1]})
+    return {"against": int(small), "products": int(large), "seconds": compare["seconds"],
+            "rounds": rounds,
+            "qps_ratio": statistics.median(r["qps_ratio"] for r in rounds),
+            "p50_ratio": statistics.median(r["p50_ratio"] for r in rounds),
+            "rss_peak_gib": round(compare["memory_peak_mib"][large]["rss"] / 1024, 2),
+            "pss_peak_gib": round(compare["memory_peak_mib"][large]["pss"] / 1024, 2)}
+
+
+def targets(rows: list[dict], rounds: dict | None = None) -> list[tuple[str, str, bool]]:
+    """The issue's targets against the rows; the speed ratios from the alternating rounds
+    (their median) where they ran, and the memory peak the higher of both phases'."""
     small, large = rows[0], rows[-1]
     out = []
 
@@ -101,10 +129,22 @@ def targets(rows: list[dict]) -> list[tuple[str, str, bool]]:
         out.append((name, value, ok))
 
     if "rss_peak_gib" in large:
+        rss, pss = large["rss_peak_gib"], large["pss_peak_gib"]
+        if rounds and rounds["rss_peak_gib"] > rss:
+            rss, pss = rounds["rss_peak_gib"], rounds["pss_peak_gib"]
         check(f"server RSS at peak under load ≤ {TARGETS['rss_gib']} GiB at {large['products']:,}",
-              f"{large['rss_peak_gib']} GiB (PSS {large['pss_peak_gib']})",
-              large["rss_peak_gib"] <= TARGETS["rss_gib"])
-    if "qps_c8" in large and "qps_c8" in small:
+              f"{rss} GiB (PSS {pss})", rss <= TARGETS["rss_gib"])
+    if rounds:
+        for key, name, meets in (
+                ("qps_ratio", f"q/s at c=8 ≥ {TARGETS['throughput_ratio']}×",
+                 lambda r: r >= TARGETS["throughput_ratio"]),
+                ("p50_ratio", f"p50 at c=1 ≤ {TARGETS['p50_ratio']}×",
+                 lambda r: r <= TARGETS["p50_ratio"])):
+            each = [r[key] for r in rounds["rounds"]]
+            check(f"{name} the {rounds['against']:,} figure (median of the alternating rounds)",
+                  f"{rounds[key]:.2f}× (rounds {min(each):.2f}-{max(each):.2f}, met in "
+                  f"{sum(meets(r) for r in each)} of {len(each)})", meets(rounds[key]))
+    elif "qps_c8" in large and "qps_c8" in small:
         ratio = large["qps_c8"] / small["qps_c8"]
         check(f"q/s at c=8 ≥ {TARGETS['throughput_ratio']}× the {small['products']:,} figure",
               f"{ratio:.2f}× ({large['qps_c8']:.0f} / {small['qps_c8']:.0f})",
@@ -218,10 +258,12 @@ def write_scale_report(work: Path, quality_file: Path, sizes: tuple[int, ...],
     serves = [load_phase(work, "serve", n) for n in sizes]
     rows = [size_row(n, build, served, by_size.get(n))
             for n, build, served in zip(sizes, builds, serves, strict=True)]
+    rounds = compared_rounds(load_phase(work, "compare", sizes[-1]))
     cold = [b["build"] for b in builds if b and b["cold"] and b["build"]["embedding_seconds"]]
     rate = (sum(b["titles_embedded"] for b in cold) / sum(b["embedding_seconds"] for b in cold)
             if cold else None)
-    report = stamp() | {"rows": rows, "targets": targets(rows), "quality_command":
+    report = stamp() | {"rows": rows, "rounds": rounds, "targets": targets(rows, rounds),
+                        "quality_command":
                         quality.get("command"), "embedding_titles_per_second": rate,
                         "estimate": estimate(rows, rate), "notes": notes or [],
                         "after_change": [size_row(c["products"], None, None, c) | {
@@ -232,6 +274,29 @@ def write_scale_report(work: Path, quality_file: Path, sizes: tuple[int, ...],
     plot(rows, REPORTS / "scale.png")
     save_report("scale", report, markdown(report))
     return report
+
+
+def rounds_section(report: dict) -> list[str]:
+    """compared_rounds as a table: the speed targets' evidence."""
+    rounds = report.get("rounds") or {}
+    if not rounds:
+        return []
+    small, large = f"{rounds['against']:,}", f"{rounds['products']:,}"
+    return [f"\n## Speed against {small} products, in alternating rounds\n",
+            f"Both servers up at once, each measured in turn ({rounds['seconds']:.0f} s "
+            "perf_analyzer windows, distinct queries, cache off), the order alternating "
+            "round by round (`python -m benchmarks.scale compare`). The speed targets take "
+            "the median of the rounds' ratios.\n",
+            table(["round", "first", f"q/s c=8, {small}", f"q/s c=8, {large}", "ratio",
+                   f"p50 c=1 (ms), {small}", f"p50 c=1 (ms), {large}", "ratio"],
+                  [[str(r["round"]), f"{r['first']:,}", f"{r['qps_c8'][0]:.0f}",
+                    f"{r['qps_c8'][1]:.0f}", f"{r['qps_ratio']:.3f}×",
+                    f"{r['p50_c1_ms'][0]:.1f}", f"{r['p50_c1_ms'][1]:.1f}",
+                    f"{r['p50_ratio']:.3f}×"] for r in rounds["rounds"]]
+                  + [["median", "", "", "", f"**{rounds['qps_ratio']:.3f}×**", "", "",
+                      f"**{rounds['p50_ratio']:.3f}×**"]]),
+            f"\nThe {large}-product server's memory at peak over all rounds: RSS "
+            f"{rounds['rss_peak_gib']} GiB, PSS {rounds['pss_peak_gib']} GiB."]
 
 
 def one_ranker_section(report: dict) -> list[str]:
@@ -331,7 +396,8 @@ def markdown(report: dict) -> str:
         heading("Scale: 45,782 to 1,000,000 products on one machine", report,
                 f"Quality: `{report['quality_command']}`"),
         "## Per catalogue size\n", main, "\n![scale](scale.png)\n", "## Targets\n", checks,
-        *resident_section(report), *one_ranker_section(report), "\n## Builds\n", builds,
+        *rounds_section(report), *resident_section(report), *one_ranker_section(report),
+        "\n## Builds\n", builds,
         *after_change_section(report),
         "\n## Quality as distractors are added (test NDCG@10)\n",
         quality, "\n## Bytes per product of each served artefact\n", artefacts,
