@@ -75,11 +75,18 @@ class TermCounts:
                           postings)
 
 
+# Postings whose scores a state keeps once computed (12 bytes each): a state serves for a second
+# or more, and its queries share their common terms.
+CACHED_POSTINGS = 1_000_000
+
+
 class LiveLexical:
     """BM25 of query terms against the live rows of a base and its deltas."""
 
     def __init__(self, segments: Sequence[TermCounts], live: np.ndarray):
         self.segments, self.live = list(segments), live
+        self._scored: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # term → its live rows, BM25
+        self._cached = 0  # postings in _scored
         lengths = np.concatenate([s.lengths for s in self.segments])
         if len(lengths) != len(live):
             raise ValueError(f"the segments hold {len(lengths)} rows, the live mask "
@@ -106,20 +113,28 @@ class LiveLexical:
         """float32 [rows]: BM25 of the terms against every live row (0 elsewhere)."""
         out = np.zeros(len(self.live), dtype=np.float32)
         for term in terms:
-            found = [posting for segment in self.segments
-                     if (posting := segment.postings.get(term)) is not None]
-            if not found:
-                continue
-            rows = np.concatenate([r for r, _ in found])
-            counts = np.concatenate([c for _, c in found])
-            keep = self.live[rows]
-            rows, counts = rows[keep], counts[keep]
-            if not len(rows):
-                continue
-            frequency = len(rows)
-            idf = np.log(1 + (self.documents - frequency + 0.5) / (frequency + 0.5))
-            out[rows] += (idf * counts / (self._norm[rows] + counts)).astype(np.float32)
+            rows, scores = self._term_scores(term)
+            out[rows] += scores
         return out
+
+    def _term_scores(self, term: str) -> tuple[np.ndarray, np.ndarray]:
+        """The live rows holding `term` and their BM25 for it (float32), computed once a
+        state while CACHED_POSTINGS allows."""
+        if (scored := self._scored.get(term)) is not None:
+            return scored
+        found = [posting for segment in self.segments
+                 if (posting := segment.postings.get(term)) is not None]
+        rows = np.concatenate([np.zeros(0, dtype=np.int64), *(r for r, _ in found)])
+        counts = np.concatenate([np.zeros(0, dtype=np.float32), *(c for _, c in found)])
+        keep = self.live[rows]
+        rows, counts = rows[keep], counts[keep]
+        frequency = len(rows)
+        idf = np.log(1 + (self.documents - frequency + 0.5) / (frequency + 0.5))
+        scored = rows, (idf * counts / (self._norm[rows] + counts)).astype(np.float32)
+        if self._cached + frequency <= CACHED_POSTINGS:
+            self._scored[term] = scored
+            self._cached += frequency
+        return scored
 
     def top(self, terms: Sequence[str], k: int) -> tuple[np.ndarray, np.ndarray]:
         """The k best live rows (best first, ties by the lower row) and their scores: where

@@ -28,7 +28,7 @@ from fusionrank.core.live.segments import LiveBase, LiveFolder, LiveState, Segme
 from fusionrank.core.product_table import ProductRows, ProductTable
 from fusionrank.core.search.features import FeatureSources
 from fusionrank.core.search.judgements import ProductPriors
-from fusionrank.core.search.lexical import LexicalIndex
+from fusionrank.core.search.lexical import LexicalIndex, top_k
 from fusionrank.core.search.live_lexical import LiveLexical, TermCounts
 from fusionrank.core.search.live_titles import TitleBase, extended, merged
 from fusionrank.core.search.runtime import SearchRuntime
@@ -195,8 +195,12 @@ class LiveRetrieval:
         rows = np.empty((len(vectors), k), dtype=np.int64)
         similarity = np.empty((len(vectors), k), dtype=np.float32)
         for q in range(len(vectors)):
-            pool = np.concatenate([base_rows[q][keep[q]].astype(np.int64), self.delta_rows])
-            scores = np.concatenate([base_similarity[q][keep[q]], delta_similarity[q]])
+            # The segments' k best (ties by the lower row: delta_rows ascend) are all of them
+            # that can make the k best, so only 2k rows are sorted, not every segment row.
+            delta, delta_scores = top_k(delta_similarity[q], k)
+            pool = np.concatenate([base_rows[q][keep[q]].astype(np.int64),
+                                   self.delta_rows[delta]])
+            scores = np.concatenate([base_similarity[q][keep[q]], delta_scores])
             best = np.lexsort((pool, -scores))[:k]
             rows[q], similarity[q] = pool[best], scores[best]
         return rows, similarity
@@ -212,13 +216,14 @@ class LiveBM25:
         self.speller = LiveSpeller(base.speller, live.frequency,
                                    live.new_terms(base.speller.vocabulary))
         self.size = len(live.live)
+        self.dead = np.flatnonzero(~live.live)  # once a state, not a pass over every row a query
 
     def query_terms(self, query: str) -> list[str]:
         return self.speller.correct(lexical_tokens(query))
 
     def scores(self, terms: list[str]) -> np.ndarray:
         scores = self.live_index.scores(terms)
-        scores[~self.live_index.live] = -1.0
+        scores[self.dead] = -1.0
         return scores
 
 

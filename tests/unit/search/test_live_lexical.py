@@ -11,6 +11,7 @@ import pytest
 
 from fusionrank.core.live.changes import parse_changes
 from fusionrank.core.live.rows import CatalogueRows
+from fusionrank.core.search import live_lexical
 from fusionrank.core.search.lexical import LexicalIndex
 from fusionrank.core.search.live_lexical import LiveLexical, TermCounts
 
@@ -22,7 +23,11 @@ def title(rng: random.Random) -> str:
     return " ".join(rng.choice(WORDS) for _ in range(rng.randint(1, 6)))
 
 
-def test_bm25_over_segments_equals_a_fresh_index_of_the_live_titles():
+@pytest.mark.parametrize("cached", [1_000_000, 40], ids=["cached", "cache-full"])
+def test_bm25_over_segments_equals_a_fresh_index_of_the_live_titles(cached, monkeypatch):
+    # A state computes a term's scores once (while its cache has room): the same answers
+    # whether a query's terms were scored before or not.
+    monkeypatch.setattr(live_lexical, "CACHED_POSTINGS", cached)
     rng = random.Random(7)
     catalogue = {f"P{i}": title(rng) for i in range(300)}
     rows = CatalogueRows.of_base(list(catalogue))
@@ -52,6 +57,7 @@ def test_bm25_over_segments_equals_a_fresh_index_of_the_live_titles():
         for terms in queries:
             scores = live.scores(terms)
             np.testing.assert_array_equal(merged.scores(terms), scores)
+            np.testing.assert_array_equal(live.scores(terms), scores)  # scored before
             expected = fresh.scores(terms)
             np.testing.assert_allclose(scores[served_rows], expected, rtol=0, atol=1e-5)
             assert not scores[~rows.live].any()  # replaced and deleted rows never score
