@@ -173,7 +173,8 @@ def build_search_repository(catalogue: Catalogue, model_dir: Path, out_dir: Path
             "distillation": json.loads((Path(student_dir) / "checkpoint.json").read_text())},
         "training_run": run_provenance(Path(run_dir)) if run_dir is not None else None,
         "index": asdict(index) | {"embeddings": str(final(files.index / names.EMBEDDINGS))},
-        "retrieval": retrieval,
+        "retrieval": retrieval | ({"ann": retrieval["ann"] | {
+            "path": str(final(Path(retrieval["ann"]["path"])))}} if "ann" in retrieval else {}),
         "ranking": asdict(FusionWeights.load(files.weights)),
         "reranker": reranked,
         "serving": asdict(options),

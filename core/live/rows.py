@@ -10,8 +10,10 @@ structure as it was. Rows are never reused or moved, so every array indexed by r
 `CatalogueRows` keeps a consistent view while the next is made: `apply` returns a new object
 and leaves this one as it was.
 
-The base's id → row dict is shared by every later view, never copied (a million ids); what
-changed since the base lives in a small overlay that compaction folds into the next base.
+The base's id → row dict and its ids by row are shared by every later view, never copied (a
+million ids: copying them took a change set 7 ms at a million products, in the catalogue model
+and in every search process); what changed since the base lives in a small overlay and the ids
+of the rows appended since, which compaction folds into the next base.
 """
 
 from __future__ import annotations
@@ -43,11 +45,12 @@ class RowChanges:
 class CatalogueRows:
     """Product ids by row, and which rows are live."""
 
-    def __init__(self, base: dict[str, int], ids: np.ndarray, live: np.ndarray,
-                 overlay: dict[str, int | None]):
+    def __init__(self, base: dict[str, int], base_ids: Sequence[str],
+                 appended: tuple[str, ...], live: np.ndarray, overlay: dict[str, int | None]):
         self._base = base  # id → row in the base (shared, read only)
+        self._base_ids = base_ids  # each base row's product id (shared, read only)
+        self.appended = appended  # each row's product id after the base's, dead rows too
         self._overlay = overlay  # id → its row since the base, or None: deleted
-        self.ids = ids  # object [rows]: each row's product id, dead rows too
         self.live = live  # bool [rows]
 
     @classmethod
@@ -55,7 +58,7 @@ class CatalogueRows:
         base = {product_id: row for row, product_id in enumerate(ids)}
         if len(base) != len(ids):
             raise ValueError("a base catalogue holds each product id once")
-        return cls(base, np.asarray(ids, dtype=object), np.ones(len(ids), dtype=bool), {})
+        return cls(base, list(ids), (), np.ones(len(ids), dtype=bool), {})
 
     @classmethod
     def of_table(cls, table: ProductTable) -> CatalogueRows:
@@ -65,7 +68,12 @@ class CatalogueRows:
     @property
     def rows(self) -> int:
         """Rows so far, dead ones included (the length of every row-indexed array)."""
-        return len(self.ids)
+        return len(self._base_ids) + len(self.appended)
+
+    def id_of(self, row: int) -> str:
+        """The product id of a row, dead or live."""
+        base = len(self._base_ids)
+        return self._base_ids[row] if row < base else self.appended[row - base]
 
     @property
     def products(self) -> int:
@@ -87,7 +95,7 @@ class CatalogueRows:
 
     def live_ids(self) -> dict[str, int]:
         """Every live product's row (a full pass: for checks and compaction, not requests)."""
-        return {str(self.ids[row]): int(row) for row in np.flatnonzero(self.live)}
+        return {str(self.id_of(row)): int(row) for row in np.flatnonzero(self.live)}
 
     def apply(self, changes: ChangeSet, updated: Collection[str] = ()
               ) -> tuple[CatalogueRows, RowChanges]:
@@ -110,6 +118,6 @@ class CatalogueRows:
         overlay.update(dict.fromkeys(report.deleted))
         live = np.concatenate([self.live, np.ones(len(added), dtype=bool)])
         live[killed] = False
-        ids = np.concatenate([self.ids, np.asarray(list(added), dtype=object)])
-        return (CatalogueRows(self._base, ids, live, overlay),
+        return (CatalogueRows(self._base, self._base_ids, self.appended + tuple(added), live,
+                              overlay),
                 RowChanges(added, np.sort(np.asarray(killed, dtype=np.int64)), report, kept))

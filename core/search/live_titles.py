@@ -5,7 +5,8 @@ the catalogue-wide statistics taken over the live rows only.
 - per title: its terms, head phrase, first term, adjacent pairs and character trigrams, as ids.
   These never change for a row, so a delta's titles are parsed alone (a tenth of a second per
   thousand titles, where parsing the whole Home Depot catalogue again takes four seconds) and
-  appended to the base's; the base keeps its ids, the delta's new terms get the next ones;
+  read after the base's without copying them (`on_base`): the base keeps its ids, the delta's
+  new terms, pairs and trigram buckets get the next ones;
 - over the catalogue: each trigram bucket's IDF (and so each title's trigram norm), each term's
   vector (the mean embedding of the titles holding it) and IDF. These move with the live rows:
   a replaced or deleted title counts for nothing, as it would not exist in a fresh build of the
@@ -26,15 +27,23 @@ from __future__ import annotations
 
 import functools
 import itertools
+from collections import ChainMap
 from collections.abc import Sequence
 
 import numpy as np
 from scipy import sparse
 
-from fusionrank.core.search.ragged import Ragged, smallest_unsigned
+from fusionrank.core.search.ragged import (
+    Ragged,
+    RaggedStack,
+    SortedParts,
+    Stacked,
+    find_sorted,
+    smallest_unsigned,
+)
 from fusionrank.core.search.term_vectors import TermVectors
 from fusionrank.core.search.title_terms import TitleTerms
-from fusionrank.core.search.trigrams import CHAR_BUCKETS, norms_of
+from fusionrank.core.search.trigrams import CHAR_BUCKETS, log_table, norms_of
 
 # A term held by more base titles than this ("in", "white", "steel"...) has its vector moved
 # by a change set rather than summed again over every holder: its sum (float64) loses the
@@ -44,6 +53,9 @@ from fusionrank.core.search.trigrams import CHAR_BUCKETS, norms_of
 EXACT_UP_TO = 100
 SUM_CHUNK = 256  # terms summed again at a time (`_summed_again`)
 ROW_BLOCK = 65_536  # base rows a block when the common terms' sums are computed
+# A live catalogue's pair key is a·WIDE + b for term ids a and b (int32): a key over the
+# vocabulary's size, as a base's are, would change with every new term.
+WIDE = 1 << 31
 
 
 class TitleBase:
@@ -53,6 +65,11 @@ class TitleBase:
                  exact_up_to: int = EXACT_UP_TO):
         self.titles, self.vectors, self.embeddings = titles, vectors, embeddings
         self.rows, self.exact_up_to = titles.products, exact_up_to
+
+    def warm(self) -> None:
+        """Every cached structure below, computed now."""
+        _ = (self.common, self.char_df, self.holders, self.pair_keys, self.term_rows,
+             self.count_ceiling)
 
     @functools.cached_property
     def common(self) -> tuple[np.ndarray, np.ndarray]:
@@ -80,6 +97,29 @@ class TitleBase:
                            minlength=len(self.titles.char_buckets))
 
     @functools.cached_property
+    def pair_keys(self) -> np.ndarray:
+        """int64: the base's pair keys as a·WIDE + b, in the order of its keys (a·V + b over
+        its vocabulary's size V orders pairs as WIDE does), so its pair ids stay."""
+        first, second = np.divmod(np.asarray(self.titles.bigram_keys, dtype=np.int64),
+                                  len(self.titles.vocabulary))
+        return first * WIDE + second
+
+    @functools.cached_property
+    def term_rows(self) -> np.ndarray:
+        """int64 [base vocabulary]: each base term's row of the base's term vectors (-1: in no
+        title)."""
+        titles, served = self.titles, self.vectors
+        rows = np.full(len(titles.vocabulary), -1, dtype=np.int64)
+        for term, row in served.index.items():
+            rows[titles.index[term]] = row
+        return rows
+
+    @functools.cached_property
+    def count_ceiling(self) -> int:
+        """The most times a trigram occurs in one base title."""
+        return int(self.titles.char_counts.max(initial=1))
+
+    @functools.cached_property
     def holders(self) -> Ragged:
         """Per base term vector row: the base rows holding its term, ascending."""
         terms = self.vectors.title_terms
@@ -98,7 +138,7 @@ def extended(base: TitleBase, delta: TitleTerms, live: np.ndarray, embeddings,
     rows, then the new ones). `previous`: the live mask and term vectors of a state this one
     extends (its rows are a beginning of these): a base term whose holders did not change
     since keeps its vector from there rather than being summed again."""
-    terms, delta_ids = merged(base.titles, delta)
+    terms, delta_ids = on_base(base, delta)
     if len(live) != terms.products:
         raise ValueError(f"the live mask covers {len(live)} rows, the titles {terms.products}")
     _live_trigram_statistics(base, terms, live)
@@ -123,7 +163,8 @@ class RowNorms:
             vectors = self.titles.char_vectors
             entries, _ = vectors.gather(wanted)
             indptr = np.concatenate([[0], np.cumsum(vectors.lengths(wanted))])
-            buckets = self.titles.char_buckets[vectors.ids[entries]].astype(np.int64)
+            buckets = np.asarray(self.titles.char_buckets)[vectors.ids[entries]].astype(
+                np.int64)
             counts = np.asarray(self.titles.char_counts[entries], dtype=np.int64)
             self.known[wanted] = norms_of(indptr, buckets, counts, self.titles.idf)
         return self.known[rows]
@@ -151,10 +192,56 @@ class RowOverlay:
         return out
 
 
+def on_base(base: TitleBase, delta: TitleTerms) -> tuple[TitleTerms, np.ndarray]:
+    """The base's rows, then the delta's, the base's arrays read where they are (RaggedStack,
+    Stacked): the base keeps its term ids, pair ids and trigram columns, the delta's new terms,
+    pairs and buckets take the next ones (SortedParts). Time and memory follow the delta, not
+    the base: restacking every base title's arrays (`merged`) cost a search process 0.08 s a
+    state at 45,782 products and 0.3-2.3 s and ~1.2 GiB of temporaries at a million
+    (benchmarks/reports/live_state_build.md has what it costs now). Also answers the delta's
+    term ids in the live vocabulary."""
+    titles = base.titles
+    out = TitleTerms.__new__(TitleTerms)
+    new_terms = sorted(set(delta.vocabulary) - titles.index.keys())
+    out.vocabulary = [*titles.vocabulary, *new_terms]
+    out.index = ChainMap({term: len(titles.vocabulary) + i for i, term in enumerate(new_terms)},
+                         titles.index)
+    ids = np.array([out.index[t] for t in delta.vocabulary], dtype=np.int64)
+    out.surface = ChainMap(titles.surface, delta.surface)  # the base's written forms first
+    for name, keep_order in (("title_ids", False), ("head_ids", False), ("head_tokens", True)):
+        moved = _mapped(getattr(delta, name), ids)
+        setattr(out, name, RaggedStack(getattr(titles, name),
+                                       moved if keep_order else _sorted_rows(moved)))
+    out.first_id = Stacked(titles.first_id, np.where(
+        delta.first_id >= 0, ids[np.maximum(delta.first_id, 0)], -1).astype(np.int32))
+    out.pair_width = WIDE
+    keys = _moved_pairs(delta, ids, WIDE)
+    place, held = find_sorted(base.pair_keys, keys)
+    added = np.unique(keys[~held])
+    out.bigram_keys = SortedParts([base.pair_keys, added])
+    pair_ids = np.where(held, place, len(base.pair_keys) + np.searchsorted(added, keys))
+    out.bigram_ids = RaggedStack(titles.bigram_ids, _sorted_rows(Ragged(
+        delta.bigram_ids.indptr,
+        pair_ids[np.asarray(delta.bigram_ids.ids, np.int64)].astype(np.int32))))
+    # Each row's trigram entries keep their order (the order `tfidf` weighs them in).
+    place, held = find_sorted(titles.char_buckets, delta.char_buckets)
+    out.char_buckets = SortedParts([titles.char_buckets, delta.char_buckets[~held]])
+    columns = np.where(held, place, len(titles.char_buckets) + np.cumsum(~held) - 1)
+    out.char_vectors = RaggedStack(titles.char_vectors, Ragged(
+        delta.char_vectors.indptr,
+        columns[np.asarray(delta.char_vectors.ids, np.int64)].astype(np.int32)))
+    out.char_counts = Stacked(titles.char_counts, delta.char_counts)
+    # (A cached property, set here: the base's largest count is known, the stacked counts'
+    # would be read again at each state.)
+    out._log_counts = log_table(max(base.count_ceiling, int(delta.char_counts.max(initial=1))))
+    return out, ids
+
+
 def merged(base: TitleTerms, delta: TitleTerms) -> tuple[TitleTerms, np.ndarray]:
-    """Both catalogues' rows, base first. The base's term ids stay; the delta's terms take the
-    base's ids, or the next ones for terms the base lacks (in sorted order). Also answers the
-    delta's term ids in the merged vocabulary."""
+    """Both catalogues' rows, base first, in new arrays: how a state's delta titles gather the
+    titles of the segments it adds (`on_base` reads them after the base's). The base's term ids
+    stay; the delta's terms take the base's ids, or the next ones for terms the base lacks (in
+    sorted order). Also answers the delta's term ids in the merged vocabulary."""
     known = base.index
     new_terms = sorted(set(delta.vocabulary) - known.keys())
     out = TitleTerms.__new__(TitleTerms)
@@ -170,7 +257,7 @@ def merged(base: TitleTerms, delta: TitleTerms) -> tuple[TitleTerms, np.ndarray]
         base.first_id, np.where(delta.first_id >= 0, ids[np.maximum(delta.first_id, 0)], -1)
     ]).astype(np.int32)
     # A pair's key is a·V + b over the vocabulary's size V: decoded, moved, encoded again.
-    size = len(out.vocabulary)
+    size = out.pair_width = len(out.vocabulary)
     base_keys = _moved_pairs(base, np.arange(len(base.vocabulary)), size)
     delta_keys = _moved_pairs(delta, ids, size)
     out.bigram_keys = np.union1d(base_keys, delta_keys)
@@ -196,7 +283,7 @@ def merged(base: TitleTerms, delta: TitleTerms) -> tuple[TitleTerms, np.ndarray]
 def _moved_pairs(part: TitleTerms, ids: np.ndarray, size: int) -> np.ndarray:
     """int64: `part`'s pair keys over a vocabulary of `size` terms where its term i is ids[i],
     in the order of its own keys (so its bigram ids index them)."""
-    first, second = np.divmod(np.asarray(part.bigram_keys, dtype=np.int64), len(part.vocabulary))
+    first, second = np.divmod(np.asarray(part.bigram_keys, dtype=np.int64), part.pair_width)
     return ids[first] * size + ids[second]
 
 
@@ -204,9 +291,8 @@ def _live_trigram_statistics(base: TitleBase, titles: TitleTerms, live: np.ndarr
     """The trigram IDF over the live rows (as `trigrams.idf_of` computes it over a catalogue's
     titles) and the norms under it, per row asked for."""
     n = base.rows
-    columns = np.searchsorted(titles.char_buckets, base.titles.char_buckets)
     df = np.zeros(len(titles.char_buckets), dtype=np.int64)
-    df[columns] = base.char_df
+    df[:len(base.char_df)] = base.char_df  # the base's buckets come first (`on_base`)
     vectors = titles.char_vectors
     dead, _ = vectors.gather(np.flatnonzero(~live[:n]))
     added, _ = vectors.gather(np.flatnonzero(live[n:]) + n)
@@ -217,7 +303,7 @@ def _live_trigram_statistics(base: TitleBase, titles: TitleTerms, live: np.ndarr
     values = np.log((1 + int(live.sum())) / (1 + np.concatenate([[0], df]))).astype(
         np.float32) + 1.0
     titles.idf = np.full(CHAR_BUCKETS, values[0], dtype=np.float32)
-    titles.idf[titles.char_buckets] = values[1:]
+    titles.idf[np.asarray(titles.char_buckets)] = values[1:]
     titles.char_norms = RowNorms(titles)
 
 
@@ -227,18 +313,17 @@ def _live_term_vectors(base: TitleBase, titles: TitleTerms, delta: TitleTerms,
     """`TermVectors.fit` of the live rows: the base's vector rows stay, the delta's new terms
     get the next rows; a term is summed again where its holders changed."""
     n, served = base.rows, base.vectors
-    # Every term of the merged vocabulary → its vector row (-1: in no title).
-    row_of = np.full(len(titles.vocabulary), -1, dtype=np.int64)
-    for term, row in served.index.items():
-        row_of[titles.index[term]] = row
+    # Every term of the live vocabulary → its vector row (-1: in no title).
+    row_of = np.concatenate([base.term_rows,
+                             np.full(len(titles.vocabulary) - len(base.term_rows), -1)])
     new = np.unique(delta_ids[np.asarray(delta.title_ids.ids, dtype=np.int64)])
     new = new[row_of[new] < 0]  # the delta's terms no base title holds
     row_of[new] = len(served.vectors) + np.arange(len(new))
     total = len(served.vectors) + len(new)
     delta_rows = row_of[delta_ids]
-    title_terms = _stacked([served.title_terms,
-                            _sorted_rows(_mapped(delta.title_ids, delta_rows))])
-    head_terms = _stacked([served.head_terms, _mapped(delta.head_tokens, delta_rows)])
+    title_terms = RaggedStack(served.title_terms,
+                              _sorted_rows(_mapped(delta.title_ids, delta_rows)))
+    head_terms = RaggedStack(served.head_terms, _mapped(delta.head_tokens, delta_rows))
     dead_base = np.flatnonzero(~live[:n])
     live_delta = np.flatnonzero(live[n:]) + n
     lost, _ = title_terms.gather_ids(dead_base)
@@ -368,9 +453,12 @@ def _mapped(ragged: Ragged, ids: np.ndarray) -> Ragged:
 def _sorted_rows(ragged: Ragged) -> Ragged:
     """Each row's ids ascending (as TitleTerms stores a title's term and pair ids)."""
     indptr = np.asarray(ragged.indptr, dtype=np.int64)
-    owner = np.repeat(np.arange(len(indptr) - 1), np.diff(indptr))
-    ids = np.asarray(ragged.ids)
-    return Ragged(ragged.indptr, ids[np.lexsort((ids, owner))])
+    owner = np.repeat(np.arange(len(indptr) - 1, dtype=np.int64), np.diff(indptr))
+    # One sort of (row, id) keys: a few times faster than np.lexsort of the two (ids are int32
+    # and not negative).
+    keys = (owner << 32) | np.asarray(ragged.ids, dtype=np.int64)
+    keys.sort()
+    return Ragged(ragged.indptr, (keys & 0xFFFF_FFFF).astype(np.int32))
 
 
 def _stacked(parts: Sequence[Ragged]) -> Ragged:

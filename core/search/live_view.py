@@ -31,30 +31,11 @@ from fusionrank.core.search.judgements import ProductPriors
 from fusionrank.core.search.lexical import LexicalIndex, top_k
 from fusionrank.core.search.live_lexical import LiveLexical, TermCounts
 from fusionrank.core.search.live_titles import TitleBase, extended, merged
+from fusionrank.core.search.ragged import Stacked
 from fusionrank.core.search.runtime import SearchRuntime
 from fusionrank.core.search.spelling import LiveSpeller
 from fusionrank.core.search.text import lexical_tokens
 from fusionrank.core.search.title_terms import TitleTerms
-
-
-class RowStack:
-    """Row-indexed float32 vectors: the base's (memory-mapped) rows, then the segments'."""
-
-    def __init__(self, base: np.ndarray, appended: np.ndarray):
-        self.base, self.appended = base, appended
-        self.shape = (len(base) + len(appended), base.shape[1])
-        self.dtype = np.dtype(np.float32)
-
-    def __len__(self) -> int:
-        return self.shape[0]
-
-    def __getitem__(self, rows) -> np.ndarray:
-        rows = np.asarray(rows, dtype=np.int64)
-        out = np.empty((*rows.shape, self.shape[1]), dtype=np.float32)
-        below = rows < len(self.base)
-        out[below] = self.base[rows[below]]
-        out[~below] = self.appended[rows[~below] - len(self.base)]
-        return out
 
 
 class RowTable(ProductRows):
@@ -147,6 +128,16 @@ class BaseSearch:
                                       for s in appended])
         self._applied = Applied(key, rows, terms, counts, updated, moved)
         return self._applied
+
+    def warm(self) -> None:
+        """Computes now what every state on this base reads and keeps (`rows`, `term_counts`,
+        the `titles` indexes): at load, so that neither the first change set's state nor a
+        rollout's probe request pays for it (~20 s at a million products, longer than a probe
+        waits)."""
+        _ = self.rows
+        if self.runtime is not None:
+            _ = self.term_counts, self.neutral_prior
+            self.titles.warm()
 
     @functools.cached_property
     def neutral_prior(self) -> float:
@@ -282,7 +273,8 @@ def _live_runtime(base: BaseSearch, applied: Applied, appended: np.ndarray,
                   previous: tuple[np.ndarray, object] | None) -> SearchRuntime:
     served, rows = base.runtime, applied.rows
     sources = served.sources
-    embeddings = RowStack(sources.embeddings, appended)
+    # The base's rows (memory-mapped, or decoded from the ANN index), then the segments'.
+    embeddings = Stacked(sources.embeddings, appended, np.float32)
     lexical = LiveBM25(served.lexical, LiveLexical([base.term_counts, applied.delta_counts],
                                                    rows.live))
     terms, term_vectors = extended(base.titles, applied.delta_titles, rows.live, embeddings,
@@ -298,7 +290,7 @@ def _base_rows(base: BaseSearch, rows: CatalogueRows) -> np.ndarray:
     base did not hold)."""
     rows_of = base.rows.row_of
     return np.array([-1 if (row := rows_of(str(product_id))) is None else row
-                     for product_id in rows.ids[len(base.table):]], dtype=np.int64)
+                     for product_id in rows.appended], dtype=np.int64)
 
 
 def _live_priors(base: BaseSearch, in_base: np.ndarray) -> ProductPriors:

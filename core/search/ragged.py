@@ -2,6 +2,9 @@
 queries and candidates at once, without a Python loop per candidate.
 
 - `Ragged`: rows of ids of varying length, stored flat (CSR-like: indptr, ids, weights);
+- `Stacked`, `RaggedStack`, `SortedParts`: two arrays, two Ragged structures or sorted key
+  arrays read as one without copying them into one (a live catalogue's: the base's, then
+  what its change sets added);
 - `PairTable`: values of (query, id) pairs, looked up many at a time;
 - `find_sorted`: where values sit in a sorted array (np.searchsorted, with a found flag);
 - `distinct`: np.unique(keys, return_inverse=True), faster for small key spaces;
@@ -11,6 +14,7 @@ queries and candidates at once, without a Python loop per candidate.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -65,23 +69,145 @@ class Ragged:
     def last(self, rows: np.ndarray, default: int = 0, back: int = 1) -> np.ndarray:
         """The last id of each of `rows` (`back`=2: the one before it); `default` for a row
         shorter than `back`."""
-        if len(self.ids) == 0:
-            return np.full(len(rows), default, dtype=self.ids.dtype)
-        return np.where(self.lengths(rows) >= back,
-                        self.ids[np.maximum(self.indptr[rows + 1] - back, 0)], default)
+        return _last(self.ids, self.indptr[rows], self.indptr[rows + 1], default, back)
 
     def gather(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The entries of `rows`, row after row: (their positions in the flat arrays, the
         index in `rows` each entry belongs to)."""
-        starts, lengths = self.indptr[rows], self.lengths(rows)
-        owner = np.repeat(np.arange(len(rows)), lengths)
-        shift = np.repeat(starts - (np.cumsum(lengths) - lengths), lengths)
-        return np.arange(len(owner)) + shift, owner
+        return _entries(self.indptr[rows], self.lengths(rows))
 
     def gather_ids(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The ids of `rows`, row after row, and the index in `rows` each belongs to."""
         entries, owner = self.gather(rows)
         return self.ids[entries], owner
+
+
+def _entries(starts: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The flat positions of rows that start at `starts` and hold `lengths` entries, row after
+    row, and the row (index into `starts`) each belongs to."""
+    owner = np.repeat(np.arange(len(starts)), lengths)
+    shift = np.repeat(starts - (np.cumsum(lengths) - lengths), lengths)
+    return np.arange(len(owner)) + shift, owner
+
+
+def _last(ids, starts: np.ndarray, stops: np.ndarray, default: int, back: int) -> np.ndarray:
+    """The id `back` places before each row's end; `default` for a row shorter than that."""
+    if len(ids) == 0:
+        return np.full(len(starts), default, dtype=ids.dtype)
+    return np.where(stops - starts >= back, ids[np.maximum(stops - back, 0)], default)
+
+
+class Stacked:
+    """Two arrays as one along their first axis, never copied into one: element i is
+    first[i], or second[i - len(first)] past it. Indexed by an array of positions (what the
+    feature code does); `dtype`: the elements' (both parts' common type by default)."""
+
+    def __init__(self, first, second, dtype=None):
+        self.first, self.second = first, second
+        self.shape = (len(first) + len(second), *first.shape[1:])
+        self.dtype = np.dtype(dtype or np.result_type(first.dtype, second.dtype))
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, positions) -> np.ndarray:
+        positions = np.asarray(positions, dtype=np.int64)
+        n = len(self.first)
+        if len(self.shape) == 1 and n:
+            # Every element from the first part, then those past it put right: for the ids
+            # of a batch's candidates, 2-5x faster than filling each part through boolean
+            # masks (as rows of vectors are, each of which is worth copying once only).
+            out = np.asarray(self.first[np.minimum(positions, n - 1)], dtype=self.dtype)
+            past = np.nonzero(positions >= n)
+            out[past] = self.second[positions[past] - n]
+            return out
+        out = np.empty((*positions.shape, *self.shape[1:]), dtype=self.dtype)
+        below = positions < n
+        out[below] = self.first[positions[below]]
+        out[~below] = self.second[positions[~below] - n]
+        return out
+
+
+@dataclass(frozen=True)
+class RaggedStack:
+    """The rows of `first`, then those of `second`, read as one Ragged without copying either:
+    an entry's position is its place in the two parts' ids one after the other, so `gather`
+    and `ids` answer what they would of the two concatenated."""
+
+    first: Ragged
+    second: Ragged
+
+    @property
+    def rows(self) -> int:
+        return self.first.rows + self.second.rows
+
+    @functools.cached_property
+    def ids(self) -> Stacked:
+        return Stacked(self.first.ids, self.second.ids)
+
+    def _bounds(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """int64 start and stop of each row's entries."""
+        rows = np.asarray(rows, dtype=np.int64)
+        n, offset = self.first.rows, int(self.first.indptr[-1])
+        below = rows < n
+        starts, stops = np.empty(len(rows), np.int64), np.empty(len(rows), np.int64)
+        starts[below], stops[below] = self.first.indptr[rows[below]], \
+            self.first.indptr[rows[below] + 1]
+        own = rows[~below] - n
+        starts[~below] = self.second.indptr[own] + offset
+        stops[~below] = self.second.indptr[own + 1] + offset
+        return starts, stops
+
+    def row(self, r: int) -> np.ndarray:
+        start, stop = self._bounds(np.array([r]))
+        return self.ids[np.arange(start[0], stop[0])]
+
+    def lengths(self, rows: np.ndarray) -> np.ndarray:
+        starts, stops = self._bounds(rows)
+        return stops - starts
+
+    def last(self, rows: np.ndarray, default: int = 0, back: int = 1) -> np.ndarray:
+        return _last(self.ids, *self._bounds(rows), default, back)
+
+    def gather(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        starts, stops = self._bounds(rows)
+        return _entries(starts, stops - starts)
+
+    def gather_ids(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        entries, owner = self.gather(rows)
+        return self.ids[entries], owner
+
+
+class SortedParts:
+    """Keys held as sorted arrays one after the other, a key's id its place in their
+    concatenation: a live catalogue's pair keys and trigram buckets, the base's and then the
+    ones its titles added, so no base id moves (one sorted array of both would renumber every
+    id after the first new key). `find_sorted` looks keys up in it."""
+
+    def __init__(self, parts: Sequence[np.ndarray]):
+        self.parts = tuple(parts)
+        self.starts = np.cumsum([0, *(len(p) for p in self.parts)])
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    @functools.cached_property
+    def values(self) -> np.ndarray:
+        """The keys, in id order."""
+        return np.concatenate(self.parts)
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        return self.values if dtype is None else self.values.astype(dtype)
+
+    def find(self, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        position = np.zeros(len(values), dtype=np.int64)
+        found = np.zeros(len(values), dtype=bool)
+        for start, part in zip(self.starts, self.parts, strict=False):
+            place, held = find_sorted(part, values)
+            new = held & ~found
+            position[new] = place[new] + start
+            found |= held
+        return position, found
 
 
 class PairTable:
@@ -135,9 +261,12 @@ def smallest_unsigned(largest: int) -> type[np.unsignedinteger]:
                 if largest <= np.iinfo(t).max)
 
 
-def find_sorted(ordered: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Where each of `values` is in the sorted array `ordered`, and whether it is there at all
-    (where not, the position is meaningless)."""
+def find_sorted(ordered: np.ndarray | SortedParts,
+                values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Where each of `values` is in the sorted array `ordered` (or `SortedParts`), and whether
+    it is there at all (where not, the position is meaningless)."""
+    if isinstance(ordered, SortedParts):
+        return ordered.find(values)
     position = np.minimum(np.searchsorted(ordered, values), max(len(ordered) - 1, 0))
     found = (ordered[position] == values) if len(ordered) else np.zeros(len(values), bool)
     return position, found

@@ -65,6 +65,7 @@ class TitleTerms:
         self.vocabulary = sorted({t for terms in tokens for t in terms}
                                  | {t for head in heads for t in head})
         self.index = {term: i for i, term in enumerate(self.vocabulary)}
+        self.pair_width = len(self.vocabulary)  # a pair's key: a·pair_width + b
         self.surface = _commonest_forms(titles)
         self._keep_terms(tokens, heads)
         self._keep_bigrams(tokens)
@@ -126,6 +127,7 @@ class TitleTerms:
         self = cls.__new__(cls)  # without __init__: nothing is computed
         self.vocabulary = _split(saved["vocabulary"])
         self.index = {term: i for i, term in enumerate(self.vocabulary)}
+        self.pair_width = len(self.vocabulary)
         self.surface = dict(zip(_split(saved["surface_terms"]), _split(saved["surface_words"]),
                                 strict=True))
         for name in cls.ARRAYS:
@@ -151,7 +153,7 @@ class TitleTerms:
     @functools.cached_property
     def _char_idf(self) -> np.ndarray:
         """float64 [char_buckets]: each held bucket's idf, as `tfidf` reads it (float(idf[g]))."""
-        return self.idf[self.char_buckets].astype(np.float64)
+        return self.idf[np.asarray(self.char_buckets)].astype(np.float64)
 
     @functools.cached_property
     def _log_counts(self) -> np.ndarray:
@@ -164,23 +166,26 @@ class TitleTerms:
         """float32: each title's distinct terms."""
         return self.title_ids.lengths(rows).astype(np.float32)
 
-    def _char_weights(self, entries: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    def _char_weights(self, entries: np.ndarray, rows: np.ndarray,
+                      columns: np.ndarray | None = None) -> np.ndarray:
         """float64: the TF-IDF weight of char_vectors' `entries`, each of catalogue row
         rows[j]: `tfidf`'s sub-linear TF × IDF / norm, the same float64 operations in the same
-        order, so the same bits."""
+        order, so the same bits. `columns`: the entries' ids, where the caller has them."""
         counts = self.char_counts[entries]
-        return ((1.0 + self._log_counts[counts]) * self._char_idf[self.char_vectors.ids[entries]]
+        if columns is None:
+            columns = self.char_vectors.ids[entries]
+        return ((1.0 + self._log_counts[counts]) * self._char_idf[columns]
                 / self.char_norms[rows])
 
     def _pair_keys(self, tokens: Sequence[str]) -> np.ndarray:
         """int64 keys of the adjacent pairs of `tokens` whose terms are both known."""
         ids = [self.index.get(t, -1) for t in tokens]
-        return np.array([a * len(self.index) + b for a, b in pairwise(ids) if a >= 0 and b >= 0],
+        return np.array([a * self.pair_width + b for a, b in pairwise(ids) if a >= 0 and b >= 0],
                         dtype=np.int64)
 
     def bigram_id_list(self, pairs: set[tuple[str, str]]) -> list[int]:
         """The ids of the pairs some title holds (the others match nothing)."""
-        keys = np.array([self.index[a] * len(self.index) + self.index[b] for a, b in pairs
+        keys = np.array([self.index[a] * self.pair_width + self.index[b] for a, b in pairs
                          if a in self.index and b in self.index], dtype=np.int64)
         position, held = find_sorted(self.bigram_keys, keys)
         return position[held].tolist()
@@ -199,8 +204,9 @@ class TitleTerms:
         table = PairTable(query[held], column[held], weights[held], len(queries),
                           len(self.char_buckets))
         entries, candidate = self.char_vectors.gather(rows)
-        products = self._char_weights(entries, rows[candidate]) * table(owner[candidate],
-                                                              self.char_vectors.ids[entries])
+        columns = self.char_vectors.ids[entries]
+        products = self._char_weights(entries, rows[candidate], columns) * table(
+            owner[candidate], columns)
         return np.bincount(candidate, weights=products, minlength=len(rows)).astype(np.float32)
 
     def term_features(self, tokens: Sequence[list[str]], rows: np.ndarray,
@@ -275,8 +281,10 @@ class QueryTerms:
         return cls(
             length=np.array([len(t) for t in tokens], dtype=np.int64),
             distinct=np.array([len(d) for d in distinct], dtype=np.int64),
-            terms=PairTable.holding([_known(index, d) for d in distinct], len(index)),
-            numbers=PairTable.holding([_known(index, d) for d in numbers], len(index)),
+            terms=PairTable.holding([_known(index, d) for d in distinct],
+                                    len(titles.vocabulary)),
+            numbers=PairTable.holding([_known(index, d) for d in numbers],
+                                      len(titles.vocabulary)),
             numeric=np.array([len(d) for d in numbers], dtype=np.float32),
             bigrams=PairTable.holding([titles.bigram_id_list(p) for p in pairs],
                                       len(titles.bigram_keys)),

@@ -204,6 +204,8 @@ class ScoreCandidates:
         self.live = live_source(folder, parameters)
         if self.live is not None:
             self.live.base.runtime = self.runtime
+            self.live.base.warm()
+            return_freed_memory()
 
     def __call__(self, requests: list[Tensors]) -> list[Tensors | RequestError]:
         view = self.live.view if self.live is not None else None

@@ -526,6 +526,7 @@ def test_a_compaction_updates_the_served_faiss_index_rather_than_building_it_who
 
     ann = compacted.manifest["retrieval"]["ann"]
     assert (ann["carried"], ann["added"], ann["stale"]) == (len(base) - 5, 10, 5)
+    assert Path(ann["path"]).is_file()  # where the index is, not where it was staged
     assert compacted.manifest["index"]["titles_embedded"] == 0
     assert compacted.gathered.through == 1
     table = ProductTable.open(served_version(compacted.repository, "search_steps")

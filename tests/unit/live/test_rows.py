@@ -25,8 +25,11 @@ def test_a_change_set_appends_rows_and_kills_the_ones_it_replaces():
     assert [after.row_of(i) for i in "ABCDZ"] == [0, 3, None, 4, None]
     assert after.live.tolist() == [True, False, False, True, True]
     assert (after.rows, after.products) == (5, 3) and after.dead_share == pytest.approx(0.4)
+    assert [after.id_of(r) for r in range(5)] == ["A", "B", "C", "B", "D"]  # dead rows too
+    assert after.appended == ("B", "D") and after.live_ids() == {"A": 0, "B": 3, "D": 4}
     # The view a request in flight holds is unchanged.
     assert [before.row_of(i) for i in "ABCD"] == [0, 1, 2, None] and before.rows == 3
+    assert before.appended == () and before.live_ids() == {"A": 0, "B": 1, "C": 2}
 
 
 def test_an_update_in_place_keeps_its_row_and_moves_nothing():

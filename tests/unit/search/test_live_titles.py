@@ -37,7 +37,7 @@ def test_live_title_structures_give_a_fresh_builds_features(chunk, monkeypatch):
     np_rng = np.random.default_rng(3)
     base_titles = [title(rng, WORDS[:18]) for _ in range(200)]
     # The delta brings words the base never held, replaces 30 base rows and deletes 20.
-    delta_titles = [title(rng, WORDS) for _ in range(40)]
+    delta_titles = ["dewalt 18v drill with 2x4 paint", *(title(rng, WORDS) for _ in range(39))]
     embeddings = unit(np_rng.normal(size=(240, 12)))
     live = np.ones(240, dtype=bool)
     live[rng.sample(range(200), 50)] = False
@@ -54,16 +54,24 @@ def test_live_title_structures_give_a_fresh_builds_features(chunk, monkeypatch):
     np.testing.assert_array_equal(terms.idf, fresh_terms.idf)
     np.testing.assert_array_equal(terms.char_norms[rows], fresh_terms.char_norms)
     assert terms.vocabulary[:len(base_terms.vocabulary)] == base_terms.vocabulary
+    # The base's title arrays are read where they are, never copied into the live state's.
+    for name in TitleTerms.RAGGED:
+        assert getattr(terms, name).first is getattr(base_terms, name)
+    assert terms.char_counts.first is base_terms.char_counts
     assert set(vectors.index) == set(fresh_vectors.index)
     mine = [vectors.index[t] for t in fresh_vectors.index]
     # Summed over the same rows in the same order: the same bits.
     np.testing.assert_array_equal(vectors.vectors[mine], fresh_vectors.vectors)
     np.testing.assert_array_equal(vectors.idf[mine], fresh_vectors.idf)
 
+    # Some queries are the words of new titles: their pairs are pairs only the delta holds.
     queries = ["red oak drill", "makita 18v cordless", "steel tap with brass", "2x4 lamp shade",
-               "kettel", "nothing here"]
+               "kettel", "nothing here", *(" ".join(delta_titles[i].replace(",", "").replace(
+                   " - ", " ").split()[:3]) for i in range(4)), "dewalt 18v drill"]
     tokens = [q.split() for q in queries]
-    candidates = np.array([rng.sample(range(len(rows)), 25) for _ in queries])
+    new_rows = np.flatnonzero(rows >= len(base_titles)).tolist()  # the new titles' too
+    candidates = np.array([rng.sample(range(len(rows)), 15) + new_rows[:1]
+                           + rng.sample(new_rows[1:], 9) for _ in queries])
     owner = np.repeat(np.arange(len(queries)), 25)
     fresh_rows = candidates.ravel()
     live_rows = rows[fresh_rows]

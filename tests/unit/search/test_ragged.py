@@ -10,6 +10,9 @@ from fusionrank.core.search import ragged
 from fusionrank.core.search.ragged import (
     PairTable,
     Ragged,
+    RaggedStack,
+    SortedParts,
+    Stacked,
     distinct,
     find_sorted,
     segment_reduce,
@@ -86,6 +89,47 @@ def test_find_sorted_finds_what_is_there_and_flags_what_is_not():
     assert [ordered[p] for p, f in zip(position, found, strict=True) if f] == [7, 20, 2]
     _, none = find_sorted(np.zeros(0, np.int64), values)
     assert not none.any()
+
+
+MORE = [[8], [], [2, 7], [6, 0, 3]]
+
+
+@pytest.mark.parametrize("first, second", [(ROWS, MORE), (ROWS, []), ([], MORE), ([[]], [[]])])
+def test_a_ragged_stack_reads_as_the_rows_of_both_parts_one_after_the_other(first, second):
+    stack, rows = RaggedStack(Ragged.of(first), Ragged.of(second)), first + second
+    assert stack.rows == len(rows)
+    assert [stack.row(r).tolist() for r in range(len(rows))] == rows
+    rng = np.random.default_rng(2)
+    picked = rng.integers(0, len(rows), 20)  # repeats, and rows of both parts in any order
+    assert stack.lengths(picked).tolist() == [len(rows[r]) for r in picked]
+    for back in (1, 2):
+        assert stack.last(picked, default=-7, back=back).tolist() == [
+            rows[r][-back] if len(rows[r]) >= back else -7 for r in picked]
+    entries, owner = stack.gather(picked)
+    want = [(rows[r][k], i) for i, r in enumerate(picked) for k in range(len(rows[r]))]
+    assert list(zip(stack.ids[entries].tolist(), owner.tolist(), strict=True)) == want
+    ids, owner_again = stack.gather_ids(picked)
+    assert ids.tolist() == [v for v, _ in want] and owner_again.tolist() == owner.tolist()
+
+
+def test_stacked_arrays_index_as_their_concatenation_without_copying_it():
+    first, second = np.arange(12.0).reshape(6, 2), -np.arange(4.0, dtype=np.float32).reshape(2, 2)
+    stack = Stacked(first, second)
+    assert stack.shape == (8, 2) and len(stack) == 8 and stack.dtype == np.float64
+    positions = np.array([7, 0, 6, 5, 7])
+    np.testing.assert_array_equal(stack[positions], np.concatenate([first, second])[positions])
+    assert stack.first is first  # read where it is
+    assert Stacked(np.arange(3, dtype=np.uint8), np.arange(2, dtype=np.uint16))[
+        np.array([4, 1])].tolist() == [1, 1]
+
+
+def test_sorted_parts_give_a_key_its_place_in_the_parts_one_after_the_other():
+    parts = SortedParts([np.array([2, 3, 7, 11]), np.array([1, 5, 8])])
+    values = np.array([7, 1, 20, 8, 2, 4])
+    position, found = find_sorted(parts, values)
+    assert found.tolist() == [True, True, False, True, True, False]
+    assert position[found].tolist() == [2, 4, 6, 0]  # ids past the first part's 4 keys
+    assert len(parts) == 7 and np.asarray(parts).tolist() == [2, 3, 7, 11, 1, 5, 8]
 
 
 @pytest.mark.parametrize("space", [64, ragged.TABLE_LIMIT + 1])  # marked table, then sort
