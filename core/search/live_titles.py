@@ -100,9 +100,7 @@ class TitleBase:
     def pair_keys(self) -> np.ndarray:
         """int64: the base's pair keys as a·WIDE + b, in the order of its keys (a·V + b over
         its vocabulary's size V orders pairs as WIDE does), so its pair ids stay."""
-        first, second = np.divmod(np.asarray(self.titles.bigram_keys, dtype=np.int64),
-                                  len(self.titles.vocabulary))
-        return first * WIDE + second
+        return _moved_pairs(self.titles, np.arange(len(self.titles.vocabulary)), WIDE)
 
     @functools.cached_property
     def term_rows(self) -> np.ndarray:

@@ -202,7 +202,7 @@ class SortedParts:
     def find(self, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         position = np.zeros(len(values), dtype=np.int64)
         found = np.zeros(len(values), dtype=bool)
-        for start, part in zip(self.starts, self.parts, strict=False):
+        for start, part in zip(self.starts[:-1], self.parts, strict=True):
             place, held = find_sorted(part, values)
             new = held & ~found
             position[new] = place[new] + start
