@@ -342,13 +342,26 @@ class PeakMemory(threading.Thread):
 
 
 class PeakMemoryShares(PeakMemory):
-    """PeakMemory's sampling, of RSS and PSS both (`peak`, a dict, once stopped)."""
+    """PeakMemory's sampling, of RSS and PSS both (`peak`, a dict, once stopped); PSS every
+    `pss_every_s` (every sample by default). A PSS sample walks every page table of the tree
+    (22 ms of CPU for a 45,782-product server): ten a second cost its searches a tenth of their
+    throughput on 2 vCPU, where an RSS sample (a counter the kernel keeps) costs nothing
+    measurable."""
+
+    def __init__(self, pid: int, every_s: float = 0.5, pss_every_s: float | None = None):
+        super().__init__(pid, every_s)
+        self.pss_every_s = every_s if pss_every_s is None else pss_every_s
 
     def run(self) -> None:
         self.peak = {"rss": 0.0, "pss": 0.0}
+        pss_due = 0.0
         while not self._stop_event.wait(self.every_s):
-            now = process_memory_mib(self.pid)
-            self.peak = {k: max(self.peak[k], now[k]) for k in now}
+            if time.monotonic() >= pss_due:
+                pss_due = time.monotonic() + self.pss_every_s
+                now = process_memory_mib(self.pid)
+            else:
+                now = {"rss": round(process_tree_rss_mib(self.pid))}
+            self.peak |= {k: max(self.peak[k], now[k]) for k in now}
 
 
 def load_average() -> float:

@@ -18,6 +18,7 @@ from benchmarks.harness import (
     ROOT,
     ClosedLoop,
     FreshQueries,
+    PeakMemoryShares,
     closed_loops_async,
     heading,
     latency_percentiles,
@@ -190,6 +191,35 @@ def test_process_memory_counts_the_children():
         assert tree - own >= 100
         child_own, child_tree = process_rss_mib(child.pid)
         assert 100 <= child_own == child_tree < 200
+    finally:
+        child.communicate("")
+
+
+GROW_ON_STDIN = """
+import sys
+sys.stdin.readline()
+x = bytearray(b'x' * (100 << 20))
+print("grown", flush=True)
+sys.stdin.read()
+"""
+
+
+def test_peak_memory_shares_samples_pss_only_as_often_as_asked():
+    # A child that grows by 100 MiB once told to: RSS, sampled every 20 ms, sees it; PSS,
+    # every minute, was sampled once, before (a PSS sample walks every page table: its rate
+    # is what a benchmark's searches pay for it).
+    child = subprocess.Popen([sys.executable, "-c", GROW_ON_STDIN], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        memory = PeakMemoryShares(child.pid, every_s=0.02, pss_every_s=60)
+        memory.start()
+        threading.Event().wait(0.2)
+        child.stdin.write("grow\n")
+        child.stdin.flush()
+        assert child.stdout.readline().strip() == "grown"
+        threading.Event().wait(0.2)
+        memory.stop()
+        assert memory.peak["rss"] >= 100 > memory.peak["pss"] > 0, memory.peak
     finally:
         child.communicate("")
 
