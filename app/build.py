@@ -268,6 +268,30 @@ def chosen_reranker(run_dir: Path, device: str, precision: str | None = None
                           precision or chosen["precision"])
 
 
+def chosen_student(run_dir: Path) -> Path | None:
+    """`--student auto`: the student `fusionrank evaluate --student` chose to serve by its rule
+    (RUN/student/choice.json, training/search/evaluate.py `student_choice`), where it was
+    distilled from the run's encoder as it is now; None otherwise: the teacher encodes the
+    queries."""
+    from fusionrank.training.embeddings import weights_digest
+    from fusionrank.training.search.evaluate import STUDENT_CHOICE
+
+    path = Path(run_dir) / "student" / STUDENT_CHOICE
+    if not path.is_file():
+        return None
+    choice = json.loads(path.read_text())
+    if not choice["serve"]:
+        print(f"student: off ({path}: {choice['rule']} does not hold)", file=sys.stderr)
+        return None
+    if choice["teacher_weights"] != weights_digest(Path(run_dir) / "encoder" / "best"):
+        print(f"student: off ({path} chose a student of other weights than the run's encoder: "
+              f"`fusionrank distil` and `fusionrank evaluate --student` again)", file=sys.stderr)
+        return None
+    student = path.parent / choice["checkpoint"]
+    print(f"student: {student} encodes the queries ({path})", file=sys.stderr)
+    return student
+
+
 def export_served_reranker(choice: RerankerChoice, run_dir: Path, ranking: FusionWeights,
                            options: ServingOptions, out: Path, titles: list[str]) -> dict:
     """The reranker's served files in `out`: its graph (RERANKER, FP32 or INT8, parity-checked),

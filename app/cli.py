@@ -49,10 +49,12 @@ def add_build(commands: argparse._SubParsersAction) -> None:
                              "under runs/; with none, a short default run is trained first)")
     parser.add_argument("--pretrained", action="store_true",
                         help="serve the pretrained encoder alone (no trained run)")
-    parser.add_argument("--student", type=Path, metavar="PATH",
+    parser.add_argument("--student", default="auto", metavar="PATH|auto|off",
                         help="a `fusionrank distil` student of the served run's encoder (e.g. "
                              "runs/relevance/student/best): it encodes the queries, the index "
-                             "keeps the run's encoder's embeddings")
+                             "keeps the run's encoder's embeddings; auto (default): the "
+                             "student `fusionrank evaluate --student` chose to serve "
+                             "(RUN/student/choice.json), else off: the run's encoder")
     parser.add_argument("--model", help="with --pretrained: a local Hugging Face encoder folder "
                                         "(default: the bundled all-MiniLM-L6-v2)")
     parser.add_argument("--out", type=Path, default=DEFAULT_BUILD)
@@ -211,7 +213,7 @@ def run_build(args: argparse.Namespace) -> int:
     from fusionrank.app import build, staging
     from fusionrank.core.model_folders import bundled_model_path
 
-    if args.student is not None and args.pretrained:
+    if args.student not in ("auto", "off") and args.pretrained:
         raise CommandError("--student needs the trained run it was distilled from, not "
                            "--pretrained")
     if isinstance(args.cascade_depth, int) and args.pretrained:
@@ -250,8 +252,12 @@ def run_build(args: argparse.Namespace) -> int:
         if reranker == "auto":
             reranker = build.chosen_reranker(run, options.device, args.reranker_precision) \
                 if run is not None else None
+        if args.student == "auto":
+            student = build.chosen_student(run) if run is not None else None
+        else:
+            student = None if args.student == "off" else Path(args.student)
         repository = build.build_search_repository(catalogue, model, out, options, run_dir=run,
-                                                   student_dir=args.student, final_out=args.out,
+                                                   student_dir=student, final_out=args.out,
                                                    embedding_cache=args.embedding_cache,
                                                    cascade_depth=args.cascade_depth, ray=ray,
                                                    reranker=reranker)

@@ -1,9 +1,9 @@
 """Today's fused search against the cascade, and both against the peer, in one run (issue 25).
 
     fusionrank build --catalogue homedepot --run runs/relevance --cascade-depth off \\
-        --no-recommend --out build/homedepot_today
-    fusionrank build --catalogue homedepot --run runs/relevance --no-recommend \\
-        --out build/homedepot_cascade
+        --student off --no-recommend --out build/homedepot_today
+    fusionrank build --catalogue homedepot --run runs/relevance --student off \\
+        --no-recommend --out build/homedepot_cascade
     fusionrank build --catalogue homedepot --run runs/relevance --no-recommend \\
         --student runs/relevance/student/best --out build/homedepot_student
     .venv/bin/python -m benchmarks.cascade --run runs/relevance \\
@@ -17,8 +17,9 @@ meanwhile slows each alike), the median of two rounds of:
   `InProcessEnsemble`, as benchmarks/search_benchmark.py measures them);
 - through Triton (no response cache, distinct real queries), perf_analyzer's p50 at
   concurrency 1 and its throughput at concurrency 8.
-Then the peer (benchmarks/search_peer.py, FastAPI + sentence-transformers) serving the first
-after build's ranking, at concurrency 1 and 8; its report is rewritten by this run. Quality comes
+Then the peer (benchmarks/search_peer.py, FastAPI + sentence-transformers) serving each after
+build's ranking (its query encoder included: a student build's peer encodes with the student),
+at concurrency 1 and 8; its report is rewritten by this run (the last after build's). Quality comes
 from one `fusionrank evaluate` run (`--evaluation`), which ranks the test queries with both.
 
 Writes benchmarks/reports/cascade.md and .json, with issue 25's targets.
@@ -115,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--before", type=Path, required=True,
                         help="today's configuration: built with --cascade-depth off")
     parser.add_argument("--after", type=Path, nargs="+", required=True,
-                        help="the cascade's builds (the first also serves the peer's ranking)")
+                        help="the cascade's builds (the peer serves each one's ranking)")
     parser.add_argument("--evaluation", type=Path, required=True,
                         help="a `fusionrank evaluate` report of the run (evaluation.json)")
     parser.add_argument("--queries", type=int, default=2000)
@@ -136,19 +137,20 @@ def main(argv: list[str] | None = None) -> int:
     depth = depths.pop()
     queries = benchmark_queries(args.queries)
     measured = measured_in_turns(builds, queries, args.seconds)
-    compared = peer(args.run, args.after[0], args.queries, args.seconds)
+    compared = {who: peer(args.run, build, args.queries, args.seconds)
+                for who, build in builds.items() if who != "before"}
     report = {**stamp(), "queries": len(queries), "seconds": args.seconds,
               "builds": {who: str(b) for who, b in builds.items()}, "ranking": ranking,
               "student": {who: manifest(b)["query_encoder"] is not None
                           for who, b in builds.items()},
-              "peer_build": args.after[0].name,
               "measured": measured,
-              "peer": {"workers": compared["peer_workers"],
-                       **{f"qps_c{r['concurrency']}": r["throughput_qps"]
-                          for r in compared["peer"]},
-                       **{f"p50_c{r['concurrency']}_ms": r["p50_ms"] for r in compared["peer"]},
-                       "triton_qps_c8": next(r["throughput_qps"] for r in compared["triton"]
-                                             if r["concurrency"] == 8)},
+              "peer": {who: {"workers": c["peer_workers"],
+                             **{f"qps_c{x['concurrency']}": x["throughput_qps"]
+                                for x in c["peer"]},
+                             **{f"p50_c{x['concurrency']}_ms": x["p50_ms"] for x in c["peer"]},
+                             "triton_qps_c8": next(x["throughput_qps"] for x in c["triton"]
+                                                   if x["concurrency"] == 8)}
+                       for who, c in compared.items()},
               "quality": quality(args.evaluation, depth)}
     save_report(NAME, report, render(report), args.out)
     return 0
@@ -157,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
 def targets(r: dict, who: str) -> list[list[str]]:
     """Issue 25's targets for the after build `who`."""
     before, after = r["measured"]["before"], r["measured"][who]
-    peer = r["peer"]
+    peer = r["peer"][who]
     test = r["quality"]["test"]
     ranking = "cascade, student" if r["student"][who] else "cascade"
     throughput = after["qps_c8"] / before["qps_c8"]
@@ -203,8 +205,9 @@ def render(r: dict) -> str:
                f"{m['qps_c8']:.1f}", f"{m['p99_c8_ms']:.2f}",
                ", ".join(f"{x['qps_c8']:.0f}" for x in m["rounds"])]
               for who, m in measured.items()]
-    served.append([f"peer ×{r['peer']['workers']} (the ranking of {r['peer_build']})", "no",
-                   f"{r['peer']['p50_c1_ms']:.2f}", f"{r['peer']['qps_c8']:.1f}", "", ""])
+    served += [[f"peer ×{p['workers']} (the ranking of {who})",
+                "yes" if r["student"][who] else "no", f"{p['p50_c1_ms']:.2f}",
+                f"{p['qps_c8']:.1f}", "", ""] for who, p in r["peer"].items()]
     quality = [[split, who, f"{m['ndcg@10']:.4f}", f"{m['recall@100']:.4f}"]
                for split, by in r["quality"].items() for who, m in by.items()]
     cascade = r["ranking"][afters[0]].get("cascade")

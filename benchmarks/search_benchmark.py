@@ -456,13 +456,15 @@ def summarise(args: argparse.Namespace, repository: Path, queries: list[str], m:
 
 def served_quality(evaluation_file: Path, manifest: dict) -> dict:
     """The evaluation's rows of the ranking the build serves (a cascade's, where it ranks in
-    one), with the FP32 and the INT8 query encoder."""
+    one), with the FP32 and the INT8 query encoder: the student's where the build serves one
+    (an evaluation with `--student`)."""
     evaluation = json.loads(evaluation_file.read_text())
     cascade = (manifest.get("ranking") or {}).get("cascade")
     fused = f"fused, cascade {cascade['depth']}" if cascade else "fused"
+    names = (f"{fused}, student query encoder", f"{fused}, student int8 query encoder") \
+        if manifest.get("query_encoder") else (fused, f"{fused}, int8 query encoder")
     return {"source": str(evaluation_file), "run": evaluation["run"],
-            "splits": {split: {name: evaluation["retrieval"][split][name]
-                               for name in (fused, f"{fused}, int8 query encoder")}
+            "splits": {split: {name: evaluation["retrieval"][split][name] for name in names}
                        for split in ("dev", "test")}}
 
 

@@ -1,7 +1,8 @@
 """The search a team would serve without Triton, side by side with ours, in one run.
 
-The peer: FastAPI + uvicorn (`--peer-workers` processes), the fine-tuned encoder through
-sentence-transformers / PyTorch, and the same catalogue embeddings, BM25 (bm25s), candidates,
+The peer: FastAPI + uvicorn (`--peer-workers` processes), the build's query encoder (the
+fine-tuned one, or the student a build serves in its place) through sentence-transformers /
+PyTorch, and the same catalogue embeddings, BM25 (bm25s), candidates,
 feedback head (ONNX Runtime) and fusion weights, through fusionrank's torch-free search
 runtime. Ours: the Triton model repository `fusionrank build` wrote. Both are loaded by one
 client program at the same concurrencies: HTTP/JSON for the peer, gRPC for Triton.
@@ -51,9 +52,14 @@ class PeerSearch:
         # BLAS threads would busy-wait on the cores the other workers compute on.
         torch.set_num_threads(1)
         threadpool_limits(limits=1, user_api="blas")
-        self.model = SentenceTransformer(str(run / "encoder" / "best"), device="cpu")
-        self.model.max_seq_length = 32  # fusionrank's MAX_QUERY_TOKENS
         repository = build / "model_repository"
+        # The build's query encoder: the run's, or the student the build serves in its place
+        # (`fusionrank build --student`), so that the peer ranks as the build does.
+        student = (json.loads((repository / "fusionrank.json").read_text())
+                   .get("query_encoder") or {}).get("source")
+        encoder = (ROOT / student) if student else run / "encoder" / "best"
+        self.model = SentenceTransformer(str(encoder), device="cpu")
+        self.model.max_seq_length = 32  # fusionrank's MAX_QUERY_TOKENS
         folder = served_version(repository, model_of_step(repository, "search",
                                                           "ScoreCandidates"))
         self.runtime = SearchRuntime.load(folder, threads=1)

@@ -92,6 +92,11 @@ class EvaluateConfig:
 TARGET_SPEEDUP = 1.8
 TARGET_MAX_NDCG_LOSS = 0.01
 LATENCY_BATCHES = (1, 8)
+# Issue 25's rule for serving the student (`fusionrank build --student auto`): ranked as the
+# build serves the run (its chosen cascade, INT8 query encoders), its dev NDCG@10 within this
+# much of the teacher's. Dev decides, as for every other choice; test is reported beside it.
+SERVE_MAX_NDCG_LOSS = 0.005
+STUDENT_CHOICE = "choice.json"  # beside the student's checkpoints: RUN/student/choice.json
 
 
 def log(message: str) -> None:
@@ -227,6 +232,12 @@ def run_evaluation(config: EvaluateConfig) -> dict:
              "student fp32": student["fp32"].onnx_dir / artefacts.ENCODER,
              "student int8": student["int8"].onnx_dir / artefacts.ENCODER_INT8},
             embedder.onnx_dir / artefacts.TOKENIZER, judgements.ranked_queries("test"))
+        report["student"]["choice"] = choice = student_choice(Path(config.student), results,
+                                                              depth)
+        choice_path = Path(config.student).parent / STUDENT_CHOICE
+        choice_path.write_text(json.dumps(choice, indent=2) + "\n")
+        log(f"student {'served' if choice['serve'] else 'not served'} by `fusionrank build "
+            f"--student auto`: {choice_path}")
     if config.rerankers:
         from fusionrank.training.search.rerank_evaluation import rerank_report
         from fusionrank.training.search.served_rankings import ServedRanker
@@ -269,6 +280,24 @@ def student_report(student: Path, results: dict, encoders: dict[str, Path], toke
                        and max(loss.values()) <= TARGET_MAX_NDCG_LOSS}}
 
 
+def student_choice(student: Path, results: dict, depth: int | None) -> dict:
+    """Whether `fusionrank build --student auto` serves the student: by SERVE_MAX_NDCG_LOSS on
+    dev, the teacher and the student each ranked as the build serves the run. The checkpoint is
+    named relative to the choice file, and with the weights it was distilled from, so a build
+    can tell a choice made for another encoder."""
+    cascade = f"cascade {depth}, " if depth is not None else ""
+    names = {"teacher": f"fused, {cascade}int8 query encoder",
+             "student": f"fused, {cascade}student int8 query encoder"}
+    ndcg = {s: {who: results[s][name]["ndcg@10"] for who, name in names.items()} for s in SPLITS}
+    loss = {s: ndcg[s]["teacher"] - ndcg[s]["student"] for s in SPLITS}
+    checkpoint = json.loads((student / "checkpoint.json").read_text())
+    return {"checkpoint": student.name, "teacher_weights": checkpoint["teacher_weights"],
+            "serve": loss["dev"] <= SERVE_MAX_NDCG_LOSS,
+            "rule": f"dev NDCG@10 of '{names['student']}' within {SERVE_MAX_NDCG_LOSS} of "
+                    f"'{names['teacher']}'",
+            "ndcg@10": ndcg, "loss": loss}
+
+
 def student_table(student: dict) -> str:
     """Markdown: teacher vs student, quality and latency, and the target's verdict."""
     lines = ["**teacher vs student query encoder** (the catalogue embedded by the teacher; "
@@ -291,6 +320,11 @@ def student_table(student: dict) -> str:
               f"{target['lowest_speedup']:.2f}×, largest NDCG@10 loss "
               f"{target['largest_ndcg10_loss']:+.4f} → **{'met' if target['met'] else 'missed'}**.",
               ""]
+    if "choice" in student:
+        choice = student["choice"]
+        lines += [f"`fusionrank build --student auto` serves the student: "
+                  f"**{'yes' if choice['serve'] else 'no'}** ({choice['rule']}: dev "
+                  f"{-choice['loss']['dev']:+.4f}; test {-choice['loss']['test']:+.4f}).", ""]
     return "\n".join(lines)
 
 

@@ -1,7 +1,8 @@
 """The student query encoder (`fusionrank distil`): its initialisation copies the chosen
 teacher layers exactly and keeps the teacher's embedding size; the distillation losses measure
-what they claim on real tensors; a tiny distillation writes a checkpoint the export accepts; and
-`fusionrank evaluate --student` puts teacher and student side by side."""
+what they claim on real tensors; a tiny distillation writes a checkpoint the export accepts;
+`fusionrank evaluate --student` puts teacher and student side by side and records whether
+`fusionrank build --student auto` serves the student, which the build follows."""
 
 from __future__ import annotations
 
@@ -197,6 +198,42 @@ def test_evaluate_puts_teacher_and_student_side_by_side(trained_run, trained_stu
     assert "teacher vs student query encoder" in markdown_table(report)
     saved = json.loads((tmp_path / "evaluation" / "evaluation.json").read_text())
     assert saved["student"]["checkpoint"] == str(trained_student)
+    # The choice beside the checkpoints: the rule on dev, with the run's cascade if it has one,
+    # both encoders INT8 as served.
+    choice = json.loads((trained_student.parent / "choice.json").read_text())
+    cascade = next((name.split(", ")[1] + ", " for name in report["retrieval"]["dev"]
+                    if name.startswith("fused, cascade ")), "")
+    dev = report["retrieval"]["dev"]
+    loss = dev[f"fused, {cascade}int8 query encoder"]["ndcg@10"] \
+        - dev[f"fused, {cascade}student int8 query encoder"]["ndcg@10"]
+    assert choice["serve"] == (loss <= 0.005) and choice["checkpoint"] == trained_student.name
+    assert math.isclose(choice["loss"]["dev"], loss)
+    assert choice["teacher_weights"] == json.loads(
+        (trained_student / "checkpoint.json").read_text())["teacher_weights"]
+    assert "`fusionrank build --student auto` serves the student" in markdown_table(report)
+
+
+def test_build_serves_the_chosen_student_only_where_the_rule_held_for_the_runs_encoder(tmp_path):
+    from fusionrank.app.build import chosen_student
+    from fusionrank.training.embeddings import weights_digest
+
+    run = tmp_path / "run"
+    (run / "encoder").mkdir(parents=True)
+    (run / "encoder" / "best").symlink_to(bundled_model_path())
+    assert chosen_student(run) is None  # no choice made: the teacher
+
+    def choose(serve: bool, weights: str) -> None:
+        (run / "student").mkdir(exist_ok=True)
+        (run / "student" / "choice.json").write_text(json.dumps(
+            {"checkpoint": "best", "teacher_weights": weights, "serve": serve,
+             "rule": "dev NDCG@10 within 0.005", "loss": {"dev": 0.0, "test": 0.0}}))
+
+    choose(True, weights_digest(bundled_model_path()))
+    assert chosen_student(run) == run / "student" / "best"
+    choose(False, weights_digest(bundled_model_path()))
+    assert chosen_student(run) is None
+    choose(True, "0123456789abcdef")  # chosen for other weights: the run was trained again
+    assert chosen_student(run) is None
 
 
 @pytest.mark.parametrize(("argv", "message"), [
