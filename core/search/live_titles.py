@@ -29,6 +29,7 @@ import functools
 import itertools
 from collections import ChainMap
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 from scipy import sparse
@@ -200,18 +201,14 @@ def on_base(base: TitleBase, delta: TitleTerms) -> tuple[TitleTerms, np.ndarray]
     term ids in the live vocabulary."""
     titles = base.titles
     out = TitleTerms.__new__(TitleTerms)
-    new_terms = sorted(set(delta.vocabulary) - titles.index.keys())
-    out.vocabulary = [*titles.vocabulary, *new_terms]
-    out.index = ChainMap({term: len(titles.vocabulary) + i for i, term in enumerate(new_terms)},
-                         titles.index)
-    ids = np.array([out.index[t] for t in delta.vocabulary], dtype=np.int64)
+    terms = _delta_terms(titles, delta)
+    out.vocabulary = [*titles.vocabulary, *terms.new]
+    out.index = ChainMap(terms.new_index, titles.index)
+    ids = terms.ids
     out.surface = ChainMap(titles.surface, delta.surface)  # the base's written forms first
-    for name, keep_order in (("title_ids", False), ("head_ids", False), ("head_tokens", True)):
-        moved = _mapped(getattr(delta, name), ids)
-        setattr(out, name, RaggedStack(getattr(titles, name),
-                                       moved if keep_order else _sorted_rows(moved)))
-    out.first_id = Stacked(titles.first_id, np.where(
-        delta.first_id >= 0, ids[np.maximum(delta.first_id, 0)], -1).astype(np.int32))
+    for name, rows in terms.rows.items():
+        setattr(out, name, RaggedStack(getattr(titles, name), rows))
+    out.first_id = Stacked(titles.first_id, terms.first_id)
     out.pair_width = WIDE
     keys = _moved_pairs(delta, ids, WIDE)
     place, held = find_sorted(base.pair_keys, keys)
@@ -240,20 +237,15 @@ def merged(base: TitleTerms, delta: TitleTerms) -> tuple[TitleTerms, np.ndarray]
     titles of the segments it adds (`on_base` reads them after the base's). The base's term ids
     stay; the delta's terms take the base's ids, or the next ones for terms the base lacks (in
     sorted order). Also answers the delta's term ids in the merged vocabulary."""
-    known = base.index
-    new_terms = sorted(set(delta.vocabulary) - known.keys())
     out = TitleTerms.__new__(TitleTerms)
-    out.vocabulary = [*base.vocabulary, *new_terms]
-    out.index = known | {term: len(base.vocabulary) + i for i, term in enumerate(new_terms)}
-    ids = np.array([out.index[t] for t in delta.vocabulary], dtype=np.int64)
+    terms = _delta_terms(base, delta)
+    out.vocabulary = [*base.vocabulary, *terms.new]
+    out.index = base.index | terms.new_index
+    ids = terms.ids
     out.surface = {**delta.surface, **base.surface}
-    for name, keep_order in (("title_ids", False), ("head_ids", False), ("head_tokens", True)):
-        moved = _mapped(getattr(delta, name), ids)
-        setattr(out, name, _stacked([getattr(base, name),
-                                     moved if keep_order else _sorted_rows(moved)]))
-    out.first_id = np.concatenate([
-        base.first_id, np.where(delta.first_id >= 0, ids[np.maximum(delta.first_id, 0)], -1)
-    ]).astype(np.int32)
+    for name, rows in terms.rows.items():
+        setattr(out, name, _stacked([getattr(base, name), rows]))
+    out.first_id = np.concatenate([base.first_id, terms.first_id]).astype(np.int32)
     # A pair's key is a·V + b over the vocabulary's size V: decoded, moved, encoded again.
     size = out.pair_width = len(out.vocabulary)
     base_keys = _moved_pairs(base, np.arange(len(base.vocabulary)), size)
@@ -276,6 +268,31 @@ def merged(base: TitleTerms, delta: TitleTerms) -> tuple[TitleTerms, np.ndarray]
                              np.asarray(delta.char_counts, dtype=np.int64)])
     out.char_counts = counts.astype(smallest_unsigned(int(counts.max(initial=0))))
     return out, ids
+
+
+@dataclass(frozen=True)
+class DeltaTerms:
+    """A delta's titles in a vocabulary that extends a base's: what `merged` and `on_base` join
+    to the base's, each its own way."""
+
+    new: list[str]  # the terms the base lacks, sorted: their ids follow the base's
+    new_index: dict[str, int]  # each new term's id
+    ids: np.ndarray  # int64 [delta vocabulary]: each delta term's id (the base's ids stay)
+    rows: dict[str, Ragged]  # title_ids, head_ids (ascending in a row), head_tokens (in order)
+    first_id: np.ndarray  # int32 [delta rows]: each title's first term id, -1: none
+
+
+def _delta_terms(base: TitleTerms, delta: TitleTerms) -> DeltaTerms:
+    new = sorted(set(delta.vocabulary) - base.index.keys())
+    new_index = {term: len(base.vocabulary) + i for i, term in enumerate(new)}
+    ids = np.array([base.index[t] if t in base.index else new_index[t]
+                    for t in delta.vocabulary], dtype=np.int64)
+    rows = {}
+    for name, keep_order in (("title_ids", False), ("head_ids", False), ("head_tokens", True)):
+        moved = _mapped(getattr(delta, name), ids)
+        rows[name] = moved if keep_order else _sorted_rows(moved)
+    first_id = np.where(delta.first_id >= 0, ids[np.maximum(delta.first_id, 0)], -1)
+    return DeltaTerms(new, new_index, ids, rows, first_id.astype(np.int32))
 
 
 def _moved_pairs(part: TitleTerms, ids: np.ndarray, size: int) -> np.ndarray:

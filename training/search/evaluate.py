@@ -232,8 +232,8 @@ def run_evaluation(config: EvaluateConfig) -> dict:
              "student fp32": student["fp32"].onnx_dir / artefacts.ENCODER,
              "student int8": student["int8"].onnx_dir / artefacts.ENCODER_INT8},
             embedder.onnx_dir / artefacts.TOKENIZER, judgements.ranked_queries("test"))
-        report["student"]["choice"] = choice = student_choice(Path(config.student), results,
-                                                              depth)
+        report["student"]["choice"] = choice = student_choice(Path(config.student), teacher,
+                                                              results, depth)
         choice_path = Path(config.student).parent / STUDENT_CHOICE
         choice_path.write_text(json.dumps(choice, indent=2) + "\n")
         log(f"student {'served' if choice['serve'] else 'not served'} by `fusionrank build "
@@ -280,18 +280,18 @@ def student_report(student: Path, results: dict, encoders: dict[str, Path], toke
                        and max(loss.values()) <= TARGET_MAX_NDCG_LOSS}}
 
 
-def student_choice(student: Path, results: dict, depth: int | None) -> dict:
+def student_choice(student: Path, teacher_weights: str, results: dict,
+                   depth: int | None) -> dict:
     """Whether `fusionrank build --student auto` serves the student: by SERVE_MAX_NDCG_LOSS on
     dev, the teacher and the student each ranked as the build serves the run. The checkpoint is
-    named relative to the choice file, and with the weights it was distilled from, so a build
-    can tell a choice made for another encoder."""
+    named relative to the choice file, and with the weights it was distilled from
+    (`teacher_weights`), so a build can tell a choice made for another encoder."""
     cascade = f"cascade {depth}, " if depth is not None else ""
     names = {"teacher": f"fused, {cascade}int8 query encoder",
              "student": f"fused, {cascade}student int8 query encoder"}
     ndcg = {s: {who: results[s][name]["ndcg@10"] for who, name in names.items()} for s in SPLITS}
     loss = {s: ndcg[s]["teacher"] - ndcg[s]["student"] for s in SPLITS}
-    checkpoint = json.loads((student / "checkpoint.json").read_text())
-    return {"checkpoint": student.name, "teacher_weights": checkpoint["teacher_weights"],
+    return {"checkpoint": student.name, "teacher_weights": teacher_weights,
             "serve": loss["dev"] <= SERVE_MAX_NDCG_LOSS,
             "rule": f"dev NDCG@10 of '{names['student']}' within {SERVE_MAX_NDCG_LOSS} of "
                     f"'{names['teacher']}'",
